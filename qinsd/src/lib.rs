@@ -1,0 +1,12 @@
+//! qinsd: the QINS engine and daemon.
+//!
+//! Data flows one way: a `.qins` file ([`container`]) is loaded into resident
+//! weights ([`weights`]) that the model ([`model`]) runs through the QINS
+//! kernels ([`kernels`]); [`convert`] produces the file from Hugging Face or
+//! GGUF sources using the [`codec`].
+
+pub mod codec;
+pub mod container;
+pub mod fixtures;
+pub mod model;
+pub mod weights;
