@@ -447,7 +447,7 @@ mod tests {
 
     /// Deterministic pseudo-random weights in a realistic Gaussian-like shape.
     fn weights(n: usize, seed: u64) -> Vec<f32> {
-        let mut rng = crate::fixtures::SplitMix64::new(seed);
+        let mut rng = crate::rng::SplitMix64::new(seed);
         (0..n).map(|_| rng.next_normal() as f32 * 0.02).collect()
     }
 

@@ -9,4 +9,5 @@ pub mod codec;
 pub mod container;
 pub mod fixtures;
 pub mod model;
+pub mod rng;
 pub mod weights;

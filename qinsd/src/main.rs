@@ -1,1 +1,49 @@
-fn main() {}
+//! qinsd: converts models to QINS and serves them.
+
+mod cmd;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "qinsd", version, about = "QINS model daemon and converter")]
+struct Cli {
+    /// Log filter (overrides RUST_LOG), e.g. info or qinsd=debug.
+    #[arg(long, global = true, env = "QINSD_LOG")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a Hugging Face directory, Hub id or GGUF file to .qins.
+    Convert(cmd::convert::Args),
+    /// Write a .qins model back out as a Hugging Face directory of decoded f32 weights.
+    ExportHf(cmd::export_hf::Args),
+    /// Generate deterministic tiny random-weight models (tests and golden files).
+    #[command(hide = true)]
+    Fixture(cmd::fixture::Args),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref());
+    match cli.command {
+        Command::Convert(args) => cmd::convert::run(args),
+        Command::ExportHf(args) => cmd::export_hf::run(args),
+        Command::Fixture(args) => cmd::fixture::run(args),
+    }
+}
+
+fn init_logging(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = level
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
