@@ -13,6 +13,7 @@
 //! code 0 is reserved for an exact zero (true zeros and pruned weights).
 //! Decoding never calls `exp` per weight: every range has a 256-entry table.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -251,7 +252,7 @@ pub fn encode_matrix(
     let ranges = match options.granularity {
         Granularity::PerTensor => vec![fit_range(weights, options)],
         Granularity::PerRow => weights
-            .chunks(cols.max(1))
+            .par_chunks(cols.max(1))
             .take(rows)
             .map(|row| fit_range(row, options))
             .collect(),
@@ -259,19 +260,16 @@ pub fn encode_matrix(
     let sign_bytes = sign_row_bytes(cols);
     let mut codes = vec![ZERO_CODE; rows * cols];
     let mut signs = vec![0u8; rows * sign_bytes];
-    for row in 0..rows {
-        let range = ranges[if ranges.len() == 1 { 0 } else { row }];
-        let src = &weights[row * cols..(row + 1) * cols];
-        let dst_codes = &mut codes[row * cols..(row + 1) * cols];
-        let dst_signs = &mut signs[row * sign_bytes..(row + 1) * sign_bytes];
-        for (col, (&w, code)) in src.iter().zip(dst_codes.iter_mut()).enumerate() {
-            if is_kept(w, options.prune_below) {
-                *code = range.encode(w.abs());
-                if w < 0.0 {
-                    dst_signs[col / 8] |= 1 << (col % 8);
-                }
-            }
-        }
+    if cols > 0 && sign_bytes > 0 {
+        codes
+            .par_chunks_mut(cols)
+            .zip(signs.par_chunks_mut(sign_bytes))
+            .enumerate()
+            .for_each(|(row, (row_codes, row_signs))| {
+                let range = ranges[if ranges.len() == 1 { 0 } else { row }];
+                let src = &weights[row * cols..(row + 1) * cols];
+                encode_row(src, range, options.prune_below, row_codes, row_signs);
+            });
     }
     Ok(EncodedMatrix {
         rows,
@@ -280,6 +278,17 @@ pub fn encode_matrix(
         signs,
         ranges,
     })
+}
+
+fn encode_row(src: &[f32], range: LogRange, prune_below: Option<f32>, codes: &mut [u8], signs: &mut [u8]) {
+    for (col, (&w, code)) in src.iter().zip(codes.iter_mut()).enumerate() {
+        if is_kept(w, prune_below) {
+            *code = range.encode(w.abs());
+            if w < 0.0 {
+                signs[col / 8] |= 1 << (col % 8);
+            }
+        }
+    }
 }
 
 /// Whether a weight gets a non-zero code (true zeros and pruned weights do not).
@@ -349,11 +358,31 @@ impl Default for ErrorStats {
 }
 
 impl ErrorStats {
-    /// Compares original weights with their encoding.
+    /// Compares original weights with their encoding, row by row (no decoded
+    /// copy of the matrix), in parallel.
     pub fn measure(original: &[f32], encoded: &EncodedMatrix) -> Self {
-        let decoded = encoded.decode();
+        let cols = encoded.cols.max(1);
+        let sign_bytes = sign_row_bytes(encoded.cols);
+        original
+            .par_chunks(cols)
+            .zip(encoded.codes.par_chunks(cols))
+            .enumerate()
+            .map(|(row, (src, codes))| {
+                let range = encoded.ranges[if encoded.ranges.len() == 1 { 0 } else { row }];
+                let signs = &encoded.signs[row * sign_bytes..(row + 1) * sign_bytes];
+                Self::measure_row(src, codes, signs, &range.table())
+            })
+            .reduce(Self::default, |mut a, b| {
+                a.merge(&b);
+                a
+            })
+    }
+
+    fn measure_row(original: &[f32], codes: &[u8], signs: &[u8], table: &[f32; 256]) -> Self {
         let mut stats = Self::default();
-        for ((&w, &d), &code) in original.iter().zip(&decoded).zip(&encoded.codes) {
+        for (col, (&w, &code)) in original.iter().zip(codes).enumerate() {
+            let magnitude = table[code as usize];
+            let d = if is_negative(signs, col) { -magnitude } else { magnitude };
             stats.weights += 1;
             stats.code_histogram[code as usize] += 1;
             if code == ZERO_CODE {

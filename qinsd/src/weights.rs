@@ -102,6 +102,11 @@ impl QinsMatrix {
         )
     }
 
+    /// Whether the codes are used in place from the mapped file.
+    pub fn is_mapped(&self) -> bool {
+        self.codes.is_mapped()
+    }
+
     pub fn codes(&self) -> &[u8] {
         &self.codes
     }

@@ -7,6 +7,9 @@ pub mod format;
 pub mod reader;
 pub mod writer;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;

@@ -207,7 +207,8 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(ModelHeader, Vec<TensorEntry>), C
         path: path.to_path_buf(),
         reason,
     };
-    if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
+    let magic_len = bytes.len().min(MAGIC.len());
+    if bytes[..magic_len] != MAGIC[..magic_len] {
         return Err(ContainerError::NotQins { path: path.into() });
     }
     if bytes.len() < PREAMBLE_LEN {

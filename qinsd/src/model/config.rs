@@ -175,6 +175,46 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// Every tensor the architecture needs, with its shape, in file order.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let h = self.hidden_size;
+        let q = self.num_attention_heads * self.head_dim;
+        let kv = self.num_key_value_heads * self.head_dim;
+        let ff = self.intermediate_size;
+        let mut tensors = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h])];
+        for i in 0..self.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            tensors.push((format!("{p}.input_layernorm.weight"), vec![h]));
+            match self.architecture {
+                Architecture::Phi3 => {
+                    tensors.push((format!("{p}.self_attn.qkv_proj.weight"), vec![q + 2 * kv, h]));
+                }
+                Architecture::Llama => {
+                    tensors.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
+                    tensors.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
+                    tensors.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
+                }
+            }
+            tensors.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
+            tensors.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            match self.architecture {
+                Architecture::Phi3 => {
+                    tensors.push((format!("{p}.mlp.gate_up_proj.weight"), vec![2 * ff, h]));
+                }
+                Architecture::Llama => {
+                    tensors.push((format!("{p}.mlp.gate_proj.weight"), vec![ff, h]));
+                    tensors.push((format!("{p}.mlp.up_proj.weight"), vec![ff, h]));
+                }
+            }
+            tensors.push((format!("{p}.mlp.down_proj.weight"), vec![h, ff]));
+        }
+        tensors.push(("model.norm.weight".to_string(), vec![h]));
+        if !self.tie_word_embeddings {
+            tensors.push(("lm_head.weight".to_string(), vec![self.vocab_size, h]));
+        }
+        tensors
+    }
+
     /// Parameters in the weight matrices and vectors of this architecture.
     pub fn parameter_count(&self) -> u64 {
         let h = self.hidden_size as u64;
@@ -283,6 +323,14 @@ mod tests {
     fn phi35_has_3_8b_parameters() {
         let c = ModelConfig::from_hf_json(&phi35_json("rope_scaling")).unwrap();
         assert_eq!(c.parameter_count(), 3_821_079_552);
+    }
+
+    #[test]
+    fn expected_tensors_add_up_to_the_parameter_count() {
+        let c = ModelConfig::from_hf_json(&phi35_json("rope_scaling")).unwrap();
+        let total: usize = c.expected_tensors().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        assert_eq!(total as u64, c.parameter_count());
+        assert_eq!(c.expected_tensors().len(), 2 + 32 * 6 + 1);
     }
 
     #[test]
