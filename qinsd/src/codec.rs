@@ -188,13 +188,7 @@ impl EncodedMatrix {
     /// Decodes the whole matrix to f32 (tests, export and quality reports only;
     /// inference decodes inside the kernels).
     pub fn decode(&self) -> Vec<f32> {
-        decode_rows(
-            self.rows,
-            self.cols,
-            &self.codes,
-            &self.signs,
-            &self.ranges,
-        )
+        decode_rows(self.rows, self.cols, &self.codes, &self.signs, &self.ranges)
     }
 }
 
@@ -280,7 +274,13 @@ pub fn encode_matrix(
     })
 }
 
-fn encode_row(src: &[f32], range: LogRange, prune_below: Option<f32>, codes: &mut [u8], signs: &mut [u8]) {
+fn encode_row(
+    src: &[f32],
+    range: LogRange,
+    prune_below: Option<f32>,
+    codes: &mut [u8],
+    signs: &mut [u8],
+) {
     for (col, (&w, code)) in src.iter().zip(codes.iter_mut()).enumerate() {
         if is_kept(w, prune_below) {
             *code = range.encode(w.abs());
@@ -382,7 +382,11 @@ impl ErrorStats {
         let mut stats = Self::default();
         for (col, (&w, &code)) in original.iter().zip(codes).enumerate() {
             let magnitude = table[code as usize];
-            let d = if is_negative(signs, col) { -magnitude } else { magnitude };
+            let d = if is_negative(signs, col) {
+                -magnitude
+            } else {
+                magnitude
+            };
             stats.weights += 1;
             stats.code_histogram[code as usize] += 1;
             if code == ZERO_CODE {
@@ -413,7 +417,11 @@ impl ErrorStats {
         self.max_rel_err = self.max_rel_err.max(other.max_rel_err);
         self.sum_sq_err += other.sum_sq_err;
         self.sum_sq_ref += other.sum_sq_ref;
-        for (a, b) in self.code_histogram.iter_mut().zip(other.code_histogram.iter()) {
+        for (a, b) in self
+            .code_histogram
+            .iter_mut()
+            .zip(other.code_histogram.iter())
+        {
             *a += b;
         }
     }
@@ -499,7 +507,10 @@ mod tests {
         let mut pairs: Vec<(f32, u8)> = w.iter().map(|x| x.abs()).zip(enc.codes.clone()).collect();
         pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
         for pair in pairs.windows(2) {
-            assert!(pair[0].1 >= pair[1].1, "larger magnitude got larger code: {pair:?}");
+            assert!(
+                pair[0].1 >= pair[1].1,
+                "larger magnitude got larger code: {pair:?}"
+            );
         }
     }
 
@@ -587,7 +598,11 @@ mod tests {
         assert!((t[255] - (-9.0f64).exp() as f32).abs() < 1e-9);
         for c in 1..=255u8 {
             assert_eq!(t[c as usize], r.decode(c));
-            assert_eq!(r.encode(t[c as usize]), c, "code {c} must survive a round trip");
+            assert_eq!(
+                r.encode(t[c as usize]),
+                c,
+                "code {c} must survive a round trip"
+            );
         }
     }
 

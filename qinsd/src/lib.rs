@@ -7,9 +7,9 @@
 
 pub mod codec;
 pub mod container;
-pub mod fixtures;
 pub mod convert;
 pub mod eval;
+pub mod fixtures;
 pub mod model;
 pub mod rng;
 pub mod weights;

@@ -78,7 +78,13 @@ pub struct QinsMatrix {
 
 impl QinsMatrix {
     /// Callers (the container reader) have validated the section sizes.
-    pub fn new(rows: usize, cols: usize, codes: Bytes, signs: Bytes, ranges: Vec<LogRange>) -> Self {
+    pub fn new(
+        rows: usize,
+        cols: usize,
+        codes: Bytes,
+        signs: Bytes,
+        ranges: Vec<LogRange>,
+    ) -> Self {
         debug_assert_eq!(codes.len(), rows * cols);
         debug_assert_eq!(signs.len(), rows * codec::sign_row_bytes(cols));
         debug_assert!(ranges.len() == 1 || ranges.len() == rows);
@@ -142,7 +148,11 @@ impl QinsMatrix {
         let signs = self.row_signs(row);
         for (col, (&code, o)) in self.row_codes(row).iter().zip(out.iter_mut()).enumerate() {
             let m = table[code as usize];
-            *o = if codec::is_negative(signs, col) { -m } else { m };
+            *o = if codec::is_negative(signs, col) {
+                -m
+            } else {
+                m
+            };
         }
     }
 

@@ -32,6 +32,9 @@ pub struct Args {
     /// Entropy-code the code and sign sections with zstd (smaller file, decoded at load).
     #[arg(long)]
     pub compress: bool,
+    /// Keep matrices in f32 (a float reference for `qinsd perplexity --reference`).
+    #[arg(long)]
+    pub reference_f32: bool,
     /// Model name recorded in the file (default: the output file stem).
     #[arg(long)]
     pub name: Option<String>,
@@ -50,8 +53,13 @@ pub fn run(args: Args) -> Result<()> {
             clip_quantile: args.clip,
             prune_below: args.prune_below,
         },
-        compression: if args.compress { Compression::Zstd } else { Compression::None },
+        compression: if args.compress {
+            Compression::Zstd
+        } else {
+            Compression::None
+        },
         name: args.name.clone(),
+        reference_f32: args.reference_f32,
     };
     let bar = ProgressBar::new(0);
     let mut on_event = |event: ConvertEvent| show_progress(&bar, event);
@@ -62,11 +70,18 @@ pub fn run(args: Args) -> Result<()> {
         None => {
             std::fs::create_dir_all(&args.models_dir)
                 .with_context(|| format!("cannot create {}", args.models_dir.display()))?;
-            args.models_dir.join(format!("{}.qins", default_name(&args.source)))
+            args.models_dir
+                .join(format!("{}.qins", default_name(&args.source)))
         }
     };
-    let summary = convert::convert(source.as_ref(), &output, &options, &mut on_event, &AtomicBool::new(false))
-        .with_context(|| format!("converting '{}' to {}", args.source, output.display()))?;
+    let summary = convert::convert(
+        source.as_ref(),
+        &output,
+        &options,
+        &mut on_event,
+        &AtomicBool::new(false),
+    )
+    .with_context(|| format!("converting '{}' to {}", args.source, output.display()))?;
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary_json(&summary))?);
@@ -78,7 +93,11 @@ pub fn run(args: Args) -> Result<()> {
 
 /// A file name for the model: the last path or id component without extension.
 fn default_name(source: &str) -> String {
-    let last = source.trim_end_matches('/').rsplit('/').next().unwrap_or(source);
+    let last = source
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(source);
     let last = last.split('@').next().unwrap_or(last);
     last.strip_suffix(".gguf").unwrap_or(last).to_string()
 }
@@ -87,14 +106,18 @@ fn show_progress(bar: &ProgressBar, event: ConvertEvent) {
     match event {
         ConvertEvent::Download { file, bytes, total } => {
             if bar.length() != Some(total) {
-                bar.set_style(style("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}"));
+                bar.set_style(style(
+                    "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+                ));
                 bar.set_length(total);
             }
             bar.set_message(format!("downloading {file}"));
             bar.set_position(bytes);
         }
         ConvertEvent::Started { parameters, .. } => {
-            bar.set_style(style("{msg:40!} [{bar:40}] {percent:>3}% {elapsed}/{duration}"));
+            bar.set_style(style(
+                "{msg:40!} [{bar:40}] {percent:>3}% {elapsed}/{duration}",
+            ));
             bar.set_length(parameters);
             bar.set_position(0);
         }
@@ -146,7 +169,10 @@ fn print_report(s: &ConvertSummary, verbose: bool) {
         c.hidden_size,
         c.vocab_size
     );
-    println!("  source       {} {} ({})", h.source.kind, h.source.id, h.source.dtype);
+    println!(
+        "  source       {} {} ({})",
+        h.source.kind, h.source.id, h.source.dtype
+    );
     println!(
         "  size         {:.1} MB for {:.1}M parameters = {:.2} bits/weight ({:?})",
         s.file_bytes as f64 / 1e6,
@@ -158,7 +184,9 @@ fn print_report(s: &ConvertSummary, verbose: bool) {
         "  encoding     {:?}, clip {}, prune {}",
         h.encode_options.granularity,
         h.encode_options.clip_quantile,
-        h.encode_options.prune_below.map_or("off".into(), |t| t.to_string())
+        h.encode_options
+            .prune_below
+            .map_or("off".into(), |t| t.to_string())
     );
     println!("  time         {:.1} s", s.elapsed.as_secs_f64());
     let Some(q) = &h.quality else { return };
@@ -169,11 +197,21 @@ fn print_report(s: &ConvertSummary, verbose: bool) {
     println!("  max relative error   {:.4}", m.max_rel_err);
     println!("  sign preservation    {:.4}%", m.sign_preservation * 100.0);
     println!("  exact zeros          {:.4}%", m.zero_fraction * 100.0);
-    println!("  code entropy         {:.3} bits/weight", m.code_entropy_bits);
+    println!(
+        "  code entropy         {:.3} bits/weight",
+        m.code_entropy_bits
+    );
     let mut tensors: Vec<_> = q.tensors.iter().collect();
     tensors.sort_by(|a, b| b.error.rel_rms_err.total_cmp(&a.error.rel_rms_err));
-    let shown = if verbose { tensors.len() } else { tensors.len().min(5) };
-    println!("  {} tensors with the largest relative RMS error:", if verbose { "all" } else { "the 5" });
+    let shown = if verbose {
+        tensors.len()
+    } else {
+        tensors.len().min(5)
+    };
+    println!(
+        "  {} tensors with the largest relative RMS error:",
+        if verbose { "all" } else { "the 5" }
+    );
     for t in &tensors[..shown] {
         println!(
             "    {:<48} rms {:.4}%  mean {:.4}%  entropy {:.2}",

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-pub use format::{Compression, GenerationDefaults, ModelHeader, QualityReport, SourceInfo, TensorQuality};
+pub use format::{
+    Compression, GenerationDefaults, ModelHeader, QualityReport, SourceInfo, TensorQuality,
+};
 pub use reader::QinsFile;
 pub use writer::{ContainerWriter, remove_stale_temp_files};
 
@@ -26,14 +28,26 @@ pub enum ContainerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not a .qins file (wrong magic bytes); convert a model first with `qinsd convert`")]
+    #[error(
+        "{path}: not a .qins file (wrong magic bytes); convert a model first with `qinsd convert`"
+    )]
     NotQins { path: PathBuf },
     #[error(
         "{path}: written in .qins format version {found}, this build reads up to version {supported}; upgrade qins or re-convert the model"
     )]
-    UnsupportedVersion { path: PathBuf, found: u32, supported: u32 },
-    #[error("{path}: truncated: needs at least {needed} bytes but has {actual}; the file was cut short, convert it again")]
-    Truncated { path: PathBuf, needed: u64, actual: u64 },
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error(
+        "{path}: truncated: needs at least {needed} bytes but has {actual}; the file was cut short, convert it again"
+    )]
+    Truncated {
+        path: PathBuf,
+        needed: u64,
+        actual: u64,
+    },
     #[error("{path}: corrupted: {what}; convert the model again")]
     Corrupt { path: PathBuf, what: String },
     #[error("{path}: invalid .qins file: {reason}")]

@@ -103,7 +103,9 @@ impl QinsFile {
                 )
                 .map2();
                 let ranges = self.parse_ranges(entry, &ranges?)?;
-                Ok(Weight::Qins(QinsMatrix::new(rows, cols, codes?, signs?, ranges)))
+                Ok(Weight::Qins(QinsMatrix::new(
+                    rows, cols, codes?, signs?, ranges,
+                )))
             }
             TensorData::F32 { data } => {
                 let bytes = self.section_bytes(entry, "data", data)?;
@@ -112,7 +114,9 @@ impl QinsFile {
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect();
                 if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                    return Err(self.invalid(format!("tensor '{}' value {i} is not finite", entry.name)));
+                    return Err(
+                        self.invalid(format!("tensor '{}' value {i} is not finite", entry.name))
+                    );
                 }
                 Ok(Weight::F32(F32Tensor {
                     shape: entry.shape.iter().map(|&d| d as usize).collect(),
@@ -122,7 +126,11 @@ impl QinsFile {
         }
     }
 
-    fn parse_ranges(&self, entry: &TensorEntry, bytes: &[u8]) -> Result<Vec<LogRange>, ContainerError> {
+    fn parse_ranges(
+        &self,
+        entry: &TensorEntry,
+        bytes: &[u8],
+    ) -> Result<Vec<LogRange>, ContainerError> {
         let floats: Vec<f32> = bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -134,22 +142,36 @@ impl QinsFile {
                     log_min: pair[0],
                     log_max: pair[1],
                 };
-                if range.log_min.is_finite() && range.log_max.is_finite() && range.log_min <= range.log_max {
+                if range.log_min.is_finite()
+                    && range.log_max.is_finite()
+                    && range.log_min <= range.log_max
+                {
                     Ok(range)
                 } else {
-                    Err(self.invalid(format!("tensor '{}' has an invalid range {range:?}", entry.name)))
+                    Err(self.invalid(format!(
+                        "tensor '{}' has an invalid range {range:?}",
+                        entry.name
+                    )))
                 }
             })
             .collect()
     }
 
-    fn section_bytes(&self, entry: &TensorEntry, what: &str, section: &Section) -> Result<Bytes, ContainerError> {
+    fn section_bytes(
+        &self,
+        entry: &TensorEntry,
+        what: &str,
+        section: &Section,
+    ) -> Result<Bytes, ContainerError> {
         let start = section.offset as usize;
         let stored = &self.map[start..start + section.stored_len as usize];
         if crc32fast::hash(stored) != section.crc32 {
             return Err(ContainerError::Corrupt {
                 path: self.path.clone(),
-                what: format!("section '{what}' of tensor '{}' fails its checksum", entry.name),
+                what: format!(
+                    "section '{what}' of tensor '{}' fails its checksum",
+                    entry.name
+                ),
             });
         }
         match section.compression {
@@ -159,12 +181,16 @@ impl QinsFile {
                 len: stored.len(),
             }),
             Compression::Zstd => {
-                let raw = zstd::bulk::decompress(stored, section.raw_len as usize).map_err(|e| {
-                    ContainerError::Corrupt {
-                        path: self.path.clone(),
-                        what: format!("section '{what}' of tensor '{}' does not decompress: {e}", entry.name),
-                    }
-                })?;
+                let raw =
+                    zstd::bulk::decompress(stored, section.raw_len as usize).map_err(|e| {
+                        ContainerError::Corrupt {
+                            path: self.path.clone(),
+                            what: format!(
+                                "section '{what}' of tensor '{}' does not decompress: {e}",
+                                entry.name
+                            ),
+                        }
+                    })?;
                 if raw.len() as u64 != section.raw_len {
                     return Err(ContainerError::Corrupt {
                         path: self.path.clone(),
@@ -237,8 +263,20 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(ModelHeader, Vec<TensorEntry>), C
         });
     }
     let file_len = bytes.len() as u64;
-    let header = slice_checked(path, bytes, preamble.header_offset, preamble.header_len, "header")?;
-    let index = slice_checked(path, bytes, preamble.index_offset, preamble.index_len, "index")?;
+    let header = slice_checked(
+        path,
+        bytes,
+        preamble.header_offset,
+        preamble.header_len,
+        "header",
+    )?;
+    let index = slice_checked(
+        path,
+        bytes,
+        preamble.index_offset,
+        preamble.index_len,
+        "index",
+    )?;
     if crc32fast::hash(header) != preamble.header_crc {
         return Err(ContainerError::Corrupt {
             path: path.into(),
@@ -253,8 +291,8 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(ModelHeader, Vec<TensorEntry>), C
     }
     let header: ModelHeader =
         serde_json::from_slice(header).map_err(|e| invalid(format!("header is not valid: {e}")))?;
-    let index: Vec<TensorEntry> =
-        serde_json::from_slice(index).map_err(|e| invalid(format!("tensor index is not valid: {e}")))?;
+    let index: Vec<TensorEntry> = serde_json::from_slice(index)
+        .map_err(|e| invalid(format!("tensor index is not valid: {e}")))?;
     header
         .config
         .validate()
@@ -265,13 +303,20 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(ModelHeader, Vec<TensorEntry>), C
         if !names.insert(entry.name.as_str()) {
             return Err(invalid(format!("tensor '{}' appears twice", entry.name)));
         }
-        validate_entry(entry, data_end).map_err(|reason| invalid(format!("tensor '{}': {reason}", entry.name)))?;
+        validate_entry(entry, data_end)
+            .map_err(|reason| invalid(format!("tensor '{}': {reason}", entry.name)))?;
     }
     debug_assert!(data_end <= file_len);
     Ok((header, index))
 }
 
-fn slice_checked<'a>(path: &Path, bytes: &'a [u8], offset: u64, len: u64, _what: &str) -> Result<&'a [u8], ContainerError> {
+fn slice_checked<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    offset: u64,
+    len: u64,
+    _what: &str,
+) -> Result<&'a [u8], ContainerError> {
     let end = offset.checked_add(len).unwrap_or(u64::MAX);
     if end > bytes.len() as u64 {
         return Err(ContainerError::Truncated {
@@ -313,7 +358,12 @@ fn validate_entry(entry: &TensorEntry, data_end: u64) -> Result<(), String> {
                 Granularity::PerTensor => 1,
             };
             check_section("codes", codes, count, data_end)?;
-            check_section("signs", signs, rows * codec::sign_row_bytes(cols as usize) as u64, data_end)?;
+            check_section(
+                "signs",
+                signs,
+                rows * codec::sign_row_bytes(cols as usize) as u64,
+                data_end,
+            )?;
             check_section("ranges", ranges, range_count * 8, data_end)?;
             if ranges.compression != Compression::None {
                 return Err("ranges must be stored uncompressed".into());
@@ -331,19 +381,28 @@ fn validate_entry(entry: &TensorEntry, data_end: u64) -> Result<(), String> {
 
 fn check_section(what: &str, s: &Section, expected_raw: u64, data_end: u64) -> Result<(), String> {
     if s.raw_len != expected_raw {
-        return Err(format!("section '{what}' holds {} bytes, its shape needs {expected_raw}", s.raw_len));
+        return Err(format!(
+            "section '{what}' holds {} bytes, its shape needs {expected_raw}",
+            s.raw_len
+        ));
     }
     if s.offset % ALIGNMENT != 0 || s.offset < PREAMBLE_LEN as u64 {
-        return Err(format!("section '{what}' is misplaced at offset {}", s.offset));
+        return Err(format!(
+            "section '{what}' is misplaced at offset {}",
+            s.offset
+        ));
     }
     let end = s.offset.checked_add(s.stored_len).unwrap_or(u64::MAX);
     if end > data_end {
-        return Err(format!("section '{what}' runs past the data region ({end} > {data_end})"));
+        return Err(format!(
+            "section '{what}' runs past the data region ({end} > {data_end})"
+        ));
     }
     match s.compression {
-        Compression::None if s.stored_len != s.raw_len => {
-            Err(format!("uncompressed section '{what}' has stored {} != raw {}", s.stored_len, s.raw_len))
-        }
+        Compression::None if s.stored_len != s.raw_len => Err(format!(
+            "uncompressed section '{what}' has stored {} != raw {}",
+            s.stored_len, s.raw_len
+        )),
         Compression::Zstd if s.raw_len > s.stored_len.saturating_mul(MAX_EXPANSION) + (1 << 20) => {
             Err(format!("section '{what}' claims an implausible expansion"))
         }

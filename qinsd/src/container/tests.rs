@@ -70,9 +70,13 @@ fn write_sample(path: &Path, compression: Compression) -> (Vec<f32>, Vec<f32>, V
         ..Default::default()
     };
     let mut w = ContainerWriter::create(path, compression).unwrap();
-    w.add_qins("a", &encode_matrix(&a, 40, 16, &EncodeOptions::default()).unwrap())
+    w.add_qins(
+        "a",
+        &encode_matrix(&a, 40, 16, &EncodeOptions::default()).unwrap(),
+    )
+    .unwrap();
+    w.add_qins("b", &encode_matrix(&b, 7, 13, &per_tensor).unwrap())
         .unwrap();
-    w.add_qins("b", &encode_matrix(&b, 7, 13, &per_tensor).unwrap()).unwrap();
     w.add_f32("norm", &[16], &norm).unwrap();
     w.finish(&header()).unwrap();
     (a, b, norm)
@@ -102,10 +106,17 @@ fn round_trip_uncompressed_and_compressed() {
         };
         assert_eq!(m.is_mapped(), compression == Compression::None);
         if compression == Compression::None {
-            assert_eq!(m.codes().as_ptr() as usize % 64, 0, "mapped codes are 64-byte aligned");
+            assert_eq!(
+                m.codes().as_ptr() as usize % 64,
+                0,
+                "mapped codes are 64-byte aligned"
+            );
         }
         let sections: Vec<_> = file.index.iter().flat_map(|e| e.sections()).collect();
-        assert!(sections.iter().all(|(_, s)| s.offset % 64 == 0), "sections are 64-byte aligned");
+        assert!(
+            sections.iter().all(|(_, s)| s.offset % 64 == 0),
+            "sections are 64-byte aligned"
+        );
     }
 }
 
@@ -114,7 +125,11 @@ fn resident_bytes_count_codes_signs_and_other() {
     let dir = TempDir::new("bytes");
     let path = dir.path("m.qins");
     write_sample(&path, Compression::None);
-    let bytes = QinsFile::open(&path).unwrap().load().unwrap().resident_bytes();
+    let bytes = QinsFile::open(&path)
+        .unwrap()
+        .load()
+        .unwrap()
+        .resident_bytes();
     assert_eq!(bytes.codes, 40 * 16 + 7 * 13);
     assert_eq!(bytes.signs, 40 * 2 + 7 * 2);
     assert_eq!(bytes.other, (40 + 1) * 8 + 16 * 4);
@@ -138,9 +153,15 @@ fn wrong_magic_is_refused() {
     fs::write(&path, &bytes).unwrap();
     let err = expect_error(&path);
     assert!(matches!(err, ContainerError::NotQins { .. }), "{err}");
-    assert!(err.to_string().contains("m.qins"), "error names the file: {err}");
+    assert!(
+        err.to_string().contains("m.qins"),
+        "error names the file: {err}"
+    );
     fs::write(&path, b"{\"not\": \"a model\"}").unwrap();
-    assert!(matches!(expect_error(&path), ContainerError::NotQins { .. }));
+    assert!(matches!(
+        expect_error(&path),
+        ContainerError::NotQins { .. }
+    ));
 }
 
 #[test]
@@ -149,7 +170,16 @@ fn truncation_anywhere_is_refused() {
     let path = dir.path("m.qins");
     write_sample(&path, Compression::None);
     let bytes = fs::read(&path).unwrap();
-    for cut in [0, 5, 8, 40, PREAMBLE_LEN, 200, bytes.len() / 2, bytes.len() - 1] {
+    for cut in [
+        0,
+        5,
+        8,
+        40,
+        PREAMBLE_LEN,
+        200,
+        bytes.len() / 2,
+        bytes.len() - 1,
+    ] {
         fs::write(&path, &bytes[..cut]).unwrap();
         let err = expect_error(&path);
         assert!(
@@ -169,7 +199,10 @@ fn future_version_is_refused_with_upgrade_hint() {
     bytes[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
     fs::write(&path, &bytes).unwrap();
     let err = expect_error(&path);
-    assert!(matches!(err, ContainerError::UnsupportedVersion { found: 2, .. }), "{err}");
+    assert!(
+        matches!(err, ContainerError::UnsupportedVersion { found: 2, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("upgrade qins"));
 }
 
@@ -188,7 +221,10 @@ fn a_flipped_byte_in_any_section_is_caught() {
         targets.push(("index".into(), preamble.index_offset + 3));
         for entry in &file.index {
             for (what, section) in entry.sections() {
-                targets.push((format!("{}/{what}", entry.name), section.offset + section.stored_len / 2));
+                targets.push((
+                    format!("{}/{what}", entry.name),
+                    section.offset + section.stored_len / 2,
+                ));
             }
         }
         drop(file);
@@ -197,7 +233,10 @@ fn a_flipped_byte_in_any_section_is_caught() {
             bytes[offset as usize] ^= 0x10;
             fs::write(&path, &bytes).unwrap();
             let err = expect_error(&path);
-            assert!(matches!(err, ContainerError::Corrupt { .. }), "{what}: {err}");
+            assert!(
+                matches!(err, ContainerError::Corrupt { .. }),
+                "{what}: {err}"
+            );
         }
     }
 }
@@ -223,7 +262,10 @@ fn absurd_shapes_and_sizes_are_refused_before_allocating() {
     let dir = TempDir::new("absurd");
     let path = dir.path("m.qins");
     let cases: Vec<(&str, Box<dyn Fn(&mut Vec<TensorEntry>)>)> = vec![
-        ("huge shape", Box::new(|i| i[0].shape = vec![1 << 40, 1 << 40])),
+        (
+            "huge shape",
+            Box::new(|i| i[0].shape = vec![1 << 40, 1 << 40]),
+        ),
         ("zero dim", Box::new(|i| i[0].shape = vec![0, 16])),
         ("shape mismatch", Box::new(|i| i[0].shape = vec![41, 16])),
         ("3-D qins", Box::new(|i| i[0].shape = vec![40, 4, 4])),
@@ -259,7 +301,10 @@ fn absurd_shapes_and_sizes_are_refused_before_allocating() {
         write_sample(&path, Compression::None);
         rewrite_index(&path, edit);
         let err = expect_error(&path);
-        assert!(matches!(err, ContainerError::Invalid { .. }), "{what}: {err}");
+        assert!(
+            matches!(err, ContainerError::Invalid { .. }),
+            "{what}: {err}"
+        );
     }
 }
 
@@ -276,7 +321,11 @@ fn dropped_writer_leaves_nothing_and_keeps_the_previous_file() {
         // Dropped without finish: as if the conversion failed half way.
     }
     assert_eq!(fs::read(&path).unwrap(), previous, "output untouched");
-    let leftovers: Vec<_> = fs::read_dir(&dir.0).unwrap().flatten().map(|e| e.file_name()).collect();
+    let leftovers: Vec<_> = fs::read_dir(&dir.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert_eq!(leftovers.len(), 1, "no temp file left: {leftovers:?}");
 }
 
@@ -288,7 +337,11 @@ fn temp_files_of_dead_writers_are_removed() {
     let dead_pid = child.id();
     child.wait().unwrap();
     let stale = dir.path(&format!(".m.qins{}{dead_pid}", writer::TEMP_MARKER));
-    let live = dir.path(&format!(".n.qins{}{}", writer::TEMP_MARKER, std::process::id()));
+    let live = dir.path(&format!(
+        ".n.qins{}{}",
+        writer::TEMP_MARKER,
+        std::process::id()
+    ));
     let unrelated = dir.path("keep.qins");
     for p in [&stale, &live, &unrelated] {
         fs::write(p, b"x").unwrap();

@@ -95,7 +95,12 @@ impl ContainerWriter {
         Ok(())
     }
 
-    pub fn add_f32(&mut self, name: &str, shape: &[usize], values: &[f32]) -> Result<(), ContainerError> {
+    pub fn add_f32(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        values: &[f32],
+    ) -> Result<(), ContainerError> {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let data = self.write_section(&bytes, Compression::None)?;
         self.index.push(TensorEntry {
@@ -146,7 +151,11 @@ impl ContainerWriter {
         }
     }
 
-    fn write_section(&mut self, raw: &[u8], compression: Compression) -> Result<Section, ContainerError> {
+    fn write_section(
+        &mut self,
+        raw: &[u8],
+        compression: Compression,
+    ) -> Result<Section, ContainerError> {
         self.pad_to_alignment()?;
         let offset = self.position;
         let compressed;

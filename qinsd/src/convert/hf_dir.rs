@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 use serde_json::Value;
 
-use super::source::{SourceModel, SourceTensor, TensorSource};
 use super::ConvertError;
+use super::source::{SourceModel, SourceTensor, TensorSource};
 use crate::container::{GenerationDefaults, SourceInfo};
 use crate::model::ModelConfig;
 
@@ -39,19 +39,22 @@ pub struct HfDirSource {
 
 impl HfDirSource {
     pub fn open(dir: &Path) -> Result<Self, ConvertError> {
-        Self::open_as(dir, SourceInfo {
-            kind: "hf-dir".into(),
-            id: dir.display().to_string(),
-            revision: None,
-            dtype: String::new(),
-        })
+        Self::open_as(
+            dir,
+            SourceInfo {
+                kind: "hf-dir".into(),
+                id: dir.display().to_string(),
+                revision: None,
+                dtype: String::new(),
+            },
+        )
     }
 
     /// Opens `dir` recording `info` as the model's origin (used for Hub snapshots).
     pub fn open_as(dir: &Path, mut info: SourceInfo) -> Result<Self, ConvertError> {
         let config_json = read_json(&dir.join("config.json"))?;
-        let mut config =
-            ModelConfig::from_hf_json(&config_json).map_err(|e| ConvertError::Config(dir.join("config.json"), e))?;
+        let mut config = ModelConfig::from_hf_json(&config_json)
+            .map_err(|e| ConvertError::Config(dir.join("config.json"), e))?;
         let generation_json = read_json_if_exists(&dir.join("generation_config.json"))?;
         merge_eos_ids(&mut config, generation_json.as_ref());
         let tokenizer_json = fs::read_to_string(dir.join("tokenizer.json")).map_err(|e| {
@@ -66,10 +69,12 @@ impl HfDirSource {
         let expected = config.expected_tensors();
         let mut tensors = Vec::with_capacity(expected.len());
         for (name, shape) in expected {
-            let location = locations.get(&name).ok_or_else(|| ConvertError::MissingTensor {
-                source_path: dir.to_path_buf(),
-                name: name.clone(),
-            })?;
+            let location = locations
+                .get(&name)
+                .ok_or_else(|| ConvertError::MissingTensor {
+                    source_path: dir.to_path_buf(),
+                    name: name.clone(),
+                })?;
             if location.shape != shape {
                 return Err(ConvertError::TensorShape {
                     name,
@@ -100,20 +105,25 @@ impl TensorSource for HfDirSource {
     }
 
     fn read_f32(&self, name: &str) -> Result<Vec<f32>, ConvertError> {
-        let loc = self.locations.get(name).ok_or_else(|| ConvertError::MissingTensor {
-            source_path: PathBuf::from(&self.model.info.id),
-            name: name.into(),
-        })?;
-        let len = usize::try_from(loc.end - loc.start).map_err(|_| ConvertError::io(&loc.file, too_big()))?;
+        let loc = self
+            .locations
+            .get(name)
+            .ok_or_else(|| ConvertError::MissingTensor {
+                source_path: PathBuf::from(&self.model.info.id),
+                name: name.into(),
+            })?;
+        let len = usize::try_from(loc.end - loc.start)
+            .map_err(|_| ConvertError::io(&loc.file, too_big()))?;
         let mut bytes = vec![0u8; len];
         let file = File::open(&loc.file).map_err(|e| ConvertError::io(&loc.file, e))?;
         file.read_exact_at(&mut bytes, loc.start)
             .map_err(|e| ConvertError::io(&loc.file, e))?;
         let count: usize = loc.shape.iter().product();
-        let values = decode_dtype(&loc.dtype, &bytes).ok_or_else(|| ConvertError::UnsupportedDtype {
-            name: name.into(),
-            dtype: loc.dtype.clone(),
-        })?;
+        let values =
+            decode_dtype(&loc.dtype, &bytes).ok_or_else(|| ConvertError::UnsupportedDtype {
+                name: name.into(),
+                dtype: loc.dtype.clone(),
+            })?;
         if values.len() != count {
             return Err(ConvertError::TensorShape {
                 name: name.into(),
@@ -165,7 +175,11 @@ fn read_json(path: &Path) -> Result<Value, ConvertError> {
 }
 
 fn read_json_if_exists(path: &Path) -> Result<Option<Value>, ConvertError> {
-    if path.exists() { read_json(path).map(Some) } else { Ok(None) }
+    if path.exists() {
+        read_json(path).map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 /// `generation_config.json` often lists more end tokens than `config.json`
@@ -175,7 +189,11 @@ fn merge_eos_ids(config: &mut ModelConfig, generation: Option<&Value>) {
         return;
     };
     let ids: Vec<u32> = match eos {
-        Value::Array(a) => a.iter().filter_map(Value::as_u64).map(|v| v as u32).collect(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|v| v as u32)
+            .collect(),
         v => v.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
     };
     for id in ids {
@@ -290,7 +308,10 @@ fn read_safetensors_header(path: &Path) -> Result<Vec<(String, TensorLocation)>,
         reason,
     };
     let file = File::open(path).map_err(|e| ConvertError::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| ConvertError::io(path, e))?.len();
+    let file_len = file
+        .metadata()
+        .map_err(|e| ConvertError::io(path, e))?
+        .len();
     let mut len_bytes = [0u8; 8];
     file.read_exact_at(&mut len_bytes, 0)
         .map_err(|_| invalid("too short to be a safetensors file".into()))?;
@@ -301,19 +322,28 @@ fn read_safetensors_header(path: &Path) -> Result<Vec<(String, TensorLocation)>,
     let mut header = vec![0u8; header_len as usize];
     file.read_exact_at(&mut header, 8)
         .map_err(|e| ConvertError::io(path, e))?;
-    let header: BTreeMap<String, Value> =
-        serde_json::from_slice(&header).map_err(|e| ConvertError::BadJson(path.to_path_buf(), e))?;
+    let header: BTreeMap<String, Value> = serde_json::from_slice(&header)
+        .map_err(|e| ConvertError::BadJson(path.to_path_buf(), e))?;
     let data_start = 8 + header_len;
     let mut out = Vec::new();
     for (name, info) in header {
         if name == "__metadata__" {
             continue;
         }
-        let dtype = info.get("dtype").and_then(Value::as_str).unwrap_or_default().to_string();
+        let dtype = info
+            .get("dtype")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let shape: Vec<usize> = info
             .get("shape")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_u64).map(|d| d as usize).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_u64)
+                    .map(|d| d as usize)
+                    .collect()
+            })
             .ok_or_else(|| invalid(format!("tensor '{name}' has no shape")))?;
         let offsets: Vec<u64> = info
             .get("data_offsets")
@@ -324,7 +354,9 @@ fn read_safetensors_header(path: &Path) -> Result<Vec<(String, TensorLocation)>,
             return Err(invalid(format!("tensor '{name}' has no data_offsets")));
         };
         let (start, end) = (data_start + begin, data_start + end);
-        let count = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        let count = shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
         let consistent = match (element_size(&dtype), count) {
             (Some(size), Some(count)) => count.checked_mul(size) == end.checked_sub(start),
             // Other dtypes are reported only if the tensor is actually needed.
@@ -332,15 +364,20 @@ fn read_safetensors_header(path: &Path) -> Result<Vec<(String, TensorLocation)>,
             _ => false,
         };
         if !consistent || end > file_len {
-            return Err(invalid(format!("tensor '{name}' has inconsistent offsets or shape")));
+            return Err(invalid(format!(
+                "tensor '{name}' has inconsistent offsets or shape"
+            )));
         }
-        out.push((name, TensorLocation {
-            file: path.to_path_buf(),
-            dtype,
-            shape,
-            start,
-            end,
-        }));
+        out.push((
+            name,
+            TensorLocation {
+                file: path.to_path_buf(),
+                dtype,
+                shape,
+                start,
+                end,
+            },
+        ));
     }
     Ok(out)
 }

@@ -14,7 +14,11 @@ use crate::container::SourceInfo;
 
 /// Files fetched besides the weights; the first two are required.
 const REQUIRED_FILES: [&str; 2] = ["config.json", "tokenizer.json"];
-const OPTIONAL_FILES: [&str; 3] = ["tokenizer_config.json", "generation_config.json", "chat_template.jinja"];
+const OPTIONAL_FILES: [&str; 3] = [
+    "tokenizer_config.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
 
 /// Whether `source` looks like a Hub id rather than a local path.
 pub fn looks_like_hub_id(source: &str) -> bool {
@@ -23,7 +27,11 @@ pub fn looks_like_hub_id(source: &str) -> bool {
     let (Some(owner), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
         return false;
     };
-    let valid = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
     valid(owner) && valid(name) && !Path::new(source).exists()
 }
 
@@ -37,19 +45,23 @@ pub fn open_hub_model(
         None => (source.to_string(), "main".to_string()),
     };
     let repo = Repo::with_revision(id.clone(), RepoType::Model, revision.clone());
-    let unreachable = |reason: String| ConvertError::HubUnreachable { id: id.clone(), reason };
+    let unreachable = |reason: String| ConvertError::HubUnreachable {
+        id: id.clone(),
+        reason,
+    };
     let api = ApiBuilder::from_env()
         .with_progress(false)
         .build()
         .map_err(|e| unreachable(e.to_string()))?;
     let api_repo = api.repo(repo.clone());
     let cache = Cache::from_env().repo(repo);
-    let fetch = |file: &str, progress: &mut dyn FnMut(ConvertEvent)| -> Result<PathBuf, ConvertError> {
-        if let Some(path) = cache.get(file) {
-            return Ok(path);
-        }
-        download(&api_repo, file, progress).map_err(|e| unreachable(format!("{file}: {e}")))
-    };
+    let fetch =
+        |file: &str, progress: &mut dyn FnMut(ConvertEvent)| -> Result<PathBuf, ConvertError> {
+            if let Some(path) = cache.get(file) {
+                return Ok(path);
+            }
+            download(&api_repo, file, progress).map_err(|e| unreachable(format!("{file}: {e}")))
+        };
     let mut snapshot_dir = None;
     for file in REQUIRED_FILES {
         let path = fetch(file, progress)?;
@@ -63,12 +75,15 @@ pub fn open_hub_model(
         fetch(&file, progress)?;
     }
     let dir = snapshot_dir.ok_or_else(|| unreachable("empty snapshot".into()))?;
-    HfDirSource::open_as(&dir, SourceInfo {
-        kind: "hub".into(),
-        id,
-        revision: Some(revision),
-        dtype: String::new(),
-    })
+    HfDirSource::open_as(
+        &dir,
+        SourceInfo {
+            kind: "hub".into(),
+            id,
+            revision: Some(revision),
+            dtype: String::new(),
+        },
+    )
 }
 
 /// Shard names from the index, or the single `model.safetensors`.
@@ -79,13 +94,18 @@ fn weight_files(
     let Ok(index_path) = fetch("model.safetensors.index.json", progress) else {
         return Ok(vec!["model.safetensors".into()]);
     };
-    let text = std::fs::read_to_string(&index_path).map_err(|e| ConvertError::io(&index_path, e))?;
+    let text =
+        std::fs::read_to_string(&index_path).map_err(|e| ConvertError::io(&index_path, e))?;
     let index: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| ConvertError::BadJson(index_path.clone(), e))?;
     let mut files: Vec<String> = index
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|m| {
+            m.values()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     files.dedup();
@@ -160,7 +180,9 @@ mod tests {
     #[test]
     fn recognises_hub_ids() {
         assert!(looks_like_hub_id("microsoft/Phi-3.5-mini-instruct"));
-        assert!(looks_like_hub_id("HuggingFaceTB/SmolLM2-135M-Instruct@main"));
+        assert!(looks_like_hub_id(
+            "HuggingFaceTB/SmolLM2-135M-Instruct@main"
+        ));
         assert!(!looks_like_hub_id("model.gguf"));
         assert!(!looks_like_hub_id("/abs/path"));
         assert!(!looks_like_hub_id("a/b/c"));
@@ -182,7 +204,10 @@ mod tests {
         };
         let message = err.to_string();
         assert!(message.contains("nobody/nothing"), "{message}");
-        assert!(message.contains("qinsd convert /path/to/model-dir"), "{message}");
+        assert!(
+            message.contains("qinsd convert /path/to/model-dir"),
+            "{message}"
+        );
         assert!(!message.contains('\n'), "{message}");
         let _ = std::fs::remove_dir_all(cache);
     }

@@ -81,13 +81,20 @@ pub struct ConvertOptions {
     pub compression: Compression,
     /// Name recorded in the header (default: the output file stem).
     pub name: Option<String>,
+    /// Keep matrices as f32 instead of QINS: a float reference model for
+    /// quality comparisons (4x larger; not meant for serving).
+    pub reference_f32: bool,
 }
 
 /// Progress of a conversion, for progress bars and the daemon's stream.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ConvertEvent {
     /// Bytes of one file downloaded from the Hub so far.
-    Download { file: String, bytes: u64, total: u64 },
+    Download {
+        file: String,
+        bytes: u64,
+        total: u64,
+    },
     /// Source opened; `parameters` weights in `tensors` tensors to encode.
     Started { tensors: usize, parameters: u64 },
     /// Tensor `index` (1-based) of `count` written.
@@ -126,7 +133,8 @@ pub fn open_source(
         }
         return Err(ConvertError::Invalid {
             path: path.to_path_buf(),
-            reason: "not a GGUF file; pass a GGUF file, a Hugging Face model directory or a Hub id".into(),
+            reason: "not a GGUF file; pass a GGUF file, a Hugging Face model directory or a Hub id"
+                .into(),
         });
     }
     if hub::looks_like_hub_id(source) {
@@ -152,10 +160,13 @@ pub fn convert(
     cancel: &AtomicBool,
 ) -> Result<ConvertSummary, ConvertError> {
     let started = Instant::now();
-    options.encode.validate().map_err(|source| ConvertError::Codec {
-        name: "(options)".into(),
-        source,
-    })?;
+    options
+        .encode
+        .validate()
+        .map_err(|source| ConvertError::Codec {
+            name: "(options)".into(),
+            source,
+        })?;
     let model = source.model();
     let parameters: u64 = model
         .tensors
@@ -175,13 +186,15 @@ pub fn convert(
             return Err(ConvertError::Cancelled);
         }
         let values = source.read_f32(&tensor.name)?;
-        if let [rows, cols] = tensor.shape[..] {
-            let encoded = codec::encode_matrix(&values, rows, cols, &options.encode).map_err(|source| {
-                ConvertError::Codec {
-                    name: tensor.name.clone(),
-                    source,
-                }
-            })?;
+        if let ([rows, cols], false) = (&tensor.shape[..], options.reference_f32) {
+            let (rows, cols) = (*rows, *cols);
+            let encoded =
+                codec::encode_matrix(&values, rows, cols, &options.encode).map_err(|source| {
+                    ConvertError::Codec {
+                        name: tensor.name.clone(),
+                        source,
+                    }
+                })?;
             let stats = ErrorStats::measure(&values, &encoded);
             total.merge(&stats);
             per_tensor.push(TensorQuality {
@@ -212,7 +225,9 @@ pub fn convert(
     }
     let header = build_header(model, output, options, total, per_tensor);
     let output = writer.finish(&header)?;
-    let file_bytes = std::fs::metadata(&output).map_err(|e| ConvertError::io(&output, e))?.len();
+    let file_bytes = std::fs::metadata(&output)
+        .map_err(|e| ConvertError::io(&output, e))?
+        .len();
     Ok(ConvertSummary {
         output,
         header,
@@ -245,7 +260,7 @@ fn build_header(
         source: model.info.clone(),
         encode_options: options.encode,
         compression: options.compression,
-        quality: Some(QualityReport {
+        quality: (!options.reference_f32).then(|| QualityReport {
             model: total.summary(),
             tensors,
         }),

@@ -39,9 +39,15 @@ pub fn stop_tokens_of_template(template: Option<&str>) -> Vec<String> {
     let Some(template) = template else {
         return Vec::new();
     };
-    ["<|end|>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "</s>"]
-        .into_iter()
-        .filter(|t| template.contains(t))
-        .map(String::from)
-        .collect()
+    [
+        "<|end|>",
+        "<|endoftext|>",
+        "<|im_end|>",
+        "<|eot_id|>",
+        "</s>",
+    ]
+    .into_iter()
+    .filter(|t| template.contains(t))
+    .map(String::from)
+    .collect()
 }

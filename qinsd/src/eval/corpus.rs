@@ -9,9 +9,10 @@ use super::perplexity::EvalError;
 
 /// Reads `wiki-summaries.json` (`{title: {title, extract, ...}}`) into one text.
 pub fn wiki_summaries_text(path: &Path) -> Result<String, EvalError> {
-    let text = std::fs::read_to_string(path).map_err(|e| EvalError::Model(format!("{}: {e}", path.display())))?;
-    let json: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&text).map_err(|e| EvalError::Model(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EvalError::Model(format!("{}: {e}", path.display())))?;
+    let json: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+        .map_err(|e| EvalError::Model(format!("{}: {e}", path.display())))?;
     let mut titles: Vec<&String> = json.keys().collect();
     titles.sort();
     let extracts: Vec<&str> = titles

@@ -12,10 +12,16 @@ use thiserror::Error;
 pub enum EvalError {
     #[error("need at least 2 tokens to evaluate, got {0}")]
     TooFewTokens(usize),
-    #[error("window ({window}) must be at least 2 and stride ({stride}) in 1..window (overlap gives context)")]
+    #[error(
+        "window ({window}) must be at least 2 and stride ({stride}) in 1..window (overlap gives context)"
+    )]
     BadWindow { window: usize, stride: usize },
     #[error("model returned {got} logits for {tokens} tokens of vocabulary {vocab}")]
-    BadLogits { got: usize, tokens: usize, vocab: usize },
+    BadLogits {
+        got: usize,
+        tokens: usize,
+        vocab: usize,
+    },
     #[error("model failed: {0}")]
     Model(String),
 }
@@ -57,7 +63,11 @@ pub fn windows(n: usize, options: WindowOptions) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut start = 0;
     loop {
-        let first_scored = if start == 0 { 1 } else { start + options.window - options.stride };
+        let first_scored = if start == 0 {
+            1
+        } else {
+            start + options.window - options.stride
+        };
         if first_scored >= n {
             break;
         }
@@ -95,7 +105,11 @@ pub fn evaluate(
         let chunk = &tokens[start..end];
         let logits = checked(model(chunk).map_err(EvalError::Model)?, chunk.len(), vocab)?;
         let ref_logits = match reference.as_deref_mut() {
-            Some(r) => Some(checked(r(chunk).map_err(EvalError::Model)?, chunk.len(), vocab)?),
+            Some(r) => Some(checked(
+                r(chunk).map_err(EvalError::Model)?,
+                chunk.len(),
+                vocab,
+            )?),
             None => None,
         };
         // Position p predicts token p + 1.
@@ -174,7 +188,9 @@ fn argmax(values: &[f64]) -> usize {
     values
         .iter()
         .enumerate()
-        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
         .0
 }
 
@@ -184,7 +200,13 @@ mod tests {
 
     #[test]
     fn every_token_but_the_first_is_scored_once() {
-        for (n, window, stride) in [(10, 4, 2), (1000, 512, 256), (7, 8, 4), (513, 512, 256), (100, 10, 9)] {
+        for (n, window, stride) in [
+            (10, 4, 2),
+            (1000, 512, 256),
+            (7, 8, 4),
+            (513, 512, 256),
+            (100, 10, 9),
+        ] {
             let plan = windows(n, WindowOptions { window, stride });
             let mut scored = vec![0; n];
             for (start, first) in plan {
@@ -194,7 +216,10 @@ mod tests {
                 }
             }
             assert_eq!(scored[0], 0);
-            assert!(scored[1..].iter().all(|&c| c == 1), "n={n} w={window} s={stride}: {scored:?}");
+            assert!(
+                scored[1..].iter().all(|&c| c == 1),
+                "n={n} w={window} s={stride}: {scored:?}"
+            );
         }
     }
 
@@ -203,10 +228,24 @@ mod tests {
         let vocab = 50;
         let tokens: Vec<u32> = (0..300).map(|i| (i * 7 % vocab) as u32).collect();
         let mut uniform = |t: &[u32]| Ok(vec![0.0f32; t.len() * vocab]);
-        let report = evaluate(&tokens, vocab, WindowOptions { window: 64, stride: 32 }, &mut uniform, None, |_, _| {})
-            .unwrap();
+        let report = evaluate(
+            &tokens,
+            vocab,
+            WindowOptions {
+                window: 64,
+                stride: 32,
+            },
+            &mut uniform,
+            None,
+            |_, _| {},
+        )
+        .unwrap();
         assert_eq!(report.tokens_scored, 299);
-        assert!((report.perplexity - vocab as f64).abs() < 1e-9, "{}", report.perplexity);
+        assert!(
+            (report.perplexity - vocab as f64).abs() < 1e-9,
+            "{}",
+            report.perplexity
+        );
         assert_eq!(report.mean_kl, None);
     }
 
@@ -223,12 +262,28 @@ mod tests {
             Ok(out)
         };
         let mut same = oracle;
-        let report = evaluate(&tokens, vocab, WindowOptions::default(), &mut oracle, Some(&mut same), |_, _| {}).unwrap();
+        let report = evaluate(
+            &tokens,
+            vocab,
+            WindowOptions::default(),
+            &mut oracle,
+            Some(&mut same),
+            |_, _| {},
+        )
+        .unwrap();
         assert!(report.perplexity < 1.0001);
         assert!(report.mean_kl.unwrap() < 1e-12);
         assert_eq!(report.top1_agreement, Some(1.0));
         let mut uniform = |t: &[u32]| Ok(vec![0.0f32; t.len() * vocab]);
-        let report = evaluate(&tokens, vocab, WindowOptions::default(), &mut uniform, Some(&mut same), |_, _| {}).unwrap();
+        let report = evaluate(
+            &tokens,
+            vocab,
+            WindowOptions::default(),
+            &mut uniform,
+            Some(&mut same),
+            |_, _| {},
+        )
+        .unwrap();
         // KL(oracle || uniform) = ln(vocab) - H(oracle) ~ ln 8.
         assert!((report.mean_kl.unwrap() - (vocab as f64).ln()).abs() < 0.01);
     }
@@ -244,11 +299,27 @@ mod tests {
     #[test]
     fn bad_inputs_are_typed_errors() {
         let mut m = |t: &[u32]| Ok(vec![0.0f32; t.len()]);
-        assert!(matches!(evaluate(&[1], 4, WindowOptions::default(), &mut m, None, |_, _| {}), Err(EvalError::TooFewTokens(1))));
-        let bad = WindowOptions { window: 4, stride: 4 };
-        assert!(matches!(evaluate(&[1, 2, 3], 4, bad, &mut m, None, |_, _| {}), Err(EvalError::BadWindow { .. })));
         assert!(matches!(
-            evaluate(&[1, 2, 3], 4, WindowOptions::default(), &mut m, None, |_, _| {}),
+            evaluate(&[1], 4, WindowOptions::default(), &mut m, None, |_, _| {}),
+            Err(EvalError::TooFewTokens(1))
+        ));
+        let bad = WindowOptions {
+            window: 4,
+            stride: 4,
+        };
+        assert!(matches!(
+            evaluate(&[1, 2, 3], 4, bad, &mut m, None, |_, _| {}),
+            Err(EvalError::BadWindow { .. })
+        ));
+        assert!(matches!(
+            evaluate(
+                &[1, 2, 3],
+                4,
+                WindowOptions::default(),
+                &mut m,
+                None,
+                |_, _| {}
+            ),
             Err(EvalError::BadLogits { .. })
         ));
     }

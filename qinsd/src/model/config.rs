@@ -160,7 +160,10 @@ impl ModelConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return invalid(format!("head_dim ({}) must be even for rotary embeddings", self.head_dim));
+            return invalid(format!(
+                "head_dim ({}) must be even for rotary embeddings",
+                self.head_dim
+            ));
         }
         if let Some(rope) = &self.rope_scaling {
             let half = self.head_dim / 2;
@@ -181,13 +184,19 @@ impl ModelConfig {
         let q = self.num_attention_heads * self.head_dim;
         let kv = self.num_key_value_heads * self.head_dim;
         let ff = self.intermediate_size;
-        let mut tensors = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h])];
+        let mut tensors = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![self.vocab_size, h],
+        )];
         for i in 0..self.num_hidden_layers {
             let p = format!("model.layers.{i}");
             tensors.push((format!("{p}.input_layernorm.weight"), vec![h]));
             match self.architecture {
                 Architecture::Phi3 => {
-                    tensors.push((format!("{p}.self_attn.qkv_proj.weight"), vec![q + 2 * kv, h]));
+                    tensors.push((
+                        format!("{p}.self_attn.qkv_proj.weight"),
+                        vec![q + 2 * kv, h],
+                    ));
                 }
                 Architecture::Llama => {
                     tensors.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
@@ -328,7 +337,11 @@ mod tests {
     #[test]
     fn expected_tensors_add_up_to_the_parameter_count() {
         let c = ModelConfig::from_hf_json(&phi35_json("rope_scaling")).unwrap();
-        let total: usize = c.expected_tensors().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let total: usize = c
+            .expected_tensors()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
         assert_eq!(total as u64, c.parameter_count());
         assert_eq!(c.expected_tensors().len(), 2 + 32 * 6 + 1);
     }
