@@ -10,6 +10,8 @@ pub mod container;
 pub mod convert;
 pub mod eval;
 pub mod fixtures;
+pub mod kernels;
 pub mod model;
 pub mod rng;
+pub mod tokenizer;
 pub mod weights;

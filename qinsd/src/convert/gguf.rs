@@ -31,20 +31,23 @@ pub struct GgufSource {
 impl GgufSource {
     pub fn open(path: &Path) -> Result<Self, ConvertError> {
         let mut reader = BufReader::new(File::open(path).map_err(|e| ConvertError::io(path, e))?);
-        let content = Content::read(&mut reader).map_err(|e| ConvertError::Gguf(path.to_path_buf(), e.to_string()))?;
+        let content = Content::read(&mut reader)
+            .map_err(|e| ConvertError::Gguf(path.to_path_buf(), e.to_string()))?;
         let meta = Metadata {
             path,
             values: &content.metadata,
         };
         let architecture = Architecture::from_name(meta.string("general.architecture")?)
             .map_err(|e| ConvertError::Config(path.to_path_buf(), e))?;
-        let tokenizer = tokenizer_from_gguf(&content).map_err(|e| ConvertError::Tokenizer(path.to_path_buf(), e.to_string()))?;
+        let tokenizer = tokenizer_from_gguf(&content)
+            .map_err(|e| ConvertError::Tokenizer(path.to_path_buf(), e.to_string()))?;
         let vocab_size = match content.metadata.get("tokenizer.ggml.tokens") {
             Some(Value::Array(tokens)) => tokens.len(),
             _ => return Err(meta.missing("tokenizer.ggml.tokens")),
         };
         let tie_word_embeddings = !content.tensor_infos.contains_key("output.weight");
-        let mut config = config_from_metadata(&meta, architecture, vocab_size, tie_word_embeddings)?;
+        let mut config =
+            config_from_metadata(&meta, architecture, vocab_size, tie_word_embeddings)?;
         if architecture == Architecture::Phi3 {
             config.rope_scaling = read_longrope(path, &content, &meta, &config)?;
         }
@@ -58,10 +61,14 @@ impl GgufSource {
         let mut tensors = Vec::new();
         for (name, shape) in config.expected_tensors() {
             let gguf_name = &gguf_names[&name];
-            let info = content.tensor_infos.get(gguf_name).ok_or_else(|| ConvertError::MissingTensor {
-                source_path: path.to_path_buf(),
-                name: gguf_name.clone(),
-            })?;
+            let info =
+                content
+                    .tensor_infos
+                    .get(gguf_name)
+                    .ok_or_else(|| ConvertError::MissingTensor {
+                        source_path: path.to_path_buf(),
+                        name: gguf_name.clone(),
+                    })?;
             if info.shape.dims() != shape.as_slice() {
                 return Err(ConvertError::TensorShape {
                     name: gguf_name.clone(),
@@ -109,12 +116,18 @@ impl TensorSource for GgufSource {
     }
 
     fn read_f32(&self, name: &str) -> Result<Vec<f32>, ConvertError> {
-        let gguf_name = self.gguf_names.get(name).ok_or_else(|| ConvertError::MissingTensor {
-            source_path: self.path.clone(),
-            name: name.into(),
-        })?;
-        let gguf_error = |e: candle_core::Error| ConvertError::Gguf(self.path.clone(), format!("tensor '{gguf_name}': {e}"));
-        let mut reader = BufReader::new(File::open(&self.path).map_err(|e| ConvertError::io(&self.path, e))?);
+        let gguf_name = self
+            .gguf_names
+            .get(name)
+            .ok_or_else(|| ConvertError::MissingTensor {
+                source_path: self.path.clone(),
+                name: name.into(),
+            })?;
+        let gguf_error = |e: candle_core::Error| {
+            ConvertError::Gguf(self.path.clone(), format!("tensor '{gguf_name}': {e}"))
+        };
+        let mut reader =
+            BufReader::new(File::open(&self.path).map_err(|e| ConvertError::io(&self.path, e))?);
         let values = self
             .content
             .tensor(&mut reader, gguf_name, &Device::Cpu)
@@ -124,8 +137,12 @@ impl TensorSource for GgufSource {
             .map_err(gguf_error)?;
         let config = &self.model.config;
         Ok(match (config.architecture, gguf_name.rsplit('.').nth(1)) {
-            (Architecture::Llama, Some("attn_q")) => unpermute_rotary_rows(&values, config.num_attention_heads, config.hidden_size),
-            (Architecture::Llama, Some("attn_k")) => unpermute_rotary_rows(&values, config.num_key_value_heads, config.hidden_size),
+            (Architecture::Llama, Some("attn_q")) => {
+                unpermute_rotary_rows(&values, config.num_attention_heads, config.hidden_size)
+            }
+            (Architecture::Llama, Some("attn_k")) => {
+                unpermute_rotary_rows(&values, config.num_key_value_heads, config.hidden_size)
+            }
             _ => values,
         })
     }
@@ -143,7 +160,8 @@ pub fn unpermute_rotary_rows(values: &[f32], heads: usize, cols: usize) -> Vec<f
             for j in 0..2 {
                 let src = head * head_dim + 2 * i + j;
                 let dst = head * head_dim + j * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&values[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&values[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -152,7 +170,10 @@ pub fn unpermute_rotary_rows(values: &[f32], heads: usize, cols: usize) -> Vec<f
 
 fn hf_to_gguf_names(config: &ModelConfig) -> HashMap<String, String> {
     let mut names = HashMap::new();
-    names.insert("model.embed_tokens.weight".into(), "token_embd.weight".into());
+    names.insert(
+        "model.embed_tokens.weight".into(),
+        "token_embd.weight".into(),
+    );
     names.insert("model.norm.weight".into(), "output_norm.weight".into());
     names.insert("lm_head.weight".into(), "output.weight".into());
     let gate_up = match config.architecture {
@@ -172,7 +193,10 @@ fn hf_to_gguf_names(config: &ModelConfig) -> HashMap<String, String> {
             gate_up,
             ("mlp.down_proj", "ffn_down"),
         ] {
-            names.insert(format!("model.layers.{i}.{hf}.weight"), format!("blk.{i}.{gguf}.weight"));
+            names.insert(
+                format!("model.layers.{i}.{hf}.weight"),
+                format!("blk.{i}.{gguf}.weight"),
+            );
         }
     }
     names
@@ -185,7 +209,10 @@ struct Metadata<'a> {
 
 impl Metadata<'_> {
     fn missing(&self, key: &str) -> ConvertError {
-        ConvertError::Gguf(self.path.to_path_buf(), format!("metadata key '{key}' is missing or has the wrong type"))
+        ConvertError::Gguf(
+            self.path.to_path_buf(),
+            format!("metadata key '{key}' is missing or has the wrong type"),
+        )
     }
 
     fn string(&self, key: &str) -> Result<&str, ConvertError> {
@@ -225,7 +252,9 @@ fn config_from_metadata(
     let key = |k: &str| format!("{arch}.{k}");
     let hidden_size = meta.usize(&key("embedding_length"))?;
     let num_attention_heads = meta.usize(&key("attention.head_count"))?;
-    let num_key_value_heads = meta.usize(&key("attention.head_count_kv")).unwrap_or(num_attention_heads);
+    let num_key_value_heads = meta
+        .usize(&key("attention.head_count_kv"))
+        .unwrap_or(num_attention_heads);
     let head_dim = meta
         .usize(&key("attention.key_length"))
         .or_else(|_| meta.usize(&key("rope.dimension_count")))
@@ -239,7 +268,9 @@ fn config_from_metadata(
         num_attention_heads,
         num_key_value_heads,
         head_dim,
-        rms_norm_eps: meta.number(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+        rms_norm_eps: meta
+            .number(&key("attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-5),
         rope_theta: meta.number(&key("rope.freq_base")).unwrap_or(10_000.0),
         max_position_embeddings: meta.usize(&key("context_length"))?,
         rope_scaling: None,
@@ -269,7 +300,10 @@ fn read_longrope(
             .map_err(|e| ConvertError::Gguf(path.to_path_buf(), format!("tensor '{name}': {e}")))?;
         Ok(Some(values.into_iter().map(f64::from).collect()))
     };
-    let (Some(short_factor), Some(long_factor)) = (read("rope_factors_short.weight")?, read("rope_factors_long.weight")?) else {
+    let (Some(short_factor), Some(long_factor)) = (
+        read("rope_factors_short.weight")?,
+        read("rope_factors_long.weight")?,
+    ) else {
         return Ok(None);
     };
     Ok(Some(LongRope {
@@ -291,10 +325,20 @@ mod tests {
         // One head of head_dim 4: Hugging Face rows [a0 a1 | b0 b1] (rotate_half
         // pairs a_i with b_i) are stored by llama.cpp interleaved as [a0 b0 a1 b1].
         let gguf = [10.0, 20.0, 11.0, 21.0];
-        assert_eq!(unpermute_rotary_rows(&gguf, 1, 1), vec![10.0, 11.0, 20.0, 21.0]);
+        assert_eq!(
+            unpermute_rotary_rows(&gguf, 1, 1),
+            vec![10.0, 11.0, 20.0, 21.0]
+        );
         // Two heads, two columns: each head is handled on its own.
-        let gguf = [0., 0., 2., 2., 1., 1., 3., 3., 4., 4., 6., 6., 5., 5., 7., 7.];
+        let gguf = [
+            0., 0., 2., 2., 1., 1., 3., 3., 4., 4., 6., 6., 5., 5., 7., 7.,
+        ];
         let hf = unpermute_rotary_rows(&gguf, 2, 2);
-        assert_eq!(hf, vec![0., 0., 1., 1., 2., 2., 3., 3., 4., 4., 5., 5., 6., 6., 7., 7.]);
+        assert_eq!(
+            hf,
+            vec![
+                0., 0., 1., 1., 2., 2., 3., 3., 4., 4., 5., 5., 6., 6., 7., 7.
+            ]
+        );
     }
 }

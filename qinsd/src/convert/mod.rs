@@ -4,7 +4,7 @@
 //! Peak memory is about one tensor in f32 plus its codes: the float model is
 //! never held whole.
 
-// TEMP pub mod gguf;
+pub mod gguf;
 pub mod hf_dir;
 pub mod hub;
 pub mod source;
@@ -129,7 +129,7 @@ pub fn open_source(
     }
     if path.is_file() {
         if is_gguf(path)? {
-            todo!("gguf");
+            return Ok(Box::new(gguf::GgufSource::open(path)?));
         }
         return Err(ConvertError::Invalid {
             path: path.to_path_buf(),
