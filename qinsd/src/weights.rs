@@ -268,6 +268,37 @@ impl ResidentWeights {
         }
     }
 
+    /// Removes and returns a matrix of exactly `rows x cols`, QINS or (for
+    /// float reference models) f32.
+    pub fn take_matrix(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Weight, WeightsError> {
+        let shape_error = |actual: Vec<usize>| WeightsError::Shape {
+            name: name.into(),
+            expected: vec![rows, cols],
+            actual,
+        };
+        match self.tensors.remove(name) {
+            Some(Weight::Qins(m)) if m.rows == rows && m.cols == cols => Ok(Weight::Qins(m)),
+            Some(Weight::Qins(m)) => Err(shape_error(vec![m.rows, m.cols])),
+            Some(Weight::F32(t)) if t.shape == [rows, cols] => Ok(Weight::F32(t)),
+            Some(Weight::F32(t)) => Err(shape_error(t.shape)),
+            None => Err(WeightsError::Missing(name.into())),
+        }
+    }
+
+    /// Removes and returns an f32 vector of exactly `len` values.
+    pub fn take_vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, WeightsError> {
+        self.vector(name, len)?;
+        match self.tensors.remove(name) {
+            Some(Weight::F32(t)) => Ok(t.data),
+            _ => Err(WeightsError::Missing(name.into())),
+        }
+    }
+
     pub fn resident_bytes(&self) -> ResidentBytes {
         let mut bytes = ResidentBytes::default();
         for weight in self.tensors.values() {

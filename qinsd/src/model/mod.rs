@@ -1,5 +1,269 @@
 //! Transformer models running on resident QINS weights.
+//!
+//! `phi3.rs` and `llama.rs` map each architecture's tensors onto the shared
+//! decoder block of this file; `layers.rs` holds the building blocks,
+//! `rope.rs` the rotary embeddings and `kv_cache.rs` the preallocated cache.
 
 pub mod config;
+pub mod kv_cache;
+pub mod layers;
+mod llama;
+mod phi3;
+pub mod rope;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use thiserror::Error;
 
 pub use config::{Architecture, ModelConfig};
+pub use kv_cache::KvCache;
+use layers::{Linear, attention, rms_norm, swiglu};
+use rope::Rope;
+
+use crate::weights::{ResidentWeights, WeightsError};
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("the context is full: {needed} tokens needed, the cache holds {capacity}")]
+    ContextFull { needed: usize, capacity: usize },
+    #[error("token id {0} is outside the vocabulary")]
+    TokenOutOfRange(u32),
+    #[error("no tokens to run")]
+    NoTokens,
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("tensor op: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// Attention projections: fused (phi3) or separate (llama).
+enum Qkv {
+    Fused(Linear),
+    Separate { q: Linear, k: Linear, v: Linear },
+}
+
+/// SwiGLU projections: fused `[gate | up]` (phi3) or separate (llama).
+enum GateUp {
+    Fused(Linear),
+    Separate { gate: Linear, up: Linear },
+}
+
+struct DecoderLayer {
+    input_norm: Vec<f32>,
+    qkv: Qkv,
+    o_proj: Linear,
+    post_attention_norm: Vec<f32>,
+    gate_up: GateUp,
+    down: Linear,
+}
+
+pub struct Model {
+    config: ModelConfig,
+    embed: Linear,
+    layers: Vec<DecoderLayer>,
+    norm: Vec<f32>,
+    lm_head: Linear,
+    rope: Rope,
+}
+
+impl Model {
+    /// Takes the tensors the architecture needs out of `weights`, checking
+    /// every shape up front (errors name the tensor).
+    pub fn load(config: &ModelConfig, mut weights: ResidentWeights) -> Result<Self, ModelError> {
+        let h = config.hidden_size;
+        let embed = Linear::from_weight(weights.take_matrix(
+            "model.embed_tokens.weight",
+            config.vocab_size,
+            h,
+        )?);
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            layers.push(match config.architecture {
+                Architecture::Phi3 => phi3::load_layer(&mut weights, config, i)?,
+                Architecture::Llama => llama::load_layer(&mut weights, config, i)?,
+            });
+        }
+        let norm = weights.take_vector("model.norm.weight", h)?;
+        let lm_head = if config.tie_word_embeddings {
+            embed.clone()
+        } else {
+            Linear::from_weight(weights.take_matrix("lm_head.weight", config.vocab_size, h)?)
+        };
+        Ok(Self {
+            config: config.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope: Rope::new(config),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        let c = &self.config;
+        KvCache::new(
+            c.num_hidden_layers,
+            c.num_key_value_heads,
+            c.head_dim,
+            capacity,
+        )
+    }
+
+    /// Runs `tokens` after the cached ones and returns the logits of the last.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.run(tokens, cache, cancel, false)
+    }
+
+    /// Like [`Model::forward`] but returns the logits of every token
+    /// (`tokens.len() x vocab_size`).
+    pub fn forward_all(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.run(tokens, cache, cancel, true)
+    }
+
+    fn run(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        cancel: &AtomicBool,
+        all: bool,
+    ) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(ModelError::NoTokens);
+        }
+        let start = cache.len();
+        if start + n > cache.capacity() {
+            return Err(ModelError::ContextFull {
+                needed: start + n,
+                capacity: cache.capacity(),
+            });
+        }
+        let mut x = self.embed_tokens(tokens)?;
+        // transformers picks the longrope factors from max(position) + 1.
+        let (cos, sin) = self.rope.tables(start..start + n, start + n);
+        for (index, layer) in self.layers.iter().enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(ModelError::Cancelled);
+            }
+            self.decoder_layer(layer, index, &mut x, n, cache, start, &cos, &sin)?;
+        }
+        cache.set_len(start + n);
+        let h = c.hidden_size;
+        let rows = if all { &x[..] } else { &x[(n - 1) * h..] };
+        let normed = rms_norm(rows, &self.norm, c.rms_norm_eps);
+        Ok(self.lm_head.forward(&normed, rows.len() / h))
+    }
+
+    fn embed_tokens(&self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let h = self.config.hidden_size;
+        let mut x = vec![0.0f32; tokens.len() * h];
+        for (&t, row) in tokens.iter().zip(x.chunks_mut(h)) {
+            if t as usize >= self.config.vocab_size {
+                return Err(ModelError::TokenOutOfRange(t));
+            }
+            self.embed.row(t as usize, row);
+        }
+        Ok(x)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decoder_layer(
+        &self,
+        layer: &DecoderLayer,
+        index: usize,
+        x: &mut [f32],
+        n: usize,
+        cache: &mut KvCache,
+        start: usize,
+        cos: &[f32],
+        sin: &[f32],
+    ) -> Result<(), ModelError> {
+        let c = &self.config;
+        let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let normed = rms_norm(x, &layer.input_norm, c.rms_norm_eps);
+        let (mut q, mut k, v) = project_qkv(&layer.qkv, &normed, n, heads * d, kv_heads * d);
+        rope::apply(&mut q, heads, d, cos, sin);
+        rope::apply(&mut k, kv_heads, d, cos, sin);
+        cache.write(index, start, &k, &v);
+        let len = start + n;
+        let attended = attention(&q, heads, d, kv_heads, start, |head| {
+            let (k, v) = cache.head(index, head, len);
+            (k.to_vec(), v.to_vec())
+        })?;
+        add_assign(x, &layer.o_proj.forward(&attended, n));
+        let normed = rms_norm(x, &layer.post_attention_norm, c.rms_norm_eps);
+        let activated = match &layer.gate_up {
+            GateUp::Fused(gate_up) => swiglu(&gate_up.forward(&normed, n), c.intermediate_size),
+            GateUp::Separate { gate, up } => {
+                let (g, u) = rayon::join(|| gate.forward(&normed, n), || up.forward(&normed, n));
+                swiglu(
+                    &interleave_rows(&g, &u, c.intermediate_size),
+                    c.intermediate_size,
+                )
+            }
+        };
+        add_assign(x, &layer.down.forward(&activated, n));
+        Ok(())
+    }
+}
+
+/// Returns q (`n x q_dim`), k and v (`n x kv_dim`).
+fn project_qkv(
+    qkv: &Qkv,
+    x: &[f32],
+    n: usize,
+    q_dim: usize,
+    kv_dim: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    match qkv {
+        Qkv::Fused(w) => {
+            let fused = w.forward(x, n);
+            let width = q_dim + 2 * kv_dim;
+            let mut q = Vec::with_capacity(n * q_dim);
+            let mut k = Vec::with_capacity(n * kv_dim);
+            let mut v = Vec::with_capacity(n * kv_dim);
+            for row in fused.chunks(width) {
+                q.extend_from_slice(&row[..q_dim]);
+                k.extend_from_slice(&row[q_dim..q_dim + kv_dim]);
+                v.extend_from_slice(&row[q_dim + kv_dim..]);
+            }
+            (q, k, v)
+        }
+        Qkv::Separate { q, k, v } => (q.forward(x, n), k.forward(x, n), v.forward(x, n)),
+    }
+}
+
+/// Rows `[a_i | b_i]` from two `n x width` matrices.
+fn interleave_rows(a: &[f32], b: &[f32], width: usize) -> Vec<f32> {
+    a.chunks(width)
+        .zip(b.chunks(width))
+        .flat_map(|(x, y)| x.iter().chain(y))
+        .copied()
+        .collect()
+}
+
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+#[cfg(test)]
+mod tests;
