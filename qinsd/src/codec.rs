@@ -359,23 +359,32 @@ impl Default for ErrorStats {
 
 impl ErrorStats {
     /// Compares original weights with their encoding, row by row (no decoded
-    /// copy of the matrix), in parallel.
+    /// copy of the matrix), in parallel over fixed blocks of rows merged in
+    /// order, so the float sums (and the report) are deterministic.
     pub fn measure(original: &[f32], encoded: &EncodedMatrix) -> Self {
+        const ROWS_PER_BLOCK: usize = 64;
         let cols = encoded.cols.max(1);
         let sign_bytes = sign_row_bytes(encoded.cols);
-        original
-            .par_chunks(cols)
-            .zip(encoded.codes.par_chunks(cols))
+        let blocks: Vec<Self> = original
+            .par_chunks(cols * ROWS_PER_BLOCK)
             .enumerate()
-            .map(|(row, (src, codes))| {
-                let range = encoded.ranges[if encoded.ranges.len() == 1 { 0 } else { row }];
-                let signs = &encoded.signs[row * sign_bytes..(row + 1) * sign_bytes];
-                Self::measure_row(src, codes, signs, &range.table())
+            .map(|(block, rows)| {
+                let mut stats = Self::default();
+                for (i, src) in rows.chunks(cols).enumerate() {
+                    let row = block * ROWS_PER_BLOCK + i;
+                    let range = encoded.ranges[if encoded.ranges.len() == 1 { 0 } else { row }];
+                    let codes = &encoded.codes[row * cols..(row + 1) * cols];
+                    let signs = &encoded.signs[row * sign_bytes..(row + 1) * sign_bytes];
+                    stats.merge(&Self::measure_row(src, codes, signs, &range.table()));
+                }
+                stats
             })
-            .reduce(Self::default, |mut a, b| {
-                a.merge(&b);
-                a
-            })
+            .collect();
+        let mut total = Self::default();
+        for block in &blocks {
+            total.merge(block);
+        }
+        total
     }
 
     fn measure_row(original: &[f32], codes: &[u8], signs: &[u8], table: &[f32; 256]) -> Self {

@@ -2,5 +2,5 @@
 //! the work is done by the library.
 
 pub mod convert;
-pub mod export_hf;
 pub mod fixture;
+pub mod perplexity;

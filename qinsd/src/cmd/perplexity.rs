@@ -1,0 +1,100 @@
+//! `qinsd perplexity MODEL.qins [--reference REF.qins]`: perplexity on a fixed
+//! text slice, plus KL divergence and top-1 agreement against a reference.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result};
+use qinsd::container::QinsFile;
+use qinsd::eval::corpus::wiki_summaries_text;
+use qinsd::eval::perplexity::{LogitsFn, WindowOptions, evaluate};
+use qinsd::fixtures::paths::text_dir;
+use qinsd::model::Model;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model to evaluate.
+    pub model: PathBuf,
+    /// A reference model (e.g. converted with --reference-f32) for KL and top-1.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Plain-text file (default: the Wikipedia summaries slice of the fixtures).
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    /// Evaluate the first N tokens of the text.
+    #[arg(long, default_value_t = 2048)]
+    pub tokens: usize,
+    #[arg(long, default_value_t = 512)]
+    pub window: usize,
+    #[arg(long, default_value_t = 256)]
+    pub stride: usize,
+}
+
+fn load(path: &PathBuf) -> Result<(Model, tokenizers::Tokenizer)> {
+    let file = QinsFile::open(path)?;
+    let tokenizer = tokenizers::Tokenizer::from_str(&file.header.tokenizer_json)
+        .map_err(|e| anyhow::anyhow!("{}: tokenizer: {e}", path.display()))?;
+    let model = Model::load(&file.header.config, file.load()?)
+        .with_context(|| format!("loading {}", path.display()))?;
+    Ok((model, tokenizer))
+}
+
+fn logits_fn(model: &Model) -> impl FnMut(&[u32]) -> Result<Vec<f32>, String> + '_ {
+    move |tokens: &[u32]| {
+        let mut cache = model.new_cache(tokens.len());
+        model
+            .forward_all(tokens, &mut cache, &AtomicBool::new(false))
+            .map_err(|e| e.to_string())
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (model, tokenizer) = load(&args.model)?;
+    let text = match &args.text {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        None => wiki_summaries_text(&text_dir().join("wiki-summaries.json"))?,
+    };
+    // Tokenize a generous prefix only: the slice is the first N tokens.
+    let prefix: String = text.chars().take(args.tokens * 12).collect();
+    let encoding = tokenizer
+        .encode(prefix, false)
+        .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+    let ids: Vec<u32> = encoding
+        .get_ids()
+        .iter()
+        .copied()
+        .take(args.tokens)
+        .collect();
+    let reference = args.reference.as_ref().map(load).transpose()?;
+    let options = WindowOptions {
+        window: args.window,
+        stride: args.stride,
+    };
+    let vocab = model.config().vocab_size;
+    let mut model_fn = logits_fn(&model);
+    let mut reference_fn = reference.as_ref().map(|(m, _)| logits_fn(m));
+    let reference_dyn: Option<&mut LogitsFn> = reference_fn.as_mut().map(|f| f as &mut LogitsFn);
+    let started = std::time::Instant::now();
+    let report = evaluate(
+        &ids,
+        vocab,
+        options,
+        &mut model_fn,
+        reference_dyn,
+        |i, n| {
+            eprint!("\rwindow {i}/{n}");
+        },
+    )?;
+    eprintln!();
+    let mut json = serde_json::to_value(&report)?;
+    json["model"] = serde_json::json!(args.model);
+    json["reference"] = serde_json::json!(args.reference);
+    json["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
+    json["window"] = serde_json::json!(args.window);
+    json["stride"] = serde_json::json!(args.stride);
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}
