@@ -3,4 +3,5 @@
 
 pub mod convert;
 pub mod fixture;
+pub mod generate;
 pub mod perplexity;
