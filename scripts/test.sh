@@ -11,9 +11,16 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo test --release --workspace"
-cargo test --release --workspace --locked
+LOG="$(mktemp)"
+trap 'rm -f "$LOG"' EXIT
+cargo test --release --workspace --locked 2>&1 | tee "$LOG"
 
 if [ -d tests/python ]; then
     echo "== python tests"
     bash tests/python/run.sh
 fi
+
+# One closing line over every test binary (the per-binary lines end with the
+# doc tests, which are empty).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "total: %d passed, %d failed\n", p, f }' "$LOG"
