@@ -9,6 +9,7 @@ pub mod codec;
 pub mod container;
 pub mod convert;
 pub mod eval;
+pub mod export;
 pub mod fixtures;
 pub mod kernels;
 pub mod model;

@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Convert a Hugging Face directory, Hub id or GGUF file to .qins.
     Convert(cmd::convert::Args),
+    /// Write a .qins model back out as a Hugging Face directory of decoded f32 weights.
+    ExportHf(cmd::export_hf::Args),
     /// One greedy chat turn from a .qins model, without the daemon.
     Generate(cmd::generate::Args),
     /// Perplexity on a text slice, with KL divergence and top-1 agreement against a reference model.
@@ -33,6 +35,7 @@ fn main() -> Result<()> {
     init_logging(cli.log_level.as_deref());
     match cli.command {
         Command::Convert(args) => cmd::convert::run(args),
+        Command::ExportHf(args) => cmd::export_hf::run(args),
         Command::Fixture(args) => cmd::fixture::run(args),
         Command::Perplexity(args) => cmd::perplexity::run(args),
         Command::Generate(args) => cmd::generate::run(args),

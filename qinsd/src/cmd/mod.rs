@@ -2,6 +2,7 @@
 //! the work is done by the library.
 
 pub mod convert;
+pub mod export_hf;
 pub mod fixture;
 pub mod generate;
 pub mod perplexity;
