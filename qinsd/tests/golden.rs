@@ -1,0 +1,146 @@
+//! The qins model against Hugging Face transformers.
+//!
+//! `tests/golden/make_golden.sh` converts the tiny models, exports the
+//! decoded weights with `qinsd export-hf` and stores the logits transformers
+//! computes from them. Here the same tiny models are converted and run by
+//! qins: both sides use identical (QINS-decoded) weights, so the logits must
+//! agree up to float rounding. The phi3 file has a prompt shorter and one
+//! longer than the longrope original context.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use qinsd::container::QinsFile;
+use qinsd::convert::{self, ConvertOptions};
+use qinsd::fixtures::paths::{require, smollm2_gguf};
+use qinsd::fixtures::tiny::{TinySpec, write_tiny_model};
+use qinsd::model::Model;
+use serde_json::Value;
+
+/// Allowed |qins - transformers| per logit, relative to the logits' scale.
+const TOLERANCE: f32 = 5e-5;
+
+struct GoldenPrompt {
+    name: String,
+    token_ids: Vec<u32>,
+    first_logit_position: usize,
+    logits: Vec<Vec<f32>>,
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn read_golden(file: &str) -> (Value, Vec<GoldenPrompt>) {
+    let text = std::fs::read_to_string(golden_dir().join(file)).unwrap();
+    let json: Value = serde_json::from_str(&text).unwrap();
+    let prompts = json["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| GoldenPrompt {
+            name: p["name"].as_str().unwrap().to_string(),
+            token_ids: serde_json::from_value(p["token_ids"].clone()).unwrap(),
+            first_logit_position: p["first_logit_position"].as_u64().unwrap() as usize,
+            logits: serde_json::from_value(p["logits"].clone()).unwrap(),
+        })
+        .collect();
+    (json, prompts)
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qins-golden-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Converts `source` with the default options (as make_golden.py does) and loads it.
+fn converted_model(source: &Path, dir: &Path) -> Model {
+    let output = dir.join("model.qins");
+    let source = convert::open_source(source.to_str().unwrap(), &mut |_| {}).unwrap();
+    let never = AtomicBool::new(false);
+    convert::convert(
+        source.as_ref(),
+        &output,
+        &ConvertOptions::default(),
+        &mut |_| {},
+        &never,
+    )
+    .unwrap();
+    let file = QinsFile::open(&output).unwrap();
+    Model::load(&file.header.config, file.load().unwrap()).unwrap()
+}
+
+fn argmax(values: &[f32]) -> usize {
+    (0..values.len())
+        .max_by(|&a, &b| values[a].total_cmp(&values[b]))
+        .unwrap()
+}
+
+fn check_tiny(spec: TinySpec, file: &str) {
+    let (json, _) = read_golden(file);
+    assert_eq!(
+        json["seed"].as_u64(),
+        Some(spec.seed),
+        "{file} was made with another seed"
+    );
+    let dir = scratch(spec.arch.name());
+    write_tiny_model(&dir.join("hf"), &spec).unwrap();
+    check_against_golden(&converted_model(&dir.join("hf"), &dir), file);
+}
+
+fn check_against_golden(model: &Model, file: &str) {
+    let (json, prompts) = read_golden(file);
+    assert_eq!(
+        json["convert_args"],
+        serde_json::json!([]),
+        "{file} used non-default conversion"
+    );
+    let vocab = model.config().vocab_size;
+    assert_eq!(json["vocab_size"].as_u64(), Some(vocab as u64));
+    for prompt in prompts {
+        let mut cache = model.new_cache(prompt.token_ids.len());
+        let logits = model
+            .forward_all(&prompt.token_ids, &mut cache, &AtomicBool::new(false))
+            .unwrap();
+        for (k, expected) in prompt.logits.iter().enumerate() {
+            let position = prompt.first_logit_position + k;
+            let actual = &logits[position * vocab..(position + 1) * vocab];
+            let scale = expected.iter().fold(1f32, |m, x| m.max(x.abs()));
+            let worst = actual
+                .iter()
+                .zip(expected)
+                .map(|(a, e)| (a - e).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= TOLERANCE * scale,
+                "{file} {} position {position}: max |qins - transformers| = {worst} (scale {scale})",
+                prompt.name
+            );
+            assert_eq!(
+                argmax(actual),
+                argmax(expected),
+                "{file} {} position {position}",
+                prompt.name
+            );
+        }
+    }
+}
+
+#[test]
+fn tiny_phi3_matches_transformers_with_short_and_long_rope_factors() {
+    check_tiny(TinySpec::phi3(), "phi3-tiny.json");
+}
+
+#[test]
+fn tiny_llama_matches_transformers() {
+    check_tiny(TinySpec::llama(), "llama-tiny.json");
+}
+
+#[test]
+fn smollm2_from_gguf_matches_transformers() {
+    let gguf = require(smollm2_gguf());
+    let model = converted_model(&gguf, &scratch("smollm2"));
+    check_against_golden(&model, "smollm2.json");
+}
