@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod container;
+pub mod engine;
 pub mod fixtures;
 pub mod model;
 pub mod rng;
