@@ -53,6 +53,10 @@ impl<M: LanguageModel> Session<M> {
         &self.tokens
     }
 
+    pub fn cache(&self) -> &M::Cache {
+        &self.cache
+    }
+
     /// Forgets the cached tokens.
     pub fn reset(&mut self) {
         self.forget_after(0);
@@ -147,6 +151,7 @@ fn common_prefix_len(a: &[u32], b: &[u32]) -> usize {
 mod tests {
     use super::*;
     use crate::engine::testing::{Behaviour, FakeModel};
+    use std::sync::atomic::Ordering;
 
     fn model() -> FakeModel {
         FakeModel::new(50, Behaviour::HistoryHash)
@@ -231,8 +236,29 @@ mod tests {
         let err = session.prefill(&model, &[1, 2, 3], &cancel).unwrap_err();
         assert!(matches!(err, EngineError::Cancelled));
         assert!(session.cached_tokens().is_empty());
-        cancel.store(false, std::sync::atomic::Ordering::SeqCst);
+        cancel.store(false, Ordering::SeqCst);
         let retry = session.prefill(&model, &[1, 2, 3], &cancel).unwrap();
         assert_eq!(retry.prefilled_tokens, 3);
+    }
+
+    #[test]
+    fn a_cancel_after_a_partial_write_cuts_the_cache_back() {
+        let mut model = model();
+        model.raise_cancel_on_call = Some(1);
+        let cancel = AtomicBool::new(false);
+        let mut session = Session::new(&model, 64);
+        session.prefill(&model, &[1, 2], &cancel).unwrap();
+        let err = session
+            .prefill(&model, &[1, 2, 3, 4, 5], &cancel)
+            .unwrap_err();
+        assert!(matches!(err, EngineError::Cancelled));
+        assert_eq!(session.cached_tokens(), &[1, 2]);
+        // The model's cache got token 3 before the cancel; it must be gone.
+        assert_eq!(FakeModel::cache_len(session.cache()), 2);
+        cancel.store(false, Ordering::SeqCst);
+        let retry = session.prefill(&model, &[1, 2, 3, 4, 5], &cancel).unwrap();
+        let mut fresh = Session::new(&model, 64);
+        let expected = fresh.prefill(&model, &[1, 2, 3, 4, 5], &cancel).unwrap();
+        assert_eq!(retry.logits, expected.logits);
     }
 }

@@ -39,7 +39,8 @@ pub struct FakeModel {
     pub forwarded: AtomicUsize,
     pub forward_calls: AtomicUsize,
     /// On this forward call (0-based) the model raises the cancel flag
-    /// itself, as a client disconnecting mid-step would.
+    /// itself after writing one token, as a client disconnecting mid-step
+    /// would.
     pub raise_cancel_on_call: Option<usize>,
 }
 
@@ -117,9 +118,6 @@ impl LanguageModel for FakeModel {
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>, EngineError> {
         let call = self.forward_calls.fetch_add(1, Ordering::SeqCst);
-        if self.raise_cancel_on_call == Some(call) {
-            cancel.store(true, Ordering::SeqCst);
-        }
         if tokens.is_empty() {
             return Err(EngineError::InvalidRequest("forward of no tokens".into()));
         }
@@ -137,6 +135,11 @@ impl LanguageModel for FakeModel {
             );
             cache.tokens.push(token);
             self.forwarded.fetch_add(1, Ordering::SeqCst);
+            // The cancel lands after part of the K/V was written.
+            if self.raise_cancel_on_call == Some(call) {
+                cancel.store(true, Ordering::SeqCst);
+                return Err(EngineError::Cancelled);
+            }
         }
         Ok(self.logits(&cache.tokens))
     }
