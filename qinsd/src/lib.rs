@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod container;
 pub mod convert;
+pub mod engine;
 pub mod eval;
 pub mod export;
 pub mod fixtures;
