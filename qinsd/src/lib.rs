@@ -3,7 +3,9 @@
 //! Data flows one way: a `.qins` file ([`container`]) is loaded into resident
 //! weights ([`weights`]) that the model ([`model`]) runs through the QINS
 //! kernels ([`kernels`]); [`convert`] produces the file from Hugging Face or
-//! GGUF sources using the [`codec`].
+//! GGUF sources using the [`codec`]. The daemon runs the model through the
+//! [`engine`] under the [`scheduler`], exposed by the gRPC [`service`] on the
+//! Unix-socket [`server`].
 
 pub mod codec;
 pub mod container;
@@ -15,5 +17,8 @@ pub mod fixtures;
 pub mod kernels;
 pub mod model;
 pub mod rng;
+pub mod scheduler;
+pub mod server;
+pub mod service;
 pub mod tokenizer;
 pub mod weights;

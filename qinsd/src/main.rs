@@ -1,4 +1,5 @@
-//! qinsd: converts models to QINS and serves them.
+//! qinsd: serves a resident QINS model over gRPC on a Unix socket (the
+//! default, with no subcommand), and converts, evaluates and tests models.
 
 mod cmd;
 
@@ -6,13 +7,22 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "qinsd", version, about = "QINS model daemon and converter")]
+#[command(
+    name = "qinsd",
+    version,
+    about = "QINS model daemon and converter",
+    long_about = "QINS model daemon and converter.\n\nWith no subcommand, qinsd serves: it keeps a model resident and answers \
+                  `qins` and `qins-web` over a Unix socket (foreground unless --daemonize).",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     /// Log filter (overrides RUST_LOG), e.g. info or qinsd=debug.
     #[arg(long, global = true, env = "QINSD_LOG")]
     log_level: Option<String>,
+    #[command(flatten)]
+    serve: cmd::serve::Args,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -33,7 +43,10 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref());
-    match cli.command {
+    let Some(command) = cli.command else {
+        return cmd::serve::run(cli.serve);
+    };
+    match command {
         Command::Convert(args) => cmd::convert::run(args),
         Command::ExportHf(args) => cmd::export_hf::run(args),
         Command::Fixture(args) => cmd::fixture::run(args),
@@ -50,6 +63,7 @@ fn init_logging(level: Option<&str>) {
         .unwrap_or_else(|| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

@@ -70,10 +70,16 @@ pub fn run(args: Args) -> Result<()> {
         None => {
             std::fs::create_dir_all(&args.models_dir)
                 .with_context(|| format!("cannot create {}", args.models_dir.display()))?;
-            args.models_dir
-                .join(format!("{}.qins", default_name(&args.source)))
+            args.models_dir.join(format!(
+                "{}.qins",
+                convert::default_model_name(&args.source)
+            ))
         }
     };
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
+    }
     let summary = convert::convert(
         source.as_ref(),
         &output,
@@ -89,17 +95,6 @@ pub fn run(args: Args) -> Result<()> {
         print_report(&summary, args.verbose);
     }
     Ok(())
-}
-
-/// A file name for the model: the last path or id component without extension.
-fn default_name(source: &str) -> String {
-    let last = source
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or(source);
-    let last = last.split('@').next().unwrap_or(last);
-    last.strip_suffix(".gguf").unwrap_or(last).to_string()
 }
 
 fn show_progress(bar: &ProgressBar, event: ConvertEvent) {

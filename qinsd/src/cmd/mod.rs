@@ -6,3 +6,4 @@ pub mod export_hf;
 pub mod fixture;
 pub mod generate;
 pub mod perplexity;
+pub mod serve;

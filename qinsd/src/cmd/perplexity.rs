@@ -31,7 +31,7 @@ pub struct Args {
     pub stride: usize,
 }
 
-fn load(path: &PathBuf) -> Result<(Model, tokenizers::Tokenizer)> {
+fn load(path: &std::path::Path) -> Result<(Model, tokenizers::Tokenizer)> {
     let file = QinsFile::open(path)?;
     let tokenizer = tokenizers::Tokenizer::from_str(&file.header.tokenizer_json)
         .map_err(|e| anyhow::anyhow!("{}: tokenizer: {e}", path.display()))?;
@@ -68,7 +68,7 @@ pub fn run(args: Args) -> Result<()> {
         .copied()
         .take(args.tokens)
         .collect();
-    let reference = args.reference.as_ref().map(load).transpose()?;
+    let reference = args.reference.as_deref().map(load).transpose()?;
     let options = WindowOptions {
         window: args.window,
         stride: args.stride,

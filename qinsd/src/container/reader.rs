@@ -317,7 +317,7 @@ fn slice_checked<'a>(
     len: u64,
     _what: &str,
 ) -> Result<&'a [u8], ContainerError> {
-    let end = offset.checked_add(len).unwrap_or(u64::MAX);
+    let end = offset.saturating_add(len);
     if end > bytes.len() as u64 {
         return Err(ContainerError::Truncated {
             path: path.into(),
@@ -386,13 +386,13 @@ fn check_section(what: &str, s: &Section, expected_raw: u64, data_end: u64) -> R
             s.raw_len
         ));
     }
-    if s.offset % ALIGNMENT != 0 || s.offset < PREAMBLE_LEN as u64 {
+    if !s.offset.is_multiple_of(ALIGNMENT) || s.offset < PREAMBLE_LEN as u64 {
         return Err(format!(
             "section '{what}' is misplaced at offset {}",
             s.offset
         ));
     }
-    let end = s.offset.checked_add(s.stored_len).unwrap_or(u64::MAX);
+    let end = s.offset.saturating_add(s.stored_len);
     if end > data_end {
         return Err(format!(
             "section '{what}' runs past the data region ({end} > {data_end})"

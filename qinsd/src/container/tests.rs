@@ -261,7 +261,8 @@ fn rewrite_index(path: &Path, edit: impl FnOnce(&mut Vec<TensorEntry>)) {
 fn absurd_shapes_and_sizes_are_refused_before_allocating() {
     let dir = TempDir::new("absurd");
     let path = dir.path("m.qins");
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<TensorEntry>)>)> = vec![
+    type Corrupt = Box<dyn Fn(&mut Vec<TensorEntry>)>;
+    let cases: Vec<(&str, Corrupt)> = vec![
         (
             "huge shape",
             Box::new(|i| i[0].shape = vec![1 << 40, 1 << 40]),

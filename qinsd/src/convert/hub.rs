@@ -86,9 +86,13 @@ pub fn open_hub_model(
     )
 }
 
+/// Downloads one repository file (with progress) and returns its local path.
+type FetchFile<'a> =
+    &'a dyn Fn(&str, &mut dyn FnMut(ConvertEvent)) -> Result<PathBuf, ConvertError>;
+
 /// Shard names from the index, or the single `model.safetensors`.
 fn weight_files(
-    fetch: &dyn Fn(&str, &mut dyn FnMut(ConvertEvent)) -> Result<PathBuf, ConvertError>,
+    fetch: FetchFile<'_>,
     progress: &mut dyn FnMut(ConvertEvent),
 ) -> Result<Vec<String>, ConvertError> {
     let Ok(index_path) = fetch("model.safetensors.index.json", progress) else {

@@ -143,6 +143,19 @@ pub fn open_source(
     Err(ConvertError::UnknownSource(source.to_string()))
 }
 
+/// A file name for a converted model: the last path or Hub id component,
+/// without revision or `.gguf` extension (`HuggingFaceTB/SmolLM2@main` ->
+/// `SmolLM2`).
+pub fn default_model_name(source: &str) -> String {
+    let last = source
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(source);
+    let last = last.split('@').next().unwrap_or(last);
+    last.strip_suffix(".gguf").unwrap_or(last).to_string()
+}
+
 fn is_gguf(path: &Path) -> Result<bool, ConvertError> {
     use std::io::Read;
     let mut magic = [0u8; 4];

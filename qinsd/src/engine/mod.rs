@@ -8,8 +8,10 @@
 //!
 //! The engine never names the concrete model: it runs any [`LanguageModel`].
 
+mod chat_model;
 pub mod detokenize;
 pub mod generate;
+mod qins_model;
 pub mod sampling;
 pub mod session;
 pub mod stop;
@@ -20,6 +22,7 @@ pub(crate) mod testing;
 
 use std::sync::atomic::AtomicBool;
 
+pub use chat_model::{ChatModel, ChatModelError, RequestOptions};
 pub use detokenize::StreamDecoder;
 pub use generate::{
     FinishReason, Finished, GenerationEvent, GenerationRequest, Timings, Usage, generate,

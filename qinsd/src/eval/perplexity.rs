@@ -211,8 +211,8 @@ mod tests {
             let mut scored = vec![0; n];
             for (start, first) in plan {
                 assert!(first > start, "at least one token of context");
-                for t in first..(start + window).min(n) {
-                    scored[t] += 1;
+                for count in &mut scored[first..(start + window).min(n)] {
+                    *count += 1;
                 }
             }
             assert_eq!(scored[0], 0);

@@ -1,0 +1,240 @@
+//! `qinsd [--model M] [--socket S] ...`: the daemon. Foreground by default
+//! (what launchd and systemd want); `--daemonize` detaches with a pid file
+//! and a log file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use qinsd::convert::{self, ConvertOptions};
+use qinsd::engine::ChatModel;
+use qinsd::scheduler::{Scheduler, SchedulerConfig, SchedulerError};
+use qinsd::server;
+use qinsd::service::DaemonInfo;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// Model to keep resident: a .qins path, a name in the models directory,
+    /// or a Hub id (owner/name) converted into the models directory on first use.
+    #[arg(long, env = "QINS_MODEL")]
+    pub model: Option<String>,
+    /// Unix socket to serve on [default: $XDG_RUNTIME_DIR/qins/qinsd.sock on
+    /// Linux, ~/.qins/qinsd.sock on macOS].
+    #[arg(long, env = "QINS_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Where models are listed, loaded by name, and converted to.
+    #[arg(long, env = "QINS_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Kernel threads [default: all cores].
+    #[arg(long, env = "QINS_THREADS")]
+    pub threads: Option<usize>,
+    /// Context limit per conversation, in tokens.
+    #[arg(long, default_value_t = 4096)]
+    pub context: usize,
+    /// Compute device.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Replies generated at once; further requests wait in the queue.
+    #[arg(long, default_value_t = 2)]
+    pub max_active: usize,
+    /// Requests that may wait for a free slot; more are refused (RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = 8)]
+    pub max_queued: usize,
+    /// Conversations whose K/V cache is kept for prefix reuse.
+    #[arg(long, default_value_t = 4)]
+    pub max_sessions: usize,
+    /// Detach from the terminal (writes --pid-file, logs to --log-file).
+    #[arg(long)]
+    pub daemonize: bool,
+    /// [default: next to the socket, qinsd.pid]
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// [default: next to the socket, qinsd.log]
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// Metal, then CUDA, when compiled in and present; otherwise CPU.
+    Auto,
+    Cpu,
+    Metal,
+    Cuda,
+}
+
+/// Settles the device. The QINS kernels are CPU kernels in this version, so
+/// a GPU is refused with the reason rather than silently ignored.
+fn resolve_device(choice: DeviceChoice) -> Result<&'static str> {
+    match choice {
+        DeviceChoice::Auto | DeviceChoice::Cpu => Ok("cpu"),
+        DeviceChoice::Metal if !cfg!(feature = "metal") => {
+            bail!(
+                "this qinsd was built without Metal; rebuild with `--features metal` or use --device cpu"
+            )
+        }
+        DeviceChoice::Cuda if !cfg!(feature = "cuda") => {
+            bail!(
+                "this qinsd was built without CUDA; rebuild with `--features cuda` or use --device cpu"
+            )
+        }
+        DeviceChoice::Metal | DeviceChoice::Cuda => bail!(
+            "the QINS kernels run on the CPU only in this version; use --device cpu (or auto)"
+        ),
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let device = resolve_device(args.device)?;
+    let socket = match &args.socket {
+        Some(path) => absolute(path)?,
+        None => qins_proto::default_socket_path(),
+    };
+    let models_dir = absolute(&args.models_dir)?;
+    let run_dir = socket
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    if args.daemonize {
+        // Refuse here, while the user still sees the terminal.
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            bail!("a qinsd is already running on {}", socket.display());
+        }
+        daemonize(&args, &run_dir)?;
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("cannot start the kernel thread pool")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = server::bind_socket(&socket)?;
+        let scheduler = Scheduler::new(SchedulerConfig {
+            context: args.context,
+            max_active: args.max_active,
+            max_queued: args.max_queued,
+            max_sessions: args.max_sessions,
+            models_dir: models_dir.clone(),
+        });
+        if let Some(model) = &args.model {
+            // Connections wait in the listen backlog while the model loads.
+            let loaded = load_startup_model(&scheduler, model, &models_dir).await;
+            if let Err(e) = loaded {
+                let _ = std::fs::remove_file(&socket);
+                return Err(e);
+            }
+        }
+        let info = DaemonInfo {
+            device: device.to_string(),
+            threads,
+            started: Instant::now(),
+        };
+        server::serve(listener, socket, scheduler, info)
+            .await
+            .context("qinsd stopped with an error")
+    })
+}
+
+async fn load_startup_model(
+    scheduler: &Arc<Scheduler>,
+    model: &str,
+    models_dir: &Path,
+) -> Result<()> {
+    let path = match scheduler.resolve_model_path(model) {
+        Ok(path) => path,
+        Err(SchedulerError::UnknownModel { .. }) if convert::hub::looks_like_hub_id(model) => {
+            let model = model.to_string();
+            let dir = models_dir.to_path_buf();
+            tokio::task::spawn_blocking(move || convert_from_hub(&model, &dir)).await??
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let started = Instant::now();
+    let opened = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || ChatModel::open(&path)).await?
+    };
+    let chat = opened.with_context(|| format!("cannot load {}", path.display()))?;
+    tracing::info!(
+        model = chat.name(),
+        path = %path.display(),
+        seconds = started.elapsed().as_secs_f64(),
+        resident_mb = chat.resident_bytes().total() as f64 / 1e6,
+        "model loaded"
+    );
+    scheduler.set_model(Some(Arc::new(chat)));
+    Ok(())
+}
+
+/// First use of a Hub id: download and convert into the models directory
+/// (later starts find the converted file by name).
+fn convert_from_hub(id: &str, models_dir: &Path) -> Result<PathBuf> {
+    let output = models_dir.join(format!("{}.qins", convert::default_model_name(id)));
+    if output.is_file() {
+        return Ok(output);
+    }
+    std::fs::create_dir_all(models_dir)
+        .with_context(|| format!("cannot create {}", models_dir.display()))?;
+    tracing::info!(id, output = %output.display(), "converting from the Hugging Face Hub on first use");
+    let mut log_progress = |event: convert::ConvertEvent| {
+        if let convert::ConvertEvent::Tensor { index, count, .. } = event
+            && (index == count || index % 32 == 0)
+        {
+            tracing::info!(index, count, "converting");
+        }
+    };
+    let source = convert::open_source(id, &mut log_progress)?;
+    convert::convert(
+        source.as_ref(),
+        &output,
+        &ConvertOptions::default(),
+        &mut log_progress,
+        &std::sync::atomic::AtomicBool::new(false),
+    )?;
+    Ok(output)
+}
+
+fn daemonize(args: &Args, run_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let pid_file = args
+        .pid_file
+        .clone()
+        .unwrap_or_else(|| run_dir.join("qinsd.pid"));
+    let log_file = args
+        .log_file
+        .clone()
+        .unwrap_or_else(|| run_dir.join("qinsd.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_file)
+        .with_context(|| format!("cannot open the log file {}", log_file.display()))?;
+    let log_err = log.try_clone()?;
+    let cwd = std::env::current_dir()?;
+    eprintln!(
+        "qinsd: detaching (pid file {}, log {})",
+        pid_file.display(),
+        log_file.display()
+    );
+    daemonize::Daemonize::new()
+        .pid_file(&pid_file)
+        .working_directory(cwd)
+        .stdout(log)
+        .stderr(log_err)
+        .start()
+        .with_context(|| format!("cannot daemonize (pid file {})", pid_file.display()))?;
+    Ok(())
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("bad path {}", path.display()))
+}

@@ -1,0 +1,471 @@
+//! The daemon's core, independent of gRPC: the resident model, admission
+//! (a fixed number of generation slots and a bounded wait queue), the
+//! sessions that carry K/V caches between chat turns, and the counters that
+//! `Stats` reports.
+//!
+//! Generations run on blocking threads, each in its own slot; slots run at
+//! the same time and share the kernel thread pool, so several chats make
+//! progress together instead of waiting for each other.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::engine::{
+    self, ChatMessage, ChatModel, ChatModelError, EngineError, Finished, GenerationEvent,
+    GenerationRequest, RequestOptions, Session,
+};
+use crate::model::Model;
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Context limit of every session, in tokens.
+    pub context: usize,
+    /// Generations running at once.
+    pub max_active: usize,
+    /// Requests allowed to wait for a slot; beyond that they are refused.
+    pub max_queued: usize,
+    /// Conversations whose K/V cache is kept between turns (least recently
+    /// used ones are dropped first).
+    pub max_sessions: usize,
+    pub models_dir: PathBuf,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            context: 4096,
+            max_active: 2,
+            max_queued: 8,
+            max_sessions: 4,
+            models_dir: PathBuf::from("models"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("no model is loaded; load one with `qins load NAME` (see `qins models`)")]
+    NoModel,
+    #[error(
+        "qinsd is busy: {active} replies running and {queued} waiting (the queue holds {max_queued}); try again shortly"
+    )]
+    Busy {
+        active: usize,
+        queued: usize,
+        max_queued: usize,
+    },
+    #[error("model '{name}' is not in {dir} (see `qins models`)")]
+    UnknownModel { name: String, dir: PathBuf },
+    #[error("qinsd is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Load(#[from] ChatModelError),
+}
+
+/// A chat request checked against the resident model and tokenized.
+pub struct PreparedChat {
+    model: Arc<ChatModel>,
+    model_epoch: u64,
+    request: GenerationRequest,
+    session_id: Option<String>,
+}
+
+impl PreparedChat {
+    pub fn model_name(&self) -> &str {
+        self.model.name()
+    }
+
+    pub fn prompt_tokens(&self) -> usize {
+        self.request.prompt_tokens.len()
+    }
+}
+
+/// A generation slot; dropping it frees the slot.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    scheduler: Arc<Scheduler>,
+    pub waited: Duration,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.scheduler.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counters for `Stats`.
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub requests_served: u64,
+    pub tokens_generated: u64,
+    pub last_tokens_per_second: f64,
+    pub average_tokens_per_second: f64,
+    pub active: usize,
+    pub queued: usize,
+    pub kv_cache_bytes: u64,
+}
+
+#[derive(Default)]
+struct Throughput {
+    decode_tokens: u64,
+    decode_seconds: f64,
+    last_tokens_per_second: f64,
+}
+
+struct StoredSession {
+    session: Session<Model>,
+    model_epoch: u64,
+    last_used: Instant,
+}
+
+pub struct Scheduler {
+    config: SchedulerConfig,
+    model: RwLock<Option<Arc<ChatModel>>>,
+    /// Bumped on every load/unload: sessions of an older model are stale.
+    model_epoch: AtomicU64,
+    sessions: Mutex<HashMap<String, StoredSession>>,
+    slots: Arc<Semaphore>,
+    active: AtomicUsize,
+    queued: AtomicUsize,
+    /// Cancel flags of the running generations, raised all at once on shutdown.
+    running: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    next_run_id: AtomicU64,
+    shutting_down: AtomicBool,
+    requests_served: AtomicU64,
+    tokens_generated: AtomicU64,
+    throughput: Mutex<Throughput>,
+    started: Instant,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(config.max_active.max(1))),
+            config,
+            model: RwLock::new(None),
+            model_epoch: AtomicU64::new(0),
+            sessions: Mutex::new(HashMap::new()),
+            active: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            running: Mutex::new(HashMap::new()),
+            next_run_id: AtomicU64::new(0),
+            shutting_down: AtomicBool::new(false),
+            requests_served: AtomicU64::new(0),
+            tokens_generated: AtomicU64::new(0),
+            throughput: Mutex::new(Throughput::default()),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn model(&self) -> Option<Arc<ChatModel>> {
+        self.model
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Makes `model` the resident one; requests already running finish on
+    /// the previous model, cached sessions are dropped.
+    pub fn set_model(&self, model: Option<Arc<ChatModel>>) -> Option<Arc<ChatModel>> {
+        let mut slot = self.model.write().unwrap_or_else(PoisonError::into_inner);
+        self.model_epoch.fetch_add(1, Ordering::SeqCst);
+        self.lock_sessions().clear();
+        std::mem::replace(&mut *slot, model)
+    }
+
+    /// Resolves a model argument: a path to a `.qins` file, or a name in the
+    /// models directory (`NAME` or `NAME.qins`).
+    pub fn resolve_model_path(&self, model: &str) -> Result<PathBuf, SchedulerError> {
+        resolve_model_path(&self.config.models_dir, model)
+    }
+
+    /// Validates and tokenizes a chat request against the resident model.
+    /// CPU work (template, tokenizer): call it off the async threads.
+    pub fn prepare_chat(
+        &self,
+        messages: &[ChatMessage],
+        options: &RequestOptions,
+        session_id: Option<String>,
+    ) -> Result<PreparedChat, SchedulerError> {
+        let model = self.model().ok_or(SchedulerError::NoModel)?;
+        let model_epoch = self.model_epoch.load(Ordering::SeqCst);
+        let request = model.request(messages, options)?;
+        if request.prompt_tokens.len() >= self.config.context {
+            return Err(EngineError::PromptTooLong {
+                prompt_tokens: request.prompt_tokens.len(),
+                context: self.config.context,
+            }
+            .into());
+        }
+        Ok(PreparedChat {
+            model,
+            model_epoch,
+            request,
+            session_id,
+        })
+    }
+
+    /// Waits for a generation slot; refuses at once when the queue is full.
+    pub async fn acquire_slot(self: &Arc<Self>) -> Result<Slot, SchedulerError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(SchedulerError::ShuttingDown);
+        }
+        let queued_at = Instant::now();
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let queued = self.queued.fetch_add(1, Ordering::SeqCst);
+                let _leave_queue = DecrementOnDrop(&self.queued);
+                if queued >= self.config.max_queued {
+                    return Err(SchedulerError::Busy {
+                        active: self.active.load(Ordering::SeqCst),
+                        queued,
+                        max_queued: self.config.max_queued,
+                    });
+                }
+                self.slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| SchedulerError::ShuttingDown)?
+            }
+        };
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Ok(Slot {
+            _permit: permit,
+            scheduler: Arc::clone(self),
+            waited: queued_at.elapsed(),
+        })
+    }
+
+    /// Runs a prepared chat to the end on the calling (blocking) thread,
+    /// streaming through `on_event`. `cancel` stops it within one step.
+    pub fn run_chat(
+        &self,
+        _slot: &Slot,
+        chat: PreparedChat,
+        cancel: Arc<AtomicBool>,
+        on_event: impl FnMut(GenerationEvent),
+    ) -> Result<Finished, SchedulerError> {
+        let run_id = self.next_run_id.fetch_add(1, Ordering::SeqCst);
+        self.lock_running().insert(run_id, Arc::clone(&cancel));
+        if self.shutting_down.load(Ordering::SeqCst) {
+            cancel.store(true, Ordering::SeqCst);
+        }
+        let mut session = self.take_session(&chat);
+        let result = engine::generate(
+            chat.model.model(),
+            &mut session,
+            chat.model.tokenizer(),
+            &chat.request,
+            &cancel,
+            on_event,
+        );
+        self.lock_running().remove(&run_id);
+        if let Some(id) = &chat.session_id {
+            self.store_session(id.clone(), session, chat.model_epoch);
+        }
+        let finished = result?;
+        self.record(&finished);
+        Ok(finished)
+    }
+
+    /// Cancels every running generation and refuses new ones.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.slots.close();
+        for cancel in self.lock_running().values() {
+            cancel.store(true, Ordering::SeqCst);
+        }
+    }
+
+    pub fn counters(&self) -> Counters {
+        let throughput = self.lock_throughput();
+        let kv_cache_bytes = self
+            .lock_sessions()
+            .values()
+            .map(|s| s.session.cache().bytes() as u64)
+            .sum();
+        Counters {
+            requests_served: self.requests_served.load(Ordering::SeqCst),
+            tokens_generated: self.tokens_generated.load(Ordering::SeqCst),
+            last_tokens_per_second: throughput.last_tokens_per_second,
+            average_tokens_per_second: if throughput.decode_seconds > 0.0 {
+                throughput.decode_tokens as f64 / throughput.decode_seconds
+            } else {
+                0.0
+            },
+            active: self.active.load(Ordering::SeqCst),
+            queued: self.queued.load(Ordering::SeqCst),
+            kv_cache_bytes,
+        }
+    }
+
+    fn take_session(&self, chat: &PreparedChat) -> Session<Model> {
+        let stored = chat
+            .session_id
+            .as_ref()
+            .and_then(|id| self.lock_sessions().remove(id))
+            .filter(|s| s.model_epoch == chat.model_epoch);
+        match stored {
+            Some(stored) => stored.session,
+            None => Session::new(chat.model.model(), self.config.context),
+        }
+    }
+
+    fn store_session(&self, id: String, session: Session<Model>, model_epoch: u64) {
+        if self.config.max_sessions == 0 || model_epoch != self.model_epoch.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut sessions = self.lock_sessions();
+        while sessions.len() >= self.config.max_sessions && !sessions.contains_key(&id) {
+            let oldest = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(key) => sessions.remove(&key),
+                None => break,
+            };
+        }
+        sessions.insert(
+            id,
+            StoredSession {
+                session,
+                model_epoch,
+                last_used: Instant::now(),
+            },
+        );
+    }
+
+    fn record(&self, finished: &Finished) {
+        self.requests_served.fetch_add(1, Ordering::SeqCst);
+        let generated = finished.usage.completion_tokens as u64;
+        self.tokens_generated.fetch_add(generated, Ordering::SeqCst);
+        let decode_tokens = generated.saturating_sub(1);
+        let decode_seconds =
+            (finished.timings.total - finished.timings.time_to_first_token).as_secs_f64();
+        if decode_tokens > 0 && decode_seconds > 0.0 {
+            let mut throughput = self.lock_throughput();
+            throughput.decode_tokens += decode_tokens;
+            throughput.decode_seconds += decode_seconds;
+            throughput.last_tokens_per_second = finished.timings.tokens_per_second;
+        }
+    }
+
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, StoredSession>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicBool>>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_throughput(&self) -> std::sync::MutexGuard<'_, Throughput> {
+        self.throughput
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+struct DecrementOnDrop<'a>(&'a AtomicUsize);
+
+impl Drop for DecrementOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `model` as a path when it names an existing file or ends in `.qins`;
+/// otherwise a model name looked up in `models_dir`.
+pub fn resolve_model_path(models_dir: &Path, model: &str) -> Result<PathBuf, SchedulerError> {
+    let as_path = Path::new(model);
+    if as_path.is_file() {
+        return Ok(as_path.to_path_buf());
+    }
+    let is_plain_name =
+        !model.is_empty() && !model.contains(['/', '\\']) && model != "." && model != "..";
+    if is_plain_name {
+        let file = if model.ends_with(".qins") {
+            models_dir.join(model)
+        } else {
+            models_dir.join(format!("{model}.qins"))
+        };
+        if file.is_file() {
+            return Ok(file);
+        }
+    }
+    Err(SchedulerError::UnknownModel {
+        name: model.to_string(),
+        dir: models_dir.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_resolve_in_the_models_dir_and_unknown_ones_are_refused() {
+        let dir = std::env::temp_dir().join(format!("qins-resolve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tiny.qins");
+        std::fs::write(&file, b"x").unwrap();
+        assert_eq!(resolve_model_path(&dir, "tiny").unwrap(), file);
+        assert_eq!(resolve_model_path(&dir, "tiny.qins").unwrap(), file);
+        assert_eq!(
+            resolve_model_path(&dir, file.to_str().unwrap()).unwrap(),
+            file
+        );
+        for bad in ["other", "", "..", "../tiny"] {
+            let err = resolve_model_path(&dir, bad).unwrap_err();
+            assert!(
+                matches!(err, SchedulerError::UnknownModel { .. }),
+                "{bad}: {err}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_and_freed_slots_admit_waiters() {
+        let scheduler = Scheduler::new(SchedulerConfig {
+            max_active: 1,
+            max_queued: 1,
+            ..SchedulerConfig::default()
+        });
+        let first = scheduler.acquire_slot().await.unwrap();
+        let waiting = {
+            let scheduler = Arc::clone(&scheduler);
+            tokio::spawn(async move { scheduler.acquire_slot().await.map(|s| s.waited) })
+        };
+        while scheduler.counters().queued == 0 {
+            tokio::task::yield_now().await;
+        }
+        let refused = scheduler.acquire_slot().await;
+        assert!(matches!(
+            refused,
+            Err(SchedulerError::Busy { queued: 1, .. })
+        ));
+        assert_eq!(scheduler.counters().active, 1);
+        drop(first);
+        waiting.await.unwrap().unwrap();
+        let counters = scheduler.counters();
+        assert_eq!((counters.active, counters.queued), (0, 0));
+    }
+}

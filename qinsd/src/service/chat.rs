@@ -1,0 +1,269 @@
+//! `Chat`: validate, wait for a slot, then stream the reply from a blocking
+//! generation thread. The client dropping its stream raises the cancel flag,
+//! which the engine checks between layers and at every step.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use qins_proto::v1::{
+    ChatDone, ChatEvent, ChatRequest, FinishReason as ProtoFinish, Sampling, TextDelta, Timings,
+    Usage, chat_event,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Response, Status};
+
+use super::{EventStream, status};
+use crate::engine::{ChatMessage, FinishReason, Finished, GenerationEvent, RequestOptions};
+use crate::scheduler::Scheduler;
+
+/// Deltas buffered towards a slow client before generation waits for it.
+const STREAM_BUFFER: usize = 64;
+
+pub async fn chat(
+    scheduler: &Arc<Scheduler>,
+    request: ChatRequest,
+) -> Result<Response<EventStream<ChatEvent>>, Status> {
+    let received = Instant::now();
+    let (messages, options, session_id) = chat_input(request)?;
+    let prepared = {
+        let scheduler = Arc::clone(scheduler);
+        let session_id = session_id.clone();
+        tokio::task::spawn_blocking(move || scheduler.prepare_chat(&messages, &options, session_id))
+            .await
+            .map_err(status::join_error)?
+            .map_err(status::from_scheduler)?
+    };
+    let slot = scheduler
+        .acquire_slot()
+        .await
+        .map_err(status::from_scheduler)?;
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let watcher = cancel_when_dropped(tx.clone(), Arc::clone(&cancel));
+    let scheduler = Arc::clone(scheduler);
+    tokio::task::spawn_blocking(move || {
+        let model = prepared.model_name().to_string();
+        let queue_ms = slot.waited.as_secs_f64() * 1e3;
+        let result = scheduler.run_chat(&slot, prepared, Arc::clone(&cancel), |event| {
+            if let GenerationEvent::Delta(text) = event {
+                let delta = chat_event::Event::Delta(TextDelta { text });
+                if tx
+                    .blocking_send(Ok(ChatEvent { event: Some(delta) }))
+                    .is_err()
+                {
+                    cancel.store(true, Ordering::SeqCst);
+                }
+            }
+        });
+        drop(slot);
+        let last = match result {
+            Ok(finished) => {
+                log_request(session_id.as_deref(), &finished, received, queue_ms);
+                Ok(ChatEvent {
+                    event: Some(chat_event::Event::Done(done(&finished, model, queue_ms))),
+                })
+            }
+            Err(error) => {
+                tracing::warn!(%error, "chat failed");
+                Err(status::from_scheduler(error))
+            }
+        };
+        // The client may be gone already; nothing is left to tell it.
+        let _ = tx.blocking_send(last);
+        watcher.abort();
+    });
+    Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+}
+
+/// Raises `cancel` once the receiving end of `tx` is dropped (the client
+/// went away), even while the generation is in a long prefill.
+fn cancel_when_dropped(
+    tx: mpsc::Sender<Result<ChatEvent, Status>>,
+    cancel: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tx.closed().await;
+        cancel.store(true, Ordering::SeqCst);
+    })
+}
+
+/// The request's messages and options, with every field range-checked.
+fn chat_input(
+    request: ChatRequest,
+) -> Result<(Vec<ChatMessage>, RequestOptions, Option<String>), Status> {
+    if request.messages.is_empty() {
+        return Err(status::invalid(
+            "messages is empty: send at least one user message",
+        ));
+    }
+    let messages = request
+        .messages
+        .into_iter()
+        .map(|m| ChatMessage {
+            role: m.role,
+            content: m.content,
+        })
+        .collect();
+    let options = request_options(request.sampling.unwrap_or_default())?;
+    let session_id = Some(request.session_id).filter(|id| !id.is_empty());
+    Ok((messages, options, session_id))
+}
+
+fn request_options(sampling: Sampling) -> Result<RequestOptions, Status> {
+    if let Some(t) = sampling.temperature
+        && !(t.is_finite() && t >= 0.0)
+    {
+        return Err(status::invalid(format!(
+            "temperature must be >= 0 (got {t})"
+        )));
+    }
+    if let Some(p) = sampling.top_p
+        && !(p > 0.0 && p <= 1.0)
+    {
+        return Err(status::invalid(format!(
+            "top_p must be in (0, 1] (got {p})"
+        )));
+    }
+    if let Some(r) = sampling.repetition_penalty
+        && !(r.is_finite() && r > 0.0)
+    {
+        return Err(status::invalid(format!(
+            "repetition_penalty must be > 0 (got {r})"
+        )));
+    }
+    if sampling.max_tokens == Some(0) {
+        return Err(status::invalid("max_tokens must be at least 1"));
+    }
+    if sampling.stop.iter().any(String::is_empty) {
+        return Err(status::invalid("stop strings must not be empty"));
+    }
+    Ok(RequestOptions {
+        temperature: sampling.temperature,
+        top_p: sampling.top_p,
+        top_k: sampling.top_k.map(|k| k as usize),
+        max_tokens: sampling.max_tokens.map(|m| m as usize),
+        seed: sampling.seed,
+        repetition_penalty: sampling.repetition_penalty,
+        stop: sampling.stop,
+    })
+}
+
+fn done(finished: &Finished, model: String, queue_ms: f64) -> ChatDone {
+    let reason = match finished.reason {
+        FinishReason::Stop => ProtoFinish::Stop,
+        FinishReason::Length => ProtoFinish::Length,
+        FinishReason::Cancelled => ProtoFinish::Cancelled,
+    };
+    ChatDone {
+        finish_reason: reason as i32,
+        usage: Some(Usage {
+            prompt_tokens: finished.usage.prompt_tokens as u32,
+            cached_prompt_tokens: finished.usage.cached_prompt_tokens as u32,
+            completion_tokens: finished.usage.completion_tokens as u32,
+        }),
+        timings: Some(Timings {
+            queue_ms,
+            time_to_first_token_ms: finished.timings.time_to_first_token.as_secs_f64() * 1e3,
+            total_ms: finished.timings.total.as_secs_f64() * 1e3,
+            tokens_per_second: finished.timings.tokens_per_second,
+        }),
+        model,
+    }
+}
+
+/// One log line per request, with its timings.
+fn log_request(session: Option<&str>, finished: &Finished, received: Instant, queue_ms: f64) {
+    tracing::info!(
+        session = session.unwrap_or("-"),
+        finish = ?finished.reason,
+        prompt_tokens = finished.usage.prompt_tokens,
+        cached_tokens = finished.usage.cached_prompt_tokens,
+        completion_tokens = finished.usage.completion_tokens,
+        queue_ms = format!("{queue_ms:.0}"),
+        ttft_ms = format!("{:.0}", finished.timings.time_to_first_token.as_secs_f64() * 1e3),
+        tokens_per_second = format!("{:.1}", finished.timings.tokens_per_second),
+        total_ms = received.elapsed().as_millis() as u64,
+        "chat"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_sampling_is_refused_with_the_field_named() {
+        let cases = [
+            (
+                Sampling {
+                    temperature: Some(-0.1),
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                Sampling {
+                    temperature: Some(f32::NAN),
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                Sampling {
+                    top_p: Some(0.0),
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                Sampling {
+                    top_p: Some(1.5),
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                Sampling {
+                    repetition_penalty: Some(0.0),
+                    ..Default::default()
+                },
+                "repetition_penalty",
+            ),
+            (
+                Sampling {
+                    max_tokens: Some(0),
+                    ..Default::default()
+                },
+                "max_tokens",
+            ),
+            (
+                Sampling {
+                    stop: vec![String::new()],
+                    ..Default::default()
+                },
+                "stop",
+            ),
+        ];
+        for (sampling, field) in cases {
+            let error = request_options(sampling).unwrap_err();
+            assert_eq!(error.code(), tonic::Code::InvalidArgument);
+            assert!(error.message().contains(field), "{}", error.message());
+        }
+        let ok = request_options(Sampling {
+            temperature: Some(0.0),
+            top_p: Some(1.0),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(ok.temperature, Some(0.0));
+    }
+
+    #[test]
+    fn empty_messages_are_refused() {
+        let error = chat_input(ChatRequest::default()).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        assert!(error.message().contains("messages"));
+    }
+}

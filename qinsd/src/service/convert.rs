@@ -1,0 +1,227 @@
+//! `Convert`: runs the converter on a blocking thread beside the chats and
+//! streams its progress. The output is written atomically by the container
+//! writer; dropping the stream cancels the conversion.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use qins_proto::v1::{
+    ConvertDone, ConvertEvent, ConvertRequest, ConvertStarted, DownloadProgress, QualityReport,
+    TensorProgress, convert_event,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Response, Status};
+
+use super::models::same_file;
+use super::{EventStream, QinsService, status};
+use crate::codec::{DEFAULT_CLIP_QUANTILE, EncodeOptions, Granularity};
+use crate::container::Compression;
+use crate::convert::{self, ConvertEvent as Progress, ConvertOptions, ConvertSummary};
+
+pub async fn convert(
+    service: &QinsService,
+    request: ConvertRequest,
+) -> Result<Response<EventStream<ConvertEvent>>, Status> {
+    if request.source.trim().is_empty() {
+        return Err(status::invalid(
+            "source is empty: give a GGUF file, a Hugging Face directory or a Hub id",
+        ));
+    }
+    let options = options(&request)?;
+    let output = output_path(service, &request)?;
+    check_output(
+        service,
+        &output,
+        request.options.as_ref().is_some_and(|o| o.overwrite),
+    )?;
+    let claim = OutputClaim::take(&service.converting, &output)?;
+    let (tx, rx) = mpsc::channel(64);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (tx, cancel) = (tx.clone(), Arc::clone(&cancel));
+        tokio::spawn(async move {
+            tx.closed().await;
+            cancel.store(true, Ordering::SeqCst);
+        })
+    };
+    tokio::task::spawn_blocking(move || {
+        let _claim = claim;
+        let send = |event: convert_event::Event| {
+            let _ = tx.blocking_send(Ok(ConvertEvent { event: Some(event) }));
+        };
+        let mut on_progress = |event: Progress| send(progress(event));
+        let result = convert::open_source(&request.source, &mut on_progress).and_then(|source| {
+            convert::convert(
+                source.as_ref(),
+                &output,
+                &options,
+                &mut on_progress,
+                &cancel,
+            )
+        });
+        match result {
+            Ok(summary) => {
+                tracing::info!(
+                    source = request.source,
+                    output = %summary.output.display(),
+                    seconds = summary.elapsed.as_secs_f64(),
+                    "converted"
+                );
+                send(convert_event::Event::Done(done(&summary)));
+            }
+            Err(error) => {
+                tracing::warn!(source = request.source, %error, "conversion failed");
+                let _ = tx.blocking_send(Err(status::from_convert(&error)));
+            }
+        }
+        watcher.abort();
+    });
+    Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+}
+
+fn options(request: &ConvertRequest) -> Result<ConvertOptions, Status> {
+    let o = request.options.clone().unwrap_or_default();
+    let granularity = match o.granularity.as_str() {
+        "" => Granularity::default(),
+        other => other
+            .parse::<Granularity>()
+            .map_err(|e| status::invalid(format!("granularity: {e}")))?,
+    };
+    let encode = EncodeOptions {
+        granularity,
+        clip_quantile: o.clip.unwrap_or(DEFAULT_CLIP_QUANTILE),
+        prune_below: o.prune_below,
+    };
+    encode
+        .validate()
+        .map_err(|e| status::invalid(format!("conversion options: {e}")))?;
+    Ok(ConvertOptions {
+        encode,
+        compression: if o.compress {
+            Compression::Zstd
+        } else {
+            Compression::None
+        },
+        ..ConvertOptions::default()
+    })
+}
+
+fn output_path(service: &QinsService, request: &ConvertRequest) -> Result<PathBuf, Status> {
+    if !request.output.is_empty() {
+        return Ok(PathBuf::from(&request.output));
+    }
+    let dir = &service.scheduler.config().models_dir;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Status::failed_precondition(format!(
+            "cannot create the models directory {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let name = convert::default_model_name(&request.source);
+    Ok(dir.join(format!("{name}.qins")))
+}
+
+/// Never replace the loaded model's file, and an existing file only when asked.
+fn check_output(service: &QinsService, output: &Path, overwrite: bool) -> Result<(), Status> {
+    if let Some(model) = service.scheduler.model()
+        && same_file(model.path(), output)
+    {
+        return Err(Status::failed_precondition(format!(
+            "{} is the loaded model; convert to another path, or `qins unload` first",
+            output.display()
+        )));
+    }
+    if output.exists() && !overwrite {
+        return Err(Status::already_exists(format!(
+            "{} exists; pass overwrite (qins convert --force) to replace it",
+            output.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Marks an output path as being written; released on drop.
+struct OutputClaim {
+    claims: Arc<std::sync::Mutex<Vec<PathBuf>>>,
+    path: PathBuf,
+}
+
+impl OutputClaim {
+    fn take(claims: &Arc<std::sync::Mutex<Vec<PathBuf>>>, path: &Path) -> Result<Self, Status> {
+        let mut list = claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if list.iter().any(|p| p == path) {
+            return Err(Status::already_exists(format!(
+                "a conversion to {} is already running",
+                path.display()
+            )));
+        }
+        list.push(path.to_path_buf());
+        Ok(Self {
+            claims: Arc::clone(claims),
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for OutputClaim {
+    fn drop(&mut self) {
+        let mut list = self
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        list.retain(|p| p != &self.path);
+    }
+}
+
+fn progress(event: Progress) -> convert_event::Event {
+    match event {
+        Progress::Download { file, bytes, total } => {
+            convert_event::Event::Download(DownloadProgress { file, bytes, total })
+        }
+        Progress::Started {
+            tensors,
+            parameters,
+        } => convert_event::Event::Started(ConvertStarted {
+            tensors: tensors as u32,
+            parameters,
+        }),
+        Progress::Tensor {
+            index,
+            count,
+            name,
+            parameters_done,
+            bytes_written,
+        } => convert_event::Event::Tensor(TensorProgress {
+            index: index as u32,
+            count: count as u32,
+            name,
+            parameters_done,
+            bytes_written,
+        }),
+    }
+}
+
+fn done(summary: &ConvertSummary) -> ConvertDone {
+    ConvertDone {
+        output: summary.output.display().to_string(),
+        file_bytes: summary.file_bytes,
+        parameters: summary.parameters,
+        seconds: summary.elapsed.as_secs_f64(),
+        quality: summary.header.quality.as_ref().map(|q| {
+            let m = &q.model;
+            QualityReport {
+                weights: m.weights,
+                mean_rel_err: m.mean_rel_err,
+                max_rel_err: m.max_rel_err,
+                rel_rms_err: m.rel_rms_err,
+                sign_preservation: m.sign_preservation,
+                zero_fraction: m.zero_fraction,
+                code_entropy_bits: m.code_entropy_bits,
+            }
+        }),
+    }
+}
