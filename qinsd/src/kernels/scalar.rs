@@ -1,11 +1,11 @@
 //! Portable row kernel: the reference that SIMD kernels are tested against.
 //!
-//! A weight row is decoded in blocks into a small stack buffer (table lookup,
-//! sign applied by flipping the f32 sign bit), then each block is dotted with
+//! A weight row is decoded in blocks into a small stack buffer (nibble table
+//! product, sign applied by flipping the f32 sign bit), then each block is dotted with
 //! every input row. Decoding once per block serves all `n` input rows, so a
 //! prefill of many tokens decodes each weight once.
 
-use super::RowJob;
+use super::{NibbleTables, RowJob};
 
 /// Weights decoded per block; a multiple of 8 so blocks start on sign bytes.
 const BLOCK: usize = 256;
@@ -22,7 +22,7 @@ pub fn row_dots(job: &RowJob<'_>, out: &mut [f32]) {
         let len = BLOCK.min(cols - start);
         let block = &mut decoded[..len];
         decode_block(
-            job.table,
+            job.tables,
             &job.codes[start..start + len],
             &job.signs[start / 8..],
             block,
@@ -36,11 +36,11 @@ pub fn row_dots(job: &RowJob<'_>, out: &mut [f32]) {
 
 /// Decodes `codes` (with their sign bits, starting at bit 0 of `signs[0]`).
 #[inline]
-fn decode_block(table: &[f32; 256], codes: &[u8], signs: &[u8], out: &mut [f32]) {
+pub fn decode_block(tables: &NibbleTables, codes: &[u8], signs: &[u8], out: &mut [f32]) {
     for ((codes8, out8), &sign_byte) in codes.chunks(8).zip(out.chunks_mut(8)).zip(signs) {
         for (bit, (&code, o)) in codes8.iter().zip(out8.iter_mut()).enumerate() {
             let negative = u32::from(sign_byte >> bit & 1);
-            *o = f32::from_bits(table[code as usize].to_bits() ^ (negative << 31));
+            *o = f32::from_bits(tables.magnitude(code).to_bits() ^ (negative << 31));
         }
     }
 }
