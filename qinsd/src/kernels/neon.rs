@@ -2,14 +2,14 @@
 //!
 //! Deliberately simple (it can only be compile-checked on the x86 machines
 //! this was written on): a block of the weight row is decoded with the
-//! scalar nibble product (the same bits as [`super::scalar`]) into a stack
+//! scalar table lookup (the same bits as [`super::scalar`]) into a stack
 //! buffer, then dotted with each input row by NEON FMAs on four independent
 //! accumulators. A `vqtbl`-based decode would be the next step.
 
 use std::arch::aarch64::*;
 
 use super::RowJob;
-use super::scalar::decode_block;
+use super::scalar::{decode_block, expand};
 
 /// Weights decoded per block: 2 KiB, which stays in L1 (a multiple of 16).
 const BLOCK: usize = 512;
@@ -20,12 +20,13 @@ pub fn row_dots(job: &RowJob<'_>, out: &mut [f32]) {
     let cols = job.codes.len();
     assert_eq!(job.x.len(), out.len() * cols, "x must be out.len() x cols");
     out.fill(0.0);
+    let table = expand(job.tables);
     let mut decoded = [0.0f32; BLOCK];
     for start in (0..cols).step_by(BLOCK) {
         let len = BLOCK.min(cols - start);
         let w = &mut decoded[..len];
         decode_block(
-            job.tables,
+            &table,
             &job.codes[start..start + len],
             &job.signs[start / 8..],
             w,
@@ -45,10 +46,10 @@ fn dot(w: &[f32], x: &[f32]) -> f32 {
     let mut total = unsafe {
         let mut acc = [vdupq_n_f32(0.0); 4];
         for (w, x) in w_blocks.iter().zip(x_blocks) {
-            for k in 0..4 {
+            for (k, acc) in acc.iter_mut().enumerate() {
                 let wv = vld1q_f32(w.as_ptr().add(4 * k));
                 let xv = vld1q_f32(x.as_ptr().add(4 * k));
-                acc[k] = vfmaq_f32(acc[k], wv, xv);
+                *acc = vfmaq_f32(*acc, wv, xv);
             }
         }
         vaddvq_f32(vaddq_f32(
