@@ -1,14 +1,28 @@
 //! QINS matrix kernels: `x · Wᵀ` with `W` kept as 8-bit codes plus packed
-//! sign bits and decoded inside the kernel, one row at a time, through a
-//! 256-entry table.
+//! sign bits and decoded inside the kernel, one row at a time.
 //!
-//! The driver here owns the threading (rayon over output rows), the decode
-//! tables and the output layout; a [`RowKernel`] computes the dot products of
-//! one weight row with every input row. [`scalar`] is the portable reference
-//! row kernel; SIMD versions (AVX-512/AVX2/NEON, chosen at run time) plug in
-//! by returning a different [`RowKernel`] from [`row_kernel`].
+//! A code `c` in 1..=255 decodes to `|w| = C * r^(255 - c)` (see
+//! [`crate::codec`]). Splitting `c = 16 * h + l` gives
+//! `|w| = hi[h] * lo[l]` with `hi[h] = C * r^(16 * (15 - h))` and
+//! `lo[l] = r^(15 - l)`: two 16-entry tables per range ([`NibbleTables`]),
+//! built with two `exp` calls and each small enough for one SIMD register.
+//! Every kernel decodes with exactly this product (code 0 forced to 0), so
+//! kernels differ only in the order they sum.
+//!
+//! The driver here owns the threading (rayon over output rows), the tables
+//! and the output layout; a [`RowKernel`] computes the dot products of one
+//! weight row with a batch of input rows. [`scalar`] is the portable
+//! reference; SIMD kernels are picked at run time by [`row_kernel`].
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod scalar;
+
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
@@ -22,15 +36,77 @@ const CODE_STEPS: f64 = 254.0;
 /// small enough to balance across cores for the narrowest matrices.
 const ROWS_PER_TASK: usize = 8;
 
-/// One weight row against `n` input rows.
+/// Input rows handed to one kernel call. A kernel decodes each weight once
+/// per call, so prefill pays one decode per `BATCH` dot products; the dots
+/// of one call live in a stack buffer of this size.
+const BATCH: usize = 64;
+
+/// The magnitude of code `c != 0` is `hi[c >> 4] * lo[c & 15]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C, align(64))]
+pub struct NibbleTables {
+    pub hi: [f32; 16],
+    pub lo: [f32; 16],
+}
+
+impl NibbleTables {
+    /// Tables of a range. Powers of `r` come from a few f64 products rather
+    /// than a 16-long chain (shorter latency; this runs per row and call),
+    /// with a relative drift ~1e-15, far below an f32 ulp.
+    pub fn new(range: LogRange) -> Self {
+        let log_min = f64::from(range.log_min);
+        let ratio = ((f64::from(range.log_max) - log_min) / CODE_STEPS).exp();
+        let scale = log_min.exp();
+        let small = powers(ratio); // r^0 ..= r^15
+        let large = powers(small[15] * ratio); // r^0, r^16 ..= r^240
+        let mut tables = NibbleTables {
+            hi: [0.0; 16],
+            lo: [0.0; 16],
+        };
+        for k in 0..16 {
+            tables.hi[k] = (scale * large[15 - k]) as f32;
+            tables.lo[k] = small[15 - k] as f32;
+        }
+        tables
+    }
+
+    /// The magnitude of a code (0 for code 0); the scalar definition that
+    /// every kernel reproduces bit for bit.
+    #[inline]
+    pub fn magnitude(&self, code: u8) -> f32 {
+        if code == 0 {
+            0.0
+        } else {
+            self.hi[usize::from(code >> 4)] * self.lo[usize::from(code & 15)]
+        }
+    }
+}
+
+/// `[b^0, b^1, ..., b^15]` as `b^(4i) * b^j`: two chains of three products.
+fn powers(base: f64) -> [f64; 16] {
+    let b2 = base * base;
+    let low = [1.0, base, b2, b2 * base];
+    let b4 = b2 * b2;
+    let b8 = b4 * b4;
+    let high = [1.0, b4, b8, b8 * b4];
+    let mut out = [0.0; 16];
+    for (i, h) in high.iter().enumerate() {
+        for (j, l) in low.iter().enumerate() {
+            out[4 * i + j] = h * l;
+        }
+    }
+    out
+}
+
+/// One weight row against a batch of input rows.
 pub struct RowJob<'a> {
-    /// Decode table of the row's range (entry 0 is the exact zero).
-    pub table: &'a [f32; 256],
+    /// Decode tables of the row's range.
+    pub tables: &'a NibbleTables,
     /// The row's `cols` codes.
     pub codes: &'a [u8],
     /// The row's packed sign bits, LSB first, `cols.div_ceil(8)` bytes.
     pub signs: &'a [u8],
-    /// `n x cols` inputs, row-major.
+    /// `out.len() x cols` inputs, row-major.
     pub x: &'a [f32],
 }
 
@@ -38,9 +114,94 @@ pub struct RowJob<'a> {
 /// every input row `t` (`out.len()` is the number of input rows).
 pub type RowKernel = fn(job: &RowJob<'_>, out: &mut [f32]);
 
-/// The row kernel to use on this machine.
+/// The row kernels this crate has, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelKind {
+    Avx512,
+    Avx2,
+    Neon,
+    Scalar,
+}
+
+impl KernelKind {
+    pub const ALL: [KernelKind; 4] = [
+        KernelKind::Avx512,
+        KernelKind::Avx2,
+        KernelKind::Neon,
+        KernelKind::Scalar,
+    ];
+
+    /// The name `QINS_KERNEL` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelKind::Avx512 => "avx512",
+            KernelKind::Avx2 => "avx2",
+            KernelKind::Neon => "neon",
+            KernelKind::Scalar => "scalar",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The kernel, if this build and this CPU can run it.
+    pub fn row_kernel(self) -> Option<RowKernel> {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx512 if avx512::is_available() => Some(avx512::row_dots),
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx2 if avx2::is_available() => Some(avx2::row_dots),
+            #[cfg(target_arch = "aarch64")]
+            KernelKind::Neon => Some(neon::row_dots),
+            KernelKind::Scalar => Some(scalar::row_dots),
+            _ => None,
+        }
+    }
+}
+
+/// The kernels this machine can run, best first (scalar is always last).
+pub fn available_kernels() -> Vec<KernelKind> {
+    KernelKind::ALL
+        .into_iter()
+        .filter(|k| k.row_kernel().is_some())
+        .collect()
+}
+
+/// The kernel [`qins_matmul`] uses: the best available, or the one named by
+/// the `QINS_KERNEL` environment variable (for comparisons). Chosen once.
+pub fn selected_kernel() -> KernelKind {
+    static SELECTED: OnceLock<KernelKind> = OnceLock::new();
+    *SELECTED.get_or_init(|| {
+        let best = available_kernels()[0];
+        let Ok(name) = std::env::var("QINS_KERNEL") else {
+            return best;
+        };
+        match KernelKind::from_name(&name) {
+            Some(kind) if kind.row_kernel().is_some() => kind,
+            Some(_) => {
+                tracing::warn!(
+                    "QINS_KERNEL={name} is not supported on this machine; using {}",
+                    best.name()
+                );
+                best
+            }
+            None => {
+                tracing::warn!(
+                    "QINS_KERNEL={name} is unknown (expected one of scalar, avx2, avx512, neon); using {}",
+                    best.name()
+                );
+                best
+            }
+        }
+    })
+}
+
+/// The row kernel to use on this machine (see [`selected_kernel`]).
 pub fn row_kernel() -> RowKernel {
-    scalar::row_dots
+    selected_kernel()
+        .row_kernel()
+        .expect("selected kernels are available")
 }
 
 /// `out[n x rows] = x[n x cols] · Wᵀ` for a QINS matrix `W` of `rows x cols`.
@@ -58,56 +219,86 @@ pub fn qins_matmul_with(kernel: RowKernel, x: &[f32], n: usize, w: &QinsMatrix, 
     if n == 0 || w.rows == 0 {
         return;
     }
-    let shared_table = (w.ranges().len() == 1).then(|| decode_table(w.ranges()[0]));
-    let run_row = |row: usize, dots: &mut [f32]| {
-        let own_table;
-        let table = match &shared_table {
-            Some(table) => table,
-            None => {
-                own_table = decode_table(w.row_range(row));
-                &own_table
-            }
-        };
-        let job = RowJob {
-            table,
-            codes: w.row_codes(row),
-            signs: w.row_signs(row),
-            x,
-        };
-        kernel(&job, dots);
+    let shared = (w.ranges().len() == 1).then(|| NibbleTables::new(w.ranges()[0]));
+    let tables_of = |row: usize| match &shared {
+        Some(tables) => *tables,
+        None => NibbleTables::new(w.row_range(row)),
     };
     if n == 1 {
         out.par_chunks_mut(ROWS_PER_TASK)
             .enumerate()
             .for_each(|(task, chunk)| {
                 for (i, slot) in chunk.iter_mut().enumerate() {
-                    run_row(task * ROWS_PER_TASK + i, std::slice::from_mut(slot));
+                    let row = task * ROWS_PER_TASK + i;
+                    let tables = tables_of(row);
+                    let job = RowJob {
+                        tables: &tables,
+                        codes: w.row_codes(row),
+                        signs: w.row_signs(row),
+                        x,
+                    };
+                    kernel(&job, std::slice::from_mut(slot));
                 }
             });
         return;
     }
-    // Each weight row yields n contiguous dots; transpose into n x rows after.
-    let mut by_row = vec![0.0f32; w.rows * n];
-    by_row
-        .par_chunks_mut(ROWS_PER_TASK * n)
-        .enumerate()
-        .for_each(|(task, chunk)| {
-            for (i, dots) in chunk.chunks_mut(n).enumerate() {
-                run_row(task * ROWS_PER_TASK + i, dots);
+    // Row `r`'s dots go to the strided column `out[t * rows + r]`, so tasks
+    // write through a raw pointer: each task owns a disjoint set of rows.
+    let rows = w.rows;
+    let cols = w.cols;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..rows.div_ceil(ROWS_PER_TASK))
+        .into_par_iter()
+        .for_each(|task| {
+            let first = task * ROWS_PER_TASK;
+            let task_rows = first..rows.min(first + ROWS_PER_TASK);
+            let mut tables = [NibbleTables {
+                hi: [0.0; 16],
+                lo: [0.0; 16],
+            }; ROWS_PER_TASK];
+            for (row, t) in task_rows.clone().zip(tables.iter_mut()) {
+                *t = tables_of(row);
+            }
+            let mut dots = [0.0f32; BATCH];
+            // Batches outside, rows inside: a batch of x stays in cache for
+            // all rows of the task.
+            for t0 in (0..n).step_by(BATCH) {
+                let batch = BATCH.min(n - t0);
+                let dots = &mut dots[..batch];
+                for (row, tables) in task_rows.clone().zip(&tables) {
+                    let job = RowJob {
+                        tables,
+                        codes: w.row_codes(row),
+                        signs: w.row_signs(row),
+                        x: &x[t0 * cols..(t0 + batch) * cols],
+                    };
+                    kernel(&job, dots);
+                    for (i, &d) in dots.iter().enumerate() {
+                        // SAFETY: `(t0 + i) * rows + row < n * rows == out.len()`
+                        // (asserted above), and only this task writes the
+                        // elements of its rows, so the write is in bounds and
+                        // unaliased; `out` outlives the parallel loop.
+                        unsafe { out_ptr.get().add((t0 + i) * rows + row).write(d) };
+                    }
+                }
             }
         });
-    transpose(&by_row, w.rows, n, out);
 }
 
-/// Writes the `cols x rows` transpose of the row-major `rows x cols` `src`.
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    dst.par_chunks_mut(rows)
-        .enumerate()
-        .for_each(|(col, dst_row)| {
-            for (row, d) in dst_row.iter_mut().enumerate() {
-                *d = src[row * cols + col];
-            }
-        });
+/// The output of [`qins_matmul_with`] shared by its rayon tasks.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: tasks write disjoint elements through the pointer (see its use).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above; nothing reads through it.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method (not field access) so closures capture the `Sync` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
 }
 
 /// The 256-entry decode table of a range, equal to [`LogRange::table`] within

@@ -1,13 +1,17 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use super::*;
 use crate::codec::{EncodeOptions, Granularity, encode_matrix};
 use crate::rng::SplitMix64;
+use crate::weights::Bytes;
 
 /// Gaussian weights with some exact zeros and a few rows of very different scale.
 fn random_matrix(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
     let mut rng = SplitMix64::new(seed);
     (0..rows * cols)
         .map(|i| {
-            let row_scale = if (i / cols.max(1)) % 3 == 0 {
+            let row_scale = if (i / cols.max(1)).is_multiple_of(3) {
                 10.0
             } else {
                 0.05
@@ -183,4 +187,252 @@ fn fast_table_is_within_one_ulp_of_canonical() {
         exact as f64 >= 0.9999 * total as f64,
         "{exact} of {total} exact"
     );
+}
+
+#[test]
+fn nibble_product_is_within_two_ulps_of_canonical() {
+    // hi and lo are each rounded once from f64 and the product once more:
+    // at most ~1.5 ulp from the correctly rounded magnitude.
+    let mut rng = SplitMix64::new(7);
+    for i in 0..2000 {
+        let log_max = (rng.next_f64() * 8.0 - 6.0) as f32;
+        let log_min = log_max - (rng.next_f64() * 20.0) as f32;
+        let range = match i {
+            0 => LogRange::EMPTY,
+            1 => LogRange {
+                log_min: log_max,
+                log_max,
+            },
+            _ => LogRange { log_min, log_max },
+        };
+        let tables = NibbleTables::new(range);
+        let canonical = range.table();
+        assert_eq!(tables.magnitude(0), 0.0);
+        for code in 1..=255u8 {
+            let d = ulps_apart(tables.magnitude(code), canonical[usize::from(code)]);
+            assert!(d <= 2, "{range:?} code {code}: {d} ulps");
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Signs {
+    Random,
+    AllNegative,
+    AllPositive,
+}
+
+/// A matrix straight from random codes (every code, with extra 0s and 255s),
+/// random ranges and the given signs; the padding bits of the last sign byte
+/// follow the same rule, so kernels must ignore them.
+fn random_codes_matrix(
+    rows: usize,
+    cols: usize,
+    per_row: bool,
+    signs: Signs,
+    seed: u64,
+) -> QinsMatrix {
+    let mut rng = SplitMix64::new(seed);
+    let codes: Vec<u8> = (0..rows * cols)
+        .map(|_| match rng.next_u64() % 10 {
+            0 => 0,
+            1 => 255,
+            _ => (rng.next_u64() % 256) as u8,
+        })
+        .collect();
+    let sign_bytes = rows * cols.div_ceil(8);
+    let signs: Vec<u8> = (0..sign_bytes)
+        .map(|_| match signs {
+            Signs::Random => rng.next_u64() as u8,
+            Signs::AllNegative => 0xFF,
+            Signs::AllPositive => 0,
+        })
+        .collect();
+    let range = |rng: &mut SplitMix64| {
+        let log_max = (rng.next_f64() * 6.0 - 4.0) as f32;
+        LogRange {
+            log_min: log_max - (rng.next_f64() * 16.0) as f32,
+            log_max,
+        }
+    };
+    let ranges = if per_row {
+        (0..rows).map(|_| range(&mut rng)).collect()
+    } else {
+        vec![range(&mut rng)]
+    };
+    QinsMatrix::new(
+        rows,
+        cols,
+        Bytes::Owned(Arc::new(codes)),
+        Bytes::Owned(Arc::new(signs)),
+        ranges,
+    )
+}
+
+/// Σ|w·x| per output, in f64 on the canonical decode.
+fn magnitudes(x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
+    let decoded = w.decode();
+    let mut out = vec![0.0; n * w.rows];
+    for t in 0..n {
+        for r in 0..w.rows {
+            let xs = &x[t * w.cols..(t + 1) * w.cols];
+            let ws = &decoded[r * w.cols..(r + 1) * w.cols];
+            out[t * w.rows + r] = xs
+                .iter()
+                .zip(ws)
+                .map(|(a, b)| (f64::from(*a) * f64::from(*b)).abs())
+                .sum();
+        }
+    }
+    out
+}
+
+/// Runs every available kernel on one case and compares it with scalar.
+///
+/// Tolerance: all kernels decode bit-identical f32 weights (the same nibble
+/// product) and form the same f32 products, so they differ only in the order
+/// of f32 additions. The classical bound is γ_L·Σ|w·x| with L the longest
+/// accumulation chain (≤ cols/8 + a few for scalar: 2.3e-5 for 3077 columns),
+/// but rounding errors of sign-mixed data grow like √L·u ≈ 1e-6 here, so
+/// `1e-5 · Σ|w·x|` leaves a wide margin (the seeds are fixed: no flakes),
+/// while one wrong weight among 3077 already costs ~3e-4 of Σ|w·x|.
+fn assert_kernels_match_scalar(w: &QinsMatrix, n: usize, seed: u64, what: &str) {
+    let x = random_inputs(n * w.cols, seed);
+    let mut expected = vec![f32::NAN; n * w.rows];
+    qins_matmul_with(scalar::row_dots, &x, n, w, &mut expected);
+    let bound = magnitudes(&x, n, w);
+    for kind in available_kernels() {
+        let kernel = kind.row_kernel().unwrap();
+        let mut out = vec![f32::NAN; n * w.rows];
+        qins_matmul_with(kernel, &x, n, w, &mut out);
+        for i in 0..out.len() {
+            let err = (f64::from(out[i]) - f64::from(expected[i])).abs();
+            let tolerance = 1e-5 * bound[i] + 1e-30;
+            assert!(
+                err <= tolerance,
+                "{} {what} {}x{} n={n} out[{i}] = {} scalar {} (err {err:e}, Σ|wx| {:e})",
+                kind.name(),
+                w.rows,
+                w.cols,
+                out[i],
+                expected[i],
+                bound[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn every_kernel_matches_scalar_on_odd_shapes() {
+    let mut seed = 1;
+    for &cols in &[1, 7, 15, 16, 17, 63, 64, 65, 100, 257, 513, 3072 + 5] {
+        for &rows in &[1, 3, 9, 17] {
+            for per_row in [true, false] {
+                let w = random_codes_matrix(rows, cols, per_row, Signs::Random, seed);
+                for n in [1, 2, 5] {
+                    seed += 1;
+                    let what = if per_row { "per-row" } else { "per-tensor" };
+                    assert_kernels_match_scalar(&w, n, seed, what);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_kernel_matches_scalar_with_uniform_signs() {
+    for (i, signs) in [Signs::AllNegative, Signs::AllPositive]
+        .into_iter()
+        .enumerate()
+    {
+        for &cols in &[7, 64, 100, 3077] {
+            let w = random_codes_matrix(5, cols, true, signs, 100 + i as u64);
+            for n in [1, 2, 5] {
+                assert_kernels_match_scalar(&w, n, 200 + n as u64, &format!("{signs:?}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn every_kernel_matches_scalar_past_one_batch() {
+    // More input rows than one kernel call takes (BATCH), and a row count
+    // that is not a multiple of ROWS_PER_TASK.
+    let w = random_codes_matrix(13, 300, true, Signs::Random, 9);
+    assert_kernels_match_scalar(&w, BATCH + 3, 10, "batched");
+}
+
+#[test]
+fn kernel_selection_lists_and_names() {
+    let available = available_kernels();
+    assert_eq!(available.last(), Some(&KernelKind::Scalar));
+    assert!(available.contains(&selected_kernel()));
+    for kind in KernelKind::ALL {
+        assert_eq!(KernelKind::from_name(kind.name()), Some(kind));
+    }
+    assert_eq!(KernelKind::from_name("sse9"), None);
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert_eq!(
+            available.contains(&KernelKind::Avx512),
+            is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+        );
+        assert_eq!(
+            available.contains(&KernelKind::Avx2),
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        );
+    }
+    println!(
+        "available kernels: {:?}, selected {:?}",
+        available,
+        selected_kernel()
+    );
+}
+
+/// Times `qins_matmul` per kernel, shape, batch and thread count:
+/// `cargo test --release -p qinsd --lib kernels::tests::bench -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench() {
+    for &(rows, cols) in &[(3072, 8192), (8192, 3072)] {
+        for per_row in [true, false] {
+            let w = random_codes_matrix(rows, cols, per_row, Signs::Random, 1);
+            let weight_bytes = (w.code_bytes() + w.sign_bytes()) as f64;
+            for n in [1, 64] {
+                if n == 64 && !per_row {
+                    continue;
+                }
+                let x = random_inputs(n * cols, 2);
+                let mut out = vec![0.0f32; n * rows];
+                for kind in available_kernels() {
+                    let kernel = kind.row_kernel().unwrap();
+                    for threads in [1, 2] {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .unwrap();
+                        let seconds = pool.install(|| {
+                            qins_matmul_with(kernel, &x, n, &w, &mut out); // warm-up
+                            let start = Instant::now();
+                            let mut calls = 0u32;
+                            while start.elapsed() < Duration::from_millis(400) || calls < 3 {
+                                qins_matmul_with(kernel, &x, n, &w, &mut out);
+                                calls += 1;
+                            }
+                            start.elapsed().as_secs_f64() / f64::from(calls)
+                        });
+                        let flops = 2.0 * (n * rows * cols) as f64;
+                        println!(
+                            "{rows:>5}x{cols:<5} {:<10} n={n:<3} {:<7} threads={threads}: {:8.3} ms  {:6.2} GB/s weights  {:7.2} GFLOP/s",
+                            if per_row { "per-row" } else { "per-tensor" },
+                            kind.name(),
+                            seconds * 1e3,
+                            weight_bytes / seconds / 1e9,
+                            flops / seconds / 1e9
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
