@@ -10,6 +10,13 @@ bash scripts/fetch-fixtures.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
+echo "== cargo clippy -D warnings"
+cargo clippy --release --workspace --all-targets --locked -- -D warnings
+
+# The end-to-end tests in tests/ run the workspace's binaries.
+echo "== cargo build --release --workspace --bins"
+cargo build --release --workspace --bins --locked
+
 echo "== cargo test --release --workspace"
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT

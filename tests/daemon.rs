@@ -1,0 +1,481 @@
+//! qinsd end to end over its Unix socket, driven by a gRPC client: chat
+//! streaming, prefix reuse, concurrency, cancellation, conversion, stats,
+//! model management, bad requests, and the process lifecycle.
+
+use std::time::Duration;
+
+use qins_e2e::*;
+use qins_proto::v1::{
+    ChatRequest, ConvertEvent, ConvertOptions, ConvertRequest, FinishReason, ListModelsRequest,
+    LoadModelRequest, Sampling, UnloadModelRequest, chat_event, convert_event,
+};
+use tonic::Code;
+
+#[tokio::test]
+async fn chat_streams_deltas_then_a_final_event_with_usage_and_timings() {
+    let daemon = Daemon::start(&[]).await;
+    let mut client = daemon.client().await;
+    let reply = chat(&mut client, chat_request(vec![user("Hello there")], 12, ""))
+        .await
+        .expect("chat");
+    let done = &reply.done;
+    let usage = done.usage.expect("usage");
+    assert!(usage.prompt_tokens > 0);
+    assert!((1..=12).contains(&usage.completion_tokens), "{usage:?}");
+    assert!(reply.deltas >= 1 && !reply.text.is_empty(), "{reply:?}");
+    let reason = FinishReason::try_from(done.finish_reason).expect("known reason");
+    assert!(matches!(reason, FinishReason::Length | FinishReason::Stop));
+    if reason == FinishReason::Length {
+        assert_eq!(usage.completion_tokens, 12);
+    }
+    let timings = done.timings.expect("timings");
+    assert!(
+        timings.total_ms >= timings.time_to_first_token_ms && timings.time_to_first_token_ms > 0.0
+    );
+    assert_eq!(done.model, "tiny");
+    // Greedy and seeded: the same request gives the same text.
+    let again = chat(&mut client, chat_request(vec![user("Hello there")], 12, ""))
+        .await
+        .expect("chat");
+    assert_eq!(again.text, reply.text);
+}
+
+#[tokio::test]
+async fn the_second_turn_of_a_session_reuses_the_cached_prefix() {
+    let daemon = Daemon::start(&[]).await;
+    let mut client = daemon.client().await;
+    let first_turn = vec![message("system", "You are terse."), user("Name a colour.")];
+    let first = chat(&mut client, chat_request(first_turn.clone(), 8, "conv-1"))
+        .await
+        .expect("turn 1");
+    let first_usage = first.done.usage.expect("usage");
+    assert_eq!(first_usage.cached_prompt_tokens, 0);
+    let mut second_turn = first_turn;
+    second_turn.push(message("assistant", &first.text));
+    second_turn.push(user("And another?"));
+    let second = chat(&mut client, chat_request(second_turn.clone(), 8, "conv-1"))
+        .await
+        .expect("turn 2");
+    let usage = second.done.usage.expect("usage");
+    // Everything of turn 1's prompt is reused; only the reply and the new
+    // user message are prefilled.
+    assert!(
+        usage.cached_prompt_tokens >= first_usage.prompt_tokens,
+        "turn 1 prompt {}, turn 2 {usage:?}",
+        first_usage.prompt_tokens
+    );
+    assert!(usage.prompt_tokens > usage.cached_prompt_tokens);
+    // Without the session id nothing is reused.
+    // (The replies may differ in the last bits of the logits, which can flip
+    // a greedy pick on random weights; the real-model test in smollm2.rs
+    // checks that reuse gives the same reply.)
+    let fresh = chat(&mut client, chat_request(second_turn, 8, ""))
+        .await
+        .expect("no session");
+    assert_eq!(fresh.done.usage.expect("usage").cached_prompt_tokens, 0);
+}
+
+#[tokio::test]
+async fn two_chats_run_at_once_and_a_full_queue_is_refused() {
+    let daemon = Daemon::start(&["--max-active", "2", "--max-queued", "0"]).await;
+    let mut a_client = daemon.client().await;
+    // Chat A is held mid-reply: after its first delta we stop reading, so
+    // it keeps its slot with output still to send.
+    let mut a = a_client
+        .chat(chat_request(vec![user("Tell me a long story.")], 400, ""))
+        .await
+        .expect("chat A")
+        .into_inner();
+    let first = a.message().await.expect("A streams").expect("an event");
+    assert!(matches!(first.event, Some(chat_event::Event::Delta(_))));
+    // Chat B completes while A is still in progress.
+    let mut b_client = daemon.client().await;
+    let b = chat(&mut b_client, chat_request(vec![user("Hi")], 6, ""))
+        .await
+        .expect("chat B is served beside A");
+    assert!(b.done.usage.expect("usage").completion_tokens >= 1);
+    // A third request while A and a held B' occupy both slots is refused.
+    let mut held = daemon
+        .client()
+        .await
+        .chat(chat_request(vec![user("Another long one.")], 400, ""))
+        .await
+        .expect("chat B'")
+        .into_inner();
+    held.message().await.expect("B' streams");
+    let stats = daemon.stats().await;
+    assert_eq!(stats.active_requests, 2, "{stats:?}");
+    let refused = chat(
+        &mut daemon.client().await,
+        chat_request(vec![user("Hi")], 4, ""),
+    )
+    .await
+    .expect_err("no slot and no queue");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("busy"), "{}", refused.message());
+    // A finishes normally once read.
+    let mut finished = false;
+    while let Some(event) = a.message().await.expect("A continues") {
+        finished |= matches!(event.event, Some(chat_event::Event::Done(_)));
+    }
+    assert!(finished);
+}
+
+#[tokio::test]
+async fn a_client_that_drops_its_stream_cancels_its_generation() {
+    let daemon = Daemon::start(&["--context", "4096"]).await;
+    let mut client = daemon.client().await;
+    // Dropped after the first delta.
+    let mut stream = client
+        .chat(chat_request(vec![user("Go on and on.")], 3000, ""))
+        .await
+        .expect("chat")
+        .into_inner();
+    stream.message().await.expect("streams").expect("an event");
+    drop(stream);
+    let idle = eventually(Duration::from_secs(10), || async {
+        daemon.stats().await.active_requests == 0
+    })
+    .await;
+    assert!(idle, "the generation was not cancelled");
+    // Dropped during a long prefill (~2800 tokens).
+    let long_prompt = "word ".repeat(700);
+    let stream = client
+        .chat(chat_request(vec![user(&long_prompt)], 50, ""))
+        .await
+        .expect("chat");
+    drop(stream);
+    let idle = eventually(Duration::from_secs(10), || async {
+        daemon.stats().await.active_requests == 0
+    })
+    .await;
+    assert!(idle, "the prefill was not cancelled");
+    assert!(
+        daemon.log().contains("finish=Cancelled"),
+        "{}",
+        daemon.log()
+    );
+    // The daemon still serves.
+    let reply = chat(&mut client, chat_request(vec![user("Still there?")], 4, ""))
+        .await
+        .expect("chat after cancels");
+    assert!(reply.done.usage.expect("usage").completion_tokens >= 1);
+}
+
+#[tokio::test]
+async fn convert_streams_progress_then_the_quality_report() {
+    let daemon = Daemon::start(&[]).await;
+    let mut client = daemon.client().await;
+    let output = daemon.models_dir.join("converted.qins");
+    let request = ConvertRequest {
+        source: tiny_model().hf_dir.display().to_string(),
+        output: output.display().to_string(),
+        options: Some(ConvertOptions {
+            granularity: "per-row".into(),
+            ..ConvertOptions::default()
+        }),
+    };
+    let mut stream = client
+        .convert(request.clone())
+        .await
+        .expect("convert")
+        .into_inner();
+    let (mut started, mut tensors, mut done) = (None, Vec::new(), None);
+    while let Some(ConvertEvent { event }) = stream.message().await.expect("progress") {
+        match event.expect("an event") {
+            convert_event::Event::Started(s) => started = Some(s),
+            convert_event::Event::Tensor(t) => tensors.push(t),
+            convert_event::Event::Done(d) => done = Some(d),
+            convert_event::Event::Download(_) => panic!("a local source downloads nothing"),
+        }
+    }
+    let started = started.expect("a started event");
+    assert_eq!(tensors.len(), started.tensors as usize);
+    assert!(tensors.windows(2).all(|w| w[0].index + 1 == w[1].index));
+    let last = tensors.last().expect("tensor events");
+    assert_eq!((last.index, last.count), (started.tensors, started.tensors));
+    assert_eq!(last.parameters_done, started.parameters);
+    let done = done.expect("a done event");
+    assert!(output.is_file());
+    assert_eq!(
+        done.file_bytes,
+        std::fs::metadata(&output).expect("output").len()
+    );
+    let quality = done.quality.expect("a quality report");
+    assert!(
+        quality.rel_rms_err > 0.0 && quality.rel_rms_err < 0.02,
+        "{quality:?}"
+    );
+    // The new model is listed.
+    let models = client
+        .list_models(ListModelsRequest {})
+        .await
+        .expect("models")
+        .into_inner();
+    let names: Vec<_> = models.models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["converted", "tiny"]);
+    assert!(models.models.iter().any(|m| m.name == "tiny" && m.loaded));
+    // An existing file is kept unless overwrite is asked for.
+    let exists = client.convert(request.clone()).await.expect_err("exists");
+    assert_eq!(exists.code(), Code::AlreadyExists, "{exists:?}");
+    // The loaded model's file is never replaced.
+    let onto_loaded = ConvertRequest {
+        output: daemon.models_dir.join("tiny.qins").display().to_string(),
+        options: Some(ConvertOptions {
+            overwrite: true,
+            ..ConvertOptions::default()
+        }),
+        ..request
+    };
+    let refused = client.convert(onto_loaded).await.expect_err("loaded");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+}
+
+#[tokio::test]
+async fn stats_report_memory_model_and_throughput() {
+    let daemon = Daemon::start(&["--context", "1024"]).await;
+    let before = daemon.stats().await;
+    assert_eq!(before.model, "tiny");
+    assert_eq!(before.architecture, "phi3");
+    assert_eq!(before.device, "cpu");
+    assert_eq!(before.context_limit, 1024);
+    assert!(before.process_rss_bytes > 1_000_000, "{before:?}");
+    assert!(before.model_code_bytes > 0 && before.model_sign_bytes > 0);
+    assert_eq!(before.f32_equivalent_bytes, 4 * before.model_parameters);
+    assert_eq!(before.bf16_equivalent_bytes, 2 * before.model_parameters);
+    let resident = before.model_code_bytes + before.model_sign_bytes + before.model_other_bytes;
+    let ratio = before.f32_equivalent_bytes as f64 / resident as f64;
+    assert!((before.compression_vs_f32 - ratio).abs() < 1e-9);
+    assert!(
+        ratio > 2.5,
+        "QINS is ~3.5x smaller than f32 (norms stay f32): {ratio}"
+    );
+    assert_eq!((before.requests_served, before.tokens_generated), (0, 0));
+    let mut client = daemon.client().await;
+    let reply = chat(
+        &mut client,
+        chat_request(vec![user("Count to ten.")], 20, ""),
+    )
+    .await
+    .expect("chat");
+    let after = daemon.stats().await;
+    assert_eq!(after.requests_served, 1);
+    assert_eq!(
+        after.tokens_generated,
+        u64::from(reply.done.usage.expect("usage").completion_tokens)
+    );
+    assert!(after.uptime_seconds > before.uptime_seconds);
+    assert_eq!((after.active_requests, after.queued_requests), (0, 0));
+    if after.tokens_generated > 1 {
+        assert!(after.last_tokens_per_second > 0.0 && after.average_tokens_per_second > 0.0);
+    }
+}
+
+#[tokio::test]
+async fn models_can_be_unloaded_and_loaded_again() {
+    let daemon = Daemon::start(&[]).await;
+    let mut client = daemon.client().await;
+    let unloaded = client
+        .unload_model(UnloadModelRequest {})
+        .await
+        .expect("unload")
+        .into_inner();
+    assert_eq!(unloaded.unloaded, "tiny");
+    assert_eq!(daemon.stats().await.model, "");
+    let no_model = chat(&mut client, chat_request(vec![user("Hi")], 4, ""))
+        .await
+        .expect_err("no model");
+    assert_eq!(no_model.code(), Code::FailedPrecondition);
+    assert!(
+        no_model.message().contains("qins load"),
+        "{}",
+        no_model.message()
+    );
+    let unknown = client
+        .load_model(LoadModelRequest {
+            model: "no-such-model".into(),
+        })
+        .await
+        .expect_err("unknown model");
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(unknown.message().contains("no-such-model"));
+    let loaded = client
+        .load_model(LoadModelRequest {
+            model: "tiny".into(),
+        })
+        .await
+        .expect("load")
+        .into_inner();
+    assert!(loaded.model.expect("model info").loaded);
+    chat(&mut client, chat_request(vec![user("Hi")], 4, ""))
+        .await
+        .expect("chat after reload");
+}
+
+#[tokio::test]
+async fn bad_requests_get_invalid_argument_and_the_daemon_keeps_serving() {
+    let daemon = Daemon::start(&["--context", "256"]).await;
+    let mut client = daemon.client().await;
+    let sampling = |f: fn(&mut Sampling)| {
+        let mut s = Sampling::default();
+        f(&mut s);
+        Some(s)
+    };
+    let cases: Vec<(&str, ChatRequest, &str)> = vec![
+        ("empty messages", ChatRequest::default(), "messages"),
+        (
+            "unknown role",
+            ChatRequest {
+                messages: vec![message("wizard", "hi")],
+                ..ChatRequest::default()
+            },
+            "role",
+        ),
+        (
+            "negative temperature",
+            ChatRequest {
+                messages: vec![user("hi")],
+                sampling: sampling(|s| s.temperature = Some(-1.0)),
+                ..ChatRequest::default()
+            },
+            "temperature",
+        ),
+        (
+            "top_p zero",
+            ChatRequest {
+                messages: vec![user("hi")],
+                sampling: sampling(|s| s.top_p = Some(0.0)),
+                ..ChatRequest::default()
+            },
+            "top_p",
+        ),
+        (
+            "top_p above one",
+            ChatRequest {
+                messages: vec![user("hi")],
+                sampling: sampling(|s| s.top_p = Some(1.5)),
+                ..ChatRequest::default()
+            },
+            "top_p",
+        ),
+        (
+            "zero max_tokens",
+            ChatRequest {
+                messages: vec![user("hi")],
+                sampling: sampling(|s| s.max_tokens = Some(0)),
+                ..ChatRequest::default()
+            },
+            "max_tokens",
+        ),
+        (
+            "prompt longer than the context",
+            ChatRequest {
+                messages: vec![user(&"many words here ".repeat(400))],
+                ..ChatRequest::default()
+            },
+            "context",
+        ),
+    ];
+    for (what, request, mentions) in cases {
+        let error = chat(&mut client, request).await.expect_err(what);
+        assert_eq!(error.code(), Code::InvalidArgument, "{what}: {error:?}");
+        assert!(
+            error.message().contains(mentions),
+            "{what}: message {:?} should mention {mentions}",
+            error.message()
+        );
+    }
+    let reply = chat(&mut client, chat_request(vec![user("Still fine?")], 4, ""))
+        .await
+        .expect("a normal chat after bad ones");
+    assert!(reply.done.usage.expect("usage").completion_tokens >= 1);
+}
+
+#[tokio::test]
+async fn health_service_reports_serving() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let daemon = Daemon::start(&[]).await;
+    let channel = qins_proto::connect(&daemon.socket).await.expect("connect");
+    let mut health = HealthClient::new(channel);
+    for service in ["", "qins.v1.Qins"] {
+        let reply = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner();
+        assert_eq!(reply.status, 1, "SERVING for {service:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_stale_socket_is_replaced_and_a_second_instance_is_refused() {
+    let mut daemon = Daemon::start(&[]).await;
+    // A second qinsd on the same socket refuses to start.
+    let second = daemon.command(&[]).output().expect("second qinsd runs");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("already running"), "{stderr}");
+    assert!(daemon.socket.exists(), "the live socket is untouched");
+    daemon.stats().await;
+    // SIGKILL leaves the socket file behind; the next start removes it.
+    daemon.signal_and_wait(libc::SIGKILL, Duration::from_secs(10));
+    assert!(daemon.socket.exists(), "a stale socket file remains");
+    daemon.spawn(&["--model", "tiny"]);
+    daemon.wait_ready().await;
+    assert!(daemon.log().contains("stale socket"), "{}", daemon.log());
+    chat(
+        &mut daemon.client().await,
+        chat_request(vec![user("Hi")], 3, ""),
+    )
+    .await
+    .expect("chat on the restarted daemon");
+}
+
+#[tokio::test]
+async fn sigterm_ends_streams_removes_the_socket_and_exits_zero() {
+    let mut daemon = Daemon::start(&[]).await;
+    let mut client = daemon.client().await;
+    let mut stream = client
+        .chat(chat_request(
+            vec![user("A very long answer please.")],
+            3000,
+            "",
+        ))
+        .await
+        .expect("chat")
+        .into_inner();
+    stream.message().await.expect("streams").expect("an event");
+    let status = daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
+    assert!(status.success(), "exit status {status}:\n{}", daemon.log());
+    assert!(!daemon.socket.exists(), "socket removed");
+    // The stream ended (cancelled) rather than hanging.
+    let mut ended = false;
+    for _ in 0..10_000 {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    assert!(ended);
+    let log = daemon.log();
+    assert!(
+        log.contains("SIGTERM") && log.contains("qinsd stopped"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn the_socket_and_its_directory_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let daemon = Daemon::start(&[]).await;
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&daemon.socket), 0o600);
+    assert_eq!(mode(daemon.socket.parent().expect("dir")), 0o700);
+}
