@@ -1,6 +1,6 @@
 //! `qins chat`: the interactive REPL. Readline runs on the main thread and
-//! each daemon call is driven to completion with `block_on`, so the runtime
-//! is only busy while a request is in flight.
+//! each daemon call is driven to completion with `block_on`; the runtime's
+//! worker thread keeps the connection going in between.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};

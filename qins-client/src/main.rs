@@ -81,8 +81,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .socket
         .clone()
         .unwrap_or_else(qins_proto::default_socket_path);
-    // One thread is plenty for a client: the work happens in the daemon.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // One worker is plenty for a client, but it must be a worker thread: the
+    // connection task has to keep running while `chat` blocks in readline,
+    // or the reset that cancels a stopped reply would not reach the daemon
+    // until the next request.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()?;
     match cli.command {
