@@ -49,14 +49,14 @@ pub async fn run(socket: &Path, args: Args) -> Result<()> {
         match event.event {
             Some(convert_event::Event::Download(d)) => {
                 if bar.length() != Some(d.total) {
-                    bar.set_style(style("{bar:30} {bytes}/{total_bytes} {msg}"));
+                    bar.set_style(style("{bar:30} {bytes}/{total_bytes} {wide_msg}"));
                     bar.set_length(d.total);
                 }
                 bar.set_position(d.bytes);
                 bar.set_message(format!("downloading {}", d.file));
             }
             Some(convert_event::Event::Started(s)) => {
-                bar.set_style(style("{bar:30} {percent:>3}% {elapsed} {msg}"));
+                bar.set_style(style("{bar:30} {percent:>3}% {elapsed} {wide_msg}"));
                 bar.set_length(s.parameters);
                 bar.set_position(0);
                 bar.set_message(format!("{} tensors", s.tensors));
