@@ -1,0 +1,202 @@
+//! Sampling settings: the flags `chat` and `ask` share, and `/set` in the REPL.
+//! Both go through the same validators so a value is refused the same way
+//! wherever it is typed.
+
+use qins_proto::v1::Sampling;
+
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 = greedy [default: the model's].
+    #[arg(long, value_parser = parse_temperature)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass, in (0, 1].
+    #[arg(long, value_parser = parse_top_p)]
+    pub top_p: Option<f32>,
+    /// Keep the k most likely tokens; 0 = no limit.
+    #[arg(long, value_parser = parse_top_k)]
+    pub top_k: Option<u32>,
+    /// Most tokens to generate (at least 1).
+    #[arg(long, value_parser = parse_max_tokens)]
+    pub max_tokens: Option<u32>,
+    /// Seed: the same seed and prompt give the same reply.
+    #[arg(long, value_parser = parse_seed)]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    pub fn to_proto(&self) -> Sampling {
+        Sampling {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            max_tokens: self.max_tokens,
+            seed: self.seed,
+            ..Sampling::default()
+        }
+    }
+
+    /// Applies `/set NAME VALUE`; `VALUE` may be `default` to unset.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        let reset = value.eq_ignore_ascii_case("default");
+        match name {
+            "temperature" => {
+                self.temperature = if reset {
+                    None
+                } else {
+                    Some(parse_temperature(value)?)
+                }
+            }
+            "top_p" | "top-p" => {
+                self.top_p = if reset {
+                    None
+                } else {
+                    Some(parse_top_p(value)?)
+                }
+            }
+            "top_k" | "top-k" => {
+                self.top_k = if reset {
+                    None
+                } else {
+                    Some(parse_top_k(value)?)
+                }
+            }
+            "max_tokens" | "max-tokens" => {
+                self.max_tokens = if reset {
+                    None
+                } else {
+                    Some(parse_max_tokens(value)?)
+                }
+            }
+            "seed" => {
+                self.seed = if reset {
+                    None
+                } else {
+                    Some(parse_seed(value)?)
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "unknown setting '{name}'; one of: temperature, top_p, top_k, max_tokens, seed, verbose, quiet"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `name=value` pairs of the settings that differ from the model's defaults.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        let mut show = |name: &str, value: Option<String>| {
+            parts.push(format!(
+                "{name}={}",
+                value.unwrap_or_else(|| "default".into())
+            ));
+        };
+        show("temperature", self.temperature.map(|v| v.to_string()));
+        show("top_p", self.top_p.map(|v| v.to_string()));
+        show("top_k", self.top_k.map(|v| v.to_string()));
+        show("max_tokens", self.max_tokens.map(|v| v.to_string()));
+        show("seed", self.seed.map(|v| v.to_string()));
+        parts.join(" ")
+    }
+}
+
+fn parse_float(value: &str) -> Result<f32, String> {
+    let x: f32 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{value}' is not a number"))?;
+    if x.is_finite() {
+        Ok(x)
+    } else {
+        Err(format!("'{value}' is not a finite number"))
+    }
+}
+
+pub fn parse_temperature(value: &str) -> Result<f32, String> {
+    let x = parse_float(value)?;
+    if x < 0.0 {
+        return Err(format!(
+            "temperature must be >= 0 (0 = greedy), not {value}"
+        ));
+    }
+    Ok(x)
+}
+
+pub fn parse_top_p(value: &str) -> Result<f32, String> {
+    let x = parse_float(value)?;
+    if !(x > 0.0 && x <= 1.0) {
+        return Err(format!("top_p must be in (0, 1], not {value}"));
+    }
+    Ok(x)
+}
+
+pub fn parse_top_k(value: &str) -> Result<u32, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| format!("top_k must be a whole number >= 0 (0 = no limit), not '{value}'"))
+}
+
+pub fn parse_max_tokens(value: &str) -> Result<u32, String> {
+    match value.trim().parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "max_tokens must be a whole number >= 1, not '{value}'"
+        )),
+    }
+}
+
+pub fn parse_seed(value: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| format!("seed must be a whole number >= 0, not '{value}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_validates_each_setting() {
+        let mut s = SamplingArgs::default();
+        s.set("temperature", "0.7").unwrap();
+        s.set("top_p", "0.9").unwrap();
+        s.set("top-k", "40").unwrap();
+        s.set("max_tokens", "128").unwrap();
+        s.set("seed", "42").unwrap();
+        let p = s.to_proto();
+        assert_eq!(p.temperature, Some(0.7));
+        assert_eq!(p.top_p, Some(0.9));
+        assert_eq!(p.top_k, Some(40));
+        assert_eq!(p.max_tokens, Some(128));
+        assert_eq!(p.seed, Some(42));
+        s.set("seed", "default").unwrap();
+        assert_eq!(s.seed, None);
+    }
+
+    #[test]
+    fn set_refuses_bad_values_with_the_rule() {
+        let mut s = SamplingArgs::default();
+        assert!(s.set("temperature", "-1").unwrap_err().contains(">= 0"));
+        assert!(s.set("temperature", "NaN").unwrap_err().contains("finite"));
+        assert!(
+            s.set("temperature", "hot")
+                .unwrap_err()
+                .contains("not a number")
+        );
+        assert!(s.set("top_p", "0").unwrap_err().contains("(0, 1]"));
+        assert!(s.set("top_p", "1.5").is_err());
+        assert!(s.set("top_k", "-3").is_err());
+        assert!(s.set("max_tokens", "0").unwrap_err().contains(">= 1"));
+        assert!(s.set("seed", "1.5").is_err());
+        assert!(
+            s.set("warmth", "1")
+                .unwrap_err()
+                .contains("unknown setting")
+        );
+        // Nothing changed after the refusals.
+        assert_eq!(s.to_proto(), Sampling::default());
+    }
+}
