@@ -24,7 +24,7 @@ cargo test --release --workspace --locked 2>&1 | tee "$LOG"
 
 if [ -d tests/python ]; then
     echo "== python tests"
-    bash tests/python/run.sh
+    bash tests/python/run.sh 2>&1 | tee -a "$LOG"
 fi
 
 # One closing line over every test binary (the per-binary lines end with the

@@ -302,3 +302,38 @@ where
     }
     false
 }
+
+/// Runs the `qins` client on `daemon`'s socket with `stdin` as its input.
+pub fn qins(daemon_socket: &Path, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(binary("qins"))
+        .arg("--socket")
+        .arg(daemon_socket)
+        .args(args)
+        .env("HOME", daemon_socket.parent().expect("socket dir"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qins starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("qins runs")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Where scripts/fetch-fixtures.sh caches the real fixtures.
+pub fn fixtures_dir() -> PathBuf {
+    std::env::var_os("QINS_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/qins/fixtures")
+        })
+}
