@@ -21,7 +21,7 @@ async fn ask_streams_a_reply_and_reads_the_prompt_from_stdin() {
         &["ask", "--max-tokens", "8", "--temperature", "0", "Hello"],
         "",
     ));
-    assert!(reply.trim_end().len() > 0, "{reply:?}");
+    assert!(!reply.trim_end().is_empty(), "{reply:?}");
     let piped = qins(
         &daemon.socket,
         &[
