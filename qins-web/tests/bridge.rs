@@ -93,11 +93,18 @@ impl Drop for TempDir {
 /// A qinsd child process, killed on drop.
 struct Daemon(Child);
 
+const TINY: &[&str] = &["--model", "tiny"];
+
 impl Daemon {
     fn start(socket: &Path) -> Self {
+        Self::start_with(socket, TINY)
+    }
+
+    fn start_with(socket: &Path, args: &[&str]) -> Self {
         let log = std::fs::File::create(socket.with_extension("log")).expect("log file");
         let child = Command::new(qinsd_bin())
-            .args(["--model", "tiny", "--threads", "1", "--models-dir"])
+            .args(args)
+            .args(["--threads", "1", "--models-dir"])
             .arg(models_dir())
             .arg("--socket")
             .arg(socket)
@@ -162,9 +169,13 @@ struct Setup {
 }
 
 async fn setup_with(edit: impl FnOnce(&mut Config)) -> Setup {
+    setup_daemon(TINY, edit).await
+}
+
+async fn setup_daemon(daemon_args: &[&str], edit: impl FnOnce(&mut Config)) -> Setup {
     let dir = TempDir::new();
     let socket = dir.0.join("s.sock");
-    let daemon = Daemon::start(&socket);
+    let daemon = Daemon::start_with(&socket, daemon_args);
     let mut cfg = config(&socket);
     edit(&mut cfg);
     let healthy_key = cfg.api_key.clone();
@@ -761,19 +772,17 @@ async fn daemon_down_gives_503_and_restart_recovers() {
     assert_eq!(chat.events().last().map(|e| e.0.as_str()), Some("done"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closing_the_connection_cancels_the_reply() {
-    let s = setup().await;
-    // Greedy decoding of this prompt runs about a thousand tokens on the tiny
-    // model before an end token: long enough to be cut short.
-    let max_tokens = 3000;
-    let body = json!({ "messages": user("Tell me a long story"), "max_tokens": max_tokens,
+/// Starts a long reply on a raw connection and returns it once the first
+/// delta arrived: greedy decoding of this prompt runs about a thousand
+/// tokens on the tiny model before an end token.
+async fn start_long_reply(addr: SocketAddr) -> TcpStream {
+    let body = json!({ "messages": user("Tell me a long story"), "max_tokens": 3000,
                        "temperature": 0.0 })
     .to_string();
-    let mut stream = TcpStream::connect(s.addr).await.expect("connect");
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
     let head = format!(
         "POST /api/chat HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        s.addr,
+        addr,
         body.len()
     );
     stream.write_all(head.as_bytes()).await.expect("write");
@@ -793,6 +802,14 @@ async fn closing_the_connection_cancels_the_reply() {
         );
         seen.extend_from_slice(&buf[..n]);
     }
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_connection_cancels_the_reply() {
+    let s = setup().await;
+    let stream = start_long_reply(s.addr).await;
+    // Hang up like the page's Stop button.
     drop(stream);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -807,4 +824,58 @@ async fn closing_the_connection_cancels_the_reply() {
     }
     let log = std::fs::read_to_string(s.socket.with_extension("log")).unwrap_or_default();
     assert!(log.contains("finish=Cancelled"), "qinsd log: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_is_429() {
+    let args = ["--model", "tiny", "--max-active", "1", "--max-queued", "0"];
+    let s = setup_daemon(&args, |_| {}).await;
+    let _busy = start_long_reply(s.addr).await;
+    let r = post_json(
+        s.addr,
+        "/api/chat",
+        &json!({ "messages": user("x"), "max_tokens": 1 }),
+    )
+    .await;
+    assert_error(&r, 429, "queue_full");
+    let r = post_json(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({ "messages": user("x") }),
+    )
+    .await;
+    assert_error(&r, 429, "queue_full");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_model_loaded_is_503() {
+    let s = setup_daemon(&[], |_| {}).await;
+    // qinsd itself answers, so /health is fine.
+    assert_eq!(get(s.addr, "/health").await.status, 200);
+    let r = post_json(
+        s.addr,
+        "/api/chat",
+        &json!({ "messages": user("x"), "max_tokens": 1 }),
+    )
+    .await;
+    assert_error(&r, 503, "no_model_loaded");
+    let r = post_json(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({ "messages": user("x") }),
+    )
+    .await;
+    assert_error(&r, 503, "no_model_loaded");
+}
+
+#[test]
+fn non_loopback_listen_needs_public() {
+    let out = Command::new(env!("CARGO_BIN_EXE_qins-web"))
+        .args(["--listen", "0.0.0.0:0", "--socket", "/nonexistent/s.sock"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run qins-web");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--public"), "{err}");
 }
