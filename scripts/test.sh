@@ -10,6 +10,11 @@ bash scripts/fetch-fixtures.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
+# Integration tests start real binaries (qins-web's tests run qinsd), so
+# every binary is built first.
+echo "== cargo build --release --workspace"
+cargo build --release --workspace --locked
+
 echo "== cargo test --release --workspace"
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT

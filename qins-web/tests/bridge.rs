@@ -1,9 +1,9 @@
 //! End-to-end tests: a real qinsd on a tiny random-weight model, the bridge
 //! served in-process on 127.0.0.1:0, and raw HTTP/1.1 requests.
 //!
-//! They need the `qinsd` binary next to this test's target directory: the
-//! workspace test script builds every binary (`cargo build --release`)
-//! before running tests. Replies are gibberish (random weights); the tests
+//! They need the `qinsd` binary in this test's target directory: the
+//! workspace test script (`scripts/test.sh`) builds every binary before
+//! testing; to run these alone, `cargo build --release -p qinsd` first. Replies are gibberish (random weights); the tests
 //! check shapes, statuses and plumbing, not text.
 
 use std::net::SocketAddr;
