@@ -14,8 +14,9 @@ use crate::error::ApiError;
 use crate::routes::{chat, health, openai, page, stats};
 use crate::security;
 
-/// What `router` needs; `main` fills it from the flags.
-#[derive(Debug, Clone)]
+/// What `router` needs; `main` fills it from the flags. No `Debug`: it
+/// holds the API key, which must not end up in logs.
+#[derive(Clone)]
 pub struct Config {
     /// qinsd's Unix socket.
     pub socket: PathBuf,

@@ -32,6 +32,8 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("missing or wrong API key (send Authorization: Bearer KEY)")]
     Unauthorized,
+    /// 403 rather than 421: the request is refused on purpose (DNS-rebinding
+    /// defense), not sent to the wrong server.
     #[error("host {0:?} is not allowed (start qins-web with --allow-host to add it)")]
     HostNotAllowed(String),
     /// Anything else qinsd reported.

@@ -70,28 +70,26 @@ fn events(
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     futures_util::stream::unfold(Some(grpc), |grpc| async move {
         let mut grpc = grpc?;
-        let event = match grpc.message().await {
-            Ok(Some(ev)) => match ev.event {
-                Some(chat_event::Event::Delta(d)) => {
-                    json_event("delta", &json!({ "text": d.text }))
+        loop {
+            let (event, more) = match grpc.message().await {
+                Ok(Some(ev)) => match ev.event {
+                    Some(chat_event::Event::Delta(d)) => {
+                        (json_event("delta", &json!({ "text": d.text })), true)
+                    }
+                    Some(chat_event::Event::Done(done)) => {
+                        (json_event("done", &done_json(&done)), false)
+                    }
+                    None => continue,
+                },
+                Ok(None) => {
+                    let e = ApiError::Upstream("the reply ended without a done event".into());
+                    (json_event("error", &e.body()), false)
                 }
-                Some(chat_event::Event::Done(done)) => {
-                    return Some((Ok(json_event("done", &done_json(&done))), None));
-                }
-                None => return Some((Ok(Event::default().comment("empty event")), Some(grpc))),
-            },
-            Ok(None) => {
-                let e = ApiError::Upstream("the reply ended without a done event".into());
-                return Some((Ok(json_event("error", &e.body())), None));
-            }
-            Err(status) => {
-                return Some((
-                    Ok(json_event("error", &ApiError::from(status).body())),
-                    None,
-                ));
-            }
-        };
-        Some((Ok(event), Some(grpc)))
+                Err(status) => (json_event("error", &ApiError::from(status).body()), false),
+            };
+            // After `done` or an error the stream ends (and the call is dropped).
+            return Some((Ok(event), more.then_some(grpc)));
+        }
     })
 }
 

@@ -28,10 +28,8 @@ use crate::app::AppState;
 use crate::error::ApiError;
 
 #[derive(Debug, Deserialize)]
+// Unknown fields, `model` among them (see the module comment), are ignored.
 pub struct CompletionRequest {
-    #[serde(default)]
-    #[allow(dead_code)] // accepted, not checked: see the module comment
-    model: Option<String>,
     messages: Vec<OaMessage>,
     temperature: Option<f32>,
     top_p: Option<f32>,
