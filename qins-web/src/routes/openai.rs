@@ -27,8 +27,8 @@ use super::{ApiJson, SamplingParams, Stop, message};
 use crate::app::AppState;
 use crate::error::ApiError;
 
-#[derive(Debug, Deserialize)]
 // Unknown fields, `model` among them (see the module comment), are ignored.
+#[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
     messages: Vec<OaMessage>,
     temperature: Option<f32>,
