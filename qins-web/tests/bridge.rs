@@ -51,8 +51,9 @@ fn run(cmd: &mut Command) {
 fn models_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("qins-web-model-{}", std::process::id()));
+        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        remove_old_model_dirs(&tmp);
+        let root = tmp.join(format!("qins-web-model-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let hf = root.join("tinyhf");
         let models = root.join("models");
@@ -68,6 +69,28 @@ fn models_dir() -> &'static Path {
             .arg(models.join("tiny.qins")));
         models
     })
+}
+
+/// Each run makes its own model directory (a daemon of a running test may
+/// still map another run's); ones older than an hour are leftovers.
+fn remove_old_model_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(3600)));
+        if old
+            && entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("qins-web-model-")
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A scratch directory removed on drop; short, since it holds a socket.
