@@ -13,7 +13,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 
-# The end-to-end tests in tests/ run the workspace's binaries.
+# The end-to-end tests (tests/, qins-web/tests/) run the workspace's binaries.
 echo "== cargo build --release --workspace --bins"
 cargo build --release --workspace --bins --locked
 

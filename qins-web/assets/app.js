@@ -1,0 +1,351 @@
+// qins chat page: streams replies from POST /api/chat (server-sent events
+// read from a fetch body), keeps the conversation in memory, and polls
+// /api/stats. No dependencies; the Markdown renderer below is deliberately
+// small and escapes HTML before adding any markup.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const KEY_STORAGE = "qins-web.apiKey";
+
+const state = {
+  history: [],          // {role, content} turns sent back each time
+  sessionId: newSessionId(),
+  controller: null,     // AbortController of the reply in flight
+  lastTps: null,
+};
+
+function newSessionId() {
+  if (window.crypto && crypto.randomUUID) return "web-" + crypto.randomUUID();
+  return "web-" + Math.random().toString(36).slice(2) + Date.now().toString(36);
+}
+
+// ---- Markdown ----
+
+function escapeHtml(s) {
+  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
+    .replace(/"/g, "&quot;").replace(/'/g, "&#39;");
+}
+
+// Inline markup on already-escaped text: `code`, **bold**, *italic*, _italic_.
+function inline(escaped) {
+  const codes = [];
+  let s = escaped.replace(/`([^`\n]+)`/g, (_, c) => {
+    codes.push(c);
+    return "\u0000" + (codes.length - 1) + "\u0000";
+  });
+  s = s.replace(/\*\*([^*\n]+)\*\*/g, "<strong>$1</strong>")
+    .replace(/__([^_\n]+)__/g, "<strong>$1</strong>")
+    .replace(/(^|[^*\w])\*([^*\n]+)\*(?!\w)/g, "$1<em>$2</em>")
+    .replace(/(^|[^_\w])_([^_\n]+)_(?!\w)/g, "$1<em>$2</em>");
+  return s.replace(/\u0000(\d+)\u0000/g, (_, i) => "<code>" + codes[Number(i)] + "</code>");
+}
+
+// Paragraphs, headings and lists of a text without code fences.
+function blocks(text) {
+  const out = [];
+  const lines = text.split("\n");
+  let para = [];
+  let list = null; // {tag, items}
+  const flushPara = () => {
+    if (para.length) out.push("<p>" + para.map(inline).join("<br>") + "</p>");
+    para = [];
+  };
+  const flushList = () => {
+    if (list) out.push("<" + list.tag + ">" + list.items.map((i) => "<li>" + inline(i) + "</li>").join("") + "</" + list.tag + ">");
+    list = null;
+  };
+  for (const line of lines) {
+    const bullet = /^\s*[-*+]\s+(.*)$/.exec(line);
+    const numbered = /^\s*\d+[.)]\s+(.*)$/.exec(line);
+    const heading = /^(#{1,6})\s+(.*)$/.exec(line);
+    if (bullet || numbered) {
+      flushPara();
+      const tag = bullet ? "ul" : "ol";
+      if (list && list.tag !== tag) flushList();
+      if (!list) list = { tag, items: [] };
+      list.items.push((bullet || numbered)[1]);
+    } else if (heading) {
+      flushPara(); flushList();
+      const level = heading[1].length <= 2 ? "h3" : "h4";
+      out.push("<" + level + ">" + inline(heading[2]) + "</" + level + ">");
+    } else if (line.trim() === "") {
+      flushPara(); flushList();
+    } else if (list && /^\s{2,}\S/.test(line)) {
+      list.items[list.items.length - 1] += " " + line.trim(); // continuation
+    } else {
+      flushList();
+      para.push(line);
+    }
+  }
+  flushPara(); flushList();
+  return out.join("");
+}
+
+function renderMarkdown(src) {
+  // Escape first: model output never becomes markup of its own.
+  const text = escapeHtml(src.replace(/\u0000/g, "").replace(/\r\n?/g, "\n"));
+  const parts = text.split(/^```/m);
+  let html = "";
+  for (let i = 0; i < parts.length; i++) {
+    if (i % 2 === 0) {
+      html += blocks(parts[i]);
+    } else {
+      // A fence: language on the first line; an unclosed one (still
+      // streaming) renders as code too.
+      const nl = parts[i].indexOf("\n");
+      const lang = nl < 0 ? "" : parts[i].slice(0, nl).trim();
+      let code = nl < 0 ? "" : parts[i].slice(nl + 1);
+      code = code.replace(/\n$/, "");
+      const cls = /^[\w+-]+$/.test(lang) ? ' class="language-' + lang + '"' : "";
+      html += "<pre><code" + cls + ">" + code + "</code></pre>";
+      // Text after the closing fence on the same line belongs to the next part.
+    }
+  }
+  return html;
+}
+
+// ---- HTTP ----
+
+function headers(json) {
+  const h = {};
+  if (json) h["Content-Type"] = "application/json";
+  const key = $("api-key").value.trim();
+  if (key) h["Authorization"] = "Bearer " + key;
+  return h;
+}
+
+async function errorMessage(response) {
+  if (response.status === 401) $("api-key").classList.add("wanted");
+  try {
+    const body = await response.json();
+    if (body && body.error && body.error.message) return body.error.message;
+  } catch (_) { /* not JSON */ }
+  return "HTTP " + response.status;
+}
+
+// Yields {event, data} from an SSE body. Events end with a blank line.
+async function* sseEvents(body) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const raw = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = "message";
+      const data = [];
+      for (const line of raw.split("\n")) {
+        if (line.startsWith(":")) continue; // keep-alive comment
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let val = colon < 0 ? "" : line.slice(colon + 1);
+        if (val.startsWith(" ")) val = val.slice(1);
+        if (field === "event") event = val;
+        else if (field === "data") data.push(val);
+      }
+      if (data.length) yield { event, data: data.join("\n") };
+    }
+  }
+}
+
+// ---- Chat ----
+
+function showError(text) {
+  const el = $("error");
+  el.textContent = text;
+  el.hidden = !text;
+}
+
+function addMessage(role, content) {
+  const welcome = $("welcome");
+  if (welcome) welcome.hidden = true;
+  const el = document.createElement("div");
+  el.className = "msg " + role;
+  if (role === "assistant") el.innerHTML = renderMarkdown(content);
+  else el.textContent = content;
+  $("messages").appendChild(el);
+  scrollDown();
+  return el;
+}
+
+function scrollDown() {
+  const m = $("messages");
+  m.scrollTop = m.scrollHeight;
+}
+
+function setBusy(busy) {
+  $("send").disabled = busy;
+  $("stop").disabled = !busy;
+  $("clear").disabled = busy;
+}
+
+function numberOr(id, fallback, parse) {
+  const v = parse($(id).value);
+  return Number.isFinite(v) ? v : fallback;
+}
+
+async function send(text) {
+  text = text.trim();
+  if (!text || state.controller) return;
+  showError("");
+  $("input").value = "";
+  state.history.push({ role: "user", content: text });
+  addMessage("user", text);
+
+  const messages = [];
+  const system = $("system").value.trim();
+  if (system) messages.push({ role: "system", content: system });
+  messages.push(...state.history);
+  const request = {
+    messages,
+    session_id: state.sessionId,
+    temperature: numberOr("temperature", 0.7, parseFloat),
+    top_p: numberOr("top-p", 0.95, parseFloat),
+    max_tokens: numberOr("max-tokens", 512, (v) => parseInt(v, 10)),
+  };
+
+  const bubble = addMessage("assistant", "");
+  bubble.classList.add("pending");
+  let reply = "";
+  let scheduled = false;
+  const render = () => {
+    scheduled = false;
+    bubble.innerHTML = renderMarkdown(reply);
+    scrollDown();
+  };
+  const controller = new AbortController();
+  state.controller = controller;
+  setBusy(true);
+  let meta = "";
+  try {
+    const response = await fetch("/api/chat", {
+      method: "POST", headers: headers(true), body: JSON.stringify(request), signal: controller.signal,
+    });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    for await (const ev of sseEvents(response.body)) {
+      const data = JSON.parse(ev.data);
+      if (ev.event === "delta") {
+        reply += data.text;
+        if (!scheduled) { scheduled = true; requestAnimationFrame(render); }
+      } else if (ev.event === "done") {
+        const t = data.timings || {};
+        const u = data.usage || {};
+        state.lastTps = t.tokens_per_second;
+        meta = u.completion_tokens + " tokens · " + fmtNum(t.tokens_per_second) + " tok/s · " +
+          data.finish_reason;
+      } else if (ev.event === "error") {
+        throw new Error(data.error ? data.error.message : "error");
+      }
+    }
+  } catch (e) {
+    if (e.name === "AbortError") meta = "stopped";
+    else showError(e.message || String(e));
+  } finally {
+    state.controller = null;
+    setBusy(false);
+    bubble.classList.remove("pending");
+    render();
+    if (reply) state.history.push({ role: "assistant", content: reply });
+    else if (!meta) bubble.remove();
+    if (meta) {
+      const m = document.createElement("div");
+      m.className = "meta";
+      m.textContent = meta;
+      bubble.appendChild(m);
+    }
+    refreshStats();
+  }
+}
+
+function clearChat() {
+  if (state.controller) return;
+  state.history = [];
+  state.sessionId = newSessionId();
+  showError("");
+  for (const el of Array.from($("messages").querySelectorAll(".msg"))) el.remove();
+  const welcome = $("welcome");
+  if (welcome) welcome.hidden = false;
+  $("input").focus();
+}
+
+// ---- Stats ----
+
+function fmtBytes(n) {
+  if (!Number.isFinite(n) || n <= 0) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i === 0 ? n : n.toFixed(1)) + " " + units[i];
+}
+
+function fmtNum(n) {
+  return Number.isFinite(n) ? n.toFixed(1) : "–";
+}
+
+async function refreshStats() {
+  try {
+    const response = await fetch("/api/stats", { headers: headers(false) });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    const s = await response.json();
+    $("conn").dataset.state = "up";
+    $("conn").textContent = "qinsd up";
+    const resident = s.model_code_bytes + s.model_sign_bytes + s.model_other_bytes;
+    $("model-name").textContent = s.model ? s.model + " (" + s.architecture + ")" : "no model loaded";
+    $("stat-model").textContent = s.model || "none";
+    $("stat-device").textContent = s.device + " · " + s.threads + " threads";
+    $("stat-rss").textContent = fmtBytes(s.process_rss_bytes);
+    $("stat-resident").textContent = fmtBytes(resident);
+    $("stat-bf16").textContent = fmtBytes(s.bf16_equivalent_bytes);
+    $("stat-f32").textContent = fmtBytes(s.f32_equivalent_bytes);
+    $("stat-ratio").textContent = resident > 0
+      ? s.compression_vs_f32.toFixed(2) + "× / " + (s.bf16_equivalent_bytes / resident).toFixed(2) + "×"
+      : "–";
+    const tps = state.lastTps != null ? state.lastTps : s.last_tokens_per_second;
+    $("stat-tps").textContent = tps ? fmtNum(tps) + " tok/s" : "–";
+    $("stat-queue").textContent = s.active_requests + " / " + s.queued_requests;
+  } catch (e) {
+    $("conn").dataset.state = "down";
+    $("conn").textContent = "qinsd down";
+    $("conn").title = e.message || String(e);
+  }
+}
+
+// ---- Wiring ----
+
+function bindRange(id) {
+  const update = () => { $(id + "-value").textContent = $(id).value; };
+  $(id).addEventListener("input", update);
+  update();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const key = $("api-key");
+  key.value = localStorage.getItem(KEY_STORAGE) || "";
+  key.addEventListener("change", () => {
+    localStorage.setItem(KEY_STORAGE, key.value.trim());
+    key.classList.remove("wanted");
+    refreshStats();
+  });
+  bindRange("temperature");
+  bindRange("top-p");
+  $("composer").addEventListener("submit", (e) => { e.preventDefault(); send($("input").value); });
+  $("input").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      send($("input").value);
+    }
+  });
+  $("stop").addEventListener("click", () => { if (state.controller) state.controller.abort(); });
+  $("clear").addEventListener("click", clearChat);
+  for (const b of document.querySelectorAll(".example")) {
+    b.addEventListener("click", () => send(b.dataset.prompt));
+  }
+  setBusy(false);
+  refreshStats();
+  setInterval(refreshStats, 2000);
+  $("input").focus();
+});

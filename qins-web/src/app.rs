@@ -1,0 +1,76 @@
+//! The router and its shared state.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+
+use crate::daemon::Daemon;
+use crate::error::ApiError;
+use crate::routes::{chat, health, openai, page, stats};
+use crate::security;
+
+/// What `router` needs; `main` fills it from the flags. No `Debug`: it
+/// holds the API key, which must not end up in logs.
+#[derive(Clone)]
+pub struct Config {
+    /// qinsd's Unix socket.
+    pub socket: PathBuf,
+    /// When set, API routes and /health require `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// Host names accepted besides the loopback ones.
+    pub allow_hosts: Vec<String>,
+    /// Origins that get CORS headers; empty: none do.
+    pub cors_origins: Vec<String>,
+    pub max_body_bytes: usize,
+}
+
+pub struct AppState {
+    pub daemon: Daemon,
+    pub api_key: Option<String>,
+    pub allowed_hosts: Vec<String>,
+    pub cors_origins: Vec<String>,
+}
+
+pub fn router(config: Config) -> Router {
+    let state = Arc::new(AppState {
+        daemon: Daemon::new(config.socket),
+        api_key: config.api_key.filter(|k| !k.is_empty()),
+        allowed_hosts: config
+            .allow_hosts
+            .iter()
+            .map(|h| security::normalize_host(h))
+            .collect(),
+        cors_origins: config.cors_origins,
+    });
+    // The page stays open so a browser can load it and then ask for the key;
+    // everything that reaches qinsd is behind the key.
+    let api = Router::new()
+        .route("/api/chat", post(chat::chat))
+        .route("/api/stats", get(stats::stats))
+        .route("/health", get(health::health))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
+        .route_layer(from_fn_with_state(state.clone(), security::require_key));
+    let mut app = Router::new()
+        .route("/", get(page::index))
+        .route("/app.js", get(page::app_js))
+        .route("/style.css", get(page::style_css))
+        .merge(api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes));
+    if !state.cors_origins.is_empty() {
+        app = app.layer(from_fn_with_state(state.clone(), security::cors));
+    }
+    // Added last, so it runs first: a foreign Host gets nothing else.
+    app.layer(from_fn_with_state(state.clone(), security::check_host))
+        .with_state(state)
+}
+
+async fn not_found() -> impl IntoResponse {
+    ApiError::NotFound("no such route".into())
+}

@@ -1,0 +1,104 @@
+//! The gRPC connection to qinsd. One channel is kept and shared; it is
+//! dropped whenever qinsd looks gone, so the next request dials again and a
+//! restarted daemon is picked up without restarting the bridge.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use qins_proto::v1::qins_client::QinsClient;
+use qins_proto::v1::{
+    ChatEvent, ChatRequest, ListModelsReply, ListModelsRequest, StatsReply, StatsRequest,
+};
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+
+use crate::error::ApiError;
+
+/// Dialing a local socket is instant; longer means something is wedged.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Stats and model listing answer at once; chats stream and have no limit.
+const UNARY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Daemon {
+    socket: PathBuf,
+    channel: Mutex<Option<Channel>>,
+}
+
+impl Daemon {
+    pub fn new(socket: PathBuf) -> Self {
+        Self {
+            socket,
+            channel: Mutex::new(None),
+        }
+    }
+
+    async fn client(&self) -> Result<QinsClient<Channel>, ApiError> {
+        // Clone out of the lock: it must not be held across an await.
+        let cached = self.lock().clone();
+        let channel = match cached {
+            Some(channel) => channel,
+            None => {
+                let channel =
+                    tokio::time::timeout(CONNECT_TIMEOUT, qins_proto::connect(&self.socket))
+                        .await
+                        .map_err(|_| {
+                            ApiError::DaemonDown(format!(
+                                "connecting to {} timed out",
+                                self.socket.display()
+                            ))
+                        })??;
+                *self.lock() = Some(channel.clone());
+                channel
+            }
+        };
+        Ok(QinsClient::new(channel))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Channel>> {
+        // A poisoned lock only guards a cache; its value is still usable.
+        self.channel.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Maps a failed call, forgetting the channel when the transport broke.
+    fn fail(&self, status: tonic::Status) -> ApiError {
+        if matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+        ) {
+            *self.lock() = None;
+        }
+        status.into()
+    }
+
+    pub async fn stats(&self) -> Result<StatsReply, ApiError> {
+        let mut client = self.client().await?;
+        let mut request = tonic::Request::new(StatsRequest {});
+        request.set_timeout(UNARY_TIMEOUT);
+        match client.stats(request).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) => Err(self.fail(status)),
+        }
+    }
+
+    pub async fn list_models(&self) -> Result<ListModelsReply, ApiError> {
+        let mut client = self.client().await?;
+        let mut request = tonic::Request::new(ListModelsRequest {});
+        request.set_timeout(UNARY_TIMEOUT);
+        match client.list_models(request).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) => Err(self.fail(status)),
+        }
+    }
+
+    /// Starts a chat. Refusals (bad request, full queue, no model) arrive here
+    /// as errors, before any event, so handlers can answer with a status code.
+    /// Dropping the returned stream cancels the generation in qinsd.
+    pub async fn chat(&self, request: ChatRequest) -> Result<Streaming<ChatEvent>, ApiError> {
+        let mut client = self.client().await?;
+        match client.chat(request).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) => Err(self.fail(status)),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Every failure a handler can return, and its one mapping to an HTTP status
+//! and an OpenAI-shaped JSON body (`{"error":{"message","type","code"}}`), so
+//! the page and OpenAI clients parse errors the same way.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tonic::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// qinsd is not listening, or the connection to it broke.
+    #[error("qinsd is not reachable: {0}")]
+    DaemonDown(String),
+    /// qinsd runs but has no model resident. 503 rather than 409: it is a
+    /// temporary condition of the service, not of the request, and clients
+    /// treat 503 as "try again later".
+    #[error("{0}")]
+    NoModel(String),
+    /// A malformed body, or a request qinsd refused as INVALID_ARGUMENT.
+    #[error("{0}")]
+    BadRequest(String),
+    /// qinsd's request queue is full (RESOURCE_EXHAUSTED).
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("request body is larger than the limit (--max-body-bytes)")]
+    PayloadTooLarge,
+    #[error("missing or wrong API key (send Authorization: Bearer KEY)")]
+    Unauthorized,
+    /// 403 rather than 421: the request is refused on purpose (DNS-rebinding
+    /// defense), not sent to the wrong server.
+    #[error("host {0:?} is not allowed (start qins-web with --allow-host to add it)")]
+    HostNotAllowed(String),
+    /// Anything else qinsd reported.
+    #[error("qinsd error: {0}")]
+    Upstream(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::DaemonDown(_) | Self::NoModel(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::HostNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// `(type, code)` of the JSON body; `type` follows OpenAI's names.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::DaemonDown(_) => ("server_error", "qinsd_unreachable"),
+            Self::NoModel(_) => ("server_error", "no_model_loaded"),
+            Self::BadRequest(_) => ("invalid_request_error", "invalid_request"),
+            Self::Busy(_) => ("rate_limit_error", "queue_full"),
+            Self::NotFound(_) => ("invalid_request_error", "not_found"),
+            Self::UnsupportedMediaType => ("invalid_request_error", "unsupported_media_type"),
+            Self::PayloadTooLarge => ("invalid_request_error", "payload_too_large"),
+            Self::Unauthorized => ("authentication_error", "invalid_api_key"),
+            Self::HostNotAllowed(_) => ("permission_error", "host_not_allowed"),
+            Self::Upstream(_) => ("server_error", "qinsd_error"),
+        }
+    }
+
+    /// The JSON error object, also sent inside SSE streams.
+    pub fn body(&self) -> Value {
+        let (kind, code) = self.kind();
+        json!({ "error": { "message": self.to_string(), "type": kind, "code": code } })
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        let message = status.message().to_string();
+        match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => Self::BadRequest(message),
+            Code::ResourceExhausted => Self::Busy(message),
+            Code::FailedPrecondition => Self::NoModel(message),
+            Code::NotFound => Self::NotFound(message),
+            // UNAVAILABLE is also what tonic reports for a broken transport.
+            Code::Unavailable => Self::DaemonDown(message),
+            _ => Self::Upstream(format!("{}: {message}", status.code())),
+        }
+    }
+}
+
+impl From<qins_proto::ConnectError> for ApiError {
+    fn from(e: qins_proto::ConnectError) -> Self {
+        Self::DaemonDown(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(self.body())).into_response()
+    }
+}

@@ -1,0 +1,904 @@
+//! End-to-end tests: a real qinsd on a tiny random-weight model, the bridge
+//! served in-process on 127.0.0.1:0, and raw HTTP/1.1 requests.
+//!
+//! They need the `qinsd` binary in this test's target directory: the
+//! workspace test script (`scripts/test.sh`) builds every binary before
+//! testing; to run these alone, `cargo build --release -p qinsd` first. Replies are gibberish (random weights); the tests
+//! check shapes, statuses and plumbing, not text.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use qins_web::app::{Config, router};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---- fixtures ----
+
+/// target/release/qinsd, from target/release/deps/bridge-HASH.
+fn qinsd_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let bin = dir.join(format!("qinsd{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release -p qinsd` first",
+        bin.display()
+    );
+    bin
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("run qinsd");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A models directory holding `tiny.qins`, made once per test run.
+fn models_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        remove_old_model_dirs(&tmp);
+        let root = tmp.join(format!("qins-web-model-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let hf = root.join("tinyhf");
+        let models = root.join("models");
+        std::fs::create_dir_all(&models).expect("create models dir");
+        let q = qinsd_bin();
+        run(Command::new(&q)
+            .args(["fixture", "tiny", "--arch", "phi3", "--out"])
+            .arg(&hf));
+        run(Command::new(&q)
+            .arg("convert")
+            .arg(&hf)
+            .arg("-o")
+            .arg(models.join("tiny.qins")));
+        models
+    })
+}
+
+/// Each run makes its own model directory (a daemon of a running test may
+/// still map another run's); ones older than an hour are leftovers.
+fn remove_old_model_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(3600)));
+        if old
+            && entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("qins-web-model-")
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A scratch directory removed on drop; short, since it holds a socket.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("qw-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A qinsd child process, killed on drop.
+struct Daemon(Child);
+
+const TINY: &[&str] = &["--model", "tiny"];
+
+impl Daemon {
+    fn start(socket: &Path) -> Self {
+        Self::start_with(socket, TINY)
+    }
+
+    fn start_with(socket: &Path, args: &[&str]) -> Self {
+        let log = std::fs::File::create(socket.with_extension("log")).expect("log file");
+        let child = Command::new(qinsd_bin())
+            .args(args)
+            .args(["--threads", "1", "--models-dir"])
+            .arg(models_dir())
+            .arg("--socket")
+            .arg(socket)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn qinsd");
+        Self(child)
+    }
+
+    fn stop(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn config(socket: &Path) -> Config {
+    Config {
+        socket: socket.to_path_buf(),
+        api_key: None,
+        allow_hosts: Vec::new(),
+        cors_origins: Vec::new(),
+        max_body_bytes: 1024 * 1024,
+    }
+}
+
+/// Serves the bridge in this process; returns its address.
+async fn serve(config: Config) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move { axum::serve(listener, router(config)).await });
+    addr
+}
+
+/// Waits until the bridge reports qinsd reachable.
+async fn wait_healthy(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if get(addr, "/health").await.status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "qinsd did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A daemon and a bridge in front of it.
+struct Setup {
+    _dir: TempDir,
+    socket: PathBuf,
+    daemon: Option<Daemon>,
+    addr: SocketAddr,
+}
+
+async fn setup_with(edit: impl FnOnce(&mut Config)) -> Setup {
+    setup_daemon(TINY, edit).await
+}
+
+async fn setup_daemon(daemon_args: &[&str], edit: impl FnOnce(&mut Config)) -> Setup {
+    let dir = TempDir::new();
+    let socket = dir.0.join("s.sock");
+    let daemon = Daemon::start_with(&socket, daemon_args);
+    let mut cfg = config(&socket);
+    edit(&mut cfg);
+    let healthy_key = cfg.api_key.clone();
+    let addr = serve(cfg).await;
+    if healthy_key.is_none() {
+        wait_healthy(addr).await;
+    } else {
+        // /health needs the key; probe through an open twin of the bridge.
+        wait_healthy(serve(config(&socket)).await).await;
+    }
+    Setup {
+        _dir: dir,
+        socket,
+        daemon: Some(daemon),
+        addr,
+    }
+}
+
+async fn setup() -> Setup {
+    setup_with(|_| {}).await
+}
+
+// ---- a minimal HTTP/1.1 client ----
+
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// `(event name, data)` pairs of an SSE body; unnamed events are "message".
+    fn events(&self) -> Vec<(String, String)> {
+        self.body
+            .split("\n\n")
+            .filter_map(|block| {
+                let mut name = "message".to_string();
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        name = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push(v);
+                    }
+                }
+                (!data.is_empty()).then(|| (name, data.join("\n")))
+            })
+            .collect()
+    }
+}
+
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        request_inner(addr, method, path, headers, body),
+    )
+    .await
+    .expect("request timed out")
+}
+
+async fn request_inner(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(head.as_bytes()).await.expect("write");
+    // The server may answer (413) before reading all of a large body.
+    let _ = stream.write_all(body).await;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    if chunked {
+        body = dechunk(&body);
+    }
+    Response {
+        status,
+        headers,
+        body: String::from_utf8(body).expect("UTF-8 body"),
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&data[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .expect("chunk size");
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&data[start..start + size]);
+        data = &data[start + size + 2..];
+    }
+    out
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Response {
+    request(addr, "GET", path, &[], b"").await
+}
+
+async fn post_json(addr: SocketAddr, path: &str, body: &Value) -> Response {
+    request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+fn assert_error(resp: &Response, status: u16, code: &str) {
+    assert_eq!(resp.status, status, "body: {}", resp.body);
+    let body = resp.json();
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+    assert!(body["error"]["type"].is_string());
+}
+
+fn user(text: &str) -> Value {
+    json!([{ "role": "user", "content": text }])
+}
+
+// ---- tests ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_and_embedded_assets_are_served() {
+    // The page needs no daemon.
+    let dir = TempDir::new();
+    let addr = serve(config(&dir.0.join("none.sock"))).await;
+    let page = get(addr, "/").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("content-type")
+            .is_some_and(|c| c.starts_with("text/html"))
+    );
+    assert!(page.header("content-security-policy").is_some());
+    for id in [
+        "input", "send", "stop", "clear", "messages", "stats", "system", "api-key",
+    ] {
+        assert!(page.body.contains(&format!("id=\"{id}\"")), "missing #{id}");
+    }
+    assert!(page.body.contains("/app.js") && page.body.contains("/style.css"));
+    assert!(!page.body.contains("https://"), "no external assets");
+    let js = get(addr, "/app.js").await;
+    assert_eq!(js.status, 200);
+    assert!(
+        js.header("content-type")
+            .is_some_and(|c| c.contains("javascript"))
+    );
+    assert!(js.body.contains("/api/chat") && js.body.contains("AbortController"));
+    let css = get(addr, "/style.css").await;
+    assert_eq!(css.status, 200);
+    assert!(css.body.contains("prefers-color-scheme"));
+    assert_error(&get(addr, "/nope").await, 404, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_chat_streams_deltas_then_done() {
+    let s = setup().await;
+    let resp = post_json(
+        s.addr,
+        "/api/chat",
+        &json!({ "messages": user("Hello"), "max_tokens": 4, "seed": 7, "temperature": 0.5,
+                 "top_p": 0.9, "top_k": 20, "stop": "zzzz", "session_id": "t1" }),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert!(
+        resp.header("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream"))
+    );
+    let events = resp.events();
+    let (last, deltas) = events.split_last().expect("events");
+    assert_eq!(last.0, "done", "{events:?}");
+    assert!(!deltas.is_empty());
+    for (name, data) in deltas {
+        assert_eq!(name, "delta");
+        let v: Value = serde_json::from_str(data).expect("delta JSON");
+        assert!(v["text"].is_string());
+    }
+    let done: Value = serde_json::from_str(&last.1).expect("done JSON");
+    assert!(["stop", "length"].contains(&done["finish_reason"].as_str().unwrap_or("")));
+    let completion = done["usage"]["completion_tokens"].as_u64().expect("usage");
+    assert!((1..=4).contains(&completion), "{done}");
+    assert!(done["usage"]["prompt_tokens"].as_u64().unwrap_or(0) > 0);
+    assert!(done["timings"]["total_ms"].is_number());
+    assert!(done["timings"]["tokens_per_second"].is_number());
+    assert_eq!(done["model"], "tiny");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_stats_reports_every_field() {
+    let s = setup().await;
+    let resp = get(s.addr, "/api/stats").await;
+    assert_eq!(resp.status, 200);
+    let v = resp.json();
+    let fields = [
+        "process_rss_bytes",
+        "model_code_bytes",
+        "model_sign_bytes",
+        "model_other_bytes",
+        "model_parameters",
+        "bf16_equivalent_bytes",
+        "f32_equivalent_bytes",
+        "compression_vs_f32",
+        "device",
+        "model",
+        "architecture",
+        "context_limit",
+        "uptime_seconds",
+        "requests_served",
+        "tokens_generated",
+        "last_tokens_per_second",
+        "average_tokens_per_second",
+        "active_requests",
+        "queued_requests",
+        "kv_cache_bytes",
+        "version",
+        "threads",
+    ];
+    for f in fields {
+        assert!(v.get(f).is_some(), "missing {f}: {v}");
+    }
+    assert_eq!(v.as_object().map(|o| o.len()), Some(fields.len()));
+    assert_eq!(v["model"], "tiny");
+    assert_eq!(v["architecture"], "phi3");
+    assert!(v["process_rss_bytes"].as_u64().unwrap_or(0) > 0);
+    assert!(v["compression_vs_f32"].as_f64().unwrap_or(0.0) > 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_models_lists_the_daemon_models() {
+    let s = setup().await;
+    let resp = get(s.addr, "/v1/models").await;
+    assert_eq!(resp.status, 200);
+    let v = resp.json();
+    assert_eq!(v["object"], "list");
+    let data = v["data"].as_array().expect("data");
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0]["id"], "tiny");
+    assert_eq!(data[0]["object"], "model");
+    assert_eq!(data[0]["owned_by"], "qins");
+    assert!(data[0]["created"].is_u64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_chat_completions_non_streaming() {
+    let s = setup().await;
+    let resp = post_json(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({ "model": "anything", "messages": [
+                    { "role": "developer", "content": "Be brief." },
+                    { "role": "user", "content": [{ "type": "text", "text": "Hi" }] }],
+                 "max_completion_tokens": 3, "seed": 1, "temperature": 0, "stop": ["qqq", "zzz"] }),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let v = resp.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert!(
+        v["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("chatcmpl-"))
+    );
+    assert_eq!(v["model"], "tiny");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert!(choice["message"]["content"].is_string());
+    let usage = &v["usage"];
+    let (p, c, t) = (
+        usage["prompt_tokens"].as_u64().expect("prompt_tokens"),
+        usage["completion_tokens"]
+            .as_u64()
+            .expect("completion_tokens"),
+        usage["total_tokens"].as_u64().expect("total_tokens"),
+    );
+    assert_eq!(p + c, t);
+    match choice["finish_reason"].as_str() {
+        Some("length") => assert_eq!(c, 3),
+        Some("stop") => assert!(c <= 3),
+        other => panic!("finish_reason {other:?}"),
+    }
+    // Non-text content parts are refused before reaching qinsd.
+    let bad = post_json(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({ "messages": [{ "role": "user", "content": [{ "type": "image_url" }] }] }),
+    )
+    .await;
+    assert_error(&bad, 400, "invalid_request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_chat_completions_streaming() {
+    let s = setup().await;
+    let resp = post_json(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({ "model": "tiny", "messages": user("Hi"), "max_tokens": 3, "seed": 3,
+                 "stream": true, "stream_options": { "include_usage": true } }),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let data: Vec<String> = resp.events().into_iter().map(|(_, d)| d).collect();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("chunk JSON"))
+        .collect();
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["id"], chunks[0]["id"]);
+    }
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .filter(|c| !c["choices"][0]["finish_reason"].is_null())
+        .collect();
+    assert_eq!(finish.len(), 1);
+    assert!(
+        ["stop", "length"].contains(
+            &finish[0]["choices"][0]["finish_reason"]
+                .as_str()
+                .unwrap_or("")
+        )
+    );
+    let usage = chunks.last().expect("usage chunk");
+    assert_eq!(usage["choices"], json!([]));
+    let u = &usage["usage"];
+    assert_eq!(
+        u["prompt_tokens"].as_u64().unwrap_or(0) + u["completion_tokens"].as_u64().unwrap_or(0),
+        u["total_tokens"].as_u64().unwrap_or(u64::MAX)
+    );
+
+    // Without include_usage: no usage chunk, the finish chunk comes last.
+    let resp = post_json(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({ "messages": user("Hi"), "max_tokens": 2, "stream": true }),
+    )
+    .await;
+    let data: Vec<String> = resp.events().into_iter().map(|(_, d)| d).collect();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let last: Value = serde_json::from_str(&data[data.len() - 2]).expect("chunk");
+    assert!(last["choices"][0]["finish_reason"].is_string());
+    assert!(last.get("usage").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_json_errors() {
+    let s = setup_with(|c| c.max_body_bytes = 1024).await;
+    let a = s.addr;
+    // Malformed JSON.
+    let r = request(
+        a,
+        "POST",
+        "/api/chat",
+        &[("Content-Type", "application/json")],
+        b"{bad",
+    )
+    .await;
+    assert_error(&r, 400, "invalid_request");
+    // Wrong shape.
+    assert_error(
+        &post_json(a, "/v1/chat/completions", &json!({ "messages": 5 })).await,
+        400,
+        "invalid_request",
+    );
+    // qinsd's INVALID_ARGUMENT.
+    let r = post_json(
+        a,
+        "/api/chat",
+        &json!({ "messages": user("x"), "temperature": -1.0 }),
+    )
+    .await;
+    assert_error(&r, 400, "invalid_request");
+    assert_error(
+        &post_json(a, "/api/chat", &json!({ "messages": [] })).await,
+        400,
+        "invalid_request",
+    );
+    // Wrong content type.
+    let r = request(
+        a,
+        "POST",
+        "/api/chat",
+        &[("Content-Type", "text/plain")],
+        b"{}",
+    )
+    .await;
+    assert_error(&r, 415, "unsupported_media_type");
+    // Too big.
+    let big = json!({ "messages": user(&"x".repeat(4096)) }).to_string();
+    let r = request(
+        a,
+        "POST",
+        "/v1/chat/completions",
+        &[("Content-Type", "application/json")],
+        big.as_bytes(),
+    )
+    .await;
+    assert_error(&r, 413, "payload_too_large");
+    // Foreign Host (DNS rebinding), on the page and the API alike.
+    for path in ["/", "/api/stats"] {
+        let r = request(a, "GET", path, &[("Host", "evil.example:7860")], b"").await;
+        assert_error(&r, 403, "host_not_allowed");
+    }
+    let r = request(a, "GET", "/api/stats", &[("Host", "localhost:1234")], b"").await;
+    assert_eq!(r.status, 200);
+    // No CORS headers unless configured.
+    let r = request(
+        a,
+        "GET",
+        "/api/stats",
+        &[("Origin", "http://evil.example")],
+        b"",
+    )
+    .await;
+    assert!(r.header("access-control-allow-origin").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_host_and_cors_origin_flags() {
+    let s = setup_with(|c| {
+        c.allow_hosts = vec!["box.lan".into()];
+        c.cors_origins = vec!["http://app.example".into()];
+    })
+    .await;
+    let r = request(
+        s.addr,
+        "GET",
+        "/api/stats",
+        &[("Host", "box.lan:7860")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = request(
+        s.addr,
+        "GET",
+        "/api/stats",
+        &[("Origin", "http://app.example")],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://app.example")
+    );
+    let r = request(
+        s.addr,
+        "GET",
+        "/api/stats",
+        &[("Origin", "http://other.example")],
+        b"",
+    )
+    .await;
+    assert!(r.header("access-control-allow-origin").is_none());
+    let r = request(
+        s.addr,
+        "OPTIONS",
+        "/v1/chat/completions",
+        &[
+            ("Origin", "http://app.example"),
+            ("Access-Control-Request-Method", "POST"),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert!(
+        r.header("access-control-allow-headers")
+            .is_some_and(|h| h.contains("authorization"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_is_required_when_set() {
+    let s = setup_with(|c| c.api_key = Some("s3cret".into())).await;
+    let a = s.addr;
+    for path in ["/api/stats", "/health", "/v1/models"] {
+        assert_error(&get(a, path).await, 401, "invalid_api_key");
+        let r = request(a, "GET", path, &[("Authorization", "Bearer wrong")], b"").await;
+        assert_error(&r, 401, "invalid_api_key");
+        let r = request(a, "GET", path, &[("Authorization", "Bearer s3cret")], b"").await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    let r = post_json(
+        a,
+        "/v1/chat/completions",
+        &json!({ "messages": user("x"), "max_tokens": 1 }),
+    )
+    .await;
+    assert_error(&r, 401, "invalid_api_key");
+    // The page stays open so it can ask for the key.
+    assert_eq!(get(a, "/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_down_gives_503_and_restart_recovers() {
+    let mut s = setup().await;
+    assert_eq!(get(s.addr, "/health").await.json()["qinsd"], "reachable");
+    s.daemon.take().expect("daemon").stop();
+
+    let health = get(s.addr, "/health").await;
+    assert_eq!(health.status, 503);
+    assert_eq!(health.json()["qinsd"], "unreachable");
+    assert_error(&health, 503, "qinsd_unreachable");
+    assert_error(&get(s.addr, "/api/stats").await, 503, "qinsd_unreachable");
+    assert_error(&get(s.addr, "/v1/models").await, 503, "qinsd_unreachable");
+    let chat = post_json(
+        s.addr,
+        "/api/chat",
+        &json!({ "messages": user("x"), "max_tokens": 1 }),
+    )
+    .await;
+    assert_error(&chat, 503, "qinsd_unreachable");
+    let oa = post_json(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({ "messages": user("x") }),
+    )
+    .await;
+    assert_error(&oa, 503, "qinsd_unreachable");
+
+    // Same socket, new daemon: the bridge picks it up without a restart.
+    s.daemon = Some(Daemon::start(&s.socket));
+    wait_healthy(s.addr).await;
+    let chat = post_json(
+        s.addr,
+        "/api/chat",
+        &json!({ "messages": user("x"), "max_tokens": 2 }),
+    )
+    .await;
+    assert_eq!(chat.status, 200);
+    assert_eq!(chat.events().last().map(|e| e.0.as_str()), Some("done"));
+}
+
+/// Starts a long reply on a raw connection and returns it once the first
+/// delta arrived: greedy decoding of this prompt runs about a thousand
+/// tokens on the tiny model before an end token.
+async fn start_long_reply(addr: SocketAddr) -> TcpStream {
+    let body = json!({ "messages": user("Tell me a long story"), "max_tokens": 3000,
+                       "temperature": 0.0 })
+    .to_string();
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /api/chat HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        addr,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    stream.write_all(body.as_bytes()).await.expect("write");
+    // Wait for the first delta, then hang up like the page's Stop button.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("event: delta") {
+        let n = tokio::time::timeout(REQUEST_TIMEOUT, stream.read(&mut buf))
+            .await
+            .expect("first delta in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before any delta: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_connection_cancels_the_reply() {
+    let s = setup().await;
+    let stream = start_long_reply(s.addr).await;
+    // Hang up like the page's Stop button.
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = get(s.addr, "/api/stats").await.json();
+        if stats["active_requests"] == 0 && stats["requests_served"].as_u64() >= Some(1) {
+            let generated = stats["tokens_generated"].as_u64().unwrap_or(u64::MAX);
+            assert!(generated < 500, "not cancelled: {stats}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "reply still running: {stats}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = std::fs::read_to_string(s.socket.with_extension("log")).unwrap_or_default();
+    assert!(log.contains("finish=Cancelled"), "qinsd log: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_is_429() {
+    let args = ["--model", "tiny", "--max-active", "1", "--max-queued", "0"];
+    let s = setup_daemon(&args, |_| {}).await;
+    let _busy = start_long_reply(s.addr).await;
+    let r = post_json(
+        s.addr,
+        "/api/chat",
+        &json!({ "messages": user("x"), "max_tokens": 1 }),
+    )
+    .await;
+    assert_error(&r, 429, "queue_full");
+    let r = post_json(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({ "messages": user("x") }),
+    )
+    .await;
+    assert_error(&r, 429, "queue_full");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_model_loaded_is_503() {
+    let s = setup_daemon(&[], |_| {}).await;
+    // qinsd itself answers, so /health is fine.
+    assert_eq!(get(s.addr, "/health").await.status, 200);
+    let r = post_json(
+        s.addr,
+        "/api/chat",
+        &json!({ "messages": user("x"), "max_tokens": 1 }),
+    )
+    .await;
+    assert_error(&r, 503, "no_model_loaded");
+    let r = post_json(
+        s.addr,
+        "/v1/chat/completions",
+        &json!({ "messages": user("x") }),
+    )
+    .await;
+    assert_error(&r, 503, "no_model_loaded");
+}
+
+#[test]
+fn non_loopback_listen_needs_public() {
+    let out = Command::new(env!("CARGO_BIN_EXE_qins-web"))
+        .args(["--listen", "0.0.0.0:0", "--socket", "/nonexistent/s.sock"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run qins-web");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--public"), "{err}");
+}
