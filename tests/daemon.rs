@@ -411,6 +411,38 @@ async fn health_service_reports_serving() {
 }
 
 #[tokio::test]
+async fn server_reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let daemon = Daemon::start(&[]).await;
+    let channel = qins_proto::connect(&daemon.socket).await.expect("connect");
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let reply = replies
+        .message()
+        .await
+        .expect("a reply")
+        .expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("expected a service list: {reply:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names.contains(&"qins.v1.Qins") && names.contains(&"grpc.health.v1.Health"),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_stale_socket_is_replaced_and_a_second_instance_is_refused() {
     let mut daemon = Daemon::start(&[]).await;
     // A second qinsd on the same socket refuses to start.
