@@ -511,3 +511,53 @@ async fn the_socket_and_its_directory_are_owner_only() {
     assert_eq!(mode(&daemon.socket), 0o600);
     assert_eq!(mode(daemon.socket.parent().expect("dir")), 0o700);
 }
+
+#[tokio::test]
+async fn daemonize_detaches_with_a_pid_file_and_a_log_file() {
+    let daemon = Daemon::start(&[]).await;
+    // A second, detached daemon on its own socket, sharing the models dir.
+    let socket = daemon.dir.path().join("bg.sock");
+    let pid_file = daemon.dir.path().join("bg.pid");
+    let log_file = daemon.dir.path().join("bg.log");
+    let status = std::process::Command::new(binary("qinsd"))
+        .args(["--model", "tiny", "--daemonize", "--threads", "1"])
+        .arg("--models-dir")
+        .arg(&daemon.models_dir)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg("--log-file")
+        .arg(&log_file)
+        .status()
+        .expect("qinsd --daemonize runs");
+    assert!(
+        status.success(),
+        "the foreground process exits 0 after detaching"
+    );
+    let answered = eventually(Duration::from_secs(30), || async {
+        match qins_proto::connect(&socket).await {
+            Ok(channel) => qins_proto::v1::qins_client::QinsClient::new(channel)
+                .stats(qins_proto::v1::StatsRequest {})
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(answered, "the detached daemon serves");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // SAFETY: kill with a pid the daemon wrote and a valid signal.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let gone = eventually(Duration::from_secs(15), || async { !socket.exists() }).await;
+    assert!(gone, "SIGTERM removes the socket");
+    let log = std::fs::read_to_string(&log_file).expect("log file");
+    assert!(
+        log.contains("qinsd listening") && log.contains("qinsd stopped"),
+        "{log}"
+    );
+}
