@@ -48,10 +48,17 @@ impl Linear {
     }
 
     /// `x` is `n x cols`; returns `n x rows`.
-    pub fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
+    pub fn forward(&self, x: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
         let mut out = vec![0.0f32; n * self.rows()];
         match self {
             Self::Qins(m) => qins_matmul(x, n, m, &mut out),
+            // Many rows: candle's blocked GEMM instead of one pass over the
+            // weights per row (the copy into a tensor is small next to it).
+            Self::Dense { rows, cols, data } if n > 1 => {
+                let w = Tensor::from_slice(data, (*rows, *cols), &Device::Cpu)?;
+                let x = Tensor::from_slice(x, (n, *cols), &Device::Cpu)?;
+                return Ok(x.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?);
+            }
             Self::Dense { rows, cols, data } => {
                 out.par_chunks_mut(*rows)
                     .zip(x.par_chunks(*cols))
@@ -62,7 +69,7 @@ impl Linear {
                     });
             }
         }
-        out
+        Ok(out)
     }
 
     /// One row of the matrix as f32 (embedding lookup).

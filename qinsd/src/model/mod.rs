@@ -168,7 +168,7 @@ impl Model {
         let h = c.hidden_size;
         let rows = if all { &x[..] } else { &x[(n - 1) * h..] };
         let normed = rms_norm(rows, &self.norm, c.rms_norm_eps);
-        Ok(self.lm_head.forward(&normed, rows.len() / h))
+        self.lm_head.forward(&normed, rows.len() / h)
     }
 
     fn embed_tokens(&self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
@@ -198,7 +198,7 @@ impl Model {
         let c = &self.config;
         let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let normed = rms_norm(x, &layer.input_norm, c.rms_norm_eps);
-        let (mut q, mut k, v) = project_qkv(&layer.qkv, &normed, n, heads * d, kv_heads * d);
+        let (mut q, mut k, v) = project_qkv(&layer.qkv, &normed, n, heads * d, kv_heads * d)?;
         rope::apply(&mut q, heads, d, cos, sin);
         rope::apply(&mut k, kv_heads, d, cos, sin);
         cache.write(index, start, &k, &v);
@@ -207,19 +207,20 @@ impl Model {
             let (k, v) = cache.head(index, head, len);
             (k.to_vec(), v.to_vec())
         })?;
-        add_assign(x, &layer.o_proj.forward(&attended, n));
+        add_assign(x, &layer.o_proj.forward(&attended, n)?);
         let normed = rms_norm(x, &layer.post_attention_norm, c.rms_norm_eps);
         let activated = match &layer.gate_up {
-            GateUp::Fused(gate_up) => swiglu(&gate_up.forward(&normed, n), c.intermediate_size),
+            GateUp::Fused(gate_up) => swiglu(&gate_up.forward(&normed, n)?, c.intermediate_size),
             GateUp::Separate { gate, up } => {
                 let (g, u) = rayon::join(|| gate.forward(&normed, n), || up.forward(&normed, n));
+                let (g, u) = (g?, u?);
                 swiglu(
                     &interleave_rows(&g, &u, c.intermediate_size),
                     c.intermediate_size,
                 )
             }
         };
-        add_assign(x, &layer.down.forward(&activated, n));
+        add_assign(x, &layer.down.forward(&activated, n)?);
         Ok(())
     }
 }
@@ -231,10 +232,10 @@ fn project_qkv(
     n: usize,
     q_dim: usize,
     kv_dim: usize,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    match qkv {
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), ModelError> {
+    Ok(match qkv {
         Qkv::Fused(w) => {
-            let fused = w.forward(x, n);
+            let fused = w.forward(x, n)?;
             let width = q_dim + 2 * kv_dim;
             let mut q = Vec::with_capacity(n * q_dim);
             let mut k = Vec::with_capacity(n * kv_dim);
@@ -246,8 +247,8 @@ fn project_qkv(
             }
             (q, k, v)
         }
-        Qkv::Separate { q, k, v } => (q.forward(x, n), k.forward(x, n), v.forward(x, n)),
-    }
+        Qkv::Separate { q, k, v } => (q.forward(x, n)?, k.forward(x, n)?, v.forward(x, n)?),
+    })
 }
 
 /// Rows `[a_i | b_i]` from two `n x width` matrices.
