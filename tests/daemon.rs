@@ -297,7 +297,7 @@ async fn models_can_be_unloaded_and_loaded_again() {
         })
         .await
         .expect_err("unknown model");
-    assert_eq!(unknown.code(), Code::NotFound);
+    assert_eq!(unknown.code(), Code::InvalidArgument);
     assert!(unknown.message().contains("no-such-model"));
     let loaded = client
         .load_model(LoadModelRequest {

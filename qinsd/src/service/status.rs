@@ -10,7 +10,7 @@ pub fn from_scheduler(error: SchedulerError) -> Status {
     let code = match &error {
         SchedulerError::NoModel => Code::FailedPrecondition,
         SchedulerError::Busy { .. } => Code::ResourceExhausted,
-        SchedulerError::UnknownModel { .. } => Code::NotFound,
+        SchedulerError::UnknownModel { .. } => Code::InvalidArgument,
         SchedulerError::ShuttingDown => Code::Unavailable,
         SchedulerError::Engine(e) => engine_code(e),
         SchedulerError::Load(e) => load_code(e),
