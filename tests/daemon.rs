@@ -561,3 +561,93 @@ async fn daemonize_detaches_with_a_pid_file_and_a_log_file() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn sigkill_during_convert_leaves_no_output_and_the_temp_file_is_removed_on_restart() {
+    let mut daemon = Daemon::start(&[]).await;
+    let gguf = fixtures_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        gguf.is_file(),
+        "{} is missing: run scripts/fetch-fixtures.sh",
+        gguf.display()
+    );
+    let output = daemon.models_dir.join("big.qins");
+    let mut stream = daemon
+        .client()
+        .await
+        .convert(ConvertRequest {
+            source: gguf.display().to_string(),
+            output: output.display().to_string(),
+            options: None,
+        })
+        .await
+        .expect("convert")
+        .into_inner();
+    // Kill the daemon once a few tensors are written.
+    loop {
+        let event = stream.message().await.expect("progress").expect("an event");
+        if let Some(convert_event::Event::Tensor(t)) = event.event
+            && t.index >= 3
+        {
+            break;
+        }
+    }
+    daemon.signal_and_wait(libc::SIGKILL, Duration::from_secs(10));
+    let leftovers = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .expect("models dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect()
+    };
+    assert!(
+        !output.exists(),
+        "no half-written model under the output name"
+    );
+    assert_eq!(
+        leftovers(&daemon.models_dir).len(),
+        1,
+        "one temp file remains"
+    );
+    daemon.spawn(&["--model", "tiny"]);
+    daemon.wait_ready().await;
+    assert!(
+        leftovers(&daemon.models_dir).is_empty(),
+        "cleaned up on start"
+    );
+    assert!(
+        daemon.log().contains("unfinished conversion"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[tokio::test]
+async fn a_killed_client_frees_its_slot() {
+    let daemon = Daemon::start(&[]).await;
+    let mut client = std::process::Command::new(binary("qins"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["ask", "--max-tokens", "3000", "Tell me everything."])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("qins starts");
+    let busy = eventually(Duration::from_secs(10), || async {
+        daemon.stats().await.active_requests == 1
+    })
+    .await;
+    assert!(busy, "the reply is running");
+    client.kill().expect("SIGKILL the client");
+    client.wait().expect("reaped");
+    let idle = eventually(Duration::from_secs(10), || async {
+        daemon.stats().await.active_requests == 0
+    })
+    .await;
+    assert!(idle, "the slot is freed");
+    assert!(
+        daemon.log().contains("finish=Cancelled"),
+        "{}",
+        daemon.log()
+    );
+}

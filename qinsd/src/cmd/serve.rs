@@ -117,6 +117,10 @@ pub fn run(args: Args) -> Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let listener = server::bind_socket(&socket)?;
+        // A conversion killed mid-write (SIGKILL, power loss) left only a temp file.
+        for stale in qinsd::container::remove_stale_temp_files(&models_dir) {
+            tracing::info!(file = %stale.display(), "removed an unfinished conversion");
+        }
         let scheduler = Scheduler::new(SchedulerConfig {
             context: args.context,
             max_active: args.max_active,
