@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: fetches the real fixtures (cached, idempotent), then runs
 # every test of the workspace in the release profile (the numeric code is
-# too slow unoptimized) and the Python checks.
+# too slow unoptimized), the Python checks and the browser test of the
+# qins-web page (which installs Chromium and playwright-core when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,11 @@ cargo test --release --workspace --locked 2>&1 | tee "$LOG"
 if [ -d tests/python ]; then
     echo "== python tests"
     bash tests/python/run.sh 2>&1 | tee -a "$LOG"
+fi
+
+if [ -f qins-web/tests/browser/run.sh ]; then
+    echo "== browser tests"
+    bash qins-web/tests/browser/run.sh 2>&1 | tee -a "$LOG"
 fi
 
 # One closing line over every test binary (the per-binary lines end with the

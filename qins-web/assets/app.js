@@ -211,9 +211,9 @@ async function send(text) {
   const bubble = addMessage("assistant", "");
   bubble.classList.add("pending");
   let reply = "";
-  let scheduled = false;
+  let frame = 0; // a render waiting for the next animation frame
   const render = () => {
-    scheduled = false;
+    frame = 0;
     bubble.innerHTML = renderMarkdown(reply);
     scrollDown();
   };
@@ -230,7 +230,7 @@ async function send(text) {
       const data = JSON.parse(ev.data);
       if (ev.event === "delta") {
         reply += data.text;
-        if (!scheduled) { scheduled = true; requestAnimationFrame(render); }
+        if (!frame) frame = requestAnimationFrame(render);
       } else if (ev.event === "done") {
         const t = data.timings || {};
         const u = data.usage || {};
@@ -248,6 +248,9 @@ async function send(text) {
     state.controller = null;
     setBusy(false);
     bubble.classList.remove("pending");
+    // A frame still pending would re-render after the meta line below and
+    // wipe it: render now instead.
+    if (frame) cancelAnimationFrame(frame);
     render();
     if (reply) state.history.push({ role: "assistant", content: reply });
     else if (!meta) bubble.remove();

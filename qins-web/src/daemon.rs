@@ -61,12 +61,20 @@ impl Daemon {
     }
 
     /// Maps a failed call, forgetting the channel when the transport broke.
+    /// qinsd itself never answers CANCELLED (only a client cancels); tonic
+    /// reports it for a request cut off by the connection closing, as when
+    /// qinsd exits, so it means unreachable (503) like UNAVAILABLE.
     fn fail(&self, status: tonic::Status) -> ApiError {
-        if matches!(
-            status.code(),
-            Code::Unavailable | Code::Unknown | Code::Cancelled
-        ) {
-            *self.lock() = None;
+        match status.code() {
+            Code::Unavailable | Code::Unknown => *self.lock() = None,
+            Code::Cancelled => {
+                *self.lock() = None;
+                return ApiError::DaemonDown(format!(
+                    "the connection to qinsd broke: {}",
+                    status.message()
+                ));
+            }
+            _ => {}
         }
         status.into()
     }

@@ -1,0 +1,215 @@
+"""The OpenAI-compatible API of qins-web, through the official `openai`
+package: a real qins-web in front of a real qinsd serving a tiny
+random-weight model (its replies are random text; only their shape is
+checked).
+
+The binaries come from QINS_BIN_DIR (default ${CARGO_TARGET_DIR:-target}/release:
+cargo build --release --workspace --bins). `openai` is pinned in
+requirements.txt; tests/python/run.sh installs it into a cached venv.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+try:
+    import openai
+except ImportError:  # reported as a failure of every test, see setUp
+    openai = None
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "tiny"
+START_TIMEOUT = 30.0
+
+
+def bin_dir():
+    if os.environ.get("QINS_BIN_DIR"):
+        return Path(os.environ["QINS_BIN_DIR"])
+    return ROOT / os.environ.get("CARGO_TARGET_DIR", "target") / "release"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class OpenAIApiTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.client = None
+        if openai is None:
+            return  # every test fails with the reason
+        bins = bin_dir()
+        qinsd, web = bins / "qinsd", bins / "qins-web"
+        for b in (qinsd, web):
+            if not os.access(b, os.X_OK):
+                raise AssertionError(
+                    f"{b} missing: cargo build --release --workspace --bins, or set QINS_BIN_DIR"
+                )
+        # Short: it holds the socket.
+        cls.tmp = tempfile.mkdtemp(prefix="qins-oa.", dir="/tmp")
+        cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)
+        tmp = Path(cls.tmp)
+        models = tmp / "models"
+        models.mkdir()
+        for args in (
+            ["fixture", "tiny", "--arch", "phi3", "--out", str(tmp / "tinyhf")],
+            ["convert", str(tmp / "tinyhf"), "-o", str(models / "tiny.qins")],
+        ):
+            subprocess.run([str(qinsd), *args], check=True, capture_output=True, timeout=120)
+
+        sock = tmp / "s.sock"
+        cls.daemon_log = open(tmp / "qinsd.log", "wb")
+        cls.addClassCleanup(cls.daemon_log.close)
+        cls.daemon = subprocess.Popen(
+            [str(qinsd), "--model", MODEL, "--models-dir", str(models), "--socket", str(sock)],
+            stdout=cls.daemon_log, stderr=subprocess.STDOUT,
+        )
+        cls.addClassCleanup(stop, cls.daemon)
+
+        # A free port can be taken before qins-web binds it: try a few.
+        for _ in range(3):
+            port = free_port()
+            web_log = open(tmp / "web.log", "wb")
+            cls.addClassCleanup(web_log.close)
+            proc = subprocess.Popen(
+                [str(web), "--socket", str(sock), "--listen", f"127.0.0.1:{port}"],
+                stdout=web_log, stderr=subprocess.STDOUT,
+            )
+            cls.addClassCleanup(stop, proc)
+            base = f"http://127.0.0.1:{port}"
+            if cls.wait_healthy(base, proc):
+                break
+            stop(proc)
+        else:
+            logs = "".join(
+                f"--- {n}\n{(tmp / n).read_text(errors='replace')[-2000:]}"
+                for n in ("qinsd.log", "web.log")
+            )
+            raise AssertionError("qins-web never answered /health\n" + logs)
+        cls.base = base
+        cls.client = openai.OpenAI(
+            base_url=base + "/v1", api_key="not-checked", max_retries=0, timeout=60.0
+        )
+
+    @classmethod
+    def wait_healthy(cls, base, proc):
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return False
+            if cls.daemon.poll() is not None:
+                raise AssertionError(
+                    "qinsd exited: " + (Path(cls.tmp) / "qinsd.log").read_text(errors="replace")
+                )
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                    if r.status == 200 and json.load(r).get("qinsd") == "reachable":
+                        return True
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        return False
+
+    def setUp(self):
+        if openai is None:
+            self.fail(
+                "the `openai` package is not importable: run tests/python/run.sh, which "
+                "installs tests/python/requirements.txt into ~/.cache/qins/venv-tests"
+            )
+
+    def ask(self, **kw):
+        return self.client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hello there"}], **kw
+        )
+
+    def test_non_streaming(self):
+        r = self.ask(max_tokens=8)
+        self.assertEqual(r.object, "chat.completion")
+        self.assertEqual(r.model, MODEL)
+        self.assertIsInstance(r.id, str)
+        self.assertEqual(len(r.choices), 1)
+        choice = r.choices[0]
+        self.assertEqual(choice.message.role, "assistant")
+        self.assertIsInstance(choice.message.content, str)
+        self.assertIn(choice.finish_reason, {"stop", "length"})
+        self.assertGreater(r.usage.prompt_tokens, 0)
+        self.assertLessEqual(r.usage.completion_tokens, 8)
+        self.assertEqual(r.usage.total_tokens, r.usage.prompt_tokens + r.usage.completion_tokens)
+
+    def test_token_limit_ends_with_length(self):
+        # Greedy decoding runs far past one token on the tiny model.
+        r = self.ask(max_completion_tokens=1, temperature=0)
+        self.assertEqual(r.choices[0].finish_reason, "length")
+        self.assertEqual(r.usage.completion_tokens, 1)
+
+    def test_streaming(self):
+        chunks = list(self.ask(max_tokens=8, stream=True))
+        self.assertTrue(chunks, "no chunks")
+        for c in chunks:
+            self.assertEqual(c.object, "chat.completion.chunk")
+            self.assertEqual(c.model, MODEL)
+            self.assertIsNone(c.usage, "usage only when asked for")
+            self.assertEqual(len(c.choices), 1)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        self.assertTrue(any(c.choices[0].delta.content for c in chunks), "no delta content")
+        self.assertIsInstance(text, str)
+        self.assertIn(chunks[-1].choices[0].finish_reason, {"stop", "length"})
+        self.assertTrue(
+            all(c.choices[0].finish_reason is None for c in chunks[:-1]),
+            "only the last chunk has a finish_reason",
+        )
+
+    def test_streaming_with_usage(self):
+        chunks = list(
+            self.ask(max_tokens=8, stream=True, stream_options={"include_usage": True})
+        )
+        last = chunks[-1]
+        self.assertEqual(last.choices, [], "the usage chunk has no choices")
+        self.assertIsNotNone(last.usage)
+        self.assertGreater(last.usage.prompt_tokens, 0)
+        self.assertLessEqual(last.usage.completion_tokens, 8)
+        self.assertEqual(
+            last.usage.total_tokens, last.usage.prompt_tokens + last.usage.completion_tokens
+        )
+        with_choices = [c for c in chunks if c.choices]
+        self.assertIn(with_choices[-1].choices[0].finish_reason, {"stop", "length"})
+        self.assertTrue(all(c.usage is None for c in chunks[:-1]))
+
+    def test_models_list(self):
+        ids = [m.id for m in self.client.models.list()]
+        self.assertIn(MODEL, ids)
+
+    def test_bad_temperature_is_bad_request(self):
+        with self.assertRaises(openai.BadRequestError) as cm:
+            self.ask(max_tokens=8, temperature=-1)
+        self.assertEqual(cm.exception.status_code, 400)
+        self.assertEqual(cm.exception.code, "invalid_request")
+
+    def test_n_above_one_is_bad_request(self):
+        with self.assertRaises(openai.BadRequestError) as cm:
+            self.ask(max_tokens=8, n=2)
+        self.assertIn("n = 1", cm.exception.message)
+
+
+if __name__ == "__main__":
+    unittest.main()
