@@ -198,7 +198,8 @@ impl Model {
         let c = &self.config;
         let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let normed = rms_norm(x, &layer.input_norm, c.rms_norm_eps);
-        let (mut q, mut k, v) = project_qkv(&layer.qkv, &normed, n, heads * d, kv_heads * d)?;
+        let Qkv3 { mut q, mut k, v } =
+            project_qkv(&layer.qkv, &normed, n, heads * d, kv_heads * d)?;
         rope::apply(&mut q, heads, d, cos, sin);
         rope::apply(&mut k, kv_heads, d, cos, sin);
         cache.write(index, start, &k, &v);
@@ -225,6 +226,13 @@ impl Model {
     }
 }
 
+/// Queries, keys and values of `n` tokens, row-major.
+struct Qkv3 {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
 /// Returns q (`n x q_dim`), k and v (`n x kv_dim`).
 fn project_qkv(
     qkv: &Qkv,
@@ -232,7 +240,7 @@ fn project_qkv(
     n: usize,
     q_dim: usize,
     kv_dim: usize,
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), ModelError> {
+) -> Result<Qkv3, ModelError> {
     Ok(match qkv {
         Qkv::Fused(w) => {
             let fused = w.forward(x, n)?;
@@ -245,9 +253,13 @@ fn project_qkv(
                 k.extend_from_slice(&row[q_dim..q_dim + kv_dim]);
                 v.extend_from_slice(&row[q_dim + kv_dim..]);
             }
-            (q, k, v)
+            Qkv3 { q, k, v }
         }
-        Qkv::Separate { q, k, v } => (q.forward(x, n)?, k.forward(x, n)?, v.forward(x, n)?),
+        Qkv::Separate { q, k, v } => Qkv3 {
+            q: q.forward(x, n)?,
+            k: k.forward(x, n)?,
+            v: v.forward(x, n)?,
+        },
     })
 }
 
