@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::container::{ContainerError, QinsFile};
 use crate::kernels::selected_kernel;
-use crate::model::{KvCache, Model, ModelConfig, ModelError};
+use crate::model::{KvCache, Model, ModelConfig, ModelError, profile};
 use crate::rng::SplitMix64;
 use crate::weights::{ResidentBytes, ResidentWeights, Weight};
 
@@ -109,15 +109,22 @@ pub struct RunReport {
     pub memory: Memory,
     pub prefill_tokens: usize,
     pub prefill_s: f64,
+    /// CPU seconds of the whole process during the prefill: on a shared
+    /// machine, wall time far above cpu_s / threads means the run was
+    /// starved by other processes.
+    pub prefill_cpu_s: f64,
     pub prefill_tok_s: f64,
     pub decode_tokens: usize,
     pub decode_s: f64,
+    pub decode_cpu_s: f64,
     pub decode_tok_s: f64,
     /// Codes + signs of every matrix one decode step reads (not the embedding).
     pub weight_bytes_per_token: u64,
     /// weight_bytes_per_token x decode_tok_s.
     pub effective_gb_s: f64,
     pub concurrency: Option<Concurrency>,
+    /// Milliseconds per decoded token by stage (with `QINS_PROFILE=1`).
+    pub decode_profile_ms: Option<Vec<(String, f64)>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -156,6 +163,17 @@ pub fn peak_rss() -> Option<u64> {
 /// false where that is not possible.
 pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 fn proc_status_kib(field: &str) -> Option<u64> {
@@ -254,12 +272,22 @@ fn run_one(
         .collect();
     let mut cache = model.new_cache(prompt.len() + options.decode + 1);
     let cancel = AtomicBool::new(false);
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_seconds());
     let logits = model.forward(&prompt, &mut cache, &cancel)?;
     let prefill_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
+    let prefill_cpu_s = cpu_seconds() - cpu;
+    profile::reset();
+    let (t, cpu) = (Instant::now(), cpu_seconds());
     decode(&model, &mut cache, logits, options.decode, &cancel)?;
     let decode_s = t.elapsed().as_secs_f64();
+    let decode_cpu_s = cpu_seconds() - cpu;
+    let per_token_ms = 1e3 / options.decode.max(1) as f64;
+    let decode_profile_ms = profile::enabled().then(|| {
+        profile::snapshot()
+            .into_iter()
+            .map(|(stage, s)| (stage.to_string(), s * per_token_ms))
+            .collect()
+    });
     let decode_tok_s = options.decode as f64 / decode_s.max(1e-9);
     let kv_cache = cache.bytes() as u64;
     drop(cache);
@@ -277,13 +305,16 @@ fn run_one(
             memory,
             prefill_tokens: prompt.len(),
             prefill_s,
+            prefill_cpu_s,
             prefill_tok_s: prompt.len() as f64 / prefill_s.max(1e-9),
             decode_tokens: options.decode,
             decode_s,
+            decode_cpu_s,
             decode_tok_s,
             weight_bytes_per_token: bytes_per_token,
             effective_gb_s: bytes_per_token as f64 * decode_tok_s / 1e9,
             concurrency: None,
+            decode_profile_ms,
         },
         model,
         parameters,

@@ -60,8 +60,13 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Bytes in GB, or MB below one GB (small models).
 fn gb(bytes: u64) -> String {
-    format!("{:.3} GB", bytes as f64 / 1e9)
+    if bytes >= 1_000_000_000 {
+        format!("{:.3} GB", bytes as f64 / 1e9)
+    } else {
+        format!("{:.1} MB", bytes as f64 / 1e6)
+    }
 }
 
 fn print_table(r: &BenchReport) {
@@ -81,7 +86,8 @@ fn print_table(r: &BenchReport) {
         r.warm_up.read_s,
         r.warm_up.read_gb_s
     );
-    let rows: Vec<(&str, Box<dyn Fn(&bench::RunReport) -> String>)> = vec![
+    type Cell = Box<dyn Fn(&bench::RunReport) -> String>;
+    let rows: Vec<(&str, Cell)> = vec![
         ("kernel", Box::new(|x| x.kernel.to_string())),
         (
             "load (open+load+model)",
@@ -115,8 +121,8 @@ fn print_table(r: &BenchReport) {
             "prefill",
             Box::new(|x| {
                 format!(
-                    "{:.2} tok/s ({} tok, {:.2} s)",
-                    x.prefill_tok_s, x.prefill_tokens, x.prefill_s
+                    "{:.2} tok/s ({} tok, {:.2} s, cpu {:.2} s)",
+                    x.prefill_tok_s, x.prefill_tokens, x.prefill_s, x.prefill_cpu_s
                 )
             }),
         ),
@@ -124,8 +130,8 @@ fn print_table(r: &BenchReport) {
             "decode",
             Box::new(|x| {
                 format!(
-                    "{:.2} tok/s ({} tok, {:.2} s)",
-                    x.decode_tok_s, x.decode_tokens, x.decode_s
+                    "{:.2} tok/s ({} tok, {:.2} s, cpu {:.2} s)",
+                    x.decode_tok_s, x.decode_tokens, x.decode_s, x.decode_cpu_s
                 )
             }),
         ),
@@ -148,6 +154,22 @@ fn print_table(r: &BenchReport) {
             }),
         ),
     ];
+    let mut rows: Vec<(String, Cell)> = rows
+        .into_iter()
+        .map(|(label, cell)| (label.to_string(), cell))
+        .collect();
+    let stages = r.runs.first().and_then(|x| x.decode_profile_ms.clone());
+    for (i, (stage, _)) in stages.unwrap_or_default().into_iter().enumerate() {
+        rows.push((
+            format!("  decode {stage} ms/tok"),
+            Box::new(move |x| {
+                x.decode_profile_ms
+                    .as_ref()
+                    .and_then(|p| p.get(i))
+                    .map_or("-".into(), |(_, ms)| format!("{ms:.2}"))
+            }),
+        ));
+    }
     print!("{:<28}", "threads");
     for run in &r.runs {
         print!(" | {:<44}", run.threads);
