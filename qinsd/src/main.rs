@@ -27,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Measure load time, memory, prefill and decode speed of a .qins model.
+    Bench(cmd::bench::Args),
     /// Convert a Hugging Face directory, Hub id or GGUF file to .qins.
     Convert(cmd::convert::Args),
     /// Write a .qins model back out as a Hugging Face directory of decoded f32 weights.
@@ -47,6 +49,7 @@ fn main() -> Result<()> {
         return cmd::serve::run(cli.serve);
     };
     match command {
+        Command::Bench(args) => cmd::bench::run(args),
         Command::Convert(args) => cmd::convert::run(args),
         Command::ExportHf(args) => cmd::export_hf::run(args),
         Command::Fixture(args) => cmd::fixture::run(args),

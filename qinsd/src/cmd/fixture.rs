@@ -1,9 +1,14 @@
 //! `qinsd fixture tiny --arch phi3|llama --out DIR`: writes a deterministic
 //! tiny random-weight model in Hugging Face layout (tests, golden files).
+//! `qinsd fixture phi35 --out FILE`: a random-weight Phi-3.5-mini-shaped
+//! .qins written directly in QINS form (benchmarks).
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
+use qinsd::container::Compression;
+use qinsd::fixtures::phi35::{self, Phi35Spec, write_phi35};
 use qinsd::fixtures::tiny::{DEFAULT_SEED, TinyDtype, TinySpec, write_tiny_model};
 use qinsd::model::Architecture;
 
@@ -32,6 +37,17 @@ enum Kind {
         #[arg(long)]
         out: PathBuf,
     },
+    /// A random-weight model with Phi-3.5-mini's shapes, as .qins (~4.3 GB).
+    Phi35 {
+        /// Output .qins file.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = phi35::DEFAULT_SEED)]
+        seed: u64,
+        /// zstd-code the codes and signs (measures compressed load time).
+        #[arg(long)]
+        compress: bool,
+    },
 }
 
 fn parse_arch(s: &str) -> Result<Architecture, String> {
@@ -39,13 +55,20 @@ fn parse_arch(s: &str) -> Result<Architecture, String> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let Kind::Tiny {
-        arch,
-        seed,
-        sharded,
-        dtype,
-        out,
-    } = args.kind;
+    let (arch, seed, sharded, dtype, out) = match args.kind {
+        Kind::Tiny {
+            arch,
+            seed,
+            sharded,
+            dtype,
+            out,
+        } => (arch, seed, sharded, dtype, out),
+        Kind::Phi35 {
+            out,
+            seed,
+            compress,
+        } => return run_phi35(out, seed, compress),
+    };
     let spec = TinySpec {
         arch,
         seed,
@@ -54,5 +77,24 @@ pub fn run(args: Args) -> Result<()> {
     };
     write_tiny_model(&out, &spec).with_context(|| format!("writing {}", out.display()))?;
     println!("wrote tiny {} model to {}", arch.name(), out.display());
+    Ok(())
+}
+
+fn run_phi35(out: PathBuf, seed: u64, compress: bool) -> Result<()> {
+    let compression = if compress {
+        Compression::Zstd
+    } else {
+        Compression::None
+    };
+    let started = Instant::now();
+    let report = write_phi35(&out, &Phi35Spec::full(seed, compression))
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "wrote {} ({} tensors, {:.2} GB) in {:.1} s",
+        report.path.display(),
+        report.tensors,
+        report.file_bytes as f64 / 1e9,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

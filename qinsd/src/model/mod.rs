@@ -9,6 +9,7 @@ pub mod kv_cache;
 pub mod layers;
 mod llama;
 mod phi3;
+pub mod profile;
 pub mod rope;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +19,7 @@ use thiserror::Error;
 pub use config::{Architecture, ModelConfig};
 pub use kv_cache::KvCache;
 use layers::{Linear, attention, rms_norm, swiglu};
+use profile::Stage;
 use rope::Rope;
 
 use crate::weights::{ResidentWeights, WeightsError};
@@ -155,9 +157,11 @@ impl Model {
                 capacity: cache.capacity(),
             });
         }
-        let mut x = self.embed_tokens(tokens)?;
+        let mut x = profile::time(Stage::Embed, || self.embed_tokens(tokens))?;
         // transformers picks the longrope factors from max(position) + 1.
-        let (cos, sin) = self.rope.tables(start..start + n, start + n);
+        let (cos, sin) = profile::time(Stage::Rope, || {
+            self.rope.tables(start..start + n, start + n)
+        });
         for (index, layer) in self.layers.iter().enumerate() {
             if cancel.load(Ordering::Relaxed) {
                 return Err(ModelError::Cancelled);
@@ -167,8 +171,10 @@ impl Model {
         cache.set_len(start + n);
         let h = c.hidden_size;
         let rows = if all { &x[..] } else { &x[(n - 1) * h..] };
-        let normed = rms_norm(rows, &self.norm, c.rms_norm_eps);
-        self.lm_head.forward(&normed, rows.len() / h)
+        let normed = profile::time(Stage::Norm, || rms_norm(rows, &self.norm, c.rms_norm_eps));
+        profile::time(Stage::LmHead, || {
+            self.lm_head.forward(&normed, rows.len() / h)
+        })
     }
 
     fn embed_tokens(&self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
@@ -197,31 +203,53 @@ impl Model {
     ) -> Result<(), ModelError> {
         let c = &self.config;
         let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let normed = rms_norm(x, &layer.input_norm, c.rms_norm_eps);
-        let Qkv3 { mut q, mut k, v } =
-            project_qkv(&layer.qkv, &normed, n, heads * d, kv_heads * d)?;
-        rope::apply(&mut q, heads, d, cos, sin);
-        rope::apply(&mut k, kv_heads, d, cos, sin);
-        cache.write(index, start, &k, &v);
-        let len = start + n;
-        let attended = attention(&q, heads, d, kv_heads, start, |head| {
-            let (k, v) = cache.head(index, head, len);
-            (k.to_vec(), v.to_vec())
+        let normed = profile::time(Stage::Norm, || {
+            rms_norm(x, &layer.input_norm, c.rms_norm_eps)
+        });
+        let Qkv3 { mut q, mut k, v } = profile::time(Stage::Qkv, || {
+            project_qkv(&layer.qkv, &normed, n, heads * d, kv_heads * d)
         })?;
-        add_assign(x, &layer.o_proj.forward(&attended, n)?);
-        let normed = rms_norm(x, &layer.post_attention_norm, c.rms_norm_eps);
+        profile::time(Stage::Rope, || {
+            rope::apply(&mut q, heads, d, cos, sin);
+            rope::apply(&mut k, kv_heads, d, cos, sin);
+        });
+        let attended = profile::time(Stage::Attention, || {
+            cache.write(index, start, &k, &v);
+            let len = start + n;
+            attention(&q, heads, d, kv_heads, start, |head| {
+                let (k, v) = cache.head(index, head, len);
+                (k.to_vec(), v.to_vec())
+            })
+        })?;
+        add_assign(
+            x,
+            &profile::time(Stage::OProj, || layer.o_proj.forward(&attended, n))?,
+        );
+        let normed = profile::time(Stage::Norm, || {
+            rms_norm(x, &layer.post_attention_norm, c.rms_norm_eps)
+        });
         let activated = match &layer.gate_up {
-            GateUp::Fused(gate_up) => swiglu(&gate_up.forward(&normed, n)?, c.intermediate_size),
+            GateUp::Fused(gate_up) => {
+                let fused = profile::time(Stage::GateUp, || gate_up.forward(&normed, n))?;
+                profile::time(Stage::Swiglu, || swiglu(&fused, c.intermediate_size))
+            }
             GateUp::Separate { gate, up } => {
-                let (g, u) = rayon::join(|| gate.forward(&normed, n), || up.forward(&normed, n));
+                let (g, u) = profile::time(Stage::GateUp, || {
+                    rayon::join(|| gate.forward(&normed, n), || up.forward(&normed, n))
+                });
                 let (g, u) = (g?, u?);
-                swiglu(
-                    &interleave_rows(&g, &u, c.intermediate_size),
-                    c.intermediate_size,
-                )
+                profile::time(Stage::Swiglu, || {
+                    swiglu(
+                        &interleave_rows(&g, &u, c.intermediate_size),
+                        c.intermediate_size,
+                    )
+                })
             }
         };
-        add_assign(x, &layer.down.forward(&activated, n)?);
+        add_assign(
+            x,
+            &profile::time(Stage::Down, || layer.down.forward(&activated, n))?,
+        );
         Ok(())
     }
 }

@@ -1,0 +1,478 @@
+//! `qinsd bench`: load time, memory, prefill and decode speed of a .qins
+//! model, per thread count, with the weight traffic that bounds decode.
+//!
+//! Decode of one token reads every weight matrix once (codes and sign bits;
+//! the embedding is a single-row lookup), so `bytes/token x tokens/s` is the
+//! memory bandwidth the decode loop sustains; comparing it with the machine's
+//! read bandwidth says how far the kernels are from the memory bound.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::container::{ContainerError, QinsFile};
+use crate::kernels::selected_kernel;
+use crate::model::{KvCache, Model, ModelConfig, ModelError, profile};
+use crate::rng::SplitMix64;
+use crate::weights::{ResidentBytes, ResidentWeights, Weight};
+
+const EMBEDDING: &str = "model.embed_tokens.weight";
+
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build a pool of {threads} threads: {message}")]
+    Pool { threads: usize, message: String },
+    #[error("a benchmark thread panicked")]
+    Panicked,
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub threads: Vec<usize>,
+    /// Prompt tokens (random ids) run as one prefill.
+    pub prompt: usize,
+    /// Greedy decode steps after the prompt.
+    pub decode: usize,
+    /// Concurrent sequences for the aggregate-throughput figure (1: skip).
+    pub batch: usize,
+    /// Decode steps of each sequence in the concurrency figure.
+    pub batch_decode: usize,
+    /// Prompt tokens of each sequence in the concurrency figure.
+    pub batch_prompt: usize,
+    pub seed: u64,
+}
+
+/// The page cache state loads were measured in.
+#[derive(Clone, Debug, Serialize)]
+pub struct WarmUp {
+    pub file_bytes: u64,
+    /// A full sequential read of the file before the first load, so every
+    /// load below is from the page cache.
+    pub read_s: f64,
+    pub read_gb_s: f64,
+}
+
+/// Memory of one run, bytes.
+#[derive(Clone, Debug, Serialize)]
+pub struct Memory {
+    pub codes: u64,
+    pub signs: u64,
+    /// Ranges and f32 tensors.
+    pub other: u64,
+    pub resident: u64,
+    pub kv_cache: u64,
+    /// VmHWM after the run (reset before it); mapped file pages count.
+    pub peak_rss: Option<u64>,
+    /// resident + kv_cache + 300 MB: the target peak.
+    pub peak_rss_budget: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Concurrency {
+    pub sequences: usize,
+    pub prompt_tokens: usize,
+    pub decode_steps: usize,
+    /// One sequence alone, same prompt length and steps.
+    pub single_tok_s: f64,
+    /// All sequences decoding at once (each its own thread and KvCache,
+    /// sharing the pool): total tokens / wall time.
+    pub aggregate_tok_s: f64,
+    pub speedup: f64,
+}
+
+/// Everything measured at one thread count.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub threads: usize,
+    pub kernel: &'static str,
+    pub open_s: f64,
+    pub load_weights_s: f64,
+    pub model_s: f64,
+    /// open + load + Model::load.
+    pub load_s: f64,
+    pub memory: Memory,
+    pub prefill_tokens: usize,
+    pub prefill_s: f64,
+    /// CPU seconds of the whole process during the prefill: on a shared
+    /// machine, wall time far above cpu_s / threads means the run was
+    /// starved by other processes.
+    pub prefill_cpu_s: f64,
+    pub prefill_tok_s: f64,
+    pub decode_tokens: usize,
+    pub decode_s: f64,
+    pub decode_cpu_s: f64,
+    pub decode_tok_s: f64,
+    /// Codes + signs of every matrix one decode step reads (not the embedding).
+    pub weight_bytes_per_token: u64,
+    /// weight_bytes_per_token x decode_tok_s.
+    pub effective_gb_s: f64,
+    pub concurrency: Option<Concurrency>,
+    /// Milliseconds per decoded token by stage (with `QINS_PROFILE=1`).
+    pub decode_profile_ms: Option<Vec<(String, f64)>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub model: PathBuf,
+    pub compressed: bool,
+    pub parameters: u64,
+    pub warm_up: WarmUp,
+    pub runs: Vec<RunReport>,
+}
+
+/// Weight bytes one decode step reads: codes and sign bits of every matrix
+/// it multiplies by, including the head. The embedding counts only when it
+/// doubles as the head (tied); otherwise decode reads one row of it.
+/// Dense f32 matrices (reference models) count 4 bytes a weight.
+pub fn decode_weight_bytes(weights: &ResidentWeights, config: &ModelConfig) -> u64 {
+    config
+        .expected_tensors()
+        .iter()
+        .filter(|(name, shape)| {
+            shape.len() == 2 && (name != EMBEDDING || config.tie_word_embeddings)
+        })
+        .filter_map(|(name, _)| match weights.get(name)? {
+            Weight::Qins(m) => Some((m.code_bytes() + m.sign_bytes()) as u64),
+            Weight::F32(t) => Some(t.data.len() as u64 * 4),
+        })
+        .sum()
+}
+
+/// Peak resident set size of this process (VmHWM), Linux only.
+pub fn peak_rss() -> Option<u64> {
+    proc_status_kib("VmHWM:").map(|kib| kib * 1024)
+}
+
+/// Resets the peak resident set size to the current one (Linux >= 4.0);
+/// false where that is not possible.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Reads the whole file once so later loads find it in the page cache.
+pub fn warm_page_cache(path: &Path) -> Result<WarmUp, BenchError> {
+    let io = |source| BenchError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let started = Instant::now();
+    let mut file = File::open(path).map_err(io)?;
+    let mut buffer = vec![0u8; 8 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buffer).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    let read_s = started.elapsed().as_secs_f64();
+    Ok(WarmUp {
+        file_bytes: total,
+        read_s,
+        read_gb_s: total as f64 / read_s.max(1e-9) / 1e9,
+    })
+}
+
+/// Runs the whole benchmark: a page-cache warm-up, then one run per thread
+/// count, each in its own rayon pool and with a freshly loaded model.
+pub fn run(path: &Path, options: &BenchOptions) -> Result<BenchReport, BenchError> {
+    let warm_up = warm_page_cache(path)?;
+    let mut runs = Vec::new();
+    let mut parameters = 0;
+    let mut compressed = false;
+    for &threads in &options.threads {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| BenchError::Pool {
+                threads,
+                message: e.to_string(),
+            })?;
+        let (mut report, model, params, zstd) = pool.install(|| run_one(path, options, threads))?;
+        // From this (non-pool) thread: the sequences block on the pool, and
+        // a pool worker waiting for them could deadlock a 1-thread pool.
+        if options.batch > 1 {
+            report.concurrency = Some(concurrency(&model, options, &pool)?);
+            report.memory.peak_rss = peak_rss();
+        }
+        drop(model);
+        parameters = params;
+        compressed = zstd;
+        runs.push(report);
+    }
+    Ok(BenchReport {
+        model: path.to_path_buf(),
+        compressed,
+        parameters,
+        warm_up,
+        runs,
+    })
+}
+
+fn run_one(
+    path: &Path,
+    options: &BenchOptions,
+    threads: usize,
+) -> Result<(RunReport, Model, u64, bool), BenchError> {
+    reset_peak_rss();
+    let started = Instant::now();
+    let file = QinsFile::open(path)?;
+    let opened = started.elapsed();
+    let weights = file.load()?;
+    let loaded = started.elapsed();
+    let resident = weights.resident_bytes();
+    let bytes_per_token = decode_weight_bytes(&weights, &file.header.config);
+    let model = Model::load(&file.header.config, weights)?;
+    let load_s = started.elapsed().as_secs_f64();
+    let compressed = file.header.compression != crate::container::Compression::None;
+
+    let vocab = model.config().vocab_size as u64;
+    let mut rng = SplitMix64::new(options.seed);
+    let prompt: Vec<u32> = (0..options.prompt.max(1))
+        .map(|_| (rng.next_u64() % vocab) as u32)
+        .collect();
+    let mut cache = model.new_cache(prompt.len() + options.decode + 1);
+    let cancel = AtomicBool::new(false);
+    let (t, cpu) = (Instant::now(), cpu_seconds());
+    let logits = model.forward(&prompt, &mut cache, &cancel)?;
+    let prefill_s = t.elapsed().as_secs_f64();
+    let prefill_cpu_s = cpu_seconds() - cpu;
+    profile::reset();
+    let (t, cpu) = (Instant::now(), cpu_seconds());
+    decode(&model, &mut cache, logits, options.decode, &cancel)?;
+    let decode_s = t.elapsed().as_secs_f64();
+    let decode_cpu_s = cpu_seconds() - cpu;
+    let per_token_ms = 1e3 / options.decode.max(1) as f64;
+    let decode_profile_ms = profile::enabled().then(|| {
+        profile::snapshot()
+            .into_iter()
+            .map(|(stage, s)| (stage.to_string(), s * per_token_ms))
+            .collect()
+    });
+    let decode_tok_s = options.decode as f64 / decode_s.max(1e-9);
+    let kv_cache = cache.bytes() as u64;
+    drop(cache);
+
+    let memory = memory(resident, kv_cache);
+    let parameters = resident.parameters;
+    Ok((
+        RunReport {
+            threads,
+            kernel: selected_kernel().name(),
+            open_s: opened.as_secs_f64(),
+            load_weights_s: (loaded - opened).as_secs_f64(),
+            model_s: load_s - loaded.as_secs_f64(),
+            load_s,
+            memory,
+            prefill_tokens: prompt.len(),
+            prefill_s,
+            prefill_cpu_s,
+            prefill_tok_s: prompt.len() as f64 / prefill_s.max(1e-9),
+            decode_tokens: options.decode,
+            decode_s,
+            decode_cpu_s,
+            decode_tok_s,
+            weight_bytes_per_token: bytes_per_token,
+            effective_gb_s: bytes_per_token as f64 * decode_tok_s / 1e9,
+            concurrency: None,
+            decode_profile_ms,
+        },
+        model,
+        parameters,
+        compressed,
+    ))
+}
+
+fn memory(resident: ResidentBytes, kv_cache: u64) -> Memory {
+    Memory {
+        codes: resident.codes,
+        signs: resident.signs,
+        other: resident.other,
+        resident: resident.total(),
+        kv_cache,
+        peak_rss: peak_rss(),
+        peak_rss_budget: resident.total() + kv_cache + 300_000_000,
+    }
+}
+
+/// `steps` greedy decode steps starting from the logits of the prompt.
+fn decode(
+    model: &Model,
+    cache: &mut KvCache,
+    mut logits: Vec<f32>,
+    steps: usize,
+    cancel: &AtomicBool,
+) -> Result<(), ModelError> {
+    for _ in 0..steps {
+        let next = argmax(&logits);
+        logits = model.forward(&[next], cache, cancel)?;
+    }
+    Ok(())
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    logits
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
+        .0 as u32
+}
+
+/// Aggregate decode throughput of `options.batch` sequences decoding at
+/// once vs one alone. There is no batched forward: each sequence is its own
+/// OS thread with its own cache, and their matmuls share the pool.
+fn concurrency(
+    model: &Model,
+    options: &BenchOptions,
+    pool: &rayon::ThreadPool,
+) -> Result<Concurrency, BenchError> {
+    let steps = options.batch_decode.max(1);
+    let prompt_len = options.batch_prompt.max(1);
+    let sequence = |seed: u64| -> Result<f64, ModelError> {
+        let vocab = model.config().vocab_size as u64;
+        let mut rng = SplitMix64::new(seed);
+        let prompt: Vec<u32> = (0..prompt_len)
+            .map(|_| (rng.next_u64() % vocab) as u32)
+            .collect();
+        let cancel = AtomicBool::new(false);
+        let mut cache = model.new_cache(prompt_len + steps + 1);
+        let logits = model.forward(&prompt, &mut cache, &cancel)?;
+        let t = Instant::now();
+        decode(model, &mut cache, logits, steps, &cancel)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let single_s = pool.install(|| sequence(options.seed ^ 1))?;
+    // Each sequence times its own decode (after its own prefill); the
+    // aggregate uses the slowest, which covers the whole overlap.
+    let times: Vec<std::thread::Result<Result<f64, ModelError>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..options.batch)
+            .map(|i| {
+                let sequence = &sequence;
+                scope.spawn(move || pool.install(|| sequence(options.seed ^ (i as u64 + 2))))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect()
+    });
+    let mut slowest: f64 = 0.0;
+    for time in times {
+        slowest = slowest.max(time.map_err(|_| BenchError::Panicked)??);
+    }
+    let single_tok_s = steps as f64 / single_s.max(1e-9);
+    let aggregate_tok_s = (options.batch * steps) as f64 / slowest.max(1e-9);
+    Ok(Concurrency {
+        sequences: options.batch,
+        prompt_tokens: prompt_len,
+        decode_steps: steps,
+        single_tok_s,
+        aggregate_tok_s,
+        speedup: aggregate_tok_s / single_tok_s.max(1e-9),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::sign_row_bytes;
+    use crate::fixtures::phi35::{Phi35Spec, write_phi35};
+
+    #[test]
+    fn bytes_per_token_is_every_matrix_but_the_embedding() {
+        let dir = std::env::temp_dir().join(format!("qins-bench-bytes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tiny.qins");
+        let spec = Phi35Spec::scaled(3, 64, 4, 96, 2, 384);
+        write_phi35(&path, &spec).unwrap();
+        let file = QinsFile::open(&path).unwrap();
+        let mut weights = file.load().unwrap();
+        let mut config = file.header.config.clone();
+        // Independently from the shapes: rows x cols codes plus byte-padded
+        // sign rows, for each matrix except the embedding.
+        let expected: u64 = config
+            .expected_tensors()
+            .iter()
+            .filter(|(name, shape)| shape.len() == 2 && name != EMBEDDING)
+            .map(|(_, s)| (s[0] * s[1] + s[0] * sign_row_bytes(s[1])) as u64)
+            .sum();
+        assert_eq!(decode_weight_bytes(&weights, &config), expected);
+        let matrices: u64 = weights
+            .names()
+            .filter(|&n| n != EMBEDDING)
+            .filter_map(|n| match weights.get(n) {
+                Some(Weight::Qins(m)) => Some((m.code_bytes() + m.sign_bytes()) as u64),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(matrices, expected);
+        // Tied: the embedding is the head, read whole each step.
+        weights.take_matrix("lm_head.weight", 384, 64).unwrap();
+        config.tie_word_embeddings = true;
+        assert_eq!(decode_weight_bytes(&weights, &config), expected);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bench_runs_on_a_small_model() {
+        let dir = std::env::temp_dir().join(format!("qins-bench-run-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("small.qins");
+        write_phi35(&path, &Phi35Spec::scaled(4, 64, 4, 96, 2, 384)).unwrap();
+        let options = BenchOptions {
+            threads: vec![1, 2],
+            prompt: 8,
+            decode: 4,
+            batch: 2,
+            batch_decode: 3,
+            batch_prompt: 4,
+            seed: 1,
+        };
+        let report = run(&path, &options).unwrap();
+        assert_eq!(report.runs.len(), 2);
+        for r in &report.runs {
+            assert!(r.decode_tok_s > 0.0 && r.prefill_tok_s > 0.0);
+            assert_eq!(r.memory.kv_cache, 2 * 2 * 64 * 13 * 4);
+            assert_eq!(r.concurrency.as_ref().unwrap().sequences, 2);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,185 @@
+//! `qinsd bench MODEL.qins [--threads 1,2] [--prompt 512] [--decode 128]
+//! [--batch 2] [--json]`: load time, memory, prefill and decode speed.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use qinsd::bench::{self, BenchOptions, BenchReport};
+
+#[derive(clap::Args)]
+pub struct Args {
+    pub model: PathBuf,
+    /// Thread counts to measure, comma-separated (one rayon pool each).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads: Vec<usize>,
+    /// Prompt tokens (random ids) in the prefill.
+    #[arg(long, default_value_t = 512)]
+    pub prompt: usize,
+    /// Greedy decode steps after the prompt.
+    #[arg(long, default_value_t = 128)]
+    pub decode: usize,
+    /// Sequences decoding concurrently for the aggregate-throughput figure
+    /// (1 skips it).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Decode steps per sequence in the concurrency figure.
+    #[arg(long, default_value_t = 32)]
+    pub batch_decode: usize,
+    /// Prompt tokens per sequence in the concurrency figure.
+    #[arg(long, default_value_t = 32)]
+    pub batch_prompt: usize,
+    /// Seed of the random prompt ids.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    anyhow::ensure!(
+        !args.threads.is_empty() && args.threads.iter().all(|&t| t > 0),
+        "--threads needs positive counts, e.g. 1,2"
+    );
+    let options = BenchOptions {
+        threads: args.threads,
+        prompt: args.prompt,
+        decode: args.decode,
+        batch: args.batch,
+        batch_decode: args.batch_decode,
+        batch_prompt: args.batch_prompt,
+        seed: args.seed,
+    };
+    let report = bench::run(&args.model, &options)
+        .with_context(|| format!("benchmarking {}", args.model.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+/// Bytes in GB, or MB below one GB (small models).
+fn gb(bytes: u64) -> String {
+    if bytes >= 1_000_000_000 {
+        format!("{:.3} GB", bytes as f64 / 1e9)
+    } else {
+        format!("{:.1} MB", bytes as f64 / 1e6)
+    }
+}
+
+fn print_table(r: &BenchReport) {
+    println!(
+        "model {} ({:.2}B parameters, {})",
+        r.model.display(),
+        r.parameters as f64 / 1e9,
+        if r.compressed {
+            "zstd-compressed"
+        } else {
+            "uncompressed"
+        }
+    );
+    println!(
+        "page cache: warmed by reading all {} in {:.2} s ({:.2} GB/s) before the first load",
+        gb(r.warm_up.file_bytes),
+        r.warm_up.read_s,
+        r.warm_up.read_gb_s
+    );
+    type Cell = Box<dyn Fn(&bench::RunReport) -> String>;
+    let rows: Vec<(&str, Cell)> = vec![
+        ("kernel", Box::new(|x| x.kernel.to_string())),
+        (
+            "load (open+load+model)",
+            Box::new(|x| {
+                format!(
+                    "{:.2} s ({:.2}+{:.2}+{:.2})",
+                    x.load_s, x.open_s, x.load_weights_s, x.model_s
+                )
+            }),
+        ),
+        (
+            "resident codes/signs/other",
+            Box::new(|x| {
+                format!(
+                    "{} / {} / {}",
+                    gb(x.memory.codes),
+                    gb(x.memory.signs),
+                    gb(x.memory.other)
+                )
+            }),
+        ),
+        ("kv cache", Box::new(|x| gb(x.memory.kv_cache))),
+        (
+            "peak RSS (budget)",
+            Box::new(|x| {
+                let peak = x.memory.peak_rss.map_or("n/a".into(), gb);
+                format!("{peak} ({})", gb(x.memory.peak_rss_budget))
+            }),
+        ),
+        (
+            "prefill",
+            Box::new(|x| {
+                format!(
+                    "{:.2} tok/s ({} tok, {:.2} s, cpu {:.2} s)",
+                    x.prefill_tok_s, x.prefill_tokens, x.prefill_s, x.prefill_cpu_s
+                )
+            }),
+        ),
+        (
+            "decode",
+            Box::new(|x| {
+                format!(
+                    "{:.2} tok/s ({} tok, {:.2} s, cpu {:.2} s)",
+                    x.decode_tok_s, x.decode_tokens, x.decode_s, x.decode_cpu_s
+                )
+            }),
+        ),
+        (
+            "weight bytes/token",
+            Box::new(|x| gb(x.weight_bytes_per_token)),
+        ),
+        (
+            "effective bandwidth",
+            Box::new(|x| format!("{:.2} GB/s", x.effective_gb_s)),
+        ),
+        (
+            "concurrent decode",
+            Box::new(|x| match &x.concurrency {
+                Some(c) => format!(
+                    "{} seqs {:.2} tok/s vs 1 seq {:.2} = {:.2}x",
+                    c.sequences, c.aggregate_tok_s, c.single_tok_s, c.speedup
+                ),
+                None => "-".into(),
+            }),
+        ),
+    ];
+    let mut rows: Vec<(String, Cell)> = rows
+        .into_iter()
+        .map(|(label, cell)| (label.to_string(), cell))
+        .collect();
+    let stages = r.runs.first().and_then(|x| x.decode_profile_ms.clone());
+    for (i, (stage, _)) in stages.unwrap_or_default().into_iter().enumerate() {
+        rows.push((
+            format!("  decode {stage} ms/tok"),
+            Box::new(move |x| {
+                x.decode_profile_ms
+                    .as_ref()
+                    .and_then(|p| p.get(i))
+                    .map_or("-".into(), |(_, ms)| format!("{ms:.2}"))
+            }),
+        ));
+    }
+    print!("{:<28}", "threads");
+    for run in &r.runs {
+        print!(" | {:<44}", run.threads);
+    }
+    println!();
+    for (label, cell) in &rows {
+        print!("{label:<28}");
+        for run in &r.runs {
+            print!(" | {:<44}", cell(run));
+        }
+        println!();
+    }
+}
