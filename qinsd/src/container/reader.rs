@@ -191,6 +191,7 @@ impl QinsFile {
                             ),
                         }
                     })?;
+                self.release(start, stored.len());
                 if raw.len() as u64 != section.raw_len {
                     return Err(ContainerError::Corrupt {
                         path: self.path.clone(),
@@ -206,6 +207,24 @@ impl QinsFile {
             }
         }
     }
+
+    /// Drops a decoded section's compressed pages from this process's
+    /// resident set: they are never read again, and keeping them would
+    /// double the memory of a compressed model while it loads (the pages stay
+    /// in the page cache). Failure only costs memory, so it is ignored.
+    #[cfg(unix)]
+    fn release(&self, start: usize, len: usize) {
+        // SAFETY: the map is a read-only file mapping; MADV_DONTNEED only
+        // drops its pages, and any later access (a neighbouring section on a
+        // shared page) faults them back in from the file unchanged.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+        };
+    }
+
+    #[cfg(not(unix))]
+    fn release(&self, _start: usize, _len: usize) {}
 
     fn invalid(&self, reason: String) -> ContainerError {
         ContainerError::Invalid {
