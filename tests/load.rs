@@ -87,7 +87,7 @@ fn open_fds(pid: i32) -> usize {
 async fn five_hundred_turns_keep_memory_and_descriptors_flat() {
     // A small context keeps each K/V cache small, so the allocator reuses
     // them instead of mapping and unmapping megabytes (RSS steps, not leaks).
-    let daemon = Daemon::start(&["--max-sessions", "4", "--context", "256"]).await;
+    let daemon = Daemon::start(&["--max-sessions", "4"]).await;
     let pid = daemon.pid();
     let mut client = daemon.client().await;
     let mut samples = Vec::new();

@@ -131,6 +131,10 @@ pub struct Scheduler {
     /// Bumped on every load/unload: sessions of an older model are stale.
     model_epoch: AtomicU64,
     sessions: Mutex<HashMap<String, StoredSession>>,
+    /// Caches of finished requests without a session id, reused by the next
+    /// ones (at most one per slot): allocating a context-sized cache per
+    /// request made RSS jump in cache-sized steps.
+    spare: Mutex<Vec<StoredSession>>,
     slots: Arc<Semaphore>,
     active: AtomicUsize,
     queued: AtomicUsize,
@@ -152,6 +156,7 @@ impl Scheduler {
             model: RwLock::new(None),
             model_epoch: AtomicU64::new(0),
             sessions: Mutex::new(HashMap::new()),
+            spare: Mutex::new(Vec::new()),
             active: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             running: Mutex::new(HashMap::new()),
@@ -185,6 +190,7 @@ impl Scheduler {
         let mut slot = self.model.write().unwrap_or_else(PoisonError::into_inner);
         self.model_epoch.fetch_add(1, Ordering::SeqCst);
         self.lock_sessions().clear();
+        self.lock_spare().clear();
         std::mem::replace(&mut *slot, model)
     }
 
@@ -277,8 +283,9 @@ impl Scheduler {
             on_event,
         );
         self.lock_running().remove(&run_id);
-        if let Some(id) = &chat.session_id {
-            self.store_session(id.clone(), session, chat.model_epoch);
+        match &chat.session_id {
+            Some(id) => self.store_session(id.clone(), session, chat.model_epoch),
+            None => self.keep_spare(session, chat.model_epoch),
         }
         let finished = result?;
         self.record(&finished);
@@ -299,6 +306,7 @@ impl Scheduler {
         let kv_cache_bytes = self
             .lock_sessions()
             .values()
+            .chain(self.lock_spare().iter())
             .map(|s| s.session.cache().bytes() as u64)
             .sum();
         Counters {
@@ -322,9 +330,29 @@ impl Scheduler {
             .as_ref()
             .and_then(|id| self.lock_sessions().remove(id))
             .filter(|s| s.model_epoch == chat.model_epoch);
-        match stored {
-            Some(stored) => stored.session,
+        if let Some(stored) = stored {
+            return stored.session;
+        }
+        let spare = self.lock_spare().pop();
+        match spare.filter(|s| s.model_epoch == chat.model_epoch) {
+            Some(mut spare) => {
+                spare.session.reset();
+                spare.session
+            }
             None => Session::new(chat.model.model(), self.config.context),
+        }
+    }
+
+    fn keep_spare(&self, session: Session<Model>, model_epoch: u64) {
+        let mut spare = self.lock_spare();
+        if spare.len() < self.config.max_active
+            && model_epoch == self.model_epoch.load(Ordering::SeqCst)
+        {
+            spare.push(StoredSession {
+                session,
+                model_epoch,
+                last_used: Instant::now(),
+            });
         }
     }
 
@@ -338,10 +366,11 @@ impl Scheduler {
                 .iter()
                 .min_by_key(|(_, s)| s.last_used)
                 .map(|(k, _)| k.clone());
-            match oldest {
-                Some(key) => sessions.remove(&key),
-                None => break,
+            let Some(evicted) = oldest.and_then(|key| sessions.remove(&key)) else {
+                break;
             };
+            // Its cache serves the next new conversation instead of a fresh one.
+            self.keep_spare(evicted.session, evicted.model_epoch);
         }
         sessions.insert(
             id,
@@ -370,6 +399,10 @@ impl Scheduler {
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, StoredSession>> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_spare(&self) -> std::sync::MutexGuard<'_, Vec<StoredSession>> {
+        self.spare.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicBool>>> {
