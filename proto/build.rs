@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=qins.proto");
     tonic_prost_build::configure()
+        // Clients print Stats as JSON with the proto's field names.
+        .type_attribute("qins.v1.StatsReply", "#[derive(serde::Serialize)]")
         .file_descriptor_set_path(out_dir.join("qins_descriptor.bin"))
         .compile_protos(&["qins.proto"], &["."])?;
     Ok(())

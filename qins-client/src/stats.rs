@@ -12,7 +12,8 @@ pub async fn run(socket: &Path, json: bool) -> Result<()> {
     let mut client = connect::client(socket).await?;
     let stats = fetch(&mut client).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&stats))?);
+        // The raw fields, named as in the proto, for scripts.
+        println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
         print!("{}", table(&stats));
     }
@@ -21,34 +22,6 @@ pub async fn run(socket: &Path, json: bool) -> Result<()> {
 
 pub async fn fetch(client: &mut Client) -> Result<StatsReply> {
     Ok(client.stats(StatsRequest {}).await?.into_inner())
-}
-
-/// The raw fields, named as in the proto, for scripts.
-fn to_json(s: &StatsReply) -> serde_json::Value {
-    serde_json::json!({
-        "version": s.version,
-        "process_rss_bytes": s.process_rss_bytes,
-        "model_code_bytes": s.model_code_bytes,
-        "model_sign_bytes": s.model_sign_bytes,
-        "model_other_bytes": s.model_other_bytes,
-        "model_parameters": s.model_parameters,
-        "bf16_equivalent_bytes": s.bf16_equivalent_bytes,
-        "f32_equivalent_bytes": s.f32_equivalent_bytes,
-        "compression_vs_f32": s.compression_vs_f32,
-        "device": s.device,
-        "threads": s.threads,
-        "model": s.model,
-        "architecture": s.architecture,
-        "context_limit": s.context_limit,
-        "uptime_seconds": s.uptime_seconds,
-        "requests_served": s.requests_served,
-        "tokens_generated": s.tokens_generated,
-        "last_tokens_per_second": s.last_tokens_per_second,
-        "average_tokens_per_second": s.average_tokens_per_second,
-        "active_requests": s.active_requests,
-        "queued_requests": s.queued_requests,
-        "kv_cache_bytes": s.kv_cache_bytes,
-    })
 }
 
 /// Two aligned columns, grouped by topic.
@@ -149,6 +122,9 @@ mod tests {
         assert!(t.contains("135M"));
         let none = table(&StatsReply::default());
         assert!(none.contains("(none loaded)") && !none.contains("as bf16"));
-        assert_eq!(to_json(&s)["model_code_bytes"], 134_000_000);
+        assert_eq!(
+            serde_json::to_value(&s).unwrap()["model_code_bytes"],
+            134_000_000
+        );
     }
 }
