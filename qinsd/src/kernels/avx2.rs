@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{NibbleTables, RowJob};
+use super::{NibbleTables, RowJob, padded};
 
 /// Weights decoded per block for a batch (a multiple of 32).
 const BLOCK: usize = 512;
@@ -114,14 +114,6 @@ impl Decoder {
             self.decode8(&parts[3], signs[3]),
         ]
     }
-}
-
-/// Zero-padded copy of a row's last partial group: padded codes are 0, so
-/// they decode to 0 and add nothing.
-fn padded<T: Copy + Default, const N: usize>(tail: &[T]) -> [T; N] {
-    let mut out = [T::default(); N];
-    out[..tail.len()].copy_from_slice(tail);
-    out
 }
 
 /// `Σ w[c] * x[c]` over one weight row, decoding as it goes (no buffer).

@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{NibbleTables, RowJob};
+use super::{NibbleTables, RowJob, padded};
 
 /// Weights decoded per block for a batch: 2 KiB, which stays in L1 while
 /// every input row is dotted with it. A multiple of 64.
@@ -115,14 +115,6 @@ impl Decoder {
             self.decode16(&parts[3], n3, z3),
         ]
     }
-}
-
-/// Zero-padded copies of a row's last partial 64 codes, signs and inputs:
-/// padded codes are 0, so they decode to 0 and add nothing.
-fn padded<T: Copy + Default, const N: usize>(tail: &[T]) -> [T; N] {
-    let mut out = [T::default(); N];
-    out[..tail.len()].copy_from_slice(tail);
-    out
 }
 
 /// `Σ w[c] * x[c]` over one weight row, decoding as it goes (no buffer).

@@ -285,6 +285,15 @@ pub fn qins_matmul_with(kernel: RowKernel, x: &[f32], n: usize, w: &QinsMatrix, 
         });
 }
 
+/// Zero-padded copy of a row's last partial SIMD group (codes, signs or
+/// inputs): padded codes are 0, so they decode to 0 and add nothing.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn padded<T: Copy + Default, const N: usize>(tail: &[T]) -> [T; N] {
+    let mut out = [T::default(); N];
+    out[..tail.len()].copy_from_slice(tail);
+    out
+}
+
 /// The output of [`qins_matmul_with`] shared by its rayon tasks.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
