@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status};
 
-use super::{EventStream, status};
+use super::{EventStream, cancel_when_dropped, status};
 use crate::engine::{ChatMessage, FinishReason, Finished, GenerationEvent, RequestOptions};
 use crate::scheduler::Scheduler;
 
@@ -75,18 +75,6 @@ pub async fn chat(
         watcher.abort();
     });
     Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-}
-
-/// Raises `cancel` once the receiving end of `tx` is dropped (the client
-/// went away), even while the generation is in a long prefill.
-fn cancel_when_dropped(
-    tx: mpsc::Sender<Result<ChatEvent, Status>>,
-    cancel: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        tx.closed().await;
-        cancel.store(true, Ordering::SeqCst);
-    })
 }
 
 /// The request's messages and options, with every field range-checked.

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use qins_proto::v1::{
     ConvertDone, ConvertEvent, ConvertRequest, ConvertStarted, DownloadProgress, QualityReport,
@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status};
 
 use super::models::same_file;
-use super::{EventStream, QinsService, status};
+use super::{EventStream, QinsService, cancel_when_dropped, status};
 use crate::codec::{DEFAULT_CLIP_QUANTILE, EncodeOptions, Granularity};
 use crate::container::Compression;
 use crate::convert::{self, ConvertEvent as Progress, ConvertOptions, ConvertSummary};
@@ -39,13 +39,7 @@ pub async fn convert(
     let claim = OutputClaim::take(&service.converting, &output)?;
     let (tx, rx) = mpsc::channel(64);
     let cancel = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (tx, cancel) = (tx.clone(), Arc::clone(&cancel));
-        tokio::spawn(async move {
-            tx.closed().await;
-            cancel.store(true, Ordering::SeqCst);
-        })
-    };
+    let watcher = cancel_when_dropped(tx.clone(), Arc::clone(&cancel));
     tokio::task::spawn_blocking(move || {
         let _claim = claim;
         let send = |event: convert_event::Event| {

@@ -28,6 +28,18 @@ pub use qins_proto::v1::qins_server::QinsServer;
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Raises `cancel` once the receiving end of `tx` is dropped (the client went
+/// away), even while the work sends nothing (a long prefill, a big tensor).
+fn cancel_when_dropped<T: Send + 'static>(
+    tx: tokio::sync::mpsc::Sender<T>,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tx.closed().await;
+        cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+    })
+}
+
 /// What `Stats` reports about the process besides the scheduler's counters.
 #[derive(Clone, Debug)]
 pub struct DaemonInfo {
