@@ -625,11 +625,17 @@ async fn sigkill_during_convert_leaves_no_output_and_the_temp_file_is_removed_on
 
 #[tokio::test]
 async fn a_killed_client_frees_its_slot() {
-    let daemon = Daemon::start(&[]).await;
+    // The random tiny model often ends a short reply within ~250 tokens
+    // (a few hundred ms), so the request is made long by construction: a
+    // ~2800-token prompt (about 0.5 s of prefill here) in a 4096 context,
+    // then a greedy reply that runs to the context limit (about 2 s more).
+    let daemon = Daemon::start(&["--context", "4096"]).await;
+    let long_prompt = "word ".repeat(700);
     let mut client = std::process::Command::new(binary("qins"))
         .arg("--socket")
         .arg(&daemon.socket)
-        .args(["ask", "--max-tokens", "3000", "Tell me everything."])
+        .args(["ask", "--temperature", "0", "--max-tokens", "4000"])
+        .arg(&long_prompt)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("qins starts");
