@@ -9,15 +9,20 @@
 //! Every kernel decodes with exactly this product (code 0 forced to 0), so
 //! kernels differ only in the order they sum.
 //!
-//! The driver here owns the threading (rayon over output rows), the tables
-//! and the output layout; a [`RowKernel`] computes the dot products of one
-//! weight row with a batch of input rows. [`scalar`] is the portable
-//! reference; SIMD kernels are picked at run time by [`row_kernel`].
+//! The f32 kernels share the driver here, which owns the threading (rayon
+//! over output rows), the tables and the output layout; a [`RowKernel`]
+//! computes the dot products of one weight row with a batch of input rows.
+//! [`scalar`] is the portable reference. [`avx512bf16`] has its own driver:
+//! it rounds weights and inputs to bf16 and, for several input rows, runs a
+//! register-blocked micro-kernel over decoded rows. The kernel is picked at
+//! run time by [`selected_kernel`].
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512bf16;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 pub mod scalar;
@@ -114,9 +119,11 @@ pub struct RowJob<'a> {
 /// every input row `t` (`out.len()` is the number of input rows).
 pub type RowKernel = fn(job: &RowJob<'_>, out: &mut [f32]);
 
-/// The row kernels this crate has, best first.
+/// The kernels this crate has, best first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelKind {
+    /// bf16 products (`vdpbf16ps`) of bf16-rounded weights and inputs.
+    Avx512Bf16,
     Avx512,
     Avx2,
     Neon,
@@ -124,7 +131,8 @@ pub enum KernelKind {
 }
 
 impl KernelKind {
-    pub const ALL: [KernelKind; 4] = [
+    pub const ALL: [KernelKind; 5] = [
+        KernelKind::Avx512Bf16,
         KernelKind::Avx512,
         KernelKind::Avx2,
         KernelKind::Neon,
@@ -134,6 +142,7 @@ impl KernelKind {
     /// The name `QINS_KERNEL` takes.
     pub fn name(self) -> &'static str {
         match self {
+            KernelKind::Avx512Bf16 => "avx512-bf16",
             KernelKind::Avx512 => "avx512",
             KernelKind::Avx2 => "avx2",
             KernelKind::Neon => "neon",
@@ -145,7 +154,23 @@ impl KernelKind {
         Self::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// The kernel, if this build and this CPU can run it.
+    /// Whether this build and this CPU can run the kernel.
+    pub fn is_available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx512Bf16 => avx512bf16::is_available(),
+            _ => self.row_kernel().is_some(),
+        }
+    }
+
+    /// Whether the kernel rounds weights and inputs to bf16 before they
+    /// multiply (the others multiply the f32 decode of every weight).
+    pub fn rounds_to_bf16(self) -> bool {
+        self == KernelKind::Avx512Bf16
+    }
+
+    /// The f32 row kernel of the shared driver, if this is one and this
+    /// build and CPU can run it.
     pub fn row_kernel(self) -> Option<RowKernel> {
         match self {
             #[cfg(target_arch = "x86_64")]
@@ -164,7 +189,7 @@ impl KernelKind {
 pub fn available_kernels() -> Vec<KernelKind> {
     KernelKind::ALL
         .into_iter()
-        .filter(|k| k.row_kernel().is_some())
+        .filter(|k| k.is_available())
         .collect()
 }
 
@@ -178,7 +203,7 @@ pub fn selected_kernel() -> KernelKind {
             return best;
         };
         match KernelKind::from_name(&name) {
-            Some(kind) if kind.row_kernel().is_some() => kind,
+            Some(kind) if kind.is_available() => kind,
             Some(_) => {
                 tracing::warn!(
                     "QINS_KERNEL={name} is not supported on this machine; using {}",
@@ -188,7 +213,7 @@ pub fn selected_kernel() -> KernelKind {
             }
             None => {
                 tracing::warn!(
-                    "QINS_KERNEL={name} is unknown (expected one of scalar, avx2, avx512, neon); using {}",
+                    "QINS_KERNEL={name} is unknown (expected one of scalar, avx2, avx512, avx512-bf16, neon); using {}",
                     best.name()
                 );
                 best
@@ -197,28 +222,37 @@ pub fn selected_kernel() -> KernelKind {
     })
 }
 
-/// The row kernel to use on this machine (see [`selected_kernel`]).
-pub fn row_kernel() -> RowKernel {
-    selected_kernel()
-        .row_kernel()
-        .expect("selected kernels are available")
-}
-
 /// `out[n x rows] = x[n x cols] · Wᵀ` for a QINS matrix `W` of `rows x cols`.
 ///
 /// Multi-threaded over output rows. Panics if the slice lengths do not match
 /// the shapes (a caller bug: models validate shapes when they load).
 pub fn qins_matmul(x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
-    qins_matmul_with(row_kernel(), x, n, w, out);
+    qins_matmul_with(selected_kernel(), x, n, w, out);
 }
 
-/// [`qins_matmul`] with an explicit row kernel (tests compare kernels with it).
-pub fn qins_matmul_with(kernel: RowKernel, x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
+/// [`qins_matmul`] with an explicit kernel (tests and benchmarks compare
+/// kernels with it). Panics if the kernel is not available here.
+pub fn qins_matmul_with(kind: KernelKind, x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
     assert_eq!(x.len(), n * w.cols, "qins_matmul: x must be n x cols");
     assert_eq!(out.len(), n * w.rows, "qins_matmul: out must be n x rows");
-    if n == 0 || w.rows == 0 {
+    if n == 0 || w.rows == 0 || w.cols == 0 {
+        out.fill(0.0);
         return;
     }
+    match kind {
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx512Bf16 => avx512bf16::matmul(x, n, w, out),
+        _ => {
+            let kernel = kind.row_kernel().unwrap_or_else(|| {
+                panic!("kernel {} is not available on this machine", kind.name())
+            });
+            row_matmul(kernel, x, n, w, out);
+        }
+    }
+}
+
+/// The shared driver of the f32 row kernels.
+fn row_matmul(kernel: RowKernel, x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
     let shared = (w.ranges().len() == 1).then(|| NibbleTables::new(w.ranges()[0]));
     let tables_of = |row: usize| match &shared {
         Some(tables) => *tables,

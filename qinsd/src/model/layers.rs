@@ -5,7 +5,7 @@ use candle_core::{D, Device, Tensor};
 use rayon::prelude::*;
 
 use super::ModelError;
-use crate::kernels::qins_matmul;
+use crate::kernels::{KernelKind, qins_matmul_with};
 use crate::weights::{QinsMatrix, Weight};
 
 /// `y = x · Wᵀ` over a resident matrix.
@@ -47,11 +47,11 @@ impl Linear {
         }
     }
 
-    /// `x` is `n x cols`; returns `n x rows`.
-    pub fn forward(&self, x: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
+    /// `x` is `n x cols`; returns `n x rows`. `kernel` runs QINS matrices.
+    pub fn forward(&self, x: &[f32], n: usize, kernel: KernelKind) -> Result<Vec<f32>, ModelError> {
         let mut out = vec![0.0f32; n * self.rows()];
         match self {
-            Self::Qins(m) => qins_matmul(x, n, m, &mut out),
+            Self::Qins(m) => qins_matmul_with(kernel, x, n, m, &mut out),
             // Many rows: candle's blocked GEMM instead of one pass over the
             // weights per row (the copy into a tensor is small next to it).
             Self::Dense { rows, cols, data } if n > 1 => {

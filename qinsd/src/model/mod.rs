@@ -22,6 +22,7 @@ use layers::{Linear, attention, rms_norm, swiglu};
 use profile::Stage;
 use rope::Rope;
 
+use crate::kernels::{KernelKind, selected_kernel};
 use crate::weights::{ResidentWeights, WeightsError};
 
 #[derive(Debug, Error)]
@@ -68,6 +69,7 @@ pub struct Model {
     norm: Vec<f32>,
     lm_head: Linear,
     rope: Rope,
+    kernel: KernelKind,
 }
 
 impl Model {
@@ -100,7 +102,19 @@ impl Model {
             norm,
             lm_head,
             rope: Rope::new(config),
+            kernel: selected_kernel(),
         })
+    }
+
+    /// Runs the QINS matrices on `kernel` from now on (by default the best
+    /// this machine has, see [`selected_kernel`]). A kernel that is not
+    /// available here panics at the next forward pass.
+    pub fn set_kernel(&mut self, kernel: KernelKind) {
+        self.kernel = kernel;
+    }
+
+    pub fn kernel(&self) -> KernelKind {
+        self.kernel
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -173,7 +187,7 @@ impl Model {
         let rows = if all { &x[..] } else { &x[(n - 1) * h..] };
         let normed = profile::time(Stage::Norm, || rms_norm(rows, &self.norm, c.rms_norm_eps));
         profile::time(Stage::LmHead, || {
-            self.lm_head.forward(&normed, rows.len() / h)
+            self.lm_head.forward(&normed, rows.len() / h, self.kernel)
         })
     }
 
@@ -207,7 +221,7 @@ impl Model {
             rms_norm(x, &layer.input_norm, c.rms_norm_eps)
         });
         let Qkv3 { mut q, mut k, v } = profile::time(Stage::Qkv, || {
-            project_qkv(&layer.qkv, &normed, n, heads * d, kv_heads * d)
+            project_qkv(&layer.qkv, &normed, n, heads * d, kv_heads * d, self.kernel)
         })?;
         profile::time(Stage::Rope, || {
             rope::apply(&mut q, heads, d, cos, sin);
@@ -223,19 +237,25 @@ impl Model {
         })?;
         add_assign(
             x,
-            &profile::time(Stage::OProj, || layer.o_proj.forward(&attended, n))?,
+            &profile::time(Stage::OProj, || {
+                layer.o_proj.forward(&attended, n, self.kernel)
+            })?,
         );
         let normed = profile::time(Stage::Norm, || {
             rms_norm(x, &layer.post_attention_norm, c.rms_norm_eps)
         });
         let activated = match &layer.gate_up {
             GateUp::Fused(gate_up) => {
-                let fused = profile::time(Stage::GateUp, || gate_up.forward(&normed, n))?;
+                let fused =
+                    profile::time(Stage::GateUp, || gate_up.forward(&normed, n, self.kernel))?;
                 profile::time(Stage::Swiglu, || swiglu(&fused, c.intermediate_size))
             }
             GateUp::Separate { gate, up } => {
                 let (g, u) = profile::time(Stage::GateUp, || {
-                    rayon::join(|| gate.forward(&normed, n), || up.forward(&normed, n))
+                    rayon::join(
+                        || gate.forward(&normed, n, self.kernel),
+                        || up.forward(&normed, n, self.kernel),
+                    )
                 });
                 let (g, u) = (g?, u?);
                 profile::time(Stage::Swiglu, || {
@@ -248,7 +268,9 @@ impl Model {
         };
         add_assign(
             x,
-            &profile::time(Stage::Down, || layer.down.forward(&activated, n))?,
+            &profile::time(Stage::Down, || {
+                layer.down.forward(&activated, n, self.kernel)
+            })?,
         );
         Ok(())
     }
@@ -268,10 +290,11 @@ fn project_qkv(
     n: usize,
     q_dim: usize,
     kv_dim: usize,
+    kernel: KernelKind,
 ) -> Result<Qkv3, ModelError> {
     Ok(match qkv {
         Qkv::Fused(w) => {
-            let fused = w.forward(x, n)?;
+            let fused = w.forward(x, n, kernel)?;
             let width = q_dim + 2 * kv_dim;
             let mut q = Vec::with_capacity(n * q_dim);
             let mut k = Vec::with_capacity(n * kv_dim);
@@ -284,9 +307,9 @@ fn project_qkv(
             Qkv3 { q, k, v }
         }
         Qkv::Separate { q, k, v } => Qkv3 {
-            q: q.forward(x, n)?,
-            k: k.forward(x, n)?,
-            v: v.forward(x, n)?,
+            q: q.forward(x, n, kernel)?,
+            k: k.forward(x, n, kernel)?,
+            v: v.forward(x, n, kernel)?,
         },
     })
 }

@@ -1,0 +1,382 @@
+//! AVX-512 BF16 kernels (Zen 4, Sapphire Rapids and later): weights and
+//! inputs meet as bf16 in `vdpbf16ps`, 32 products per instruction summed
+//! in f32. The fast path on CPUs that have it; [`super::avx512`] stays the
+//! f32 one (`QINS_KERNEL=avx512`).
+//!
+//! **Decoding.** Per row, the 256 magnitudes are formed exactly as the
+//! scalar reference forms them (the f32 nibble product
+//! `hi[c >> 4] * lo[c & 15]`, code 0 = 0), rounded to bf16 and split into
+//! a low-byte and a high-byte plane of four registers each ([`Tables`],
+//! about 30 instructions). `vpermi2b` (VBMI) then looks up 64 codes per
+//! plane with two permutes and a blend on the code's top bit, the row's 64
+//! sign bits flip bit 7 of the high bytes with one byte-masked add, and
+//! unpacking the planes gives 64 bf16 weights: ~11 instructions per 64
+//! weights where the f32 kernel needs ~28 per 64.
+//!
+//! **Order.** Unpacking interleaves within 128-bit lanes, so the weights of
+//! a 64-column block come out in the order [`interleaved_column`] gives;
+//! inputs are converted to bf16 in that order once per call, which costs
+//! `n x cols` work against `n x rows x cols` multiply-adds.
+//!
+//! **Accuracy.** Each weight and input is rounded once to bf16 (8
+//! significant bits: relative error <= 2^-8 each, so a dot product moves by
+//! at most 2^-7 of Σ|w·x|); products are exact in f32 and summed in f32. The
+//! tests compare against the same computation done in f64 on bf16-rounded
+//! operands ([`round_to_bf16`]), with the f32-summation tolerance of the
+//! other kernels.
+//!
+//! **Threading.** One input row (decode): rows are dotted while decoding,
+//! no buffer. Several (prefill, batched decode): a task decodes its rows
+//! once into a thread-local bf16 buffer and runs a register-blocked
+//! micro-kernel of up to 4 weight rows x 6 input rows (24 accumulators)
+//! over it, so each decoded weight serves every input row from registers.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::{NibbleTables, OutPtr, padded};
+use crate::weights::QinsMatrix;
+
+/// Columns per block: one 64-byte register of codes.
+const BLOCK: usize = 64;
+/// Rows decoded together by one task of a multi-row call (the buffer holds
+/// `TASK_ROWS x cols` bf16 weights: 256 KiB at 8192 columns, inside L2).
+const TASK_ROWS: usize = 16;
+/// Rows of one task of a single-row call: enough work to amortize rayon's
+/// scheduling, few enough to balance the narrowest matrices.
+const DECODE_TASK_ROWS: usize = 8;
+/// Micro-kernel tile: weight rows x input rows.
+const TILE_ROWS: usize = 4;
+const TILE_INPUTS: usize = 6;
+
+pub fn is_available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vbmi")
+        && is_x86_feature_detected!("avx512bf16")
+}
+
+/// `out[n x rows] = x[n x cols] · Wᵀ` (see [`super::qins_matmul`]).
+pub fn matmul(x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
+    // A fn pointer to this can be called anywhere: refuse rather than fault.
+    assert!(
+        is_available(),
+        "avx512-bf16 kernel needs AVX-512 F, BW, VBMI and BF16"
+    );
+    let padded_cols = w.cols.div_ceil(BLOCK) * BLOCK;
+    // Taken, not borrowed: a rayon worker waiting inside this call may run
+    // another matmul (e.g. the other side of a `rayon::join`), which then
+    // finds an empty buffer instead of a borrowed one.
+    let mut inputs = INPUTS.take();
+    inputs.clear();
+    inputs.resize(n * padded_cols, 0);
+    for (row, dst) in x.chunks(w.cols).zip(inputs.chunks_mut(padded_cols)) {
+        interleave(row, dst);
+    }
+    let shared = (w.ranges().len() == 1).then(|| NibbleTables::new(w.ranges()[0]));
+    let tables_of = |row: usize| match &shared {
+        Some(tables) => *tables,
+        None => NibbleTables::new(w.row_range(row)),
+    };
+    // SAFETY (both calls): the CPU has the features (asserted above).
+    if n == 1 {
+        unsafe { decode_rows(w, &inputs, &tables_of, out) }
+    } else {
+        unsafe { multiply_rows(w, &inputs, n, padded_cols, &tables_of, out) }
+    }
+    INPUTS.set(inputs);
+}
+
+thread_local! {
+    /// The calling thread's bf16 copy of the inputs, reused across calls.
+    static INPUTS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    /// A rayon worker's decoded rows, reused across tasks and calls.
+    static DECODED: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The column whose weight lands at position `i` of a decoded 64-block:
+/// `unpacklo` yields columns `16L + 0..8` of each 128-bit lane `L`, then
+/// `unpackhi` columns `16L + 8..16`.
+pub fn interleaved_column(i: usize) -> usize {
+    let (half, word) = (i / 32, i % 32);
+    16 * (word / 8) + 8 * half + word % 8
+}
+
+/// `x` (one input row) as bf16 in the decoded weights' order, zero-padded
+/// to whole blocks.
+fn interleave(x: &[f32], out: &mut [u16]) {
+    for (block, dst) in out.chunks_mut(BLOCK).enumerate() {
+        let base = block * BLOCK;
+        for (i, slot) in dst.iter_mut().enumerate() {
+            let column = base + interleaved_column(i);
+            *slot = x.get(column).map_or(0, |&v| round_to_bf16(v));
+        }
+    }
+}
+
+/// f32 -> bf16, rounding to nearest even as `vcvtne2ps2bf16` does (for the
+/// finite, normal values weights and activations take; NaN stays NaN).
+pub fn round_to_bf16(v: f32) -> u16 {
+    let bits = v.to_bits();
+    if v.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let rounding = 0x7FFF + ((bits >> 16) & 1);
+    (bits.wrapping_add(rounding) >> 16) as u16
+}
+
+/// Single input row: every output is one decode-and-dot over a weight row.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
+fn decode_rows(
+    w: &QinsMatrix,
+    x: &[u16],
+    tables_of: &(impl Fn(usize) -> NibbleTables + Sync),
+    out: &mut [f32],
+) {
+    out.par_chunks_mut(DECODE_TASK_ROWS)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            for (i, slot) in chunk.iter_mut().enumerate() {
+                let row = task * DECODE_TASK_ROWS + i;
+                // (Closures inherit this function's target features.)
+                let tables = Tables::new(&tables_of(row));
+                *slot = decode_dot(&tables, w.row_codes(row), w.row_signs(row), x);
+            }
+        });
+}
+
+/// Several input rows: tasks of [`TASK_ROWS`] rows, each decoded once and
+/// multiplied by every input row with the micro-kernel.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
+fn multiply_rows(
+    w: &QinsMatrix,
+    x: &[u16],
+    n: usize,
+    padded_cols: usize,
+    tables_of: &(impl Fn(usize) -> NibbleTables + Sync),
+    out: &mut [f32],
+) {
+    let rows = w.rows;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..rows.div_ceil(TASK_ROWS))
+        .into_par_iter()
+        .for_each(|task| {
+            let first = task * TASK_ROWS;
+            let task_rows = rows.min(first + TASK_ROWS) - first;
+            DECODED.with_borrow_mut(|decoded| {
+                decoded.clear();
+                decoded.resize(task_rows * padded_cols, 0);
+                for (i, dst) in decoded.chunks_mut(padded_cols).enumerate() {
+                    let row = first + i;
+                    let tables = Tables::new(&tables_of(row));
+                    decode_row(&tables, w.row_codes(row), w.row_signs(row), dst);
+                }
+                for t0 in (0..n).step_by(TILE_INPUTS) {
+                    let inputs = TILE_INPUTS.min(n - t0);
+                    let x_tile = &x[t0 * padded_cols..(t0 + inputs) * padded_cols];
+                    for r0 in (0..task_rows).step_by(TILE_ROWS) {
+                        let tile_rows = TILE_ROWS.min(task_rows - r0);
+                        let w_tile = &decoded[r0 * padded_cols..(r0 + tile_rows) * padded_cols];
+                        let mut dots = [[0.0f32; TILE_INPUTS]; TILE_ROWS];
+                        micro_kernel(w_tile, x_tile, padded_cols, &mut dots);
+                        for (r, row_dots) in dots.iter().enumerate().take(tile_rows) {
+                            for (t, &d) in row_dots.iter().enumerate().take(inputs) {
+                                let index = (t0 + t) * rows + first + r0 + r;
+                                // SAFETY: `index < n * rows == out.len()`
+                                // (asserted by the caller), and only this
+                                // task writes its rows' elements, so the
+                                // write is in bounds and unaliased.
+                                unsafe { out_ptr.get().add(index).write(d) };
+                            }
+                        }
+                    }
+                }
+            });
+        });
+}
+
+/// Dots of up to 4 decoded weight rows with up to 6 input rows (both
+/// `cols`-strided bf16, sliced to the tile), into `dots[row][input]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn micro_kernel(w: &[u16], x: &[u16], cols: usize, dots: &mut [[f32; TILE_INPUTS]; TILE_ROWS]) {
+    match (w.len() / cols, x.len() / cols) {
+        (4, 6) => tile::<4, 6>(w, x, cols, dots),
+        (4, 5) => tile::<4, 5>(w, x, cols, dots),
+        (4, 4) => tile::<4, 4>(w, x, cols, dots),
+        (4, 3) => tile::<4, 3>(w, x, cols, dots),
+        (4, 2) => tile::<4, 2>(w, x, cols, dots),
+        (4, _) => tile::<4, 1>(w, x, cols, dots),
+        (3, _) => tile::<3, TILE_INPUTS>(w, x, cols, dots),
+        (2, _) => tile::<2, TILE_INPUTS>(w, x, cols, dots),
+        _ => tile::<1, TILE_INPUTS>(w, x, cols, dots),
+    }
+}
+
+/// The register-blocked core: `R x T` accumulators, one weight register per
+/// row and one input register at a time, 32 columns per step. Missing input
+/// rows of a short tile (fewer than `T` in `x`) are skipped.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn tile<const R: usize, const T: usize>(
+    w: &[u16],
+    x: &[u16],
+    cols: usize,
+    dots: &mut [[f32; TILE_INPUTS]; TILE_ROWS],
+) {
+    let inputs = (x.len() / cols).min(T);
+    assert!(w.len() >= R * cols && x.len() >= inputs * cols && cols.is_multiple_of(32));
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let (w, x) = (w.as_ptr(), x.as_ptr());
+    for k in (0..cols).step_by(32) {
+        // SAFETY: rows `r < R` of `w` and `t < inputs` of `x` have `cols`
+        // elements (asserted), and `k + 32 <= cols`.
+        unsafe {
+            let weights: [__m512bh; R] =
+                std::array::from_fn(|r| as_bf16(_mm512_loadu_si512(w.add(r * cols + k).cast())));
+            for t in 0..inputs {
+                let input = as_bf16(_mm512_loadu_si512(x.add(t * cols + k).cast()));
+                for r in 0..R {
+                    acc[r][t] = _mm512_dpbf16_ps(acc[r][t], weights[r], input);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..inputs {
+            dots[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+        }
+    }
+}
+
+/// The decode tables of one range: the low and the high bytes of the 256
+/// bf16 magnitudes, 64 codes per register.
+#[derive(Clone, Copy)]
+struct Tables {
+    low: [__m512i; 4],
+    high: [__m512i; 4],
+}
+
+impl Tables {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
+    fn new(tables: &NibbleTables) -> Self {
+        // SAFETY: 16 readable f32.
+        let lo = unsafe { _mm512_loadu_ps(tables.lo.as_ptr()) };
+        // Magnitudes of codes 32j..32j+32 as bf16: hi[2j] * lo, hi[2j+1] * lo.
+        let words: [__m512i; 8] = std::array::from_fn(|j| {
+            // Code 0 (lane 0 of the first product) is 0.
+            let keep = if j == 0 { 0xFFFE } else { 0xFFFF };
+            let even = _mm512_maskz_mul_ps(keep, _mm512_set1_ps(tables.hi[2 * j]), lo);
+            let odd = _mm512_mul_ps(_mm512_set1_ps(tables.hi[2 * j + 1]), lo);
+            // The low half of the result comes from the second operand.
+            as_int(_mm512_cvtne2ps_pbh(odd, even))
+        });
+        // Byte i of a plane register q is byte 2i (low) or 2i + 1 (high)
+        // of words[2q] ++ words[2q + 1].
+        let even_bytes = byte_indices(0);
+        let odd_bytes = byte_indices(1);
+        Self {
+            low: std::array::from_fn(|q| {
+                _mm512_permutex2var_epi8(words[2 * q], even_bytes, words[2 * q + 1])
+            }),
+            high: std::array::from_fn(|q| {
+                _mm512_permutex2var_epi8(words[2 * q], odd_bytes, words[2 * q + 1])
+            }),
+        }
+    }
+
+    /// The 64 bf16 weights of 64 codes, in [`interleaved_column`] order as
+    /// two registers of 32.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    fn decode64(&self, codes: &[u8; BLOCK], negative: u64) -> [__m512i; 2] {
+        // SAFETY: 64 readable bytes.
+        let codes = unsafe { _mm512_loadu_si512(codes.as_ptr().cast()) };
+        let upper_half = _mm512_movepi8_mask(codes);
+        let plane = |t: &[__m512i; 4]| {
+            _mm512_mask_blend_epi8(
+                upper_half,
+                _mm512_permutex2var_epi8(t[0], codes, t[1]),
+                _mm512_permutex2var_epi8(t[2], codes, t[3]),
+            )
+        };
+        let low = plane(&self.low);
+        let high = plane(&self.high);
+        // Adding 0x80 to a byte flips its top bit: the bf16 sign.
+        let high = _mm512_mask_add_epi8(high, negative, high, _mm512_set1_epi8(i8::MIN));
+        [
+            _mm512_unpacklo_epi8(low, high),
+            _mm512_unpackhi_epi8(low, high),
+        ]
+    }
+}
+
+/// Byte indices `2i + offset` for `i` in 0..64 (for `vpermt2b`).
+#[target_feature(enable = "avx512f")]
+fn byte_indices(offset: u8) -> __m512i {
+    let indices: [u8; 64] = std::array::from_fn(|i| 2 * i as u8 + offset);
+    // SAFETY: 64 readable bytes.
+    unsafe { _mm512_loadu_si512(indices.as_ptr().cast()) }
+}
+
+/// Iterates a row's 64-code blocks with their sign words; the last partial
+/// block comes zero-padded (code 0 decodes to 0).
+fn blocks<'a>(codes: &'a [u8], signs: &'a [u8]) -> impl Iterator<Item = ([u8; BLOCK], u64)> + 'a {
+    let (whole, tail) = codes.as_chunks::<BLOCK>();
+    let (sign_words, _) = signs.as_chunks::<8>();
+    // Not the remainder of `as_chunks`: a tail of 57..63 codes has 8 whole sign bytes.
+    let sign_tail = &signs[whole.len() * 8..];
+    whole
+        .iter()
+        .zip(sign_words)
+        .map(|(c, s)| (*c, u64::from_le_bytes(*s)))
+        .chain((!tail.is_empty()).then(|| {
+            (
+                padded::<u8, BLOCK>(tail),
+                u64::from_le_bytes(padded::<u8, 8>(sign_tail)),
+            )
+        }))
+}
+
+/// `Σ w[c] * x[c]` over one row, decoding as it goes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
+fn decode_dot(tables: &Tables, codes: &[u8], signs: &[u8], x: &[u16]) -> f32 {
+    let mut acc = [_mm512_setzero_ps(); 2];
+    for ((codes, negative), x) in blocks(codes, signs).zip(x.chunks_exact(BLOCK)) {
+        let w = tables.decode64(&codes, negative);
+        // SAFETY: a block of x is 64 readable u16, read as two halves.
+        let (x0, x1) = unsafe {
+            (
+                _mm512_loadu_si512(x.as_ptr().cast()),
+                _mm512_loadu_si512(x.as_ptr().add(32).cast()),
+            )
+        };
+        acc[0] = _mm512_dpbf16_ps(acc[0], as_bf16(w[0]), as_bf16(x0));
+        acc[1] = _mm512_dpbf16_ps(acc[1], as_bf16(w[1]), as_bf16(x1));
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+}
+
+/// Decodes one row into `out` (its padded length, in interleaved order).
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+fn decode_row(tables: &Tables, codes: &[u8], signs: &[u8], out: &mut [u16]) {
+    for ((codes, negative), dst) in blocks(codes, signs).zip(out.chunks_exact_mut(BLOCK)) {
+        let w = tables.decode64(&codes, negative);
+        // SAFETY: a block of out is 64 writable u16, written as two halves.
+        unsafe {
+            _mm512_storeu_si512(dst.as_mut_ptr().cast(), w[0]);
+            _mm512_storeu_si512(dst.as_mut_ptr().add(32).cast(), w[1]);
+        }
+    }
+}
+
+#[inline]
+fn as_bf16(v: __m512i) -> __m512bh {
+    // SAFETY: both are 512 plain bits.
+    unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+}
+
+#[inline]
+fn as_int(v: __m512bh) -> __m512i {
+    // SAFETY: both are 512 plain bits.
+    unsafe { std::mem::transmute::<__m512bh, __m512i>(v) }
+}
