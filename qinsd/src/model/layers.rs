@@ -1,7 +1,7 @@
 //! Building blocks shared by the architectures: linear layers on QINS (or,
-//! for float reference models, f32) matrices, RMSNorm, SwiGLU, attention.
+//! for float reference models, f32) matrices, RMSNorm, SwiGLU.
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use super::ModelError;
@@ -113,66 +113,4 @@ pub fn swiglu(gate_up: &[f32], ff: usize) -> Vec<f32> {
         );
     }
     out
-}
-
-/// Causal attention of `n` new query tokens (`n x heads x head_dim`) at
-/// positions `start..start + n` over `len = start + n` cached keys/values
-/// per kv head. Returns `n x heads x head_dim`.
-pub fn attention(
-    q: &[f32],
-    heads: usize,
-    head_dim: usize,
-    kv_heads: usize,
-    start: usize,
-    kv: impl Fn(usize) -> (Vec<f32>, Vec<f32>),
-) -> Result<Vec<f32>, ModelError> {
-    let n = q.len() / (heads * head_dim);
-    let len = start + n;
-    let group = heads / kv_heads;
-    let device = Device::Cpu;
-    // queries as heads x n x head_dim
-    let q = Tensor::from_slice(q, (n, heads, head_dim), &device)?
-        .transpose(0, 1)?
-        .contiguous()?;
-    let mask = causal_mask(n, start, &device)?;
-    let scale = 1.0 / (head_dim as f64).sqrt();
-    let mut outputs = Vec::with_capacity(kv_heads);
-    for kv_head in 0..kv_heads {
-        let (k, v) = kv(kv_head);
-        let k = Tensor::from_vec(k, (len, head_dim), &device)?;
-        let v = Tensor::from_vec(v, (len, head_dim), &device)?;
-        let q_group = q
-            .narrow(0, kv_head * group, group)?
-            .reshape((group * n, head_dim))?;
-        let scores = (q_group.matmul(&k.t()?)? * scale)?.reshape((group, n, len))?;
-        let scores = scores.broadcast_add(&mask)?;
-        let max = scores.max_keepdim(D::Minus1)?;
-        let exp = scores.broadcast_sub(&max)?.exp()?;
-        let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
-        let out = probs
-            .reshape((group * n, len))?
-            .matmul(&v)?
-            .reshape((group, n, head_dim))?;
-        outputs.push(out);
-    }
-    // heads x n x head_dim -> n x heads x head_dim
-    let out = Tensor::cat(&outputs, 0)?.transpose(0, 1)?.contiguous()?;
-    Ok(out.flatten_all()?.to_vec1::<f32>()?)
-}
-
-/// `n x (start + n)`: 0 where query `i` (at position `start + i`) may attend, -inf after.
-fn causal_mask(n: usize, start: usize, device: &Device) -> Result<Tensor, ModelError> {
-    let len = start + n;
-    let mask: Vec<f32> = (0..n)
-        .flat_map(|i| {
-            (0..len).map(move |j| {
-                if j <= start + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(mask, (n, len), device)?)
 }

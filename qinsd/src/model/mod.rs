@@ -2,8 +2,10 @@
 //!
 //! `phi3.rs` and `llama.rs` map each architecture's tensors onto the shared
 //! decoder block of this file; `layers.rs` holds the building blocks,
-//! `rope.rs` the rotary embeddings and `kv_cache.rs` the preallocated cache.
+//! `attention.rs` the attention, `rope.rs` the rotary embeddings and
+//! `kv_cache.rs` the preallocated cache.
 
+mod attention;
 pub mod config;
 pub mod kv_cache;
 pub mod layers;
@@ -16,9 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use thiserror::Error;
 
+use attention::{attention, attention_one};
 pub use config::{Architecture, ModelConfig};
 pub use kv_cache::KvCache;
-use layers::{Linear, attention, rms_norm, swiglu};
+use layers::{Linear, rms_norm, swiglu};
 use profile::Stage;
 use rope::Rope;
 
@@ -230,6 +233,12 @@ impl Model {
         let attended = profile::time(Stage::Attention, || {
             cache.write(index, start, &k, &v);
             let len = start + n;
+            let cache = &*cache;
+            if n == 1 {
+                return Ok(attention_one(&q, heads, d, kv_heads, |head| {
+                    cache.head(index, head, len)
+                }));
+            }
             attention(&q, heads, d, kv_heads, start, |head| {
                 let (k, v) = cache.head(index, head, len);
                 (k.to_vec(), v.to_vec())
