@@ -91,9 +91,12 @@ pub struct Concurrency {
     /// One sequence alone, same prompt length and steps.
     pub single_tok_s: f64,
     /// All sequences decoding at once (each its own thread and KvCache,
-    /// sharing the pool): total tokens / wall time.
+    /// their steps batched by the model): total tokens / wall time.
     pub aggregate_tok_s: f64,
     pub speedup: f64,
+    /// Decode steps per forward pass while they ran together (1 = no
+    /// batching, `sequences` = every pass served all of them).
+    pub steps_per_pass: f64,
 }
 
 /// Everything measured at one thread count.
@@ -231,7 +234,7 @@ pub fn run(path: &Path, options: &BenchOptions) -> Result<BenchReport, BenchErro
         // From this (non-pool) thread: the sequences block on the pool, and
         // a pool worker waiting for them could deadlock a 1-thread pool.
         if options.batch > 1 {
-            report.concurrency = Some(concurrency(&model, options, &pool)?);
+            report.concurrency = Some(concurrency(&model, options, threads)?);
             report.memory.peak_rss = peak_rss();
         }
         drop(model);
@@ -344,7 +347,7 @@ fn decode(
 ) -> Result<(), ModelError> {
     for _ in 0..steps {
         let next = argmax(&logits);
-        logits = model.forward(&[next], cache, cancel)?;
+        logits = model.decode_step(next, cache, cancel)?;
     }
     Ok(())
 }
@@ -360,16 +363,31 @@ fn argmax(logits: &[f32]) -> u32 {
 }
 
 /// Aggregate decode throughput of `options.batch` sequences decoding at
-/// once vs one alone. There is no batched forward: each sequence is its own
-/// OS thread with its own cache, and their matmuls share the pool.
+/// once vs one alone, as the daemon runs them: each sequence is its own
+/// thread with its own cache, and their decode steps go through
+/// [`Model::decode_step`], which batches steps taken together into one pass.
+///
+/// The sequences run inside `pool` (so its thread count applies), which
+/// has `batch - 1` extra workers: while one sequence's thread leads a
+/// batched pass, the others' block in the batcher instead of computing, so
+/// the pass still gets the run's full thread count.
 fn concurrency(
     model: &Model,
     options: &BenchOptions,
-    pool: &rayon::ThreadPool,
+    threads: usize,
 ) -> Result<Concurrency, BenchError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads + options.batch.max(1) - 1)
+        .build()
+        .map_err(|e| BenchError::Pool {
+            threads,
+            message: e.to_string(),
+        })?;
+    let pool = &pool;
+    let ready = std::sync::Barrier::new(options.batch.max(1));
     let steps = options.batch_decode.max(1);
     let prompt_len = options.batch_prompt.max(1);
-    let sequence = |seed: u64| -> Result<f64, ModelError> {
+    let sequence = |seed: u64, ready: Option<&std::sync::Barrier>| -> Result<f64, ModelError> {
         let vocab = model.config().vocab_size as u64;
         let mut rng = SplitMix64::new(seed);
         let prompt: Vec<u32> = (0..prompt_len)
@@ -378,18 +396,24 @@ fn concurrency(
         let cancel = AtomicBool::new(false);
         let mut cache = model.new_cache(prompt_len + steps + 1);
         let logits = model.forward(&prompt, &mut cache, &cancel)?;
+        if let Some(ready) = ready {
+            ready.wait();
+        }
         let t = Instant::now();
         decode(model, &mut cache, logits, steps, &cancel)?;
         Ok(t.elapsed().as_secs_f64())
     };
-    let single_s = pool.install(|| sequence(options.seed ^ 1))?;
-    // Each sequence times its own decode (after its own prefill); the
-    // aggregate uses the slowest, which covers the whole overlap.
+    let single_s = pool.install(|| sequence(options.seed ^ 1, None))?;
+    let (passes_before, steps_before) = model.decode_pass_counts();
+    // The sequences prefill, wait for each other, then time their decode;
+    // the aggregate uses the slowest, which covers the whole overlap.
     let times: Vec<std::thread::Result<Result<f64, ModelError>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..options.batch)
             .map(|i| {
-                let sequence = &sequence;
-                scope.spawn(move || pool.install(|| sequence(options.seed ^ (i as u64 + 2))))
+                let (sequence, ready) = (&sequence, &ready);
+                scope.spawn(move || {
+                    pool.install(|| sequence(options.seed ^ (i as u64 + 2), Some(ready)))
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join()).collect()
@@ -398,6 +422,9 @@ fn concurrency(
     for time in times {
         slowest = slowest.max(time.map_err(|_| BenchError::Panicked)??);
     }
+    let (passes, batched_steps) = model.decode_pass_counts();
+    let steps_per_pass =
+        (batched_steps - steps_before) as f64 / (passes - passes_before).max(1) as f64;
     let single_tok_s = steps as f64 / single_s.max(1e-9);
     let aggregate_tok_s = (options.batch * steps) as f64 / slowest.max(1e-9);
     Ok(Concurrency {
@@ -407,6 +434,7 @@ fn concurrency(
         single_tok_s,
         aggregate_tok_s,
         speedup: aggregate_tok_s / single_tok_s.max(1e-9),
+        steps_per_pass,
     })
 }
 

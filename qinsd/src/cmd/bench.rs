@@ -147,8 +147,8 @@ fn print_table(r: &BenchReport) {
             "concurrent decode",
             Box::new(|x| match &x.concurrency {
                 Some(c) => format!(
-                    "{} seqs {:.2} tok/s vs 1 seq {:.2} = {:.2}x",
-                    c.sequences, c.aggregate_tok_s, c.single_tok_s, c.speedup
+                    "{} seqs {:.2} tok/s vs 1 seq {:.2} = {:.2}x ({:.2} steps/pass)",
+                    c.sequences, c.aggregate_tok_s, c.single_tok_s, c.speedup, c.steps_per_pass
                 ),
                 None => "-".into(),
             }),

@@ -47,6 +47,16 @@ pub trait LanguageModel: Send + Sync {
         cache: &mut Self::Cache,
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>, EngineError>;
+    /// Runs one generated token; a model may batch concurrent calls from
+    /// different sequences into one pass. By default, `forward` of it.
+    fn decode_step(
+        &self,
+        token: u32,
+        cache: &mut Self::Cache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f32>, EngineError> {
+        self.forward(&[token], cache, cancel)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

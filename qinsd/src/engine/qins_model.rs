@@ -31,9 +31,22 @@ impl LanguageModel for Model {
         cache: &mut KvCache,
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>, EngineError> {
-        Model::forward(self, tokens, cache, cancel).map_err(|e| match e {
-            ModelError::Cancelled => EngineError::Cancelled,
-            other => EngineError::Model(Box::new(other)),
-        })
+        Model::forward(self, tokens, cache, cancel).map_err(engine_error)
+    }
+
+    fn decode_step(
+        &self,
+        token: u32,
+        cache: &mut KvCache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f32>, EngineError> {
+        Model::decode_step(self, token, cache, cancel).map_err(engine_error)
+    }
+}
+
+fn engine_error(error: ModelError) -> EngineError {
+    match error {
+        ModelError::Cancelled => EngineError::Cancelled,
+        other => EngineError::Model(Box::new(other)),
     }
 }

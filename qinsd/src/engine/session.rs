@@ -124,9 +124,13 @@ impl<M: LanguageModel> Session<M> {
         tokens: &[u32],
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>, EngineError> {
-        let logits = model
-            .forward(tokens, &mut self.cache, cancel)
-            .inspect_err(|_| self.forget_after(self.tokens.len()))?;
+        // One token is a decode step, which the model may batch with other
+        // sequences' steps.
+        let logits = match tokens {
+            [token] => model.decode_step(*token, &mut self.cache, cancel),
+            _ => model.forward(tokens, &mut self.cache, cancel),
+        }
+        .inspect_err(|_| self.forget_after(self.tokens.len()))?;
         self.tokens.extend_from_slice(tokens);
         if logits.len() != model.vocab_size() {
             return Err(EngineError::LogitsSize {

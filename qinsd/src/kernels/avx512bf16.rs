@@ -25,11 +25,12 @@
 //! operands ([`round_to_bf16`]), with the f32-summation tolerance of the
 //! other kernels.
 //!
-//! **Threading.** One input row (decode): rows are dotted while decoding,
-//! no buffer. Several (prefill, batched decode): a task decodes its rows
-//! once into a thread-local bf16 buffer and runs a register-blocked
-//! micro-kernel of up to 4 weight rows x 6 input rows (24 accumulators)
-//! over it, so each decoded weight serves every input row from registers.
+//! **Threading.** Up to 4 input rows (a decode step, batched or not):
+//! each weight block is decoded into registers and dotted with every input
+//! row there, no buffer. More (prefill): a task decodes its rows once into
+//! a thread-local bf16 buffer and runs a register-blocked micro-kernel of
+//! up to 4 weight rows x 6 input rows (24 accumulators) over it, so each
+//! decoded weight serves every input row from registers.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -44,7 +45,11 @@ const BLOCK: usize = 64;
 /// Rows decoded together by one task of a multi-row call (the buffer holds
 /// `TASK_ROWS x cols` bf16 weights: 256 KiB at 8192 columns, inside L2).
 const TASK_ROWS: usize = 16;
-/// Rows of one task of a single-row call: enough work to amortize rayon's
+/// Input rows up to which each weight row is decoded into registers and
+/// dotted there (decode steps, batched or not); more go through the
+/// buffered micro-kernel.
+const MAX_DIRECT_INPUTS: usize = 4;
+/// Rows of one task of such a call: enough work to amortize rayon's
 /// scheduling, few enough to balance the narrowest matrices.
 const DECODE_TASK_ROWS: usize = 8;
 /// Micro-kernel tile: weight rows x input rows.
@@ -70,9 +75,15 @@ pub fn matmul(x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
     // another matmul (e.g. the other side of a `rayon::join`), which then
     // finds an empty buffer instead of a borrowed one.
     let mut inputs = INPUTS.take();
-    inputs.clear();
-    inputs.resize(n * padded_cols, 0);
-    for (row, dst) in x.chunks(w.cols).zip(inputs.chunks_mut(padded_cols)) {
+    // Every element is written below: grow, never clear.
+    if inputs.len() < n * padded_cols {
+        inputs.resize(n * padded_cols, 0);
+    }
+    let inputs_len = n * padded_cols;
+    for (row, dst) in x
+        .chunks(w.cols)
+        .zip(inputs[..inputs_len].chunks_mut(padded_cols))
+    {
         interleave(row, dst);
     }
     let shared = (w.ranges().len() == 1).then(|| NibbleTables::new(w.ranges()[0]));
@@ -81,10 +92,10 @@ pub fn matmul(x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
         None => NibbleTables::new(w.row_range(row)),
     };
     // SAFETY (both calls): the CPU has the features (asserted above).
-    if n == 1 {
-        unsafe { decode_rows(w, &inputs, &tables_of, out) }
+    if n <= MAX_DIRECT_INPUTS {
+        unsafe { decode_rows(w, &inputs[..inputs_len], n, padded_cols, &tables_of, out) }
     } else {
-        unsafe { multiply_rows(w, &inputs, n, padded_cols, &tables_of, out) }
+        unsafe { multiply_rows(w, &inputs[..inputs_len], n, padded_cols, &tables_of, out) }
     }
     INPUTS.set(inputs);
 }
@@ -127,22 +138,65 @@ pub fn round_to_bf16(v: f32) -> u16 {
     (bits.wrapping_add(rounding) >> 16) as u16
 }
 
-/// Single input row: every output is one decode-and-dot over a weight row.
+/// Up to [`MAX_DIRECT_INPUTS`] input rows: every weight row is decoded into
+/// registers and dotted with each input row there, no buffer.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
 fn decode_rows(
     w: &QinsMatrix,
     x: &[u16],
+    n: usize,
+    padded_cols: usize,
     tables_of: &(impl Fn(usize) -> NibbleTables + Sync),
     out: &mut [f32],
 ) {
-    out.par_chunks_mut(DECODE_TASK_ROWS)
-        .enumerate()
-        .for_each(|(task, chunk)| {
-            for (i, slot) in chunk.iter_mut().enumerate() {
-                let row = task * DECODE_TASK_ROWS + i;
+    let rows = w.rows;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..rows.div_ceil(DECODE_TASK_ROWS))
+        .into_par_iter()
+        .for_each(|task| {
+            let first = task * DECODE_TASK_ROWS;
+            for row in first..rows.min(first + DECODE_TASK_ROWS) {
                 // (Closures inherit this function's target features.)
                 let tables = Tables::new(&tables_of(row));
-                *slot = decode_dot(&tables, w.row_codes(row), w.row_signs(row), x);
+                let (codes, signs) = (w.row_codes(row), w.row_signs(row));
+                let mut dots = [0.0f32; MAX_DIRECT_INPUTS];
+                match n {
+                    1 => dots[..1].copy_from_slice(&decode_dots::<1>(
+                        &tables,
+                        codes,
+                        signs,
+                        x,
+                        padded_cols,
+                    )),
+                    2 => dots[..2].copy_from_slice(&decode_dots::<2>(
+                        &tables,
+                        codes,
+                        signs,
+                        x,
+                        padded_cols,
+                    )),
+                    3 => dots[..3].copy_from_slice(&decode_dots::<3>(
+                        &tables,
+                        codes,
+                        signs,
+                        x,
+                        padded_cols,
+                    )),
+                    _ => dots.copy_from_slice(&decode_dots::<4>(
+                        &tables,
+                        codes,
+                        signs,
+                        x,
+                        padded_cols,
+                    )),
+                }
+                for (t, &d) in dots[..n].iter().enumerate() {
+                    // SAFETY: `t * rows + row < n * rows == out.len()`
+                    // (asserted by the caller), and only this task writes
+                    // its rows' elements, so the write is in bounds and
+                    // unaliased.
+                    unsafe { out_ptr.get().add(t * rows + row).write(d) };
+                }
             }
         });
 }
@@ -166,8 +220,11 @@ fn multiply_rows(
             let first = task * TASK_ROWS;
             let task_rows = rows.min(first + TASK_ROWS) - first;
             DECODED.with_borrow_mut(|decoded| {
-                decoded.clear();
-                decoded.resize(task_rows * padded_cols, 0);
+                // Every element is written by `decode_row`: grow, never clear.
+                if decoded.len() < task_rows * padded_cols {
+                    decoded.resize(task_rows * padded_cols, 0);
+                }
+                let decoded = &mut decoded[..task_rows * padded_cols];
                 for (i, dst) in decoded.chunks_mut(padded_cols).enumerate() {
                     let row = first + i;
                     let tables = Tables::new(&tables_of(row));
@@ -318,55 +375,69 @@ fn byte_indices(offset: u8) -> __m512i {
     unsafe { _mm512_loadu_si512(indices.as_ptr().cast()) }
 }
 
-/// Iterates a row's 64-code blocks with their sign words; the last partial
-/// block comes zero-padded (code 0 decodes to 0).
-fn blocks<'a>(codes: &'a [u8], signs: &'a [u8]) -> impl Iterator<Item = ([u8; BLOCK], u64)> + 'a {
+/// Calls `f(block, codes, sign_word)` for each 64-code block of a row, in
+/// order; the last partial block comes zero-padded (code 0 decodes to 0).
+#[inline(always)]
+fn for_each_block(codes: &[u8], signs: &[u8], mut f: impl FnMut(usize, &[u8; BLOCK], u64)) {
     let (whole, tail) = codes.as_chunks::<BLOCK>();
     let (sign_words, _) = signs.as_chunks::<8>();
-    // Not the remainder of `as_chunks`: a tail of 57..63 codes has 8 whole sign bytes.
-    let sign_tail = &signs[whole.len() * 8..];
-    whole
-        .iter()
-        .zip(sign_words)
-        .map(|(c, s)| (*c, u64::from_le_bytes(*s)))
-        .chain((!tail.is_empty()).then(|| {
-            (
-                padded::<u8, BLOCK>(tail),
-                u64::from_le_bytes(padded::<u8, 8>(sign_tail)),
-            )
-        }))
+    for (block, (codes, signs)) in whole.iter().zip(sign_words).enumerate() {
+        f(block, codes, u64::from_le_bytes(*signs));
+    }
+    if !tail.is_empty() {
+        // Not the remainder of `as_chunks`: a tail of 57..63 codes has 8
+        // whole sign bytes.
+        let sign_tail = &signs[whole.len() * 8..];
+        let negative = u64::from_le_bytes(padded::<u8, 8>(sign_tail));
+        f(whole.len(), &padded::<u8, BLOCK>(tail), negative);
+    }
 }
 
-/// `Σ w[c] * x[c]` over one row, decoding as it goes.
+/// `Σ w[c] * x_t[c]` over one row for `T` input rows (`padded_cols`
+/// apart in `x`), decoding each block once into registers.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
-fn decode_dot(tables: &Tables, codes: &[u8], signs: &[u8], x: &[u16]) -> f32 {
-    let mut acc = [_mm512_setzero_ps(); 2];
-    for ((codes, negative), x) in blocks(codes, signs).zip(x.chunks_exact(BLOCK)) {
-        let w = tables.decode64(&codes, negative);
-        // SAFETY: a block of x is 64 readable u16, read as two halves.
-        let (x0, x1) = unsafe {
-            (
-                _mm512_loadu_si512(x.as_ptr().cast()),
-                _mm512_loadu_si512(x.as_ptr().add(32).cast()),
-            )
-        };
-        acc[0] = _mm512_dpbf16_ps(acc[0], as_bf16(w[0]), as_bf16(x0));
-        acc[1] = _mm512_dpbf16_ps(acc[1], as_bf16(w[1]), as_bf16(x1));
-    }
-    _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+fn decode_dots<const T: usize>(
+    tables: &Tables,
+    codes: &[u8],
+    signs: &[u8],
+    x: &[u16],
+    padded_cols: usize,
+) -> [f32; T] {
+    assert!(x.len() >= T * padded_cols && codes.len() <= padded_cols);
+    let mut acc = [[_mm512_setzero_ps(); 2]; T];
+    for_each_block(codes, signs, |block, codes, negative| {
+        let w = tables.decode64(codes, negative);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: block `block` of input row `t` is 64 readable u16
+            // (asserted: the blocks of a row end within `padded_cols`).
+            let (x0, x1) = unsafe {
+                let p = x.as_ptr().add(t * padded_cols + block * BLOCK);
+                (
+                    _mm512_loadu_si512(p.cast()),
+                    _mm512_loadu_si512(p.add(32).cast()),
+                )
+            };
+            acc[0] = _mm512_dpbf16_ps(acc[0], as_bf16(w[0]), as_bf16(x0));
+            acc[1] = _mm512_dpbf16_ps(acc[1], as_bf16(w[1]), as_bf16(x1));
+        }
+    });
+    std::array::from_fn(|t| _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1])))
 }
 
 /// Decodes one row into `out` (its padded length, in interleaved order).
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 fn decode_row(tables: &Tables, codes: &[u8], signs: &[u8], out: &mut [u16]) {
-    for ((codes, negative), dst) in blocks(codes, signs).zip(out.chunks_exact_mut(BLOCK)) {
-        let w = tables.decode64(&codes, negative);
-        // SAFETY: a block of out is 64 writable u16, written as two halves.
+    assert!(out.len() >= codes.len().div_ceil(BLOCK) * BLOCK);
+    for_each_block(codes, signs, |block, codes, negative| {
+        let w = tables.decode64(codes, negative);
+        // SAFETY: block `block` of out is 64 writable u16 (asserted),
+        // written as two halves.
         unsafe {
-            _mm512_storeu_si512(dst.as_mut_ptr().cast(), w[0]);
-            _mm512_storeu_si512(dst.as_mut_ptr().add(32).cast(), w[1]);
+            let p = out.as_mut_ptr().add(block * BLOCK);
+            _mm512_storeu_si512(p.cast(), w[0]);
+            _mm512_storeu_si512(p.add(32).cast(), w[1]);
         }
-    }
+    });
 }
 
 #[inline]

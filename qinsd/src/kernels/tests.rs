@@ -390,7 +390,7 @@ fn every_kernel_matches_scalar_on_odd_shapes() {
         for &rows in &[1, 3, 9, 17] {
             for per_row in [true, false] {
                 let w = random_codes_matrix(rows, cols, per_row, Signs::Random, seed);
-                for n in [1, 2, 5] {
+                for n in [1, 2, 4, 5] {
                     seed += 1;
                     let what = if per_row { "per-row" } else { "per-tensor" };
                     assert_kernels_match_scalar(&w, n, seed, what);
@@ -469,7 +469,7 @@ fn bench() {
         for per_row in [true, false] {
             let w = random_codes_matrix(rows, cols, per_row, Signs::Random, 1);
             let weight_bytes = (w.code_bytes() + w.sign_bytes()) as f64;
-            for n in [1, 64] {
+            for n in [1, 2, 64] {
                 if n == 64 && !per_row {
                     continue;
                 }

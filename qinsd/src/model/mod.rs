@@ -6,6 +6,7 @@
 //! `kv_cache.rs` the preallocated cache.
 
 mod attention;
+mod batch;
 pub mod config;
 pub mod kv_cache;
 pub mod layers;
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use thiserror::Error;
 
 use attention::{attention, attention_one};
+use batch::DecodeBatcher;
 pub use config::{Architecture, ModelConfig};
 pub use kv_cache::KvCache;
 use layers::{Linear, rms_norm, swiglu};
@@ -42,6 +44,8 @@ pub enum ModelError {
     Weights(#[from] WeightsError),
     #[error("tensor op: {0}")]
     Tensor(#[from] candle_core::Error),
+    #[error("batched decode step: {0}")]
+    Batch(String),
 }
 
 /// Attention projections: fused (phi3) or separate (llama).
@@ -73,6 +77,7 @@ pub struct Model {
     lm_head: Linear,
     rope: Rope,
     kernel: KernelKind,
+    batcher: DecodeBatcher,
 }
 
 impl Model {
@@ -106,6 +111,7 @@ impl Model {
             lm_head,
             rope: Rope::new(config),
             kernel: selected_kernel(),
+            batcher: DecodeBatcher::default(),
         })
     }
 
@@ -155,6 +161,60 @@ impl Model {
         self.run(tokens, cache, cancel, true)
     }
 
+    /// One generated token after `cache`'s, run together with the steps
+    /// other threads take at the same time (see [`batch`]): the logits are
+    /// those of [`Model::forward`] up to float rounding.
+    pub fn decode_step(
+        &self,
+        token: u32,
+        cache: &mut KvCache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.batcher.step(self, token, cache, cancel)
+    }
+
+    /// Forward passes [`Model::decode_step`] has run and the steps they
+    /// served (more steps than passes: steps were batched).
+    pub fn decode_pass_counts(&self) -> (u64, u64) {
+        self.batcher.counts()
+    }
+
+    /// Whether one more token fits `cache` and is in the vocabulary.
+    fn check_step(&self, token: u32, cache: &KvCache) -> Result<(), ModelError> {
+        if token as usize >= self.config.vocab_size {
+            return Err(ModelError::TokenOutOfRange(token));
+        }
+        if cache.len() + 1 > cache.capacity() {
+            return Err(ModelError::ContextFull {
+                needed: cache.len() + 1,
+                capacity: cache.capacity(),
+            });
+        }
+        Ok(())
+    }
+
+    /// One new token for each of several sequences in a single pass: the
+    /// weights are read once for all of them (see [`batch`]). Returns each
+    /// sequence's logits, in order. Any error fails the whole pass, so
+    /// callers check each sequence's room and token first.
+    pub fn forward_batch(
+        &self,
+        steps: &mut [(u32, &mut KvCache)],
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        if steps.is_empty() {
+            return Err(ModelError::NoTokens);
+        }
+        let tokens: Vec<u32> = steps.iter().map(|(token, _)| *token).collect();
+        let mut segments = steps
+            .iter_mut()
+            .map(|(_, cache)| self.segment(cache, 1))
+            .collect::<Result<Vec<_>, _>>()?;
+        let logits = self.run_segments(&tokens, &mut segments, cancel, false)?;
+        let vocab = self.config.vocab_size;
+        Ok(logits.chunks(vocab).map(<[f32]>::to_vec).collect())
+    }
+
     fn run(
         &self,
         tokens: &[u32],
@@ -162,11 +222,15 @@ impl Model {
         cancel: &AtomicBool,
         all: bool,
     ) -> Result<Vec<f32>, ModelError> {
-        let c = &self.config;
-        let n = tokens.len();
-        if n == 0 {
+        if tokens.is_empty() {
             return Err(ModelError::NoTokens);
         }
+        let mut segments = [self.segment(cache, tokens.len())?];
+        self.run_segments(tokens, &mut segments, cancel, all)
+    }
+
+    /// `n` new tokens after `cache`'s, if they fit.
+    fn segment<'c>(&self, cache: &'c mut KvCache, n: usize) -> Result<Segment<'c>, ModelError> {
         let start = cache.len();
         if start + n > cache.capacity() {
             return Err(ModelError::ContextFull {
@@ -174,21 +238,46 @@ impl Model {
                 capacity: cache.capacity(),
             });
         }
-        let mut x = profile::time(Stage::Embed, || self.embed_tokens(tokens))?;
         // transformers picks the longrope factors from max(position) + 1.
         let (cos, sin) = profile::time(Stage::Rope, || {
             self.rope.tables(start..start + n, start + n)
         });
+        Ok(Segment {
+            cache,
+            start,
+            n,
+            cos,
+            sin,
+        })
+    }
+
+    /// Runs `tokens`, split into consecutive segments of one sequence each,
+    /// and returns the logits of every token (`all`) or of each segment's last.
+    fn run_segments(
+        &self,
+        tokens: &[u32],
+        segments: &mut [Segment<'_>],
+        cancel: &AtomicBool,
+        all: bool,
+    ) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        let mut x = profile::time(Stage::Embed, || self.embed_tokens(tokens))?;
         for (index, layer) in self.layers.iter().enumerate() {
             if cancel.load(Ordering::Relaxed) {
                 return Err(ModelError::Cancelled);
             }
-            self.decoder_layer(layer, index, &mut x, n, cache, start, &cos, &sin)?;
+            self.decoder_layer(layer, index, &mut x, segments)?;
         }
-        cache.set_len(start + n);
         let h = c.hidden_size;
-        let rows = if all { &x[..] } else { &x[(n - 1) * h..] };
-        let normed = profile::time(Stage::Norm, || rms_norm(rows, &self.norm, c.rms_norm_eps));
+        let mut rows = Vec::with_capacity(if all { x.len() } else { segments.len() * h });
+        let mut offset = 0;
+        for segment in segments.iter_mut() {
+            segment.cache.set_len(segment.start + segment.n);
+            let first = if all { offset } else { offset + segment.n - 1 };
+            rows.extend_from_slice(&x[first * h..(offset + segment.n) * h]);
+            offset += segment.n;
+        }
+        let normed = profile::time(Stage::Norm, || rms_norm(&rows, &self.norm, c.rms_norm_eps));
         profile::time(Stage::LmHead, || {
             self.lm_head.forward(&normed, rows.len() / h, self.kernel)
         })
@@ -206,44 +295,40 @@ impl Model {
         Ok(x)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One decoder block over the rows of every segment: the matrix
+    /// products take all rows at once, rope and attention go per segment.
     fn decoder_layer(
         &self,
         layer: &DecoderLayer,
         index: usize,
         x: &mut [f32],
-        n: usize,
-        cache: &mut KvCache,
-        start: usize,
-        cos: &[f32],
-        sin: &[f32],
+        segments: &mut [Segment<'_>],
     ) -> Result<(), ModelError> {
         let c = &self.config;
         let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let n = x.len() / c.hidden_size;
         let normed = profile::time(Stage::Norm, || {
             rms_norm(x, &layer.input_norm, c.rms_norm_eps)
         });
         let Qkv3 { mut q, mut k, v } = profile::time(Stage::Qkv, || {
             project_qkv(&layer.qkv, &normed, n, heads * d, kv_heads * d, self.kernel)
         })?;
-        profile::time(Stage::Rope, || {
-            rope::apply(&mut q, heads, d, cos, sin);
-            rope::apply(&mut k, kv_heads, d, cos, sin);
-        });
-        let attended = profile::time(Stage::Attention, || {
-            cache.write(index, start, &k, &v);
-            let len = start + n;
-            let cache = &*cache;
-            if n == 1 {
-                return Ok(attention_one(&q, heads, d, kv_heads, |head| {
-                    cache.head(index, head, len)
-                }));
-            }
-            attention(&q, heads, d, kv_heads, start, |head| {
-                let (k, v) = cache.head(index, head, len);
-                (k.to_vec(), v.to_vec())
-            })
-        })?;
+        let mut attended = Vec::with_capacity(q.len());
+        let mut row = 0;
+        for segment in segments.iter_mut() {
+            let (q_rows, k_rows) = (row * heads * d, row * kv_heads * d);
+            let q = &mut q[q_rows..q_rows + segment.n * heads * d];
+            let k = &mut k[k_rows..k_rows + segment.n * kv_heads * d];
+            let v = &v[k_rows..k_rows + segment.n * kv_heads * d];
+            profile::time(Stage::Rope, || {
+                rope::apply(q, heads, d, &segment.cos, &segment.sin);
+                rope::apply(k, kv_heads, d, &segment.cos, &segment.sin);
+            });
+            attended.extend(profile::time(Stage::Attention, || {
+                segment.attend(index, q, k, v, heads, kv_heads, d)
+            })?);
+            row += segment.n;
+        }
         add_assign(
             x,
             &profile::time(Stage::OProj, || {
@@ -282,6 +367,45 @@ impl Model {
             })?,
         );
         Ok(())
+    }
+}
+
+/// One sequence's share of a forward pass: `n` new tokens at positions
+/// `start..start + n` of `cache`, with their rotary tables.
+struct Segment<'c> {
+    cache: &'c mut KvCache,
+    start: usize,
+    n: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Segment<'_> {
+    /// Stores the segment's keys and values in layer `index` of its cache
+    /// and attends its queries over everything cached up to them.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &mut self,
+        index: usize,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        heads: usize,
+        kv_heads: usize,
+        d: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.cache.write(index, self.start, k, v);
+        let len = self.start + self.n;
+        let cache = &*self.cache;
+        if self.n == 1 {
+            return Ok(attention_one(q, heads, d, kv_heads, |head| {
+                cache.head(index, head, len)
+            }));
+        }
+        attention(q, heads, d, kv_heads, self.start, |head| {
+            let (k, v) = cache.head(index, head, len);
+            (k.to_vec(), v.to_vec())
+        })
     }
 }
 

@@ -107,6 +107,125 @@ fn missing_tensor_is_named() {
     );
 }
 
+fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}");
+    for (a, b) in actual.iter().zip(expected) {
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+            "{what}: {a} vs {b}"
+        );
+    }
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    (0..logits.len())
+        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+        .unwrap() as u32
+}
+
+#[test]
+fn a_batched_step_equals_separate_steps() {
+    let (config, weights) = random_llama(4);
+    let model = Model::load(&config, weights).unwrap();
+    let no = AtomicBool::new(false);
+    let prompts: [&[u32]; 3] = [&[1, 2, 3], &[9, 8, 7, 6, 5], &[42]];
+    let mut caches: Vec<KvCache> = prompts
+        .iter()
+        .map(|p| {
+            let mut cache = model.new_cache(16);
+            model.forward(p, &mut cache, &no).unwrap();
+            cache
+        })
+        .collect();
+    let mut separate = caches.clone();
+    let next = [4, 11, 0];
+    let expected: Vec<Vec<f32>> = separate
+        .iter_mut()
+        .zip(next)
+        .map(|(cache, t)| model.forward(&[t], cache, &no).unwrap())
+        .collect();
+    let mut steps: Vec<(u32, &mut KvCache)> = next.into_iter().zip(caches.iter_mut()).collect();
+    let batched = model.forward_batch(&mut steps, &no).unwrap();
+    for (i, (b, e)) in batched.iter().zip(&expected).enumerate() {
+        assert_close(b, e, &format!("sequence {i}"));
+        assert_eq!(caches[i].len(), separate[i].len());
+    }
+}
+
+#[test]
+fn concurrent_decode_steps_share_passes_and_keep_their_results() {
+    let (config, weights) = random_llama(5);
+    let model = Model::load(&config, weights).unwrap();
+    let no = AtomicBool::new(false);
+    let prompts: [&[u32]; 2] = [&[3, 1, 4, 1, 5], &[2, 7, 1, 8]];
+    let steps = 20;
+    // Greedy continuations, one sequence at a time, without the batcher.
+    let alone: Vec<Vec<Vec<f32>>> = prompts
+        .iter()
+        .map(|prompt| {
+            let mut cache = model.new_cache(32);
+            let mut logits = model.forward(prompt, &mut cache, &no).unwrap();
+            (0..steps)
+                .map(|_| {
+                    logits = model.forward(&[argmax(&logits)], &mut cache, &no).unwrap();
+                    logits.clone()
+                })
+                .collect()
+        })
+        .collect();
+    // The same, both at once through `decode_step`.
+    let together: Vec<Vec<Vec<f32>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|prompt| {
+                let (model, no) = (&model, &no);
+                scope.spawn(move || {
+                    let mut cache = model.new_cache(32);
+                    let mut logits = model.forward(prompt, &mut cache, no).unwrap();
+                    (0..steps)
+                        .map(|_| {
+                            logits = model.decode_step(argmax(&logits), &mut cache, no).unwrap();
+                            logits.clone()
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (s, (a, t)) in alone.iter().zip(&together).enumerate() {
+        for (step, (a, t)) in a.iter().zip(t).enumerate() {
+            assert_close(t, a, &format!("sequence {s} step {step}"));
+        }
+    }
+    let (passes, served) = model.batcher.counts();
+    assert_eq!(served, 2 * steps as u64);
+    // Without batching every step is a pass of its own.
+    assert!(passes < served, "{passes} passes for {served} steps");
+    println!("{served} steps in {passes} passes");
+}
+
+#[test]
+fn a_decode_step_past_the_context_fails_alone() {
+    let (config, weights) = random_llama(6);
+    let model = Model::load(&config, weights).unwrap();
+    let no = AtomicBool::new(false);
+    let mut full = model.new_cache(2);
+    model.forward(&[1, 2], &mut full, &no).unwrap();
+    assert!(matches!(
+        model.decode_step(3, &mut full, &no),
+        Err(ModelError::ContextFull { .. })
+    ));
+    assert_eq!(full.len(), 2, "the cache comes back");
+    assert!(matches!(
+        model.decode_step(50, &mut model.new_cache(4), &no),
+        Err(ModelError::TokenOutOfRange(50))
+    ));
+    let mut room = model.new_cache(4);
+    model.decode_step(3, &mut room, &no).unwrap();
+    assert_eq!(room.len(), 1);
+}
+
 #[test]
 fn smollm2_greedily_names_the_capital_of_france() {
     let gguf = require(smollm2_gguf());
