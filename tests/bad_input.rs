@@ -1,6 +1,9 @@
 //! Hostile gRPC input: invalid UTF-8, huge prompts, thousands of messages,
-//! unwritable conversion targets. Each gets a clear error and the daemon
-//! keeps serving.
+//! unwritable conversion targets, a full or read-only disk. Each gets a
+//! clear error and the daemon keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use qins_e2e::*;
 use qins_proto::v1::{ConvertRequest, Sampling};
@@ -19,6 +22,106 @@ struct RawMessage {
 struct RawChatRequest {
     #[prost(message, repeated, tag = "1")]
     messages: Vec<RawMessage>,
+}
+
+/// Runs a Convert to completion: the error status, or a panic naming
+/// `output` when it succeeds.
+async fn convert_error(daemon: &Daemon, source: &Path, output: &str) -> tonic::Status {
+    let request = ConvertRequest {
+        source: source.display().to_string(),
+        output: output.into(),
+        options: None,
+    };
+    match daemon.client().await.convert(request).await {
+        Err(status) => status,
+        Ok(stream) => {
+            let mut stream = stream.into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("the conversion to '{output}' succeeded"),
+                    Err(status) => break status,
+                }
+            }
+        }
+    }
+}
+
+/// The names in `dir`, hidden temporary files included, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read the dir")
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// A filesystem mounted for one test; lazily unmounted on drop, so it goes
+/// away even when the test fails (and before its temp dir is removed, when
+/// declared after it).
+struct Mount {
+    dir: PathBuf,
+}
+
+impl Mount {
+    /// `mount ARGS DIR`; `None` (with a skip line on stderr) where mounting
+    /// is not allowed: it needs root, or CAP_SYS_ADMIN.
+    fn new(args: &[&str], dir: &Path) -> Option<Mount> {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let output = Command::new("mount").args(args).arg(dir).output();
+        match output {
+            Ok(o) if o.status.success() => Some(Mount {
+                dir: dir.to_path_buf(),
+            }),
+            Ok(o) => {
+                eprintln!(
+                    "skipped: this test needs root to mount a tmpfs (mount {}: {})",
+                    args.join(" "),
+                    text(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: this test needs root to mount a tmpfs (cannot run mount: {e})");
+                None
+            }
+        }
+    }
+
+    /// Makes a bind mount read-only (a second step: `mount --bind` ignores `ro`).
+    fn remount_bind_read_only(&self) {
+        run_ok(
+            Command::new("mount")
+                .args(["-o", "remount,bind,ro"])
+                .arg(&self.dir),
+        );
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// Free blocks of the filesystem holding `dir`.
+fn free_blocks(dir: &Path) -> libc::fsblkcnt_t {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("no NUL in the path");
+    // SAFETY: statvfs is plain data (all zeroes is a valid value); the call
+    // gets a NUL-terminated path and a struct we own to write into.
+    let (result, stat) = unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(path.as_ptr(), &mut stat), stat)
+    };
+    assert_eq!(result, 0, "statvfs {}", dir.display());
+    stat.f_bfree
 }
 
 async fn still_serves(daemon: &Daemon) {
@@ -167,5 +270,77 @@ async fn converting_to_an_unwritable_place_is_a_clear_error_with_nothing_written
         );
         assert!(!output.exists());
     }
+    still_serves(&daemon).await;
+}
+
+#[tokio::test]
+async fn converting_onto_a_full_disk_is_resource_exhausted_with_nothing_left() {
+    let daemon = Daemon::start(&[]).await;
+    let full = daemon.dir.path().join("full");
+    // 64 KiB: less than the tiny model's ~178 kB .qins.
+    let Some(_mount) = Mount::new(&["-t", "tmpfs", "-o", "size=64k", "tmpfs"], &full) else {
+        return;
+    };
+    let free = free_blocks(&full);
+    let output = full.join("m.qins");
+    let error = convert_error(&daemon, &tiny_model().hf_dir, &output.display().to_string()).await;
+    assert_eq!(error.code(), Code::ResourceExhausted, "{error:?}");
+    assert!(
+        error.message().contains("no space left on device")
+            && error.message().contains(&output.display().to_string()),
+        "{}",
+        error.message()
+    );
+    assert_eq!(
+        entries(&full),
+        Vec::<String>::new(),
+        "no output, no temp file"
+    );
+    assert_eq!(
+        free_blocks(&full),
+        free,
+        "the temp file's space is given back"
+    );
+    still_serves(&daemon).await;
+}
+
+#[tokio::test]
+async fn converting_into_a_read_only_dir_is_a_clear_error_with_nothing_written() {
+    let daemon = Daemon::start(&[]).await;
+    let source = &tiny_model().hf_dir;
+    // A read-only tmpfs as an explicit target.
+    let read_only = daemon.dir.path().join("ro");
+    let Some(_tmpfs) = Mount::new(&["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs"], &read_only)
+    else {
+        return;
+    };
+    let output = read_only.join("m.qins");
+    let error = convert_error(&daemon, source, &output.display().to_string()).await;
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+    assert!(
+        error.message().contains("read-only file system")
+            && error.message().contains(&output.display().to_string()),
+        "{}",
+        error.message()
+    );
+    assert_eq!(entries(&read_only), Vec::<String>::new());
+    // The daemon's own models dir made read-only (bind-mounted over itself),
+    // with the default output there.
+    let models = &daemon.models_dir;
+    let bind = Mount::new(&["--bind", &models.display().to_string()], models)
+        .expect("a bind mount works where a tmpfs mount did");
+    bind.remount_bind_read_only();
+    let error = convert_error(&daemon, source, "").await;
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+    let default_output = models.join("tinyhf.qins");
+    assert!(
+        error.message().contains("read-only file system")
+            && error
+                .message()
+                .contains(&default_output.display().to_string()),
+        "{}",
+        error.message()
+    );
+    assert_eq!(entries(models), ["tiny.qins"]);
     still_serves(&daemon).await;
 }

@@ -512,6 +512,121 @@ async fn the_socket_and_its_directory_are_owner_only() {
     assert_eq!(mode(daemon.socket.parent().expect("dir")), 0o700);
 }
 
+/// The uid and gid of `nobody`, which the peer check test runs qinsd as.
+const NOBODY: u32 = 65534;
+
+/// A copy of the workspace binary `name` in `daemon`'s temp dir, where
+/// nobody may run it (the target dir may be in root's home, closed to others).
+fn binary_for_nobody(daemon: &Daemon, name: &str) -> std::path::PathBuf {
+    let dir = daemon.dir.path().join("bin");
+    std::fs::create_dir_all(&dir).expect("bin dir");
+    let copy = dir.join(name);
+    if !copy.exists() {
+        std::fs::copy(binary(name), &copy).expect("copy the binary");
+    }
+    copy
+}
+
+/// `qins --socket S stats` as `nobody`.
+fn stats_as_nobody(daemon: &Daemon) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new(binary_for_nobody(daemon, "qins"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("stats")
+        .env("HOME", daemon.dir.path())
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .expect("qins runs")
+}
+
+#[tokio::test]
+async fn connections_from_another_user_are_refused() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: this test needs root to run qinsd as another user (nobody)");
+        return;
+    }
+    // qinsd runs as nobody, in a temp dir nobody owns (under /tmp, which
+    // everyone may traverse); root, connecting to its socket, is another
+    // user. Root passes the socket's 0600 mode, so only the peer uid check
+    // stands in its way.
+    let mut daemon = Daemon::unstarted();
+    for path in [
+        daemon.dir.path(),
+        &daemon.models_dir,
+        &daemon.models_dir.join("tiny.qins"),
+    ] {
+        std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).expect("chown to nobody");
+    }
+    let qinsd = binary_for_nobody(&daemon, "qinsd");
+    let mut command = daemon.command_of(&qinsd, &["--model", "tiny"]);
+    command
+        .env("HOME", daemon.dir.path())
+        .uid(NOBODY)
+        .gid(NOBODY);
+    daemon.spawn_command(command);
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            daemon.log().contains("qinsd listening")
+        })
+        .await,
+        "qinsd as nobody did not start:\n{}",
+        daemon.log()
+    );
+    // Its own user is served.
+    let served = stats_as_nobody(&daemon);
+    assert!(
+        served.status.success(),
+        "qins stats as nobody: {}",
+        text(&served.stderr)
+    );
+    // Root is not: the socket accepts, then the daemon drops the connection
+    // unanswered, so the channel cannot open, or (when the client's half of
+    // the handshake raced ahead) the first call fails on the reset
+    // connection.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        match daemon.try_client().await {
+            Err(qins_proto::ConnectError::Transport { .. }) => {}
+            Err(other) => panic!("root's connection fails another way: {other}"),
+            Ok(mut client) => {
+                let status = client
+                    .stats(qins_proto::v1::StatsRequest {})
+                    .await
+                    .expect_err("root is refused");
+                assert!(
+                    matches!(status.code(), Code::Unavailable | Code::Unknown)
+                        && status.message().contains("transport error"),
+                    "{status:?}"
+                );
+            }
+        }
+    })
+    .await
+    .expect("a refused client fails promptly, it does not hang");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            daemon
+                .log()
+                .contains("refused a connection from another user")
+        })
+        .await,
+        "{}",
+        daemon.log()
+    );
+    assert!(daemon.log().contains("uid=0"), "{}", daemon.log());
+    // The daemon lives on and still serves its own user.
+    assert!(daemon.is_running(), "qinsd exited:\n{}", daemon.log());
+    let served = stats_as_nobody(&daemon);
+    assert!(
+        served.status.success(),
+        "qins stats as nobody after the refusal: {}",
+        text(&served.stderr)
+    );
+}
+
 #[tokio::test]
 async fn daemonize_detaches_with_a_pid_file_and_a_log_file() {
     let daemon = Daemon::start(&[]).await;

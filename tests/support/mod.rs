@@ -97,6 +97,17 @@ impl Daemon {
     /// Starts qinsd on the tiny model (copied into the daemon's models dir as
     /// `tiny.qins`) with `extra` flags, and waits until it answers.
     pub async fn start(extra: &[&str]) -> Daemon {
+        let mut daemon = Daemon::unstarted();
+        let mut args = vec!["--model", "tiny"];
+        args.extend_from_slice(extra);
+        daemon.spawn(&args);
+        daemon.wait_ready().await;
+        daemon
+    }
+
+    /// The temp dir, models dir (holding `tiny.qins`) and socket path of a
+    /// daemon that is not started yet.
+    pub fn unstarted() -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("qe")
             .tempdir_in("/tmp")
@@ -105,25 +116,26 @@ impl Daemon {
         std::fs::create_dir_all(&models_dir).expect("models dir");
         std::fs::copy(&tiny_model().qins, models_dir.join("tiny.qins")).expect("copy the model");
         let socket = dir.path().join("qinsd.sock");
-        let mut daemon = Daemon {
+        Daemon {
             socket,
             models_dir,
             child: None,
             dir,
-        };
-        let mut args = vec!["--model", "tiny"];
-        args.extend_from_slice(extra);
-        daemon.spawn(&args);
-        daemon.wait_ready().await;
-        daemon
+        }
     }
 
     /// Starts (or restarts) the process with `args` plus this daemon's
     /// socket and models dir; stderr goes to `qinsd.log` in the temp dir.
     pub fn spawn(&mut self, args: &[&str]) {
+        let command = self.command(args);
+        self.spawn_command(command);
+    }
+
+    /// Starts `command` (one from [`Daemon::command`], adjusted by the
+    /// caller) as this daemon; stderr goes to `qinsd.log` in the temp dir.
+    pub fn spawn_command(&mut self, mut command: Command) {
         let log = std::fs::File::create(self.dir.path().join("qinsd.log")).expect("log file");
-        let child = self
-            .command(args)
+        let child = command
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -133,7 +145,12 @@ impl Daemon {
 
     /// A qinsd command on this daemon's socket and models dir (not started).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(binary("qinsd"));
+        self.command_of(&binary("qinsd"), args)
+    }
+
+    /// [`Daemon::command`] with another qinsd executable (a copy of it).
+    pub fn command_of(&self, qinsd: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(qinsd);
         command
             .args(args)
             .arg("--socket")
@@ -148,6 +165,13 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("qinsd.log")).unwrap_or_default()
+    }
+
+    /// Whether the process is still running (not exited, not yet reaped).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn pid(&self) -> i32 {

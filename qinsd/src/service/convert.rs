@@ -67,7 +67,7 @@ pub async fn convert(
             }
             Err(error) => {
                 tracing::warn!(source = request.source, %error, "conversion failed");
-                let _ = tx.blocking_send(Err(status::from_convert(&error)));
+                let _ = tx.blocking_send(Err(status::from_convert(&error, &output)));
             }
         }
         watcher.abort();
