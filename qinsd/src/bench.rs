@@ -218,6 +218,13 @@ pub fn warm_page_cache(path: &Path) -> Result<WarmUp, BenchError> {
 /// Runs the whole benchmark: a page-cache warm-up, then one run per thread
 /// count, each in its own rayon pool and with a freshly loaded model.
 pub fn run(path: &Path, options: &BenchOptions) -> Result<BenchReport, BenchError> {
+    // The concurrency measurement runs on the global pool: give it the
+    // largest thread count (a no-op if something already built it).
+    if let Some(&most) = options.threads.iter().max() {
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(most)
+            .build_global();
+    }
     let warm_up = warm_page_cache(path)?;
     let mut runs = Vec::new();
     let mut parameters = 0;
@@ -231,10 +238,8 @@ pub fn run(path: &Path, options: &BenchOptions) -> Result<BenchReport, BenchErro
                 message: e.to_string(),
             })?;
         let (mut report, model, params, zstd) = pool.install(|| run_one(path, options, threads))?;
-        // From this (non-pool) thread: the sequences block on the pool, and
-        // a pool worker waiting for them could deadlock a 1-thread pool.
         if options.batch > 1 {
-            report.concurrency = Some(concurrency(&model, options, threads)?);
+            report.concurrency = concurrency(&model, options, threads)?;
             report.memory.peak_rss = peak_rss();
         }
         drop(model);
@@ -367,23 +372,19 @@ fn argmax(logits: &[f32]) -> u32 {
 /// thread with its own cache, and their decode steps go through
 /// [`Model::decode_step`], which batches steps taken together into one pass.
 ///
-/// The sequences run inside `pool` (so its thread count applies), which
-/// has `batch - 1` extra workers: while one sequence's thread leads a
-/// batched pass, the others' block in the batcher instead of computing, so
-/// the pass still gets the run's full thread count.
+/// The sequences run on plain threads, like the daemon's reply threads: a
+/// sequence blocked in the batcher (or a barrier) inside a rayon worker
+/// could be stacked under another pool job it waits for, a deadlock. Their
+/// kernels therefore run on the global pool, so this is measured only for
+/// the thread count that pool has (see [`run`]); `None` for the others.
 fn concurrency(
     model: &Model,
     options: &BenchOptions,
     threads: usize,
-) -> Result<Concurrency, BenchError> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads + options.batch.max(1) - 1)
-        .build()
-        .map_err(|e| BenchError::Pool {
-            threads,
-            message: e.to_string(),
-        })?;
-    let pool = &pool;
+) -> Result<Option<Concurrency>, BenchError> {
+    if rayon::current_num_threads() != threads {
+        return Ok(None);
+    }
     let ready = std::sync::Barrier::new(options.batch.max(1));
     let steps = options.batch_decode.max(1);
     let prompt_len = options.batch_prompt.max(1);
@@ -403,7 +404,7 @@ fn concurrency(
         decode(model, &mut cache, logits, steps, &cancel)?;
         Ok(t.elapsed().as_secs_f64())
     };
-    let single_s = pool.install(|| sequence(options.seed ^ 1, None))?;
+    let single_s = sequence(options.seed ^ 1, None)?;
     let (passes_before, steps_before) = model.decode_pass_counts();
     // The sequences prefill, wait for each other, then time their decode;
     // the aggregate uses the slowest, which covers the whole overlap.
@@ -411,9 +412,7 @@ fn concurrency(
         let handles: Vec<_> = (0..options.batch)
             .map(|i| {
                 let (sequence, ready) = (&sequence, &ready);
-                scope.spawn(move || {
-                    pool.install(|| sequence(options.seed ^ (i as u64 + 2), Some(ready)))
-                })
+                scope.spawn(move || sequence(options.seed ^ (i as u64 + 2), Some(ready)))
             })
             .collect();
         handles.into_iter().map(|h| h.join()).collect()
@@ -427,7 +426,7 @@ fn concurrency(
         (batched_steps - steps_before) as f64 / (passes - passes_before).max(1) as f64;
     let single_tok_s = steps as f64 / single_s.max(1e-9);
     let aggregate_tok_s = (options.batch * steps) as f64 / slowest.max(1e-9);
-    Ok(Concurrency {
+    Ok(Some(Concurrency {
         sequences: options.batch,
         prompt_tokens: prompt_len,
         decode_steps: steps,
@@ -435,7 +434,7 @@ fn concurrency(
         aggregate_tok_s,
         speedup: aggregate_tok_s / single_tok_s.max(1e-9),
         steps_per_pass,
-    })
+    }))
 }
 
 #[cfg(test)]

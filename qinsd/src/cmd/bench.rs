@@ -19,7 +19,7 @@ pub struct Args {
     #[arg(long, default_value_t = 128)]
     pub decode: usize,
     /// Sequences decoding concurrently for the aggregate-throughput figure
-    /// (1 skips it).
+    /// (1 skips it); measured at the largest thread count only.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Decode steps per sequence in the concurrency figure.

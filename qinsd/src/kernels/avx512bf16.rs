@@ -274,6 +274,8 @@ fn micro_kernel(w: &[u16], x: &[u16], cols: usize, dots: &mut [[f32; TILE_INPUTS
 /// The register-blocked core: `R x T` accumulators, one weight register per
 /// row and one input register at a time, 32 columns per step. Missing input
 /// rows of a short tile (fewer than `T` in `x`) are skipped.
+// Indexing (not iterators) keeps the register tile explicit for the compiler.
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 fn tile<const R: usize, const T: usize>(
     w: &[u16],
