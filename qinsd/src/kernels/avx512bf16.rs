@@ -22,8 +22,8 @@
 //! significant bits: relative error <= 2^-8 each, so a dot product moves by
 //! at most 2^-7 of Σ|w·x|); products are exact in f32 and summed in f32. The
 //! tests compare against the same computation done in f64 on bf16-rounded
-//! operands ([`round_to_bf16`]), with the f32-summation tolerance of the
-//! other kernels.
+//! operands ([`super::round_to_bf16`]), with the f32-summation tolerance of
+//! the other kernels.
 //!
 //! **Threading.** Up to 4 input rows (a decode step, batched or not):
 //! each weight block is decoded into registers and dotted with every input
@@ -37,7 +37,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{NibbleTables, OutPtr, padded};
+use super::{NibbleTables, OutPtr, padded, round_to_bf16};
 use crate::weights::QinsMatrix;
 
 /// Columns per block: one 64-byte register of codes.
@@ -125,17 +125,6 @@ fn interleave(x: &[f32], out: &mut [u16]) {
             *slot = x.get(column).map_or(0, |&v| round_to_bf16(v));
         }
     }
-}
-
-/// f32 -> bf16, rounding to nearest even as `vcvtne2ps2bf16` does (for the
-/// finite, normal values weights and activations take; NaN stays NaN).
-pub fn round_to_bf16(v: f32) -> u16 {
-    let bits = v.to_bits();
-    if v.is_nan() {
-        return ((bits >> 16) | 0x40) as u16;
-    }
-    let rounding = 0x7FFF + ((bits >> 16) & 1);
-    (bits.wrapping_add(rounding) >> 16) as u16
 }
 
 /// Up to [`MAX_DIRECT_INPUTS`] input rows: every weight row is decoded into

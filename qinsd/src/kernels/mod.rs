@@ -319,6 +319,24 @@ fn row_matmul(kernel: RowKernel, x: &[f32], n: usize, w: &QinsMatrix, out: &mut 
         });
 }
 
+/// f32 -> bf16 (the top 16 bits), rounding to nearest even as
+/// `vcvtne2ps2bf16` does for the finite, normal values weights and
+/// activations take; NaN stays NaN.
+pub fn round_to_bf16(v: f32) -> u16 {
+    let bits = v.to_bits();
+    if v.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let rounding = 0x7FFF + ((bits >> 16) & 1);
+    (bits.wrapping_add(rounding) >> 16) as u16
+}
+
+/// bf16 -> f32, exact.
+#[inline(always)]
+pub fn widen_bf16(v: u16) -> f32 {
+    f32::from_bits(u32::from(v) << 16)
+}
+
 /// Zero-padded copy of a row's last partial SIMD group (codes, signs or
 /// inputs): padded codes are 0, so they decode to 0 and add nothing.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]

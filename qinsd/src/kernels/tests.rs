@@ -297,8 +297,7 @@ fn magnitudes(x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
 /// product, signed) and every input rounded once to bf16, exact products.
 #[cfg(target_arch = "x86_64")]
 fn bf16_reference(x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
-    use avx512bf16::round_to_bf16;
-    let widen = |v: f32| f64::from(f32::from_bits(u32::from(round_to_bf16(v)) << 16));
+    let widen = |v: f32| f64::from(widen_bf16(round_to_bf16(v)));
     let mut out = vec![0.0; n * w.rows];
     for r in 0..w.rows {
         let tables = NibbleTables::new(w.row_range(r));

@@ -9,16 +9,18 @@ use candle_core::{D, Device, Tensor};
 use rayon::prelude::*;
 
 use super::ModelError;
+use super::kv_cache::HeadView;
+use crate::kernels::widen_bf16;
 
 /// Attention of one query token (`heads x head_dim`) over the `len` cached
-/// positions of every kv head, `kv(kv_head) = (keys, values)` each
-/// `len x head_dim`. Returns `heads x head_dim`.
+/// positions of every kv head, `kv(kv_head)` giving its keys and values,
+/// each `len x head_dim`. Returns `heads x head_dim`.
 pub fn attention_one<'a>(
     q: &[f32],
     heads: usize,
     head_dim: usize,
     kv_heads: usize,
-    kv: impl Fn(usize) -> (&'a [f32], &'a [f32]) + Sync,
+    kv: impl Fn(usize) -> HeadView<'a> + Sync,
 ) -> Vec<f32> {
     let group = heads / kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
@@ -27,14 +29,36 @@ pub fn attention_one<'a>(
         .zip(q.par_chunks(head_dim))
         .enumerate()
         .for_each(|(head, (out, q))| {
-            let (keys, values) = kv(head / group);
-            attend(q, keys, values, scale, out);
+            match kv(head / group) {
+                HeadView::F32 { keys, values } => attend(q, keys, values, scale, out),
+                HeadView::Bf16 { keys, values } => attend(q, keys, values, scale, out),
+            }
         });
     out
 }
 
+/// A cached key or value entry.
+trait Entry: Copy {
+    fn widen(self) -> f32;
+}
+
+impl Entry for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+/// bf16 bits.
+impl Entry for u16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        widen_bf16(self)
+    }
+}
+
 /// One head: `out = Σ_j softmax(q·k_j * scale) v_j`.
-fn attend(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+fn attend<E: Entry>(q: &[f32], keys: &[E], values: &[E], scale: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512 F.
@@ -47,12 +71,12 @@ fn attend(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) 
 /// [`dot`] and [`add_scaled`] become 512-bit registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn attend_avx512(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+fn attend_avx512<E: Entry>(q: &[f32], keys: &[E], values: &[E], scale: f32, out: &mut [f32]) {
     attend_portable(q, keys, values, scale, out);
 }
 
 #[inline(always)]
-fn attend_portable(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mut [f32]) {
+fn attend_portable<E: Entry>(q: &[f32], keys: &[E], values: &[E], scale: f32, out: &mut [f32]) {
     let d = q.len();
     let mut scores: Vec<f32> = keys.chunks_exact(d).map(|k| dot(q, k) * scale).collect();
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -71,24 +95,24 @@ fn attend_portable(q: &[f32], keys: &[f32], values: &[f32], scale: f32, out: &mu
 const LANES: usize = 16;
 
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<E: Entry>(a: &[f32], b: &[E]) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let (a_chunks, a_tail) = a.as_chunks::<LANES>();
     let (b_chunks, b_tail) = b.as_chunks::<LANES>();
     for (a, b) in a_chunks.iter().zip(b_chunks) {
         for i in 0..LANES {
-            lanes[i] += a[i] * b[i];
+            lanes[i] += a[i] * b[i].widen();
         }
     }
-    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y).sum();
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(x, y)| x * y.widen()).sum();
     lanes.iter().sum::<f32>() + tail
 }
 
 /// `out += v * p`.
 #[inline(always)]
-fn add_scaled(out: &mut [f32], v: &[f32], p: f32) {
+fn add_scaled<E: Entry>(out: &mut [f32], v: &[E], p: f32) {
     for (o, &x) in out.iter_mut().zip(v) {
-        *o += x * p;
+        *o += x.widen() * p;
     }
 }
 
@@ -157,6 +181,7 @@ fn causal_mask(n: usize, start: usize, device: &Device) -> Result<Tensor, ModelE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::round_to_bf16;
     use crate::rng::SplitMix64;
 
     fn random(len: usize, rng: &mut SplitMix64) -> Vec<f32> {
@@ -178,14 +203,29 @@ mod tests {
                 (keys[h].clone(), values[h].clone())
             })
             .unwrap();
-            let actual = attention_one(&q, heads, d, kv_heads, |h| (&keys[h][..], &values[h][..]));
-            assert_eq!(actual.len(), expected.len());
-            for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
-                assert!(
-                    (a - e).abs() <= 1e-5 * e.abs().max(1.0),
-                    "heads {heads}/{kv_heads} d {d} len {len} [{i}]: {a} vs {e}"
-                );
-            }
+            let actual = attention_one(&q, heads, d, kv_heads, |h| HeadView::F32 {
+                keys: &keys[h][..],
+                values: &values[h][..],
+            });
+            assert_close(&actual, &expected, &format!("f32 {heads}/{kv_heads} d {d} len {len}"));
+            // A bf16 cache: the general path on the same (widened) entries.
+            let round = |v: &Vec<f32>| v.iter().map(|&x| round_to_bf16(x)).collect::<Vec<u16>>();
+            let (keys16, values16): (Vec<_>, Vec<_>) =
+                keys.iter().zip(&values).map(|(k, v)| (round(k), round(v))).unzip();
+            let view = |h: usize| HeadView::Bf16 {
+                keys: &keys16[h][..],
+                values: &values16[h][..],
+            };
+            let expected = attention(&q, heads, d, kv_heads, len - 1, |h| view(h).to_f32()).unwrap();
+            let actual = attention_one(&q, heads, d, kv_heads, view);
+            assert_close(&actual, &expected, &format!("bf16 {heads}/{kv_heads} d {d} len {len}"));
+        }
+    }
+
+    fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
+        assert_eq!(actual.len(), expected.len());
+        for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+            assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "{what} [{i}]: {a} vs {e}");
         }
     }
 }

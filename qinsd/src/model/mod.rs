@@ -22,7 +22,7 @@ use thiserror::Error;
 use attention::{attention, attention_one};
 use batch::DecodeBatcher;
 pub use config::{Architecture, ModelConfig};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvPrecision};
 use layers::{Linear, rms_norm, swiglu};
 use profile::Stage;
 use rope::Rope;
@@ -130,13 +130,22 @@ impl Model {
         &self.config
     }
 
+    /// A cache for `capacity` tokens, in the precision that goes with the
+    /// kernel: bf16 for the bf16 kernel (which rounds every activation to
+    /// bf16 anyway), f32 otherwise.
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let c = &self.config;
+        let precision = if self.kernel.rounds_to_bf16() {
+            KvPrecision::Bf16
+        } else {
+            KvPrecision::F32
+        };
         KvCache::new(
             c.num_hidden_layers,
             c.num_key_value_heads,
             c.head_dim,
             capacity,
+            precision,
         )
     }
 
@@ -403,8 +412,7 @@ impl Segment<'_> {
             }));
         }
         attention(q, heads, d, kv_heads, self.start, |head| {
-            let (k, v) = cache.head(index, head, len);
-            (k.to_vec(), v.to_vec())
+            cache.head(index, head, len).to_f32()
         })
     }
 }
