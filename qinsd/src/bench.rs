@@ -504,7 +504,11 @@ mod tests {
         assert_eq!(report.runs.len(), 2);
         for r in &report.runs {
             assert!(r.decode_tok_s > 0.0 && r.prefill_tok_s > 0.0);
-            let entry = if selected_kernel().rounds_to_bf16() { 2 } else { 4 };
+            let entry = if selected_kernel().rounds_to_bf16() {
+                2
+            } else {
+                4
+            };
             assert_eq!(r.memory.kv_cache, 2 * 2 * 64 * 13 * entry);
             // Measured on the global pool's thread count only.
             if r.threads == rayon::current_num_threads() {

@@ -396,7 +396,7 @@ fn decode_dots<const T: usize>(
 ) -> [f32; T] {
     assert!(x.len() >= T * padded_cols && codes.len() <= padded_cols);
     let mut acc = [[_mm512_setzero_ps(); 2]; T];
-    for_each_block(codes, signs, |block, codes, negative| {
+    let mut step = |block: usize, codes: &[u8; BLOCK], negative: u64| {
         let w = tables.decode64(codes, negative);
         for (t, acc) in acc.iter_mut().enumerate() {
             // SAFETY: block `block` of input row `t` is 64 readable u16
@@ -411,7 +411,20 @@ fn decode_dots<const T: usize>(
             acc[0] = _mm512_dpbf16_ps(acc[0], as_bf16(w[0]), as_bf16(x0));
             acc[1] = _mm512_dpbf16_ps(acc[1], as_bf16(w[1]), as_bf16(x1));
         }
-    });
+    };
+    // The whole blocks in a plain loop (the hot path), then the padded tail.
+    let (whole, tail) = codes.as_chunks::<BLOCK>();
+    let (sign_words, _) = signs.as_chunks::<8>();
+    for (block, (codes, signs)) in whole.iter().zip(sign_words).enumerate() {
+        step(block, codes, u64::from_le_bytes(*signs));
+    }
+    if !tail.is_empty() {
+        // Not the remainder of `as_chunks`: a tail of 57..63 codes has 8
+        // whole sign bytes.
+        let sign_tail = &signs[whole.len() * 8..];
+        let negative = u64::from_le_bytes(padded::<u8, 8>(sign_tail));
+        step(whole.len(), &padded::<u8, BLOCK>(tail), negative);
+    }
     std::array::from_fn(|t| _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1])))
 }
 

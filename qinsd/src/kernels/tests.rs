@@ -464,7 +464,7 @@ fn kernel_selection_lists_and_names() {
 #[test]
 #[ignore]
 fn bench() {
-    for &(rows, cols) in &[(3072, 8192), (8192, 3072)] {
+    for &(rows, cols) in &[(3072, 8192), (8192, 3072), (16384, 3072)] {
         for per_row in [true, false] {
             let w = random_codes_matrix(rows, cols, per_row, Signs::Random, 1);
             let weight_bytes = (w.code_bytes() + w.sign_bytes()) as f64;

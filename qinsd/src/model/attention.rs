@@ -28,11 +28,9 @@ pub fn attention_one<'a>(
     out.par_chunks_mut(head_dim)
         .zip(q.par_chunks(head_dim))
         .enumerate()
-        .for_each(|(head, (out, q))| {
-            match kv(head / group) {
-                HeadView::F32 { keys, values } => attend(q, keys, values, scale, out),
-                HeadView::Bf16 { keys, values } => attend(q, keys, values, scale, out),
-            }
+        .for_each(|(head, (out, q))| match kv(head / group) {
+            HeadView::F32 { keys, values } => attend(q, keys, values, scale, out),
+            HeadView::Bf16 { keys, values } => attend(q, keys, values, scale, out),
         });
     out
 }
@@ -207,25 +205,40 @@ mod tests {
                 keys: &keys[h][..],
                 values: &values[h][..],
             });
-            assert_close(&actual, &expected, &format!("f32 {heads}/{kv_heads} d {d} len {len}"));
+            assert_close(
+                &actual,
+                &expected,
+                &format!("f32 {heads}/{kv_heads} d {d} len {len}"),
+            );
             // A bf16 cache: the general path on the same (widened) entries.
             let round = |v: &Vec<f32>| v.iter().map(|&x| round_to_bf16(x)).collect::<Vec<u16>>();
-            let (keys16, values16): (Vec<_>, Vec<_>) =
-                keys.iter().zip(&values).map(|(k, v)| (round(k), round(v))).unzip();
+            let (keys16, values16): (Vec<_>, Vec<_>) = keys
+                .iter()
+                .zip(&values)
+                .map(|(k, v)| (round(k), round(v)))
+                .unzip();
             let view = |h: usize| HeadView::Bf16 {
                 keys: &keys16[h][..],
                 values: &values16[h][..],
             };
-            let expected = attention(&q, heads, d, kv_heads, len - 1, |h| view(h).to_f32()).unwrap();
+            let expected =
+                attention(&q, heads, d, kv_heads, len - 1, |h| view(h).to_f32()).unwrap();
             let actual = attention_one(&q, heads, d, kv_heads, view);
-            assert_close(&actual, &expected, &format!("bf16 {heads}/{kv_heads} d {d} len {len}"));
+            assert_close(
+                &actual,
+                &expected,
+                &format!("bf16 {heads}/{kv_heads} d {d} len {len}"),
+            );
         }
     }
 
     fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
         assert_eq!(actual.len(), expected.len());
         for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-            assert!((a - e).abs() <= 1e-5 * e.abs().max(1.0), "{what} [{i}]: {a} vs {e}");
+            assert!(
+                (a - e).abs() <= 1e-5 * e.abs().max(1.0),
+                "{what} [{i}]: {a} vs {e}"
+            );
         }
     }
 }

@@ -131,11 +131,13 @@ impl Model {
     }
 
     /// A cache for `capacity` tokens, in the precision that goes with the
-    /// kernel: bf16 for the bf16 kernel (which rounds every activation to
-    /// bf16 anyway), f32 otherwise.
+    /// kernel: bf16 for a QINS model on the bf16 kernel (which rounds every
+    /// activation to bf16 anyway), f32 otherwise.
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let c = &self.config;
-        let precision = if self.kernel.rounds_to_bf16() {
+        // A float reference model (quality baselines) keeps an exact cache.
+        let quantized = matches!(self.lm_head, Linear::Qins(_));
+        let precision = if quantized && self.kernel.rounds_to_bf16() {
             KvPrecision::Bf16
         } else {
             KvPrecision::F32
