@@ -233,32 +233,14 @@ async fn huge_prompts_and_thousands_of_messages_are_refused() {
 #[tokio::test]
 async fn converting_to_an_unwritable_place_is_a_clear_error_with_nothing_written() {
     let daemon = Daemon::start(&[]).await;
-    let mut client = daemon.client().await;
-    let source = tiny_model().hf_dir.display().to_string();
+    let source = &tiny_model().hf_dir;
     // A missing directory, and sysfs, where not even root may create files.
     let cases = [
         daemon.dir.path().join("no/such/dir/m.qins"),
         std::path::PathBuf::from("/sys/qins-e2e-m.qins"),
     ];
     for output in &cases {
-        let request = ConvertRequest {
-            source: source.clone(),
-            output: output.display().to_string(),
-            options: None,
-        };
-        let outcome = match client.convert(request).await {
-            Err(status) => status,
-            Ok(stream) => {
-                let mut stream = stream.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(_)) => continue,
-                        Ok(None) => panic!("{} was written", output.display()),
-                        Err(status) => break status,
-                    }
-                }
-            }
-        };
+        let outcome = convert_error(&daemon, source, &output.display().to_string()).await;
         assert_eq!(outcome.code(), Code::FailedPrecondition, "{outcome:?}");
         assert!(
             outcome
