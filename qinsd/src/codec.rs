@@ -108,6 +108,17 @@ impl EncodeOptions {
     }
 }
 
+/// A range's magnitudes as a geometric series, in f64: code `c` in 1..=255
+/// has magnitude `scale * ratio^(255 - c)`. Kept per row by resident
+/// matrices, so kernels build their tables without calling `exp`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RangeFactors {
+    /// The smallest magnitude, `exp(log_min)` (code 255).
+    pub scale: f64,
+    /// The step between neighbouring codes, `exp((log_max - log_min) / 254)`.
+    pub ratio: f64,
+}
+
 /// The logarithmic bounds of one range.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LogRange {
@@ -121,6 +132,16 @@ impl LogRange {
         log_min: 0.0,
         log_max: 0.0,
     };
+
+    /// The two exponentials every decode table of this range starts from
+    /// (see [`RangeFactors`]).
+    pub fn factors(&self) -> RangeFactors {
+        let log_min = f64::from(self.log_min);
+        RangeFactors {
+            scale: log_min.exp(),
+            ratio: ((f64::from(self.log_max) - log_min) / CODE_STEPS).exp(),
+        }
+    }
 
     /// Code of a non-zero magnitude.
     pub fn encode(&self, magnitude: f32) -> u8 {

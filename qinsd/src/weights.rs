@@ -10,7 +10,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 use thiserror::Error;
 
-use crate::codec::{self, LogRange};
+use crate::codec::{self, LogRange, RangeFactors};
 
 #[derive(Debug, Error)]
 pub enum WeightsError {
@@ -74,6 +74,9 @@ pub struct QinsMatrix {
     signs: Bytes,
     /// One range per row, or a single range for the whole matrix.
     ranges: Vec<LogRange>,
+    /// Each range's factors (two `exp` each), computed once here rather
+    /// than per row and call by the kernels.
+    factors: Vec<RangeFactors>,
 }
 
 impl QinsMatrix {
@@ -88,12 +91,14 @@ impl QinsMatrix {
         debug_assert_eq!(codes.len(), rows * cols);
         debug_assert_eq!(signs.len(), rows * codec::sign_row_bytes(cols));
         debug_assert!(ranges.len() == 1 || ranges.len() == rows);
+        let factors = ranges.iter().map(LogRange::factors).collect();
         Self {
             rows,
             cols,
             codes,
             signs,
             ranges,
+            factors,
         }
     }
 
@@ -132,6 +137,15 @@ impl QinsMatrix {
     pub fn row_signs(&self, row: usize) -> &[u8] {
         let n = codec::sign_row_bytes(self.cols);
         &self.signs[row * n..(row + 1) * n]
+    }
+
+    /// The factors of a row's range (see [`RangeFactors`]).
+    pub fn row_factors(&self, row: usize) -> RangeFactors {
+        if self.factors.len() == 1 {
+            self.factors[0]
+        } else {
+            self.factors[row]
+        }
     }
 
     pub fn row_range(&self, row: usize) -> LogRange {
@@ -306,7 +320,9 @@ impl ResidentWeights {
                 Weight::Qins(m) => {
                     bytes.codes += m.code_bytes() as u64;
                     bytes.signs += m.sign_bytes() as u64;
-                    bytes.other += (m.ranges.len() * std::mem::size_of::<LogRange>()) as u64;
+                    bytes.other += (m.ranges.len()
+                        * (std::mem::size_of::<LogRange>() + std::mem::size_of::<RangeFactors>()))
+                        as u64;
                     bytes.parameters += (m.rows * m.cols) as u64;
                 }
                 Weight::F32(t) => {

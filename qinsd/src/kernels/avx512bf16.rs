@@ -37,7 +37,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{NibbleTables, OutPtr, padded, round_to_bf16};
+use super::{NibbleTables, OutPtr, padded, round_to_bf16, row_tables};
 use crate::weights::QinsMatrix;
 
 /// Columns per block: one 64-byte register of codes.
@@ -86,11 +86,7 @@ pub fn matmul(x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
     {
         interleave(row, dst);
     }
-    let shared = (w.ranges().len() == 1).then(|| NibbleTables::new(w.ranges()[0]));
-    let tables_of = |row: usize| match &shared {
-        Some(tables) => *tables,
-        None => NibbleTables::new(w.row_range(row)),
-    };
+    let tables_of = row_tables(w);
     // SAFETY (both calls): the CPU has the features (asserted above).
     if n <= MAX_DIRECT_INPUTS {
         unsafe { decode_rows(w, &inputs[..inputs_len], n, padded_cols, &tables_of, out) }

@@ -31,7 +31,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::codec::LogRange;
+use crate::codec::{LogRange, RangeFactors};
 use crate::weights::QinsMatrix;
 
 /// Code steps between the largest and the smallest magnitude (see [`crate::codec`]).
@@ -59,9 +59,13 @@ impl NibbleTables {
     /// than a 16-long chain (shorter latency; this runs per row and call),
     /// with a relative drift ~1e-15, far below an f32 ulp.
     pub fn new(range: LogRange) -> Self {
-        let log_min = f64::from(range.log_min);
-        let ratio = ((f64::from(range.log_max) - log_min) / CODE_STEPS).exp();
-        let scale = log_min.exp();
+        Self::from_factors(range.factors())
+    }
+
+    /// The tables from a range's precomputed factors (no `exp`): what the
+    /// kernels build per row.
+    pub fn from_factors(factors: RangeFactors) -> Self {
+        let RangeFactors { scale, ratio } = factors;
         let small = powers(ratio); // r^0 ..= r^15
         let large = powers(small[15] * ratio); // r^0, r^16 ..= r^240
         let mut tables = NibbleTables {
@@ -253,11 +257,7 @@ pub fn qins_matmul_with(kind: KernelKind, x: &[f32], n: usize, w: &QinsMatrix, o
 
 /// The shared driver of the f32 row kernels.
 fn row_matmul(kernel: RowKernel, x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
-    let shared = (w.ranges().len() == 1).then(|| NibbleTables::new(w.ranges()[0]));
-    let tables_of = |row: usize| match &shared {
-        Some(tables) => *tables,
-        None => NibbleTables::new(w.row_range(row)),
-    };
+    let tables_of = row_tables(w);
     if n == 1 {
         out.par_chunks_mut(ROWS_PER_TASK)
             .enumerate()
@@ -335,6 +335,16 @@ pub fn round_to_bf16(v: f32) -> u16 {
 #[inline(always)]
 pub fn widen_bf16(v: u16) -> f32 {
     f32::from_bits(u32::from(v) << 16)
+}
+
+/// The decode tables of each row of `w`: built once for a per-tensor range,
+/// from the row's precomputed factors otherwise.
+fn row_tables(w: &QinsMatrix) -> impl Fn(usize) -> NibbleTables + Sync + '_ {
+    let shared = (w.ranges().len() == 1).then(|| NibbleTables::new(w.ranges()[0]));
+    move |row: usize| match &shared {
+        Some(tables) => *tables,
+        None => NibbleTables::from_factors(w.row_factors(row)),
+    }
 }
 
 /// Zero-padded copy of a row's last partial SIMD group (codes, signs or
