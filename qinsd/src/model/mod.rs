@@ -49,6 +49,8 @@ pub enum ModelError {
 }
 
 /// Attention projections: fused (phi3) or separate (llama).
+// One per layer and never moved: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Qkv {
     Fused(Linear),
     Separate { q: Linear, k: Linear, v: Linear },
