@@ -26,10 +26,16 @@ const GATHER_WINDOW: Duration = Duration::from_millis(4);
 /// backstop: one missed window already drops it).
 const RECENT: Duration = Duration::from_millis(500);
 
-#[derive(Default)]
 pub(super) struct DecodeBatcher {
     state: Mutex<State>,
     changed: Condvar,
+    window: Duration,
+}
+
+impl Default for DecodeBatcher {
+    fn default() -> Self {
+        Self::with_window(GATHER_WINDOW)
+    }
 }
 
 #[derive(Default)]
@@ -55,6 +61,16 @@ struct Step {
 type Outcome = (KvCache, Result<Vec<f32>, ModelError>);
 
 impl DecodeBatcher {
+    /// A batcher whose leaders wait at most `window` for recent sequences
+    /// (tests use a long one to make batching deterministic).
+    pub(super) fn with_window(window: Duration) -> Self {
+        Self {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            window,
+        }
+    }
+
     /// Runs `token` after `cache`'s tokens, batched with whatever other
     /// sequences step at the same time; returns its logits.
     pub(super) fn step(
@@ -117,7 +133,7 @@ impl DecodeBatcher {
     fn gather<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         let now = Instant::now();
         state.recent.retain(|_, last| now - *last < RECENT);
-        let deadline = now + GATHER_WINDOW;
+        let deadline = now + self.window;
         while state.waiting.len() < state.recent.len() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
