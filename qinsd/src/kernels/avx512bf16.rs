@@ -35,9 +35,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
-use super::{NibbleTables, OutPtr, padded, round_to_bf16, row_tables};
+use super::{NibbleTables, for_each_row_task, padded, round_to_bf16, row_tables};
 use crate::weights::QinsMatrix;
 
 /// Columns per block: one 64-byte register of codes.
@@ -134,56 +132,24 @@ fn decode_rows(
     tables_of: &(impl Fn(usize) -> NibbleTables + Sync),
     out: &mut [f32],
 ) {
-    let rows = w.rows;
-    let out_ptr = OutPtr(out.as_mut_ptr());
-    (0..rows.div_ceil(DECODE_TASK_ROWS))
-        .into_par_iter()
-        .for_each(|task| {
-            let first = task * DECODE_TASK_ROWS;
-            for row in first..rows.min(first + DECODE_TASK_ROWS) {
-                // (Closures inherit this function's target features.)
-                let tables = Tables::new(&tables_of(row));
-                let (codes, signs) = (w.row_codes(row), w.row_signs(row));
-                let mut dots = [0.0f32; MAX_DIRECT_INPUTS];
-                match n {
-                    1 => dots[..1].copy_from_slice(&decode_dots::<1>(
-                        &tables,
-                        codes,
-                        signs,
-                        x,
-                        padded_cols,
-                    )),
-                    2 => dots[..2].copy_from_slice(&decode_dots::<2>(
-                        &tables,
-                        codes,
-                        signs,
-                        x,
-                        padded_cols,
-                    )),
-                    3 => dots[..3].copy_from_slice(&decode_dots::<3>(
-                        &tables,
-                        codes,
-                        signs,
-                        x,
-                        padded_cols,
-                    )),
-                    _ => dots.copy_from_slice(&decode_dots::<4>(
-                        &tables,
-                        codes,
-                        signs,
-                        x,
-                        padded_cols,
-                    )),
+    for_each_row_task(out, n, w.rows, DECODE_TASK_ROWS, |task_rows, out| {
+        for row in task_rows {
+            // (Closures inherit this function's target features.)
+            let tables = Tables::new(&tables_of(row));
+            let (codes, signs) = (w.row_codes(row), w.row_signs(row));
+            let store = |dots: &[f32]| {
+                for (t, &d) in dots.iter().enumerate() {
+                    out.write(t, row, d);
                 }
-                for (t, &d) in dots[..n].iter().enumerate() {
-                    // SAFETY: `t * rows + row < n * rows == out.len()`
-                    // (asserted by the caller), and only this task writes
-                    // its rows' elements, so the write is in bounds and
-                    // unaliased.
-                    unsafe { out_ptr.get().add(t * rows + row).write(d) };
-                }
+            };
+            match n {
+                1 => store(&decode_dots::<1>(&tables, codes, signs, x, padded_cols)),
+                2 => store(&decode_dots::<2>(&tables, codes, signs, x, padded_cols)),
+                3 => store(&decode_dots::<3>(&tables, codes, signs, x, padded_cols)),
+                _ => store(&decode_dots::<4>(&tables, codes, signs, x, padded_cols)),
             }
-        });
+        }
+    });
 }
 
 /// Several input rows: tasks of [`TASK_ROWS`] rows, each decoded once and
@@ -197,46 +163,37 @@ fn multiply_rows(
     tables_of: &(impl Fn(usize) -> NibbleTables + Sync),
     out: &mut [f32],
 ) {
-    let rows = w.rows;
-    let out_ptr = OutPtr(out.as_mut_ptr());
-    (0..rows.div_ceil(TASK_ROWS))
-        .into_par_iter()
-        .for_each(|task| {
-            let first = task * TASK_ROWS;
-            let task_rows = rows.min(first + TASK_ROWS) - first;
-            DECODED.with_borrow_mut(|decoded| {
-                // Every element is written by `decode_row`: grow, never clear.
-                if decoded.len() < task_rows * padded_cols {
-                    decoded.resize(task_rows * padded_cols, 0);
-                }
-                let decoded = &mut decoded[..task_rows * padded_cols];
-                for (i, dst) in decoded.chunks_mut(padded_cols).enumerate() {
-                    let row = first + i;
-                    let tables = Tables::new(&tables_of(row));
-                    decode_row(&tables, w.row_codes(row), w.row_signs(row), dst);
-                }
-                for t0 in (0..n).step_by(TILE_INPUTS) {
-                    let inputs = TILE_INPUTS.min(n - t0);
-                    let x_tile = &x[t0 * padded_cols..(t0 + inputs) * padded_cols];
-                    for r0 in (0..task_rows).step_by(TILE_ROWS) {
-                        let tile_rows = TILE_ROWS.min(task_rows - r0);
-                        let w_tile = &decoded[r0 * padded_cols..(r0 + tile_rows) * padded_cols];
-                        let mut dots = [[0.0f32; TILE_INPUTS]; TILE_ROWS];
-                        micro_kernel(w_tile, x_tile, padded_cols, &mut dots);
-                        for (r, row_dots) in dots.iter().enumerate().take(tile_rows) {
-                            for (t, &d) in row_dots.iter().enumerate().take(inputs) {
-                                let index = (t0 + t) * rows + first + r0 + r;
-                                // SAFETY: `index < n * rows == out.len()`
-                                // (asserted by the caller), and only this
-                                // task writes its rows' elements, so the
-                                // write is in bounds and unaliased.
-                                unsafe { out_ptr.get().add(index).write(d) };
-                            }
+    for_each_row_task(out, n, w.rows, TASK_ROWS, |task_rows, out| {
+        let first = task_rows.start;
+        let task_rows = task_rows.len();
+        DECODED.with_borrow_mut(|decoded| {
+            // Every element is written by `decode_row`: grow, never clear.
+            if decoded.len() < task_rows * padded_cols {
+                decoded.resize(task_rows * padded_cols, 0);
+            }
+            let decoded = &mut decoded[..task_rows * padded_cols];
+            for (i, dst) in decoded.chunks_mut(padded_cols).enumerate() {
+                let row = first + i;
+                let tables = Tables::new(&tables_of(row));
+                decode_row(&tables, w.row_codes(row), w.row_signs(row), dst);
+            }
+            for t0 in (0..n).step_by(TILE_INPUTS) {
+                let inputs = TILE_INPUTS.min(n - t0);
+                let x_tile = &x[t0 * padded_cols..(t0 + inputs) * padded_cols];
+                for r0 in (0..task_rows).step_by(TILE_ROWS) {
+                    let tile_rows = TILE_ROWS.min(task_rows - r0);
+                    let w_tile = &decoded[r0 * padded_cols..(r0 + tile_rows) * padded_cols];
+                    let mut dots = [[0.0f32; TILE_INPUTS]; TILE_ROWS];
+                    micro_kernel(w_tile, x_tile, padded_cols, &mut dots);
+                    for (r, row_dots) in dots.iter().enumerate().take(tile_rows) {
+                        for (t, &d) in row_dots.iter().enumerate().take(inputs) {
+                            out.write(t0 + t, first + r0 + r, d);
                         }
                     }
                 }
-            });
+            }
         });
+    });
 }
 
 /// Dots of up to 4 decoded weight rows with up to 6 input rows (both

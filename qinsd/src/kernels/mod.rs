@@ -276,47 +276,84 @@ fn row_matmul(kernel: RowKernel, x: &[f32], n: usize, w: &QinsMatrix, out: &mut 
             });
         return;
     }
-    // Row `r`'s dots go to the strided column `out[t * rows + r]`, so tasks
-    // write through a raw pointer: each task owns a disjoint set of rows.
-    let rows = w.rows;
     let cols = w.cols;
-    let out_ptr = OutPtr(out.as_mut_ptr());
-    (0..rows.div_ceil(ROWS_PER_TASK))
-        .into_par_iter()
-        .for_each(|task| {
-            let first = task * ROWS_PER_TASK;
-            let task_rows = first..rows.min(first + ROWS_PER_TASK);
-            let mut tables = [NibbleTables {
-                hi: [0.0; 16],
-                lo: [0.0; 16],
-            }; ROWS_PER_TASK];
-            for (row, t) in task_rows.clone().zip(tables.iter_mut()) {
-                *t = tables_of(row);
-            }
-            let mut dots = [0.0f32; BATCH];
-            // Batches outside, rows inside: a batch of x stays in cache for
-            // all rows of the task.
-            for t0 in (0..n).step_by(BATCH) {
-                let batch = BATCH.min(n - t0);
-                let dots = &mut dots[..batch];
-                for (row, tables) in task_rows.clone().zip(&tables) {
-                    let job = RowJob {
-                        tables,
-                        codes: w.row_codes(row),
-                        signs: w.row_signs(row),
-                        x: &x[t0 * cols..(t0 + batch) * cols],
-                    };
-                    kernel(&job, dots);
-                    for (i, &d) in dots.iter().enumerate() {
-                        // SAFETY: `(t0 + i) * rows + row < n * rows == out.len()`
-                        // (asserted above), and only this task writes the
-                        // elements of its rows, so the write is in bounds and
-                        // unaliased; `out` outlives the parallel loop.
-                        unsafe { out_ptr.get().add((t0 + i) * rows + row).write(d) };
-                    }
+    for_each_row_task(out, n, w.rows, ROWS_PER_TASK, |task_rows, out| {
+        let mut tables = [NibbleTables {
+            hi: [0.0; 16],
+            lo: [0.0; 16],
+        }; ROWS_PER_TASK];
+        for (row, t) in task_rows.clone().zip(tables.iter_mut()) {
+            *t = tables_of(row);
+        }
+        let mut dots = [0.0f32; BATCH];
+        // Batches outside, rows inside: a batch of x stays in cache for
+        // all rows of the task.
+        for t0 in (0..n).step_by(BATCH) {
+            let batch = BATCH.min(n - t0);
+            let dots = &mut dots[..batch];
+            for (row, tables) in task_rows.clone().zip(&tables) {
+                let job = RowJob {
+                    tables,
+                    codes: w.row_codes(row),
+                    signs: w.row_signs(row),
+                    x: &x[t0 * cols..(t0 + batch) * cols],
+                };
+                kernel(&job, dots);
+                for (i, &d) in dots.iter().enumerate() {
+                    out.write(t0 + i, row, d);
                 }
             }
-        });
+        }
+    });
+}
+
+/// Runs `task` in parallel over consecutive groups of `task_rows` output
+/// rows of `out` (`n x rows`, row-major by input). A row's dots lie in a
+/// strided column (`out[t * rows + row]`), so instead of a slice each task
+/// gets a [`RowWriter`] for its own rows.
+fn for_each_row_task(
+    out: &mut [f32],
+    n: usize,
+    rows: usize,
+    task_rows: usize,
+    task: impl Fn(std::ops::Range<usize>, &RowWriter) + Sync,
+) {
+    assert_eq!(out.len(), n * rows, "out must be n x rows");
+    let ptr = OutPtr(out.as_mut_ptr());
+    (0..rows.div_ceil(task_rows)).into_par_iter().for_each(|i| {
+        let own = i * task_rows..rows.min((i + 1) * task_rows);
+        let writer = RowWriter {
+            ptr,
+            rows,
+            n,
+            own: own.clone(),
+        };
+        task(own, &writer);
+    });
+}
+
+/// Writes the outputs of one task's rows (see [`for_each_row_task`]).
+struct RowWriter {
+    ptr: OutPtr,
+    rows: usize,
+    n: usize,
+    own: std::ops::Range<usize>,
+}
+
+impl RowWriter {
+    /// `out[t * rows + row] = value`; panics for a row of another task.
+    #[inline]
+    fn write(&self, t: usize, row: usize, value: f32) {
+        assert!(
+            t < self.n && self.own.contains(&row),
+            "output ({t}, {row}) is not this task's"
+        );
+        // SAFETY: `t < n` and `row < rows` (own rows are), so the index is
+        // below `n * rows == out.len()`; only this task's writer covers
+        // `row`, so no other thread writes the element; `out` outlives the
+        // parallel loop that hands out the writers.
+        unsafe { self.ptr.get().add(t * self.rows + row).write(value) };
+    }
 }
 
 /// f32 -> bf16 (the top 16 bits), rounding to nearest even as
@@ -360,7 +397,8 @@ fn padded<T: Copy + Default, const N: usize>(tail: &[T]) -> [T; N] {
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
 
-// SAFETY: tasks write disjoint elements through the pointer (see its use).
+// SAFETY: tasks write disjoint elements through the pointer (see
+// `RowWriter::write`).
 unsafe impl Send for OutPtr {}
 // SAFETY: as above; nothing reads through it.
 unsafe impl Sync for OutPtr {}
