@@ -374,6 +374,25 @@ fn assert_error(resp: &Response, status: u16, code: &str) {
     assert!(body["error"]["type"].is_string());
 }
 
+/// Both chat routes (the page's and OpenAI's) refuse a one-token chat with
+/// the same status and error code.
+async fn assert_chat_routes_refuse(addr: SocketAddr, status: u16, code: &str) {
+    let page = post_json(
+        addr,
+        "/api/chat",
+        &json!({ "messages": user("x"), "max_tokens": 1 }),
+    )
+    .await;
+    assert_error(&page, status, code);
+    let openai = post_json(
+        addr,
+        "/v1/chat/completions",
+        &json!({ "messages": user("x") }),
+    )
+    .await;
+    assert_error(&openai, status, code);
+}
+
 fn user(text: &str) -> Value {
     json!([{ "role": "user", "content": text }])
 }
@@ -767,20 +786,7 @@ async fn daemon_down_gives_503_and_restart_recovers() {
     assert_error(&health, 503, "qinsd_unreachable");
     assert_error(&get(s.addr, "/api/stats").await, 503, "qinsd_unreachable");
     assert_error(&get(s.addr, "/v1/models").await, 503, "qinsd_unreachable");
-    let chat = post_json(
-        s.addr,
-        "/api/chat",
-        &json!({ "messages": user("x"), "max_tokens": 1 }),
-    )
-    .await;
-    assert_error(&chat, 503, "qinsd_unreachable");
-    let oa = post_json(
-        s.addr,
-        "/v1/chat/completions",
-        &json!({ "messages": user("x") }),
-    )
-    .await;
-    assert_error(&oa, 503, "qinsd_unreachable");
+    assert_chat_routes_refuse(s.addr, 503, "qinsd_unreachable").await;
 
     // Same socket, new daemon: the bridge picks it up without a restart.
     s.daemon = Some(Daemon::start(&s.socket));
@@ -854,20 +860,7 @@ async fn full_queue_is_429() {
     let args = ["--model", "tiny", "--max-active", "1", "--max-queued", "0"];
     let s = setup_daemon(&args, |_| {}).await;
     let _busy = start_long_reply(s.addr).await;
-    let r = post_json(
-        s.addr,
-        "/api/chat",
-        &json!({ "messages": user("x"), "max_tokens": 1 }),
-    )
-    .await;
-    assert_error(&r, 429, "queue_full");
-    let r = post_json(
-        s.addr,
-        "/v1/chat/completions",
-        &json!({ "messages": user("x") }),
-    )
-    .await;
-    assert_error(&r, 429, "queue_full");
+    assert_chat_routes_refuse(s.addr, 429, "queue_full").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -875,20 +868,7 @@ async fn no_model_loaded_is_503() {
     let s = setup_daemon(&[], |_| {}).await;
     // qinsd itself answers, so /health is fine.
     assert_eq!(get(s.addr, "/health").await.status, 200);
-    let r = post_json(
-        s.addr,
-        "/api/chat",
-        &json!({ "messages": user("x"), "max_tokens": 1 }),
-    )
-    .await;
-    assert_error(&r, 503, "no_model_loaded");
-    let r = post_json(
-        s.addr,
-        "/v1/chat/completions",
-        &json!({ "messages": user("x") }),
-    )
-    .await;
-    assert_error(&r, 503, "no_model_loaded");
+    assert_chat_routes_refuse(s.addr, 503, "no_model_loaded").await;
 }
 
 #[test]
