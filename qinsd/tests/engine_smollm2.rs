@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 
-use qinsd::convert::{self, ConvertOptions};
 use qinsd::engine::{
     self, ChatMessage, ChatModel, FinishReason, Finished, GenerationEvent, RequestOptions, Session,
 };
+use qinsd::fixtures::convert_with_defaults;
 use qinsd::fixtures::paths::{require, smollm2_gguf};
 
 const CONTEXT: usize = 1024;
@@ -20,16 +20,7 @@ fn smollm2() -> &'static ChatModel {
         let dir = std::env::temp_dir().join(format!("qins-engine-smollm2-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let output: PathBuf = dir.join("smollm2.qins");
-        let source =
-            convert::open_source(smollm2_gguf_path().to_str().unwrap(), &mut |_| {}).unwrap();
-        convert::convert(
-            source.as_ref(),
-            &output,
-            &ConvertOptions::default(),
-            &mut |_| {},
-            &AtomicBool::new(false),
-        )
-        .unwrap();
+        convert_with_defaults(&smollm2_gguf_path(), &output).unwrap();
         let model = ChatModel::open(&output).unwrap();
         // The mapping stays valid after the file name is gone.
         let _ = std::fs::remove_dir_all(&dir);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use qinsd::container::QinsFile;
-use qinsd::convert::{self, ConvertOptions};
+use qinsd::fixtures::convert_with_defaults;
 use qinsd::fixtures::paths::{require, smollm2_gguf};
 use qinsd::fixtures::tiny::{TinySpec, write_tiny_model};
 use qinsd::kernels::available_kernels;
@@ -64,16 +64,7 @@ fn scratch(tag: &str) -> PathBuf {
 /// Converts `source` with the default options (as make_golden.py does) and loads it.
 fn converted_model(source: &Path, dir: &Path) -> Model {
     let output = dir.join("model.qins");
-    let source = convert::open_source(source.to_str().unwrap(), &mut |_| {}).unwrap();
-    let never = AtomicBool::new(false);
-    convert::convert(
-        source.as_ref(),
-        &output,
-        &ConvertOptions::default(),
-        &mut |_| {},
-        &never,
-    )
-    .unwrap();
+    convert_with_defaults(source, &output).unwrap();
     let file = QinsFile::open(&output).unwrap();
     Model::load(&file.header.config, file.load().unwrap()).unwrap()
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use super::*;
 use crate::codec::{EncodeOptions, encode_matrix};
 use crate::container::QinsFile;
-use crate::convert::{self, ConvertOptions};
+use crate::fixtures::convert_with_defaults;
 use crate::fixtures::paths::{require, smollm2_gguf};
 use crate::rng::SplitMix64;
 use crate::weights::{F32Tensor, QinsMatrix, Weight};
@@ -242,15 +242,7 @@ fn a_decode_step_past_the_context_fails_alone() {
 fn smollm2_greedily_names_the_capital_of_france() {
     let gguf = require(smollm2_gguf());
     let path = std::env::temp_dir().join(format!("qins-model-test-{}.qins", std::process::id()));
-    let source = convert::open_source(gguf.to_str().unwrap(), &mut |_| {}).unwrap();
-    convert::convert(
-        source.as_ref(),
-        &path,
-        &ConvertOptions::default(),
-        &mut |_| {},
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    convert_with_defaults(&gguf, &path).unwrap();
     let file = QinsFile::open(&path).unwrap();
     let tokenizer = tokenizers::Tokenizer::from_str(&file.header.tokenizer_json).unwrap();
     let model = Model::load(&file.header.config, file.load().unwrap()).unwrap();
