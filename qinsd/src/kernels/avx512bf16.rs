@@ -104,20 +104,37 @@ thread_local! {
 /// The column whose weight lands at position `i` of a decoded 64-block:
 /// `unpacklo` yields columns `16L + 0..8` of each 128-bit lane `L`, then
 /// `unpackhi` columns `16L + 8..16`.
-pub fn interleaved_column(i: usize) -> usize {
+pub const fn interleaved_column(i: usize) -> usize {
     let (half, word) = (i / 32, i % 32);
     16 * (word / 8) + 8 * half + word % 8
 }
 
+/// [`interleaved_column`] of every position of a block.
+const BLOCK_ORDER: [usize; BLOCK] = {
+    let mut order = [0; BLOCK];
+    let mut i = 0;
+    while i < BLOCK {
+        order[i] = interleaved_column(i);
+        i += 1;
+    }
+    order
+};
+
 /// `x` (one input row) as bf16 in the decoded weights' order, zero-padded
-/// to whole blocks.
+/// to whole blocks (`out` is that long).
 fn interleave(x: &[f32], out: &mut [u16]) {
-    for (block, dst) in out.chunks_mut(BLOCK).enumerate() {
-        let base = block * BLOCK;
-        for (i, slot) in dst.iter_mut().enumerate() {
-            let column = base + interleaved_column(i);
-            *slot = x.get(column).map_or(0, |&v| round_to_bf16(v));
+    let (whole, tail) = x.as_chunks::<BLOCK>();
+    let mut blocks = out.chunks_exact_mut(BLOCK);
+    let convert = |src: &[f32; BLOCK], dst: &mut [u16]| {
+        for (slot, &column) in dst.iter_mut().zip(&BLOCK_ORDER) {
+            *slot = round_to_bf16(src[column]);
         }
+    };
+    for (src, dst) in whole.iter().zip(&mut blocks) {
+        convert(src, dst);
+    }
+    if let Some(dst) = blocks.next() {
+        convert(&padded::<f32, BLOCK>(tail), dst);
     }
 }
 
