@@ -27,7 +27,7 @@ use loona_hpack::decoder::DecoderError;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What an `:authority` that h2 cannot parse is replaced with: the name
-/// grpc-go, Kubernetes and tonic's own examples use for a Unix socket.
+/// grpc-go and Kubernetes send on a Unix socket.
 pub const REPLACEMENT_AUTHORITY: &[u8] = b"localhost";
 
 /// The client connection preface ("PRI * HTTP/2.0...") that precedes the
@@ -69,6 +69,9 @@ pub enum RewriteError {
     #[error("a HEADERS frame on stream {stream_id} whose padding or priority exceeds its payload")]
     BadHeadersPayload { stream_id: u32 },
 }
+
+/// A decoded header field: name and value.
+type HeaderField = (Vec<u8>, Vec<u8>);
 
 /// The 9-byte header every HTTP/2 frame starts with.
 #[derive(Clone, Copy, Debug)]
@@ -267,10 +270,7 @@ impl AuthorityRewriter {
 
     /// Decodes one complete header block, replacing every `:authority` that
     /// h2 would refuse.
-    fn decode_fixing_authority(
-        &mut self,
-        block: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RewriteError> {
+    fn decode_fixing_authority(&mut self, block: &[u8]) -> Result<Vec<HeaderField>, RewriteError> {
         let mut fields = Vec::new();
         let mut list_bytes = 0usize;
         let mut too_large = false;
