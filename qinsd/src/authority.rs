@@ -400,10 +400,6 @@ impl<S> AuthorityFixingStream<S> {
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
         }
     }
-
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFixingStream<S> {
