@@ -1,0 +1,102 @@
+// QINS matrix times a few input rows (decode steps): out = x · Wᵀ.
+//
+// W (`rows x cols`) stays 8-bit codes, packed four per u32, rows padded to
+// `row_words` words (a multiple of 8, so each row's sign bits start on a
+// u32); sign bits are packed 32 per u32, LSB first, `row_words / 8` words
+// per row; `tables` holds each row's nibble tables (hi[16] then lo[16],
+// built on the CPU from the row's decode factors, see `NibbleTables`), or
+// one shared entry when `table_stride` is 0 (a per-tensor range).
+//
+// One workgroup per weight row: the row's 256 magnitudes are formed in
+// workgroup memory as hi[c >> 4] * lo[c & 15] (code 0 is an exact zero),
+// exactly the CPU reference's decode, then every thread dots a strided
+// share of the row's words with each input row, and a tree reduction sums
+// the shares.
+
+struct Shape {
+    rows: u32,
+    cols: u32,
+    // Input rows, at most MAX_TOKENS.
+    n: u32,
+    row_words: u32,
+    // 1: one table entry per row; 0: one for the whole matrix.
+    table_stride: u32,
+    // Workgroups along x in the dispatch (rows beyond 65535 use y too).
+    groups_x: u32,
+    // Output row t, weight row r goes to out[t * out_stride + out_offset + r]
+    // (a product can fill columns of a wider buffer: llama's q, k, v side
+    // by side like phi3's fused qkv)...
+    out_stride: u32,
+    out_offset: u32,
+    // ...and is added to what is there when accumulate is 1 (residuals).
+    accumulate: u32,
+}
+
+const WG: u32 = 128u;
+const MAX_TOKENS: u32 = 4u;
+
+@group(0) @binding(0) var<uniform> shape: Shape;
+@group(0) @binding(1) var<storage, read> codes: array<u32>;
+@group(0) @binding(2) var<storage, read> signs: array<u32>;
+@group(0) @binding(3) var<storage, read> tables: array<f32>;
+@group(0) @binding(4) var<storage, read> x: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+var<workgroup> magnitudes: array<f32, 256>;
+var<workgroup> partial: array<array<f32, WG>, MAX_TOKENS>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(local_invocation_index) lane: u32,
+) {
+    let row = group.x + group.y * shape.groups_x;
+    if row >= shape.rows {
+        return;
+    }
+    let table = row * shape.table_stride * 32u;
+    for (var code = lane; code < 256u; code += WG) {
+        let magnitude = tables[table + (code >> 4u)] * tables[table + 16u + (code & 15u)];
+        magnitudes[code] = select(magnitude, 0.0, code == 0u);
+    }
+    workgroupBarrier();
+
+    let cols = shape.cols;
+    let n = shape.n;
+    var acc = array<f32, MAX_TOKENS>(0.0, 0.0, 0.0, 0.0);
+    let code_base = row * shape.row_words;
+    let sign_base = row * (shape.row_words / 8u);
+    let words = (cols + 3u) / 4u;
+    for (var w = lane; w < words; w += WG) {
+        let packed = codes[code_base + w];
+        let sign_bits = signs[sign_base + w / 8u] >> ((w % 8u) * 4u);
+        for (var j = 0u; j < 4u; j++) {
+            let col = 4u * w + j;
+            if col < cols {
+                let magnitude = magnitudes[(packed >> (8u * j)) & 255u];
+                let negative = (sign_bits >> j) & 1u;
+                let weight = bitcast<f32>(bitcast<u32>(magnitude) ^ (negative << 31u));
+                for (var t = 0u; t < n; t++) {
+                    acc[t] += weight * x[t * cols + col];
+                }
+            }
+        }
+    }
+
+    for (var t = 0u; t < MAX_TOKENS; t++) {
+        partial[t][lane] = acc[t];
+    }
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half /= 2u) {
+        if lane < half {
+            for (var t = 0u; t < MAX_TOKENS; t++) {
+                partial[t][lane] += partial[t][lane + half];
+            }
+        }
+        workgroupBarrier();
+    }
+    if lane < n {
+        let dst = lane * shape.out_stride + shape.out_offset + row;
+        out[dst] = partial[lane][0] + select(0.0, out[dst], shape.accumulate == 1u);
+    }
+}
