@@ -28,4 +28,14 @@ pub enum GpuError {
     Readback(String),
     #[error("the GPU reported an error: {0}")]
     Device(String),
+    #[error("not supported on the GPU: {0}")]
+    Unsupported(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("the context is full: {needed} tokens needed, the cache holds {capacity}")]
+    ContextFull { needed: usize, capacity: usize },
+    #[error("token id {0} is outside the vocabulary")]
+    TokenOutOfRange(u32),
+    #[error("no tokens to run")]
+    NoTokens,
 }

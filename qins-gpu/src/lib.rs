@@ -11,6 +11,7 @@ mod error;
 mod kernel;
 pub mod matmul;
 pub mod matrix;
+pub mod model;
 pub mod ops;
 pub mod shaders;
 
@@ -18,6 +19,7 @@ pub use device::{DeviceChoice, GpuContext};
 pub use error::GpuError;
 pub use matmul::QinsMatmul;
 pub use matrix::GpuMatrix;
+pub use model::{GpuCache, GpuModel};
 
 #[cfg(test)]
 mod test_gpu;

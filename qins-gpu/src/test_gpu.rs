@@ -4,15 +4,15 @@
 //! Without an adapter a GPU test says so on stderr and passes, except
 //! under CI (`CI=true`), where it fails: CI must run every check.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crate::device::{DeviceChoice, GpuContext, open};
 
-pub fn gpu() -> Option<&'static GpuContext> {
-    static CONTEXT: OnceLock<Option<GpuContext>> = OnceLock::new();
+pub fn gpu() -> Option<&'static Arc<GpuContext>> {
+    static CONTEXT: OnceLock<Option<Arc<GpuContext>>> = OnceLock::new();
     CONTEXT
         .get_or_init(|| match open(DeviceChoice::Gpu) {
-            Ok(context) => context,
+            Ok(context) => context.map(Arc::new),
             Err(error) if in_ci() => {
                 panic!("CI=true but the GPU tests found no GPU: {error} (scripts/vulkan-env.sh installs lavapipe)")
             }
