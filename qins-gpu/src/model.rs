@@ -99,7 +99,7 @@ impl GpuModel {
             )));
         }
         let config = model.config().clone();
-        if config.head_dim > MAX_HEAD_DIM || config.head_dim % 2 != 0 {
+        if config.head_dim > MAX_HEAD_DIM || !config.head_dim.is_multiple_of(2) {
             return Err(GpuError::Unsupported(format!(
                 "head_dim {} (the attention shader takes even sizes up to {MAX_HEAD_DIM})",
                 config.head_dim
@@ -245,7 +245,7 @@ impl GpuModel {
                 });
             }
             segments.push(Segment {
-                cache: &mut **cache,
+                cache,
                 start,
                 n: *n,
             });
