@@ -6,6 +6,7 @@
 //! ([`GpuMatrix`]); the shaders form the magnitudes in workgroup memory and
 //! decode on the fly, exactly as the CPU reference does.
 
+pub mod bench;
 pub mod device;
 mod error;
 mod kernel;

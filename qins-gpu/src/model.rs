@@ -159,6 +159,21 @@ impl GpuModel {
         self.ops.kv()
     }
 
+    /// Bytes a decode step reads from the weights: every matrix's codes,
+    /// sign bits and tables, `lm_head` included, the embedding (one row
+    /// per token) not.
+    pub fn decode_weight_bytes(&self) -> u64 {
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                let parts = l.qkv.iter().chain(&l.gate_up);
+                parts.map(GpuMatrix::bytes).sum::<u64>() + l.o_proj.bytes() + l.down.bytes()
+            })
+            .sum();
+        layers + self.lm_head.as_ref().unwrap_or(&self.embed).bytes()
+    }
+
     fn heads(&self) -> Heads {
         Heads {
             heads: self.config.num_attention_heads,
