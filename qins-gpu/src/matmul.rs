@@ -12,6 +12,9 @@ use crate::shaders::{self, KvType};
 /// `qins_matvec.wgsl`); more go through the tiled shader.
 pub const MATVEC_MAX_ROWS: usize = 4;
 
+/// Weight rows per workgroup of `qins_matvec.wgsl` (`ROWS` there).
+const MATVEC_ROWS_PER_GROUP: usize = 8;
+
 /// Weight rows (and input rows) per tile of `qins_matmul.wgsl`.
 const TILE: u32 = 32;
 
@@ -93,7 +96,7 @@ impl QinsMatmul {
     ) -> TrackedBuffer {
         let rows = w.rows as u32;
         let (kernel, groups) = if n <= MATVEC_MAX_ROWS {
-            (&self.matvec, grid(w.rows))
+            (&self.matvec, grid(w.rows.div_ceil(MATVEC_ROWS_PER_GROUP)))
         } else {
             (
                 &self.matmul,

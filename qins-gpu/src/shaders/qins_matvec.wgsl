@@ -7,11 +7,13 @@
 // built on the CPU from the row's decode factors, see `NibbleTables`), or
 // one shared entry when `table_stride` is 0 (a per-tensor range).
 //
-// One workgroup per weight row: the row's 256 magnitudes are formed in
-// workgroup memory as hi[c >> 4] * lo[c & 15] (code 0 is an exact zero),
-// exactly the CPU reference's decode, then every thread dots a strided
-// share of the row's words with each input row, and a tree reduction sums
-// the shares.
+// A workgroup takes ROWS weight rows, LANES threads per row: the rows'
+// nibble tables go to workgroup memory, each weight is decoded as
+// hi[c >> 4] * lo[c & 15] (code 0 an exact zero, the sign bit xored in),
+// exactly the CPU reference's decode, each thread dots a strided share
+// of its row's words with every input row, and a tree reduction over the
+// row's LANES threads sums the shares. Several rows per workgroup keep the
+// per-workgroup cost (table load, barriers) small next to the row's work.
 
 struct Shape {
     rows: u32,
@@ -33,6 +35,8 @@ struct Shape {
 }
 
 const WG: u32 = 128u;
+const LANES: u32 = 16u;
+const ROWS: u32 = WG / LANES;
 const MAX_TOKENS: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> shape: Shape;
@@ -42,7 +46,7 @@ const MAX_TOKENS: u32 = 4u;
 @group(0) @binding(4) var<storage, read> x: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
-var<workgroup> magnitudes: array<f32, 256>;
+var<workgroup> nibbles: array<array<f32, 32>, ROWS>;
 var<workgroup> partial: array<array<f32, WG>, MAX_TOKENS>;
 
 @compute @workgroup_size(WG)
@@ -50,34 +54,43 @@ fn main(
     @builtin(workgroup_id) group: vec3<u32>,
     @builtin(local_invocation_index) lane: u32,
 ) {
-    let row = group.x + group.y * shape.groups_x;
-    if row >= shape.rows {
+    let first_row = (group.x + group.y * shape.groups_x) * ROWS;
+    if first_row >= shape.rows {
         return;
     }
-    let table = row * shape.table_stride * 32u;
-    for (var code = lane; code < 256u; code += WG) {
-        let magnitude = tables[table + (code >> 4u)] * tables[table + 16u + (code & 15u)];
-        magnitudes[code] = select(magnitude, 0.0, code == 0u);
+    for (var i = lane; i < ROWS * 32u; i += WG) {
+        let row = min(first_row + i / 32u, shape.rows - 1u);
+        nibbles[i / 32u][i % 32u] = tables[row * shape.table_stride * 32u + i % 32u];
     }
     workgroupBarrier();
 
+    let local_row = lane / LANES;
+    let part = lane % LANES;
+    let row = first_row + local_row;
     let cols = shape.cols;
     let n = shape.n;
     var acc = array<f32, MAX_TOKENS>(0.0, 0.0, 0.0, 0.0);
-    let code_base = row * shape.row_words;
-    let sign_base = row * (shape.row_words / 8u);
-    let words = (cols + 3u) / 4u;
-    for (var w = lane; w < words; w += WG) {
-        let packed = codes[code_base + w];
-        let sign_bits = signs[sign_base + w / 8u] >> ((w % 8u) * 4u);
-        for (var j = 0u; j < 4u; j++) {
-            let col = 4u * w + j;
-            if col < cols {
-                let magnitude = magnitudes[(packed >> (8u * j)) & 255u];
-                let negative = (sign_bits >> j) & 1u;
-                let weight = bitcast<f32>(bitcast<u32>(magnitude) ^ (negative << 31u));
-                for (var t = 0u; t < n; t++) {
-                    acc[t] += weight * x[t * cols + col];
+    if row < shape.rows {
+        let code_base = row * shape.row_words;
+        let sign_base = row * (shape.row_words / 8u);
+        let words = (cols + 3u) / 4u;
+        for (var w = part; w < words; w += LANES) {
+            let packed = codes[code_base + w];
+            let sign_bits = signs[sign_base + w / 8u] >> ((w % 8u) * 4u);
+            for (var j = 0u; j < 4u; j++) {
+                let col = 4u * w + j;
+                if col < cols {
+                    let code = (packed >> (8u * j)) & 255u;
+                    let magnitude = select(
+                        nibbles[local_row][code >> 4u] * nibbles[local_row][16u + (code & 15u)],
+                        0.0,
+                        code == 0u,
+                    );
+                    let negative = (sign_bits >> j) & 1u;
+                    let weight = bitcast<f32>(bitcast<u32>(magnitude) ^ (negative << 31u));
+                    for (var t = 0u; t < n; t++) {
+                        acc[t] += weight * x[t * cols + col];
+                    }
                 }
             }
         }
@@ -87,16 +100,18 @@ fn main(
         partial[t][lane] = acc[t];
     }
     workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if lane < half {
+    for (var half = LANES / 2u; half > 0u; half /= 2u) {
+        if part < half {
             for (var t = 0u; t < MAX_TOKENS; t++) {
                 partial[t][lane] += partial[t][lane + half];
             }
         }
         workgroupBarrier();
     }
-    if lane < n {
-        let dst = lane * shape.out_stride + shape.out_offset + row;
-        out[dst] = partial[lane][0] + select(0.0, out[dst], shape.accumulate == 1u);
+    // Lane t of each row writes input row t's output.
+    if row < shape.rows && part < n {
+        let dst = part * shape.out_stride + shape.out_offset + row;
+        let sum = partial[part][local_row * LANES];
+        out[dst] = sum + select(0.0, out[dst], shape.accumulate == 1u);
     }
 }
