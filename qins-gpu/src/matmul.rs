@@ -8,8 +8,8 @@ use crate::kernel::{Access, Kernel, grid};
 use crate::matrix::GpuMatrix;
 use crate::shaders::{self, KvType};
 
-/// Input rows the matrix-vector shader takes at once (`MAX_TOKENS` in
-/// `qins_matvec.wgsl`); more go through the tiled shader.
+/// Input rows the matrix-vector shader takes at once (`TOKENS` of its
+/// wider variant); more go through the tiled shader.
 pub const MATVEC_MAX_ROWS: usize = 4;
 
 /// Weight rows per workgroup of `qins_matvec.wgsl` (`ROWS` there).
@@ -58,7 +58,8 @@ impl OutputView {
 
 /// The two QINS matrix pipelines of one device.
 pub struct QinsMatmul {
-    matvec: Kernel,
+    matvec_1: Kernel,
+    matvec_4: Kernel,
     matmul: Kernel,
 }
 
@@ -74,7 +75,8 @@ const BINDINGS: [Access; 5] = [
 impl QinsMatmul {
     pub fn new(ctx: &GpuContext) -> Self {
         Self {
-            matvec: Kernel::new(ctx, &shaders::QINS_MATVEC, KvType::F32, &BINDINGS),
+            matvec_1: Kernel::new(ctx, &shaders::QINS_MATVEC_1, KvType::F32, &BINDINGS),
+            matvec_4: Kernel::new(ctx, &shaders::QINS_MATVEC_4, KvType::F32, &BINDINGS),
             matmul: Kernel::new(ctx, &shaders::QINS_MATMUL, KvType::F32, &BINDINGS),
         }
     }
@@ -95,8 +97,11 @@ impl QinsMatmul {
         view: OutputView,
     ) -> TrackedBuffer {
         let rows = w.rows as u32;
-        let (kernel, groups) = if n <= MATVEC_MAX_ROWS {
-            (&self.matvec, grid(w.rows.div_ceil(MATVEC_ROWS_PER_GROUP)))
+        let matvec_groups = grid(w.rows.div_ceil(MATVEC_ROWS_PER_GROUP));
+        let (kernel, groups) = if n == 1 {
+            (&self.matvec_1, matvec_groups)
+        } else if n <= MATVEC_MAX_ROWS {
+            (&self.matvec_4, matvec_groups)
         } else {
             (
                 &self.matmul,

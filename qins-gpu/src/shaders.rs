@@ -5,6 +5,8 @@ use std::borrow::Cow;
 /// One WGSL compute module (entry point `main`).
 pub struct Module {
     pub name: &'static str,
+    /// Constants declared in front of the body (one body, several variants).
+    prefix: &'static str,
     body: &'static str,
     /// Whether the module reads or writes the K/V cache, whose element
     /// type `kv` is declared in front of the body.
@@ -41,16 +43,18 @@ impl KvType {
 impl Module {
     /// The module's WGSL; `kv` matters only for those that touch the cache.
     pub fn source(&self, kv: KvType) -> Cow<'static, str> {
-        if self.uses_kv {
-            Cow::Owned(format!("{}{}", kv.declaration(), self.body))
-        } else {
+        let kv = if self.uses_kv { kv.declaration() } else { "" };
+        if self.prefix.is_empty() && kv.is_empty() {
             Cow::Borrowed(self.body)
+        } else {
+            Cow::Owned(format!("{}{kv}{}", self.prefix, self.body))
         }
     }
 
     const fn plain(name: &'static str, body: &'static str) -> Self {
         Self {
             name,
+            prefix: "",
             body,
             uses_kv: false,
         }
@@ -59,14 +63,35 @@ impl Module {
     const fn with_kv(name: &'static str, body: &'static str) -> Self {
         Self {
             name,
+            prefix: "",
             body,
             uses_kv: true,
         }
     }
+
+    const fn with_prefix(name: &'static str, prefix: &'static str, body: &'static str) -> Self {
+        Self {
+            name,
+            prefix,
+            body,
+            uses_kv: false,
+        }
+    }
 }
 
-pub const QINS_MATVEC: Module =
-    Module::plain("qins_matvec", include_str!("shaders/qins_matvec.wgsl"));
+const QINS_MATVEC_BODY: &str = include_str!("shaders/qins_matvec.wgsl");
+/// One input row (a decode step).
+pub const QINS_MATVEC_1: Module = Module::with_prefix(
+    "qins_matvec_1",
+    "const TOKENS: u32 = 1u;\n",
+    QINS_MATVEC_BODY,
+);
+/// Two to four input rows (batched decode steps).
+pub const QINS_MATVEC_4: Module = Module::with_prefix(
+    "qins_matvec_4",
+    "const TOKENS: u32 = 4u;\n",
+    QINS_MATVEC_BODY,
+);
 pub const QINS_MATMUL: Module =
     Module::plain("qins_matmul", include_str!("shaders/qins_matmul.wgsl"));
 pub const EMBED: Module = Module::plain("embed", include_str!("shaders/embed.wgsl"));
@@ -78,7 +103,8 @@ pub const ATTENTION: Module = Module::with_kv("attention", include_str!("shaders
 
 /// Every module, for the translation test.
 pub const ALL: &[&Module] = &[
-    &QINS_MATVEC,
+    &QINS_MATVEC_1,
+    &QINS_MATVEC_4,
     &QINS_MATMUL,
     &EMBED,
     &RMS_NORM,

@@ -18,7 +18,7 @@
 struct Shape {
     rows: u32,
     cols: u32,
-    // Input rows, at most MAX_TOKENS.
+    // Input rows, 1 ..= TOKENS.
     n: u32,
     row_words: u32,
     // 1: one table entry per row; 0: one for the whole matrix.
@@ -37,7 +37,10 @@ struct Shape {
 const WG: u32 = 128u;
 const LANES: u32 = 16u;
 const ROWS: u32 = WG / LANES;
-const MAX_TOKENS: u32 = 4u;
+// TOKENS (1 or 4) is declared in front of this body: the input rows one
+// compiled variant takes, a constant so the per-token loops unroll and the
+// sums stay in registers. Input rows beyond `n` read row n - 1 again and
+// are not written.
 
 @group(0) @binding(0) var<uniform> shape: Shape;
 @group(0) @binding(1) var<storage, read> codes: array<u32>;
@@ -47,7 +50,7 @@ const MAX_TOKENS: u32 = 4u;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
 var<workgroup> nibbles: array<array<f32, 32>, ROWS>;
-var<workgroup> partial: array<array<f32, WG>, MAX_TOKENS>;
+var<workgroup> partial: array<array<f32, WG>, TOKENS>;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -69,7 +72,7 @@ fn main(
     let row = first_row + local_row;
     let cols = shape.cols;
     let n = shape.n;
-    var acc = array<f32, MAX_TOKENS>(0.0, 0.0, 0.0, 0.0);
+    var acc: array<f32, TOKENS>;
     if row < shape.rows {
         let code_base = row * shape.row_words;
         let sign_base = row * (shape.row_words / 8u);
@@ -88,21 +91,21 @@ fn main(
                     );
                     let negative = (sign_bits >> j) & 1u;
                     let weight = bitcast<f32>(bitcast<u32>(magnitude) ^ (negative << 31u));
-                    for (var t = 0u; t < n; t++) {
-                        acc[t] += weight * x[t * cols + col];
+                    for (var t = 0u; t < TOKENS; t++) {
+                        acc[t] += weight * x[min(t, n - 1u) * cols + col];
                     }
                 }
             }
         }
     }
 
-    for (var t = 0u; t < MAX_TOKENS; t++) {
+    for (var t = 0u; t < TOKENS; t++) {
         partial[t][lane] = acc[t];
     }
     workgroupBarrier();
     for (var half = LANES / 2u; half > 0u; half /= 2u) {
         if part < half {
-            for (var t = 0u; t < MAX_TOKENS; t++) {
+            for (var t = 0u; t < TOKENS; t++) {
                 partial[t][lane] += partial[t][lane + half];
             }
         }
