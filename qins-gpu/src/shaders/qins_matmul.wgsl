@@ -26,10 +26,14 @@ struct Shape {
     accumulate: u32,
 }
 
-// Weight rows, input rows and columns per tile; 16 x 16 threads compute
-// 2 x 2 outputs each. TILE columns are one u32 of sign bits per row.
+// Weight rows, input rows and columns per tile; 8 x 8 threads compute
+// 4 x 4 outputs each (few invocations with more work each: cheaper
+// barriers, and 8 values loaded per 16 products). TILE columns are one u32
+// of sign bits per row.
 const TILE: u32 = 32u;
-const SIDE: u32 = 16u;
+const SIDE: u32 = 8u;
+const BLOCK: u32 = 4u;
+const THREADS: u32 = SIDE * SIDE;
 
 @group(0) @binding(0) var<uniform> shape: Shape;
 @group(0) @binding(1) var<storage, read> codes: array<u32>;
@@ -53,44 +57,46 @@ fn main(
     let row0 = group.x * TILE;
     let token0 = group.y * TILE;
     let cols = shape.cols;
+    let sign_words = shape.row_words / 8u;
 
-    // The tile rows' tables: 32 x 32 values, 4 per thread.
-    for (var i = lane; i < TILE * 32u; i += SIDE * SIDE) {
+    // The tile rows' tables: 32 x 32 values.
+    for (var i = lane; i < TILE * 32u; i += THREADS) {
         let r = i / 32u;
         let row = min(row0 + r, shape.rows - 1u);
         nibbles[r][i % 32u] = tables[row * shape.table_stride * 32u + i % 32u];
     }
 
-    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
-    // Thread (lx, ly) owns weight rows 2 ly + {0, 1} and input rows 2 lx + {0, 1}.
-    let my_rows = 2u * local.y;
-    let my_tokens = 2u * local.x;
-    // The thread's share of the decode: tile row lane / 8, word lane % 8.
-    let decode_row = lane / 8u;
-    let decode_word = lane % 8u;
-    let sign_words = shape.row_words / 8u;
+    var acc: array<f32, 16>;
+    // Thread (lx, ly) owns weight rows 4 ly + i and input rows 4 lx + j.
+    let my_rows = BLOCK * local.y;
+    let my_tokens = BLOCK * local.x;
 
     for (var k0 = 0u; k0 < cols; k0 += TILE) {
         workgroupBarrier();
-        let row = row0 + decode_row;
-        var packed = 0u;
-        var sign_bits = 0u;
-        if row < shape.rows {
-            packed = codes[row * shape.row_words + k0 / 4u + decode_word];
-            sign_bits = signs[row * sign_words + k0 / 32u] >> (decode_word * 4u);
+        // Decode: 32 rows x 8 words of 4 codes, 4 words per thread.
+        for (var i = lane; i < TILE * 8u; i += THREADS) {
+            let r = i / 8u;
+            let word = i % 8u;
+            let row = row0 + r;
+            var packed = 0u;
+            var sign_bits = 0u;
+            if row < shape.rows {
+                packed = codes[row * shape.row_words + k0 / 4u + word];
+                sign_bits = signs[row * sign_words + k0 / 32u] >> (word * 4u);
+            }
+            for (var j = 0u; j < 4u; j++) {
+                let code = (packed >> (8u * j)) & 255u;
+                let magnitude = select(
+                    nibbles[r][code >> 4u] * nibbles[r][16u + (code & 15u)],
+                    0.0,
+                    code == 0u,
+                );
+                let negative = (sign_bits >> j) & 1u;
+                weight_tile[r][word * 4u + j] =
+                    bitcast<f32>(bitcast<u32>(magnitude) ^ (negative << 31u));
+            }
         }
-        for (var j = 0u; j < 4u; j++) {
-            let code = (packed >> (8u * j)) & 255u;
-            let magnitude = select(
-                nibbles[decode_row][code >> 4u] * nibbles[decode_row][16u + (code & 15u)],
-                0.0,
-                code == 0u,
-            );
-            let negative = (sign_bits >> j) & 1u;
-            weight_tile[decode_row][decode_word * 4u + j] =
-                bitcast<f32>(bitcast<u32>(magnitude) ^ (negative << 31u));
-        }
-        for (var i = lane; i < TILE * TILE; i += SIDE * SIDE) {
+        for (var i = lane; i < TILE * TILE; i += THREADS) {
             let t = i / TILE;
             let c = i % TILE;
             let token = token0 + t;
@@ -103,23 +109,28 @@ fn main(
         }
         workgroupBarrier();
         for (var c = 0u; c < TILE; c++) {
-            let w0 = weight_tile[my_rows][c];
-            let w1 = weight_tile[my_rows + 1u][c];
-            let x0 = input_tile[my_tokens][c];
-            let x1 = input_tile[my_tokens + 1u][c];
-            acc[0] += w0 * x0;
-            acc[1] += w1 * x0;
-            acc[2] += w0 * x1;
-            acc[3] += w1 * x1;
+            var w: array<f32, 4>;
+            var v: array<f32, 4>;
+            for (var i = 0u; i < BLOCK; i++) {
+                w[i] = weight_tile[my_rows + i][c];
+                v[i] = input_tile[my_tokens + i][c];
+            }
+            for (var i = 0u; i < BLOCK; i++) {
+                for (var j = 0u; j < BLOCK; j++) {
+                    acc[i * BLOCK + j] += w[i] * v[j];
+                }
+            }
         }
     }
 
-    for (var i = 0u; i < 4u; i++) {
-        let row = row0 + my_rows + i % 2u;
-        let token = token0 + my_tokens + i / 2u;
-        if row < shape.rows && token < shape.n {
-            let dst = token * shape.out_stride + shape.out_offset + row;
-            out[dst] = acc[i] + select(0.0, out[dst], shape.accumulate == 1u);
+    for (var i = 0u; i < BLOCK; i++) {
+        for (var j = 0u; j < BLOCK; j++) {
+            let row = row0 + my_rows + i;
+            let token = token0 + my_tokens + j;
+            if row < shape.rows && token < shape.n {
+                let dst = token * shape.out_stride + shape.out_offset + row;
+                out[dst] = acc[i * BLOCK + j] + select(0.0, out[dst], shape.accumulate == 1u);
+            }
         }
     }
 }
