@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# The test command: fetches the real fixtures (cached, idempotent), then runs
-# every test of the workspace in the release profile (the numeric code is
-# too slow unoptimized), the Python checks and the browser test of the
-# qins-web page (which installs Chromium and playwright-core when missing).
+# The test command: fetches the real fixtures (cached, idempotent), points
+# Vulkan at Mesa's software driver (scripts/vulkan-env.sh, which installs it
+# when missing), then runs every test of the workspace in the release
+# profile (the numeric code is too slow unoptimized), the Python checks and
+# the browser test of the qins-web page (which installs Chromium and
+# playwright-core when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/fetch-fixtures.sh
+
+# The GPU tests run on Mesa's software Vulkan driver (installed when missing).
+# shellcheck source=scripts/vulkan-env.sh
+source scripts/vulkan-env.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -14,6 +14,7 @@ mod llama;
 mod phi3;
 pub mod profile;
 pub mod rope;
+mod view;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -26,6 +27,7 @@ pub use kv_cache::{KvCache, KvPrecision};
 use layers::{Linear, rms_norm, swiglu};
 use profile::Stage;
 use rope::Rope;
+pub use view::LayerView;
 
 use crate::kernels::{KernelKind, selected_kernel};
 use crate::weights::{ResidentWeights, WeightsError};
