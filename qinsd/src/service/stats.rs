@@ -35,6 +35,7 @@ pub fn stats(scheduler: &Scheduler, info: &DaemonInfo) -> StatsReply {
         reply.bf16_equivalent_bytes = bytes.parameters * 2;
         reply.f32_equivalent_bytes = bytes.parameters * 4;
         reply.compression_vs_f32 = (bytes.parameters * 4) as f64 / bytes.total().max(1) as f64;
+        reply.defaults = Some(super::generation_defaults(model.defaults()));
     }
     reply
 }
