@@ -255,6 +255,66 @@ async fn stats_models_load_unload_and_convert() {
     );
 }
 
+/// The seconds in `qins ps`'s LOADED cell (`42s ago`, `1m 05s ago`).
+fn loaded_seconds_ago(cell: &str) -> u64 {
+    let mut seconds = 0;
+    for part in cell.trim_end_matches(" ago").split_whitespace() {
+        let (n, unit) = part.split_at(part.len() - 1);
+        let n: u64 = n.parse().unwrap_or_else(|_| panic!("LOADED cell {cell:?}"));
+        seconds += n * match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => panic!("LOADED cell {cell:?}"),
+        };
+    }
+    seconds
+}
+
+#[tokio::test]
+async fn ps_shows_the_resident_model_like_ollama_ps() {
+    let daemon = Daemon::start(&[]).await;
+    let ps = ok(qins(&daemon.socket, &["ps"], ""));
+    let lines: Vec<&str> = ps.lines().collect();
+    assert_eq!(lines.len(), 2, "{ps}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "SIZE", "DEVICE", "CONTEXT", "LOADED"],
+        "{ps}"
+    );
+    // NAME, SIZE (two words: "178 KB"), DEVICE, CONTEXT, then LOADED.
+    let cells: Vec<&str> = lines[1].split_whitespace().collect();
+    let stats = daemon.stats().await;
+    assert_eq!(cells[0], "tiny", "{ps}");
+    assert!(["B", "KB", "MB", "GB"].contains(&cells[2]), "{ps}");
+    assert_eq!(cells[3], stats.device, "{ps}");
+    assert_eq!(cells[4], stats.context_limit.to_string(), "{ps}");
+    let since = loaded_seconds_ago(&cells[5..].join(" "));
+    let uptime = daemon.stats().await.uptime_seconds as u64;
+    assert!(
+        since <= uptime + 1,
+        "loaded {since}s ago, up {uptime}s: {ps}"
+    );
+    assert!(stats.model_loaded_unix_seconds > 1.6e9, "{stats:?}");
+
+    ok(qins(&daemon.socket, &["unload"], ""));
+    let none = ok(qins(&daemon.socket, &["ps"], ""));
+    assert!(
+        none.contains("no model loaded") && none.contains("qins load"),
+        "{none}"
+    );
+    assert_eq!(daemon.stats().await.model_loaded_unix_seconds, 0.0);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    ok(qins(&daemon.socket, &["load", "tiny"], ""));
+    let reloaded = daemon.stats().await.model_loaded_unix_seconds;
+    assert!(
+        reloaded > stats.model_loaded_unix_seconds + 1.0,
+        "a new load is a new time: {reloaded} vs {}",
+        stats.model_loaded_unix_seconds
+    );
+}
+
 #[test]
 fn without_a_daemon_the_client_says_how_to_start_one() {
     let dir = tempfile::tempdir().expect("temp dir");

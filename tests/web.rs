@@ -106,7 +106,7 @@ async fn eight_concurrent_chats_through_the_bridge_complete_and_overflow_is_429(
                     let body = format!(
                         r#"{{"messages":[{{"role":"user","content":"Chat {i}"}}],"max_tokens":{max_tokens},"temperature":0}}"#
                     );
-                    post(&addr, "/api/chat", &body)
+                    post(&addr, "/ui/chat", &body)
                 })
             })
             .collect();

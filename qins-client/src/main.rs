@@ -6,6 +6,7 @@ mod connect;
 mod convert;
 mod format;
 mod models;
+mod ps;
 mod reply;
 mod sampling;
 mod service;
@@ -48,6 +49,8 @@ enum Cmd {
     Convert(convert::Args),
     /// Models in the daemon's models directory (* = loaded).
     Models,
+    /// The resident model: name, size in memory, device, context, loaded since.
+    Ps,
     /// Load a model, replacing the resident one.
     Load {
         /// A name from `qins models` or a path to a .qins file.
@@ -95,6 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Stats { json } => runtime.block_on(stats::run(&socket, json)),
         Cmd::Convert(args) => runtime.block_on(convert::run(&socket, args)),
         Cmd::Models => runtime.block_on(models::list(&socket)),
+        Cmd::Ps => runtime.block_on(ps::run(&socket)),
         Cmd::Load { model } => runtime.block_on(models::load(&socket, model)),
         Cmd::Unload => runtime.block_on(models::unload(&socket)),
         Cmd::Service(args) => service::run(args, &socket, cli.socket.as_deref()),

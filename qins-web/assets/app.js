@@ -1,7 +1,7 @@
-// qins chat page: streams replies from POST /api/chat (server-sent events
-// read from a fetch body), keeps the conversation in memory, and polls
-// /api/stats. No dependencies; the Markdown renderer below is deliberately
-// small and escapes HTML before adding any markup.
+// qins chat page: streams replies from POST /ui/chat (server-sent events
+// read from a fetch body), keeps the conversation in memory, polls
+// /ui/stats, and renders replies as Markdown with the vendored marked and
+// DOMPurify.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -23,87 +23,47 @@ function newSessionId() {
 
 // ---- Markdown ----
 
-function escapeHtml(s) {
-  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
-    .replace(/"/g, "&quot;").replace(/'/g, "&#39;");
-}
-
-// Inline markup on already-escaped text: `code`, **bold**, *italic*, _italic_.
-function inline(escaped) {
-  const codes = [];
-  let s = escaped.replace(/`([^`\n]+)`/g, (_, c) => {
-    codes.push(c);
-    return "\u0000" + (codes.length - 1) + "\u0000";
-  });
-  s = s.replace(/\*\*([^*\n]+)\*\*/g, "<strong>$1</strong>")
-    .replace(/__([^_\n]+)__/g, "<strong>$1</strong>")
-    .replace(/(^|[^*\w])\*([^*\n]+)\*(?!\w)/g, "$1<em>$2</em>")
-    .replace(/(^|[^_\w])_([^_\n]+)_(?!\w)/g, "$1<em>$2</em>");
-  return s.replace(/\u0000(\d+)\u0000/g, (_, i) => "<code>" + codes[Number(i)] + "</code>");
-}
-
-// Paragraphs, headings and lists of a text without code fences.
-function blocks(text) {
-  const out = [];
-  const lines = text.split("\n");
-  let para = [];
-  let list = null; // {tag, items}
-  const flushPara = () => {
-    if (para.length) out.push("<p>" + para.map(inline).join("<br>") + "</p>");
-    para = [];
-  };
-  const flushList = () => {
-    if (list) out.push("<" + list.tag + ">" + list.items.map((i) => "<li>" + inline(i) + "</li>").join("") + "</" + list.tag + ">");
-    list = null;
-  };
-  for (const line of lines) {
-    const bullet = /^\s*[-*+]\s+(.*)$/.exec(line);
-    const numbered = /^\s*\d+[.)]\s+(.*)$/.exec(line);
-    const heading = /^(#{1,6})\s+(.*)$/.exec(line);
-    if (bullet || numbered) {
-      flushPara();
-      const tag = bullet ? "ul" : "ol";
-      if (list && list.tag !== tag) flushList();
-      if (!list) list = { tag, items: [] };
-      list.items.push((bullet || numbered)[1]);
-    } else if (heading) {
-      flushPara(); flushList();
-      const level = heading[1].length <= 2 ? "h3" : "h4";
-      out.push("<" + level + ">" + inline(heading[2]) + "</" + level + ">");
-    } else if (line.trim() === "") {
-      flushPara(); flushList();
-    } else if (list && /^\s{2,}\S/.test(line)) {
-      list.items[list.items.length - 1] += " " + line.trim(); // continuation
-    } else {
-      flushList();
-      para.push(line);
-    }
-  }
-  flushPara(); flushList();
-  return out.join("");
-}
+// marked (GitHub-flavoured Markdown: fences, lists, tables) turns a reply
+// into HTML, and DOMPurify removes from it whatever could run or load
+// (script, event handlers, javascript: URLs) before it reaches the page.
+// Both are vendored (assets/vendor/README.md) and loaded before this file.
+// `breaks`: a single newline is a line break, as models write them.
+const markdown = new marked.Marked({ gfm: true, breaks: true });
 
 function renderMarkdown(src) {
-  // Escape first: model output never becomes markup of its own.
-  const text = escapeHtml(src.replace(/\u0000/g, "").replace(/\r\n?/g, "\n"));
-  const parts = text.split(/^```/m);
-  let html = "";
-  for (let i = 0; i < parts.length; i++) {
-    if (i % 2 === 0) {
-      html += blocks(parts[i]);
-    } else {
-      // A fence: language on the first line; an unclosed one (still
-      // streaming) renders as code too.
-      const nl = parts[i].indexOf("\n");
-      const lang = nl < 0 ? "" : parts[i].slice(0, nl).trim();
-      let code = nl < 0 ? "" : parts[i].slice(nl + 1);
-      code = code.replace(/\n$/, "");
-      const cls = /^[\w+-]+$/.test(lang) ? ' class="language-' + lang + '"' : "";
-      html += "<pre><code" + cls + ">" + code + "</code></pre>";
-      // Text after the closing fence on the same line belongs to the next part.
-    }
+  const html = markdown.parse(src.replace(/\u0000/g, ""), { async: false });
+  return DOMPurify.sanitize(html);
+}
+
+// Shows a reply: sanitized Markdown, and a Copy button on each code block.
+function renderReply(el, src) {
+  el.innerHTML = renderMarkdown(src);
+  for (const pre of el.querySelectorAll("pre")) {
+    const code = pre.querySelector("code") || pre;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "copy";
+    button.textContent = "Copy";
+    button.addEventListener("click", () => copyText(code.textContent, button));
+    pre.appendChild(button);
   }
-  return html;
+}
+
+async function copyText(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (_) {
+    // The async clipboard needs a secure context (an https or loopback
+    // page); elsewhere, copy through a selection.
+    const area = document.createElement("textarea");
+    area.value = text;
+    document.body.appendChild(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  button.textContent = "Copied";
+  setTimeout(() => { button.textContent = "Copy"; }, 1500);
 }
 
 // ---- HTTP ----
@@ -167,7 +127,7 @@ function addMessage(role, content) {
   if (welcome) welcome.hidden = true;
   const el = document.createElement("div");
   el.className = "msg " + role;
-  if (role === "assistant") el.innerHTML = renderMarkdown(content);
+  if (role === "assistant") renderReply(el, content);
   else el.textContent = content;
   $("messages").appendChild(el);
   scrollDown();
@@ -216,7 +176,7 @@ async function send(text) {
   let frame = 0; // a render waiting for the next animation frame
   const render = () => {
     frame = 0;
-    bubble.innerHTML = renderMarkdown(reply);
+    renderReply(bubble, reply);
     scrollDown();
   };
   const controller = new AbortController();
@@ -224,7 +184,7 @@ async function send(text) {
   setBusy(true);
   let meta = "";
   try {
-    const response = await fetch("/api/chat", {
+    const response = await fetch("/ui/chat", {
       method: "POST", headers: headers(true), body: JSON.stringify(request), signal: controller.signal,
     });
     if (!response.ok) throw new Error(await errorMessage(response));
@@ -293,7 +253,7 @@ function fmtNum(n) {
 
 async function refreshStats() {
   try {
-    const response = await fetch("/api/stats", { headers: headers(false) });
+    const response = await fetch("/ui/stats", { headers: headers(false) });
     if (!response.ok) throw new Error(await errorMessage(response));
     const s = await response.json();
     $("conn").dataset.state = "up";

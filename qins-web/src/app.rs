@@ -5,13 +5,15 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::Uri;
 use axum::middleware::from_fn_with_state;
-use axum::response::IntoResponse;
+use axum::response::Response;
 use axum::routing::{get, post};
 
 use crate::daemon::Daemon;
 use crate::error::ApiError;
-use crate::routes::{chat, health, openai, page, stats};
+use crate::metrics::{self, Metrics};
+use crate::routes::{chat, health, ollama, openai, page, stats};
 use crate::security;
 
 /// What `router` needs; `main` fills it from the flags. No `Debug`: it
@@ -31,14 +33,17 @@ pub struct Config {
 
 pub struct AppState {
     pub daemon: Daemon,
+    pub metrics: Arc<Metrics>,
     pub api_key: Option<String>,
     pub allowed_hosts: Vec<String>,
     pub cors_origins: Vec<String>,
 }
 
 pub fn router(config: Config) -> Router {
+    let metrics = Arc::new(Metrics::new());
     let state = Arc::new(AppState {
-        daemon: Daemon::new(config.socket),
+        daemon: Daemon::new(config.socket, Arc::clone(&metrics)),
+        metrics,
         api_key: config.api_key.filter(|k| !k.is_empty()),
         allowed_hosts: config
             .allow_hosts
@@ -48,29 +53,41 @@ pub fn router(config: Config) -> Router {
         cors_origins: config.cors_origins,
     });
     // The page stays open so a browser can load it and then ask for the key;
-    // everything that reaches qinsd is behind the key.
+    // everything that reaches qinsd is behind the key. The page's own API
+    // lives under /ui; /api is ollama's.
     let api = Router::new()
-        .route("/api/chat", post(chat::chat))
-        .route("/api/stats", get(stats::stats))
+        .route("/ui/chat", post(chat::chat))
+        .route("/ui/stats", get(stats::stats))
         .route("/health", get(health::health))
+        .route("/metrics", get(crate::routes::metrics::metrics))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route("/api/version", get(ollama::version))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/show", post(ollama::show))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
         .route_layer(from_fn_with_state(state.clone(), security::require_key));
     let mut app = Router::new()
         .route("/", get(page::index))
         .route("/app.js", get(page::app_js))
         .route("/style.css", get(page::style_css))
+        .route("/vendor/marked.js", get(page::marked_js))
+        .route("/vendor/purify.js", get(page::purify_js))
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.max_body_bytes));
     if !state.cors_origins.is_empty() {
         app = app.layer(from_fn_with_state(state.clone(), security::cors));
     }
-    // Added last, so it runs first: a foreign Host gets nothing else.
+    // Added last, so they run first: a foreign Host gets nothing else, and
+    // every answer, refusals included, is counted.
     app.layer(from_fn_with_state(state.clone(), security::check_host))
+        .layer(from_fn_with_state(state.clone(), metrics::count_requests))
         .with_state(state)
 }
 
-async fn not_found() -> impl IntoResponse {
-    ApiError::NotFound("no such route".into())
+async fn not_found(uri: Uri) -> Response {
+    ApiError::NotFound("no such route".into()).response_for(uri.path())
 }

@@ -3,17 +3,19 @@
 //! restarted daemon is picked up without restarting the bridge.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qins_proto::v1::qins_client::QinsClient;
 use qins_proto::v1::{
     ChatEvent, ChatRequest, ListModelsReply, ListModelsRequest, StatsReply, StatsRequest,
+    chat_event,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
 /// Dialing a local socket is instant; longer means something is wedged.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -23,13 +25,16 @@ const UNARY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Daemon {
     socket: PathBuf,
     channel: Mutex<Option<Channel>>,
+    /// Every finished reply is counted here, whichever API asked for it.
+    metrics: Arc<Metrics>,
 }
 
 impl Daemon {
-    pub fn new(socket: PathBuf) -> Self {
+    pub fn new(socket: PathBuf, metrics: Arc<Metrics>) -> Self {
         Self {
             socket,
             channel: Mutex::new(None),
+            metrics,
         }
     }
 
@@ -102,11 +107,36 @@ impl Daemon {
     /// Starts a chat. Refusals (bad request, full queue, no model) arrive here
     /// as errors, before any event, so handlers can answer with a status code.
     /// Dropping the returned stream cancels the generation in qinsd.
-    pub async fn chat(&self, request: ChatRequest) -> Result<Streaming<ChatEvent>, ApiError> {
+    pub async fn chat(&self, request: ChatRequest) -> Result<ChatStream, ApiError> {
         let mut client = self.client().await?;
         match client.chat(request).await {
-            Ok(reply) => Ok(reply.into_inner()),
+            Ok(reply) => Ok(ChatStream {
+                inner: reply.into_inner(),
+                metrics: Arc::clone(&self.metrics),
+            }),
             Err(status) => Err(self.fail(status)),
         }
+    }
+}
+
+/// A reply in flight. Its events all pass through [`ChatStream::message`],
+/// which counts the reply's tokens and timings in the metrics when its
+/// `done` event goes by, so no route can forget to.
+pub struct ChatStream {
+    inner: Streaming<ChatEvent>,
+    metrics: Arc<Metrics>,
+}
+
+impl ChatStream {
+    /// The next event, as `tonic::Streaming::message` gives it.
+    pub async fn message(&mut self) -> Result<Option<ChatEvent>, tonic::Status> {
+        let event = self.inner.message().await?;
+        if let Some(ChatEvent {
+            event: Some(chat_event::Event::Done(done)),
+        }) = &event
+        {
+            self.metrics.observe_reply(done);
+        }
+        Ok(event)
     }
 }

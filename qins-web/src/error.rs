@@ -1,6 +1,7 @@
 //! Every failure a handler can return, and its one mapping to an HTTP status
 //! and an OpenAI-shaped JSON body (`{"error":{"message","type","code"}}`), so
-//! the page and OpenAI clients parse errors the same way.
+//! the page and OpenAI clients parse errors the same way. ollama's routes
+//! (`/api/`) give the same status with ollama's body, `{"error":"message"}`.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -76,6 +77,22 @@ impl ApiError {
     pub fn body(&self) -> Value {
         let (kind, code) = self.kind();
         json!({ "error": { "message": self.to_string(), "type": kind, "code": code } })
+    }
+
+    /// ollama's error object, also the last line of a failed NDJSON stream.
+    pub fn ollama_body(&self) -> Value {
+        json!({ "error": self.to_string() })
+    }
+
+    /// The response to a request for `path`, for refusals made before a
+    /// handler runs (Host, key, unknown route): each API family gets its
+    /// own body shape.
+    pub fn response_for(self, path: &str) -> Response {
+        if path.starts_with("/api/") {
+            (self.status(), Json(self.ollama_body())).into_response()
+        } else {
+            self.into_response()
+        }
     }
 }
 

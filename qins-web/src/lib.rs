@@ -1,9 +1,10 @@
-//! qins-web: a browser chat page and an OpenAI-compatible API in front of
-//! qinsd. The library exposes [`app::router`] so tests can serve it on any
+//! qins-web: a browser chat page, an OpenAI-compatible API, ollama's API
+//! and Prometheus metrics in front of qinsd. The library exposes [`app::router`] so tests can serve it on any
 //! listener; `main.rs` only parses flags and binds.
 
 pub mod app;
 pub mod daemon;
 pub mod error;
+pub mod metrics;
 pub mod routes;
 pub mod security;

@@ -1,5 +1,5 @@
-//! qins-web: serves the chat page and an OpenAI-compatible API, relaying to
-//! qinsd over its Unix socket.
+//! qins-web: serves the chat page, an OpenAI-compatible API, ollama's API
+//! and Prometheus metrics, relaying to qinsd over its Unix socket.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;

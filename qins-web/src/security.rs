@@ -52,7 +52,7 @@ pub async fn check_host(State(state): State<Arc<AppState>>, req: Request, next: 
         .unwrap_or_default();
     if !host_allowed(&host, &state.allowed_hosts) {
         tracing::warn!(host, "request refused: Host not allowed");
-        return ApiError::HostNotAllowed(host).into_response();
+        return ApiError::HostNotAllowed(host).response_for(req.uri().path());
     }
     next.run(req).await
 }
@@ -67,7 +67,7 @@ pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next:
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim);
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
-            return ApiError::Unauthorized.into_response();
+            return ApiError::Unauthorized.response_for(req.uri().path());
         }
     }
     next.run(req).await

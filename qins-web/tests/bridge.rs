@@ -374,12 +374,28 @@ fn assert_error(resp: &Response, status: u16, code: &str) {
     assert!(body["error"]["type"].is_string());
 }
 
-/// Both chat routes (the page's and OpenAI's) refuse a one-token chat with
-/// the same status and error code.
+/// An ollama-shaped error: `{"error": "message"}` with `status`.
+fn assert_ollama_error(resp: &Response, status: u16) -> String {
+    assert_eq!(resp.status, status, "body: {}", resp.body);
+    let message = resp.json()["error"].as_str().map(str::to_string);
+    message
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| panic!("no error message: {}", resp.body))
+}
+
+/// The chat routes (the page's, OpenAI's and ollama's) refuse a one-token
+/// chat with the same status, each in its own error shape.
 async fn assert_chat_routes_refuse(addr: SocketAddr, status: u16, code: &str) {
-    let page = post_json(
+    let ollama = post_json(
         addr,
         "/api/chat",
+        &json!({ "model": "tiny", "messages": user("x"), "options": { "num_predict": 1 } }),
+    )
+    .await;
+    assert_ollama_error(&ollama, status);
+    let page = post_json(
+        addr,
+        "/ui/chat",
         &json!({ "messages": user("x"), "max_tokens": 1 }),
     )
     .await;
@@ -416,15 +432,34 @@ async fn page_and_embedded_assets_are_served() {
     ] {
         assert!(page.body.contains(&format!("id=\"{id}\"")), "missing #{id}");
     }
-    assert!(page.body.contains("/app.js") && page.body.contains("/style.css"));
+    for asset in [
+        "/app.js",
+        "/style.css",
+        "/vendor/marked.js",
+        "/vendor/purify.js",
+    ] {
+        assert!(page.body.contains(asset), "the page loads {asset}");
+    }
     assert!(!page.body.contains("https://"), "no external assets");
+    for (path, name) in [
+        ("/vendor/marked.js", "marked"),
+        ("/vendor/purify.js", "DOMPurify"),
+    ] {
+        let vendored = get(addr, path).await;
+        assert_eq!(vendored.status, 200, "{path}");
+        assert!(vendored.body.contains(name), "{path}");
+        assert!(
+            vendored.header("content-security-policy").is_some(),
+            "{path}"
+        );
+    }
     let js = get(addr, "/app.js").await;
     assert_eq!(js.status, 200);
     assert!(
         js.header("content-type")
             .is_some_and(|c| c.contains("javascript"))
     );
-    assert!(js.body.contains("/api/chat") && js.body.contains("AbortController"));
+    assert!(js.body.contains("/ui/chat") && js.body.contains("AbortController"));
     let css = get(addr, "/style.css").await;
     assert_eq!(css.status, 200);
     assert!(css.body.contains("prefers-color-scheme"));
@@ -432,11 +467,11 @@ async fn page_and_embedded_assets_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_chat_streams_deltas_then_done() {
+async fn ui_chat_streams_deltas_then_done() {
     let s = setup().await;
     let resp = post_json(
         s.addr,
-        "/api/chat",
+        "/ui/chat",
         &json!({ "messages": user("Hello"), "max_tokens": 4, "seed": 7, "temperature": 0.5,
                  "top_p": 0.9, "top_k": 20, "stop": "zzzz", "session_id": "t1" }),
     )
@@ -466,9 +501,9 @@ async fn api_chat_streams_deltas_then_done() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_stats_reports_every_field() {
+async fn ui_stats_reports_every_field() {
     let s = setup().await;
-    let resp = get(s.addr, "/api/stats").await;
+    let resp = get(s.addr, "/ui/stats").await;
     assert_eq!(resp.status, 200);
     let v = resp.json();
     let fields = [
@@ -494,6 +529,7 @@ async fn api_stats_reports_every_field() {
         "kv_cache_bytes",
         "version",
         "threads",
+        "model_loaded_unix_seconds",
     ];
     for f in fields {
         assert!(v.get(f).is_some(), "missing {f}: {v}");
@@ -503,6 +539,7 @@ async fn api_stats_reports_every_field() {
     assert_eq!(v["architecture"], "phi3");
     assert!(v["process_rss_bytes"].as_u64().unwrap_or(0) > 0);
     assert!(v["compression_vs_f32"].as_f64().unwrap_or(0.0) > 1.0);
+    assert!(v["model_loaded_unix_seconds"].as_f64().unwrap_or(0.0) > 1.6e9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,6 +661,191 @@ async fn v1_chat_completions_streaming() {
     assert!(last.get("usage").is_none());
 }
 
+/// The NDJSON lines of an ollama stream, parsed.
+fn ndjson(resp: &Response) -> Vec<Value> {
+    resp.body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_chat_streams_ndjson_then_counts() {
+    let s = setup().await;
+    let resp = post_json(
+        s.addr,
+        "/api/chat",
+        &json!({ "model": "tiny:latest", "messages": user("Hello"),
+                 "options": { "num_predict": 4, "temperature": 0, "seed": 3 } }),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(resp.header("content-type"), Some("application/x-ndjson"));
+    let lines = ndjson(&resp);
+    let (last, parts) = lines.split_last().expect("lines");
+    assert!(!parts.is_empty(), "{lines:?}");
+    for part in parts {
+        assert_eq!(part["done"], false);
+        assert_eq!(part["model"], "tiny:latest", "the request's name is echoed");
+        assert_eq!(part["message"]["role"], "assistant");
+        assert!(part["message"]["content"].is_string());
+        assert!(
+            part["created_at"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z'))
+        );
+    }
+    assert_eq!(last["done"], true);
+    assert_eq!(last["done_reason"], "length");
+    assert_eq!(last["eval_count"], 4);
+    assert!(last["prompt_eval_count"].as_u64().unwrap_or(0) > 0);
+    for field in ["total_duration", "prompt_eval_duration", "eval_duration"] {
+        assert!(last[field].as_u64().unwrap_or(0) > 0, "{field}: {last}");
+    }
+    assert!(last["total_duration"].as_u64() >= last["eval_duration"].as_u64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_generate_without_streaming_and_the_model_routes() {
+    let s = setup().await;
+    let a = s.addr;
+    let resp = post_json(
+        a,
+        "/api/generate",
+        &json!({ "model": "tiny", "prompt": "Hello", "system": "Be brief.", "stream": false,
+                 "keep_alive": "5m", "options": { "num_predict": 3, "temperature": 0 } }),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let v = resp.json();
+    assert_eq!(v["done"], true);
+    assert_eq!(v["eval_count"], 3);
+    assert!(v["response"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+    // Nothing to generate: ollama's "the model is loaded".
+    let load = post_json(a, "/api/generate", &json!({ "model": "tiny" }))
+        .await
+        .json();
+    assert_eq!(load["done_reason"], "load");
+
+    assert_eq!(get(a, "/api/version").await.json()["version"], "0.12.0");
+    let tags = get(a, "/api/tags").await.json();
+    let models = tags["models"].as_array().expect("models");
+    assert_eq!(models.len(), 1, "{tags}");
+    assert_eq!(models[0]["name"], "tiny:latest");
+    assert_eq!(models[0]["details"]["family"], "phi3");
+    assert!(models[0]["size"].as_u64().unwrap_or(0) > 0);
+    assert!(models[0]["modified_at"].is_string() && models[0]["digest"].is_string());
+    let show = post_json(a, "/api/show", &json!({ "model": "tiny" })).await;
+    assert_eq!(show.status, 200, "{}", show.body);
+    let show = show.json();
+    assert_eq!(show["model_info"]["general.architecture"], "phi3");
+    assert_eq!(show["model_info"]["phi3.context_length"], 4096);
+    assert_eq!(show["capabilities"], json!(["completion"]));
+    let ps = get(a, "/api/ps").await.json();
+    assert_eq!(ps["models"][0]["name"], "tiny:latest", "{ps}");
+    assert!(ps["models"][0]["size"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(ps["models"][0]["size_vram"], 0);
+    assert_eq!(ps["models"][0]["digest"], models[0]["digest"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_refusals_name_what_is_not_supported() {
+    let s = setup().await;
+    let a = s.addr;
+    let chat = |extra: Value| {
+        let mut body = json!({ "model": "tiny", "messages": user("x") });
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        body
+    };
+    for (body, status, needle) in [
+        (chat(json!({ "format": "json" })), 400, "format"),
+        (chat(json!({ "options": { "num_gpu": 1 } })), 400, "num_gpu"),
+        (
+            chat(json!({ "tools": [{ "type": "function" }] })),
+            400,
+            "tools",
+        ),
+        (chat(json!({ "unknown_field": 1 })), 400, "unknown_field"),
+        (chat(json!({ "model": "other" })), 404, "other"),
+    ] {
+        let message = assert_ollama_error(&post_json(a, "/api/chat", &body).await, status);
+        assert!(message.contains(needle), "{needle}: {message}");
+    }
+    let message = assert_ollama_error(
+        &post_json(a, "/api/show", &json!({ "model": "missing" })).await,
+        404,
+    );
+    assert!(message.contains("missing"), "{message}");
+    // qinsd's own INVALID_ARGUMENT, in ollama's shape.
+    let bad = chat(json!({ "options": { "temperature": -1 } }));
+    let message = assert_ollama_error(&post_json(a, "/api/chat", &bad).await, 400);
+    assert!(message.contains("temperature"), "{message}");
+    assert_ollama_error(&get(a, "/api/nope").await, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_tokens_and_read_qinsd() {
+    let s = setup().await;
+    let a = s.addr;
+    let sample = |text: &str, prefix: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = get(a, "/metrics").await;
+    assert_eq!(before.status, 200);
+    assert!(
+        before
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/openmetrics-text")),
+        "{:?}",
+        before.header("content-type")
+    );
+    assert!(before.body.ends_with("# EOF\n"));
+    assert_eq!(sample(&before.body, "qinsd_up "), 1.0);
+    assert!(sample(&before.body, "qinsd_model_resident_bytes ") > 0.0);
+    assert!(sample(&before.body, "qinsd_process_resident_memory_bytes ") > 0.0);
+    let r = post_json(
+        a,
+        "/v1/chat/completions",
+        &json!({ "messages": user("Hi"), "max_tokens": 3, "temperature": 0 }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let completion = r.json()["usage"]["completion_tokens"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(completion >= 1.0, "{}", r.body);
+    let after = get(a, "/metrics").await.body;
+    assert_eq!(
+        sample(&after, "qins_web_completion_tokens_total ")
+            - sample(&before.body, "qins_web_completion_tokens_total "),
+        completion,
+        "{after}"
+    );
+    assert!(sample(&after, "qins_web_prompt_tokens_total ") > 0.0);
+    assert_eq!(
+        sample(&after, "qins_web_time_to_first_token_seconds_count "),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "qins_web_requests_total{route=\"/v1/chat/completions\",code=\"200\"} "
+        ),
+        1.0
+    );
+    assert!(
+        sample(
+            &after,
+            "qins_web_requests_total{route=\"/metrics\",code=\"200\"} "
+        ) >= 1.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_json_errors() {
     let s = setup_with(|c| c.max_body_bytes = 1024).await;
@@ -632,7 +854,7 @@ async fn bad_requests_get_json_errors() {
     let r = request(
         a,
         "POST",
-        "/api/chat",
+        "/ui/chat",
         &[("Content-Type", "application/json")],
         b"{bad",
     )
@@ -647,13 +869,13 @@ async fn bad_requests_get_json_errors() {
     // qinsd's INVALID_ARGUMENT.
     let r = post_json(
         a,
-        "/api/chat",
+        "/ui/chat",
         &json!({ "messages": user("x"), "temperature": -1.0 }),
     )
     .await;
     assert_error(&r, 400, "invalid_request");
     assert_error(
-        &post_json(a, "/api/chat", &json!({ "messages": [] })).await,
+        &post_json(a, "/ui/chat", &json!({ "messages": [] })).await,
         400,
         "invalid_request",
     );
@@ -661,7 +883,7 @@ async fn bad_requests_get_json_errors() {
     let r = request(
         a,
         "POST",
-        "/api/chat",
+        "/ui/chat",
         &[("Content-Type", "text/plain")],
         b"{}",
     )
@@ -679,17 +901,17 @@ async fn bad_requests_get_json_errors() {
     .await;
     assert_error(&r, 413, "payload_too_large");
     // Foreign Host (DNS rebinding), on the page and the API alike.
-    for path in ["/", "/api/stats"] {
+    for path in ["/", "/ui/stats"] {
         let r = request(a, "GET", path, &[("Host", "evil.example:7860")], b"").await;
         assert_error(&r, 403, "host_not_allowed");
     }
-    let r = request(a, "GET", "/api/stats", &[("Host", "localhost:1234")], b"").await;
+    let r = request(a, "GET", "/ui/stats", &[("Host", "localhost:1234")], b"").await;
     assert_eq!(r.status, 200);
     // No CORS headers unless configured.
     let r = request(
         a,
         "GET",
-        "/api/stats",
+        "/ui/stats",
         &[("Origin", "http://evil.example")],
         b"",
     )
@@ -704,19 +926,12 @@ async fn allow_host_and_cors_origin_flags() {
         c.cors_origins = vec!["http://app.example".into()];
     })
     .await;
-    let r = request(
-        s.addr,
-        "GET",
-        "/api/stats",
-        &[("Host", "box.lan:7860")],
-        b"",
-    )
-    .await;
+    let r = request(s.addr, "GET", "/ui/stats", &[("Host", "box.lan:7860")], b"").await;
     assert_eq!(r.status, 200);
     let r = request(
         s.addr,
         "GET",
-        "/api/stats",
+        "/ui/stats",
         &[("Origin", "http://app.example")],
         b"",
     )
@@ -728,7 +943,7 @@ async fn allow_host_and_cors_origin_flags() {
     let r = request(
         s.addr,
         "GET",
-        "/api/stats",
+        "/ui/stats",
         &[("Origin", "http://other.example")],
         b"",
     )
@@ -756,7 +971,13 @@ async fn allow_host_and_cors_origin_flags() {
 async fn api_key_is_required_when_set() {
     let s = setup_with(|c| c.api_key = Some("s3cret".into())).await;
     let a = s.addr;
-    for path in ["/api/stats", "/health", "/v1/models"] {
+    for path in ["/api/tags", "/api/version"] {
+        let message = assert_ollama_error(&get(a, path).await, 401);
+        assert!(message.contains("API key"), "{message}");
+        let r = request(a, "GET", path, &[("Authorization", "Bearer s3cret")], b"").await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    for path in ["/ui/stats", "/health", "/v1/models", "/metrics"] {
         assert_error(&get(a, path).await, 401, "invalid_api_key");
         let r = request(a, "GET", path, &[("Authorization", "Bearer wrong")], b"").await;
         assert_error(&r, 401, "invalid_api_key");
@@ -784,7 +1005,7 @@ async fn daemon_down_gives_503_and_restart_recovers() {
     assert_eq!(health.status, 503);
     assert_eq!(health.json()["qinsd"], "unreachable");
     assert_error(&health, 503, "qinsd_unreachable");
-    assert_error(&get(s.addr, "/api/stats").await, 503, "qinsd_unreachable");
+    assert_error(&get(s.addr, "/ui/stats").await, 503, "qinsd_unreachable");
     assert_error(&get(s.addr, "/v1/models").await, 503, "qinsd_unreachable");
     assert_chat_routes_refuse(s.addr, 503, "qinsd_unreachable").await;
 
@@ -793,7 +1014,7 @@ async fn daemon_down_gives_503_and_restart_recovers() {
     wait_healthy(s.addr).await;
     let chat = post_json(
         s.addr,
-        "/api/chat",
+        "/ui/chat",
         &json!({ "messages": user("x"), "max_tokens": 2 }),
     )
     .await;
@@ -810,7 +1031,7 @@ async fn start_long_reply(addr: SocketAddr) -> TcpStream {
     .to_string();
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let head = format!(
-        "POST /api/chat HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST /ui/chat HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         addr,
         body.len()
     );
@@ -842,7 +1063,7 @@ async fn closing_the_connection_cancels_the_reply() {
     drop(stream);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let stats = get(s.addr, "/api/stats").await.json();
+        let stats = get(s.addr, "/ui/stats").await.json();
         if stats["active_requests"] == 0 && stats["requests_served"].as_u64() >= Some(1) {
             let generated = stats["tokens_generated"].as_u64().unwrap_or(u64::MAX);
             assert!(generated < 500, "not cancelled: {stats}");

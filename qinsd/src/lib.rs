@@ -7,6 +7,7 @@
 //! [`engine`] under the [`scheduler`], exposed by the gRPC [`service`] on the
 //! Unix-socket [`server`].
 
+pub mod authority;
 pub mod bench;
 pub mod codec;
 pub mod container;

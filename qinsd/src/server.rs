@@ -1,6 +1,7 @@
 //! The Unix-socket server: socket directory and permissions, the
-//! one-daemon-per-socket rule, peer uid checks, gRPC health and reflection,
-//! and a clean exit on SIGTERM/SIGINT.
+//! one-daemon-per-socket rule, peer uid checks, the `:authority` fix that
+//! lets stock gRPC clients in ([`crate::authority`]), gRPC health and
+//! reflection, and a clean exit on SIGTERM/SIGINT.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::authority::AuthorityFixingStream;
 use crate::scheduler::Scheduler;
 use crate::service::{DaemonInfo, QinsServer, QinsService};
 
@@ -134,7 +136,10 @@ pub async fn serve(
 
 /// Accepted connections from this process's own user; others are dropped
 /// (the socket is owner-only already; this also covers a loosened mode).
-fn accept_same_user(listener: UnixListener) -> ReceiverStream<std::io::Result<UnixStream>> {
+/// Each one reaches h2 through the `:authority` fix.
+pub(crate) fn accept_same_user(
+    listener: UnixListener,
+) -> ReceiverStream<std::io::Result<AuthorityFixingStream<UnixStream>>> {
     let (tx, rx) = mpsc::channel(16);
     // SAFETY: geteuid has no preconditions and cannot fail.
     let own_uid = unsafe { libc::geteuid() };
@@ -159,7 +164,11 @@ fn accept_same_user(listener: UnixListener) -> ReceiverStream<std::io::Result<Un
                     continue;
                 }
             }
-            if tx.send(Ok(stream)).await.is_err() {
+            if tx
+                .send(Ok(AuthorityFixingStream::new(stream)))
+                .await
+                .is_err()
+            {
                 break;
             }
         }

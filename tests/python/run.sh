@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The Python checks: the launchd plist template and what `qins service
-# install --dry-run` renders from it (standard library only), and the
-# OpenAI-compatible API of qins-web through the official `openai` package
-# (pinned in requirements.txt, installed into a venv cached at
+# install --dry-run` renders from it (standard library only), the
+# OpenAI-compatible API of qins-web through the official `openai` package,
+# and qinsd's socket through a stock grpcio client (packages pinned in
+# requirements.txt, installed into a venv cached at
 # ~/.cache/qins/venv-tests). Prints a cargo-style result line so
 # scripts/test.sh can count these tests too.
 set -euo pipefail

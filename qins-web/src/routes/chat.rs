@@ -1,4 +1,4 @@
-//! `POST /api/chat`: the page's streaming chat. Replies as server-sent
+//! `POST /ui/chat`: the page's streaming chat. Replies as server-sent
 //! events: `delta` `{"text"}` repeatedly, then one `done` with the finish
 //! reason, usage and timings; a failure mid-reply is one `error` event.
 
@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::{ApiJson, SamplingParams, Stop, finish_reason_name, message};
 use crate::app::AppState;
+use crate::daemon::ChatStream;
 use crate::error::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -65,9 +66,7 @@ pub async fn chat(
 /// The SSE events of one reply. The gRPC stream lives inside this stream:
 /// when the browser goes away (Stop, closed tab) axum drops it, and with it
 /// the gRPC call, which makes qinsd stop generating.
-fn events(
-    grpc: tonic::Streaming<qins_proto::v1::ChatEvent>,
-) -> impl Stream<Item = Result<Event, Infallible>> {
+fn events(grpc: ChatStream) -> impl Stream<Item = Result<Event, Infallible>> {
     futures_util::stream::unfold(Some(grpc), |grpc| async move {
         let mut grpc = grpc?;
         loop {

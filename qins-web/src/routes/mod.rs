@@ -3,6 +3,8 @@
 
 pub mod chat;
 pub mod health;
+pub mod metrics;
+pub mod ollama;
 pub mod openai;
 pub mod page;
 pub mod stats;
@@ -91,7 +93,7 @@ pub fn message(role: impl Into<String>, content: impl Into<String>) -> Message {
     }
 }
 
-/// The bridge's name for a finish reason (`/api/chat` reports it as is).
+/// The bridge's name for a finish reason (`/ui/chat` reports it as is).
 pub fn finish_reason_name(raw: i32) -> &'static str {
     match FinishReason::try_from(raw) {
         Ok(FinishReason::Stop) => "stop",

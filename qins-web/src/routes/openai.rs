@@ -19,12 +19,13 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use qins_proto::v1::{ChatDone, ChatEvent, ChatRequest, FinishReason, chat_event};
+use qins_proto::v1::{ChatDone, ChatRequest, FinishReason, chat_event};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiJson, SamplingParams, Stop, message};
 use crate::app::AppState;
+use crate::daemon::ChatStream;
 use crate::error::ApiError;
 
 // Unknown fields, `model` among them (see the module comment), are ignored.
@@ -194,7 +195,7 @@ fn usage_json(done: &ChatDone) -> Value {
     })
 }
 
-async fn collect(mut grpc: tonic::Streaming<ChatEvent>, meta: Meta) -> Result<Value, ApiError> {
+async fn collect(mut grpc: ChatStream, meta: Meta) -> Result<Value, ApiError> {
     let mut text = String::new();
     loop {
         match grpc.message().await?.and_then(|e| e.event) {
@@ -233,7 +234,7 @@ enum Phase {
 }
 
 struct ChunkState {
-    grpc: tonic::Streaming<ChatEvent>,
+    grpc: ChatStream,
     meta: Meta,
     include_usage: bool,
     phase: Phase,
@@ -246,7 +247,7 @@ fn data(value: &Value) -> Event {
 }
 
 fn chunks(
-    grpc: tonic::Streaming<ChatEvent>,
+    grpc: ChatStream,
     meta: Meta,
     include_usage: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {

@@ -1,5 +1,6 @@
 //! The chat page and its assets, compiled into the binary (no CDN, no files
-//! to install next to it).
+//! to install next to it), with the vendored Markdown parser and sanitizer
+//! (`assets/vendor/README.md`).
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -7,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
 const APP_JS: &str = include_str!("../../assets/app.js");
 const STYLE_CSS: &str = include_str!("../../assets/style.css");
+const MARKED_JS: &str = include_str!("../../assets/vendor/marked.umd.js");
+const PURIFY_JS: &str = include_str!("../../assets/vendor/purify.min.js");
 
 /// Everything the page loads comes from this origin; inline scripts and
 /// framing are off.
@@ -37,4 +40,12 @@ pub async fn app_js() -> Response {
 
 pub async fn style_css() -> Response {
     asset("text/css; charset=utf-8", STYLE_CSS)
+}
+
+pub async fn marked_js() -> Response {
+    asset("text/javascript; charset=utf-8", MARKED_JS)
+}
+
+pub async fn purify_js() -> Response {
+    asset("text/javascript; charset=utf-8", PURIFY_JS)
 }

@@ -1,4 +1,4 @@
-//! `GET /api/stats`: qinsd's `Stats` reply as JSON, every field, same names.
+//! `GET /ui/stats`: qinsd's `Stats` reply as JSON, every field, same names.
 
 use std::sync::Arc;
 

@@ -1,7 +1,8 @@
 // Drives the qins-web chat page in headless Chromium (playwright-core, no
 // test framework): a reply streams and grows, Stop ends it, the stats panel
-// names the model and its memory, a short reply completes, and a screenshot
-// is saved. run.sh starts qinsd and qins-web and sets the environment:
+// names the model and its memory, a short reply completes, a screenshot is
+// saved, and a reply's Markdown renders (code block with a working Copy
+// button, table) while script in it does not run. run.sh starts qinsd and qins-web and sets the environment:
 //
 //   QINS_WEB_URL     the bridge, e.g. http://127.0.0.1:7860 (required)
 //   QINS_MODEL       the model qinsd serves (optional: checked when given)
@@ -69,8 +70,8 @@ async function waitIdle(timeout = WAIT) {
 }
 
 async function stats() {
-  const r = await fetch(BASE + "/api/stats", { signal: AbortSignal.timeout(5_000) });
-  assert.equal(r.status, 200, "GET /api/stats");
+  const r = await fetch(BASE + "/ui/stats", { signal: AbortSignal.timeout(5_000) });
+  assert.equal(r.status, 200, "GET /ui/stats");
   return r.json();
 }
 
@@ -177,4 +178,73 @@ test("a short reply completes, and a screenshot", { timeout: TEST_TIMEOUT }, asy
   await page.screenshot({ path: SHOT });
   assert.ok(statSync(SHOT).size > 0);
   console.log("screenshot: " + SHOT);
+});
+
+// One server-sent event as /ui/chat writes it.
+function sse(event, data) {
+  return `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
+}
+
+test("Markdown renders, code blocks copy, and script in a reply does not run", { timeout: TEST_TIMEOUT }, async () => {
+  // A page of its own with the CSP switched off: the page's CSP would block
+  // inline handlers anyway, so only without it does this check that the
+  // sanitizer (DOMPurify) removes them.
+  const context = await browser.newContext({ bypassCSP: true, viewport: { width: 1000, height: 700 } });
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: BASE });
+  const md = await context.newPage();
+  md.setDefaultTimeout(WAIT);
+  const errors = [];
+  md.on("pageerror", (e) => errors.push(String(e)));
+  // The tiny model's replies are random text, so this reply is served to the
+  // page in /ui/chat's format: it still goes through the page's own request,
+  // stream parsing and rendering.
+  const reply = [
+    "Here is **code**:", "", "```python", "print('hi')", "```", "",
+    "| name | value |", "|---|---|", "| a | 1 |", "| b | 2 |", "",
+    "<script>window.__pwned = 'script'</script>",
+    "<img src=\"/nonexistent.png\" onerror=\"window.__pwned = 'onerror'\">",
+    "[click](javascript:window.__pwned='link')",
+  ].join("\n");
+  await md.route("**/ui/chat", (route) => route.fulfill({
+    status: 200,
+    contentType: "text/event-stream",
+    body: sse("delta", { text: reply.slice(0, 40) }) + sse("delta", { text: reply.slice(40) }) +
+      sse("done", { finish_reason: "stop", model: "tiny", usage: { completion_tokens: 42 },
+        timings: { tokens_per_second: 50 } }),
+  }));
+  try {
+    await md.goto(BASE + "/");
+    await md.fill("#input", "Show me some Markdown");
+    await md.click("#send");
+    await md.waitForFunction(() => document.querySelector("#messages .msg.assistant .meta"));
+
+    const bubble = md.locator("#messages .msg.assistant").last();
+    assert.equal(await bubble.locator("strong").textContent(), "code");
+    const code = bubble.locator("pre > code.language-python");
+    assert.equal(await code.textContent(), "print('hi')\n");
+    assert.deepEqual(await bubble.locator("table th").allTextContents(), ["name", "value"]);
+    assert.deepEqual(await bubble.locator("table td").allTextContents(), ["a", "1", "b", "2"]);
+
+    // Sanitized: no script element, no handler, no javascript: link.
+    assert.equal(await bubble.locator("script").count(), 0, "no script element");
+    for (const img of await bubble.locator("img").all()) {
+      assert.equal(await img.getAttribute("onerror"), null, "no onerror");
+    }
+    const hrefs = await bubble.locator("a").evaluateAll((as) => as.map((a) => a.getAttribute("href") || ""));
+    for (const href of hrefs) assert.ok(!/^\s*javascript:/i.test(href), `javascript: link kept: ${href}`);
+    for (const a of await bubble.locator("a").all()) await a.click({ noWaitAfter: true }).catch(() => {});
+    await sleep(500); // time for an image's error handler to fire, were there one
+    assert.equal(await md.evaluate(() => window.__pwned), undefined, "no script from the reply ran");
+
+    // The Copy button copies the code.
+    const copy = bubble.locator("pre button.copy");
+    assert.equal(await copy.count(), 1);
+    await copy.click();
+    await md.waitForFunction((button) => button.textContent === "Copied", await copy.elementHandle());
+    assert.equal(await md.evaluate(() => navigator.clipboard.readText()), "print('hi')\n");
+    assert.match(await bubble.locator(".meta").textContent(), /^42 tokens · 50\.0 tok\/s · stop$/);
+    assert.deepEqual(errors, [], "no script errors on the page");
+  } finally {
+    await context.close();
+  }
 });

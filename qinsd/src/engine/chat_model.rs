@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::SystemTime;
 
 use tokenizers::Tokenizer;
 
@@ -45,6 +46,8 @@ pub struct ChatModel {
     template: ChatTemplate,
     stop_token_ids: Vec<u32>,
     resident: ResidentBytes,
+    /// When `open` finished: what `Stats` and `qins ps` report as loaded since.
+    loaded_at: SystemTime,
 }
 
 /// What a chat request asks for beyond its messages; None takes the model's default.
@@ -86,6 +89,7 @@ impl ChatModel {
             template,
             stop_token_ids,
             resident,
+            loaded_at: SystemTime::now(),
         })
     }
 
@@ -111,6 +115,10 @@ impl ChatModel {
 
     pub fn resident_bytes(&self) -> ResidentBytes {
         self.resident
+    }
+
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
     }
 
     pub fn defaults(&self) -> &GenerationDefaults {

@@ -96,11 +96,15 @@ fn describe(path: &Path, loaded: bool) -> ModelInfo {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let metadata = std::fs::metadata(path).ok();
     let mut info = ModelInfo {
         name,
         path: path.display().to_string(),
-        file_bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
+        file_bytes: metadata.as_ref().map_or(0, |m| m.len()),
         loaded,
+        modified_unix_seconds: metadata
+            .and_then(|m| m.modified().ok())
+            .map_or(0.0, super::stats::unix_seconds),
         ..ModelInfo::default()
     };
     match QinsFile::open(path) {

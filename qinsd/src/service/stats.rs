@@ -35,9 +35,16 @@ pub fn stats(scheduler: &Scheduler, info: &DaemonInfo) -> StatsReply {
         reply.bf16_equivalent_bytes = bytes.parameters * 2;
         reply.f32_equivalent_bytes = bytes.parameters * 4;
         reply.compression_vs_f32 = (bytes.parameters * 4) as f64 / bytes.total().max(1) as f64;
+        reply.model_loaded_unix_seconds = unix_seconds(model.loaded_at());
         reply.defaults = Some(super::generation_defaults(model.defaults()));
     }
     reply
+}
+
+/// Seconds since the Unix epoch; 0 for a time before it (a wrong clock).
+pub fn unix_seconds(at: std::time::SystemTime) -> f64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Resident set size of this process, 0 if the OS does not say.

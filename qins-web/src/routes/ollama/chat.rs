@@ -1,0 +1,543 @@
+//! `POST /api/chat` and `POST /api/generate`: NDJSON streaming by default
+//! (one JSON object per line, `"done": false` with the text, then one
+//! `"done": true` with the counts and durations), or one object with
+//! `"stream": false`.
+//!
+//! Refused with a 400 naming the field, since qinsd cannot do them yet:
+//! `format` (JSON mode and schemas need grammar-constrained decoding),
+//! `tools`, `think`, `logprobs`, images, generate's `suffix`, `template`,
+//! `raw` and `context`. Accepted and ignored: `keep_alive` (qinsd keeps its
+//! model resident until `qins unload`). Unknown fields are refused too.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use qins_proto::v1::{ChatDone, ChatRequest, FinishReason, Message, Sampling, chat_event};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{OllamaError, now, options, tagged, untagged};
+use crate::app::AppState;
+use crate::daemon::ChatStream;
+use crate::error::ApiError;
+use crate::routes::{ApiJson, message};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatBody {
+    model: String,
+    #[serde(default)]
+    messages: Vec<ChatMessage>,
+    stream: Option<bool>,
+    format: Option<Value>,
+    options: Option<Map<String, Value>>,
+    /// Ignored: see the module comment.
+    #[allow(dead_code)]
+    keep_alive: Option<Value>,
+    tools: Option<Vec<Value>>,
+    think: Option<Value>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatMessage {
+    role: String,
+    #[serde(default)]
+    content: String,
+    images: Option<Vec<Value>>,
+    tool_calls: Option<Vec<Value>>,
+    tool_name: Option<String>,
+    thinking: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateBody {
+    model: String,
+    #[serde(default)]
+    prompt: String,
+    system: Option<String>,
+    suffix: Option<String>,
+    template: Option<String>,
+    context: Option<Vec<Value>>,
+    raw: Option<bool>,
+    images: Option<Vec<Value>>,
+    stream: Option<bool>,
+    format: Option<Value>,
+    options: Option<Map<String, Value>>,
+    /// Ignored: see the module comment.
+    #[allow(dead_code)]
+    keep_alive: Option<Value>,
+    think: Option<Value>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
+}
+
+/// `/api/chat` answers with `message`, `/api/generate` with `response`.
+#[derive(Clone, Copy)]
+enum Shape {
+    Chat,
+    Generate,
+}
+
+/// A request of either route, checked and translated.
+struct Turn {
+    model: String,
+    messages: Vec<Message>,
+    sampling: Sampling,
+    stream: bool,
+    shape: Shape,
+}
+
+pub async fn chat(
+    State(state): State<Arc<AppState>>,
+    body: Result<ApiJson<ChatBody>, ApiError>,
+) -> Result<Response, OllamaError> {
+    let ApiJson(body) = body?;
+    let turn = body.into_turn()?;
+    Ok(run(&state, turn).await?)
+}
+
+pub async fn generate(
+    State(state): State<Arc<AppState>>,
+    body: Result<ApiJson<GenerateBody>, ApiError>,
+) -> Result<Response, OllamaError> {
+    let ApiJson(body) = body?;
+    let turn = body.into_turn()?;
+    Ok(run(&state, turn).await?)
+}
+
+impl ChatBody {
+    fn into_turn(self) -> Result<Turn, ApiError> {
+        refuse_unsupported(
+            self.format.as_ref(),
+            self.think.as_ref(),
+            self.logprobs,
+            self.top_logprobs,
+        )?;
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(unsupported("tools", "tool calling is not supported yet"));
+        }
+        let messages = self
+            .messages
+            .into_iter()
+            .map(ChatMessage::into_message)
+            .collect::<Result<_, _>>()?;
+        Ok(Turn {
+            model: self.model,
+            messages,
+            sampling: options::sampling(self.options)?,
+            stream: self.stream.unwrap_or(true),
+            shape: Shape::Chat,
+        })
+    }
+}
+
+impl ChatMessage {
+    fn into_message(self) -> Result<Message, ApiError> {
+        if self.images.as_ref().is_some_and(|i| !i.is_empty()) {
+            return Err(unsupported(
+                "images",
+                "the models qinsd runs read text only",
+            ));
+        }
+        if self.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) || self.tool_name.is_some() {
+            return Err(unsupported(
+                "tool_calls",
+                "tool calling is not supported yet",
+            ));
+        }
+        if self.thinking.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(unsupported("thinking", "qinsd runs no thinking models"));
+        }
+        Ok(message(self.role, self.content))
+    }
+}
+
+impl GenerateBody {
+    fn into_turn(self) -> Result<Turn, ApiError> {
+        refuse_unsupported(
+            self.format.as_ref(),
+            self.think.as_ref(),
+            self.logprobs,
+            self.top_logprobs,
+        )?;
+        if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(unsupported("suffix", "fill-in-the-middle is not supported"));
+        }
+        if self.template.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(unsupported(
+                "template",
+                "the model's own chat template (stored in its .qins file) is always used",
+            ));
+        }
+        if self.raw == Some(true) {
+            return Err(unsupported(
+                "raw",
+                "prompts always go through the model's chat template",
+            ));
+        }
+        if self.context.as_ref().is_some_and(|c| !c.is_empty()) {
+            return Err(unsupported(
+                "context",
+                "it is deprecated by ollama; send the conversation to /api/chat instead",
+            ));
+        }
+        if self.images.as_ref().is_some_and(|i| !i.is_empty()) {
+            return Err(unsupported(
+                "images",
+                "the models qinsd runs read text only",
+            ));
+        }
+        // An empty prompt only asks for the model to be loaded (ollama).
+        let mut messages = Vec::new();
+        if !self.prompt.is_empty() {
+            if let Some(system) = self.system.filter(|s| !s.is_empty()) {
+                messages.push(message("system", system));
+            }
+            messages.push(message("user", self.prompt));
+        }
+        Ok(Turn {
+            model: self.model,
+            messages,
+            sampling: options::sampling(self.options)?,
+            stream: self.stream.unwrap_or(true),
+            shape: Shape::Generate,
+        })
+    }
+}
+
+fn unsupported(field: &str, why: &str) -> ApiError {
+    ApiError::BadRequest(format!("{field} is not supported: {why}"))
+}
+
+/// The fields both routes share that qinsd cannot honour yet. Their "off"
+/// values (`format: ""`, `think: false`, `logprobs: false`) are accepted.
+fn refuse_unsupported(
+    format: Option<&Value>,
+    think: Option<&Value>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
+) -> Result<(), ApiError> {
+    let off = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.is_empty(),
+        Some(Value::Bool(b)) => !b,
+        Some(_) => false,
+    };
+    if !off(format) {
+        return Err(unsupported(
+            "format",
+            "JSON mode and JSON-schema output need grammar-constrained decoding, which qinsd \
+             does not have yet",
+        ));
+    }
+    if !off(think) {
+        return Err(unsupported("think", "qinsd runs no thinking models"));
+    }
+    if logprobs == Some(true) || top_logprobs.is_some_and(|n| n > 0) {
+        return Err(unsupported(
+            "logprobs",
+            "qinsd does not report log probabilities yet",
+        ));
+    }
+    Ok(())
+}
+
+async fn run(state: &AppState, turn: Turn) -> Result<Response, ApiError> {
+    let stats = state.daemon.stats().await?;
+    check_model(&stats.model, &turn.model)?;
+    if turn.messages.is_empty() {
+        return Ok(Json(loaded(&turn)).into_response());
+    }
+    let request = ChatRequest {
+        messages: turn.messages,
+        // ollama clients resend the conversation each turn without an id;
+        // qinsd prefills the whole prompt for each.
+        session_id: String::new(),
+        sampling: Some(turn.sampling),
+    };
+    let grpc = state.daemon.chat(request).await?;
+    let reply = Reply {
+        model: turn.model,
+        shape: turn.shape,
+    };
+    if turn.stream {
+        let body = Body::from_stream(ndjson(grpc, reply));
+        Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+    } else {
+        Ok(Json(collect(grpc, &reply).await?).into_response())
+    }
+}
+
+/// qinsd answers with its resident model only.
+fn check_model(resident: &str, requested: &str) -> Result<(), ApiError> {
+    if resident.is_empty() {
+        return Err(ApiError::NoModel(
+            "no model is loaded in qinsd; load one with `qins load NAME` (see /api/tags)".into(),
+        ));
+    }
+    if requested.is_empty() {
+        return Err(ApiError::BadRequest("model is required".into()));
+    }
+    if untagged(requested) != resident {
+        return Err(ApiError::NotFound(format!(
+            "model '{requested}' not found: qinsd has '{}' loaded and qins-web answers with it \
+             only (load another with `qins load NAME`)",
+            tagged(resident)
+        )));
+    }
+    Ok(())
+}
+
+/// ollama's answer to a request with nothing to generate: the model is
+/// resident (qinsd always keeps it so).
+fn loaded(turn: &Turn) -> Value {
+    let reply = Reply {
+        model: turn.model.clone(),
+        shape: turn.shape,
+    };
+    let mut body = reply.object("");
+    body["done"] = json!(true);
+    body["done_reason"] = json!("load");
+    body
+}
+
+/// What every object of one reply shares.
+struct Reply {
+    /// As the request named it (ollama echoes it).
+    model: String,
+    shape: Shape,
+}
+
+impl Reply {
+    /// An object carrying `text`, not yet done.
+    fn object(&self, text: &str) -> Value {
+        let mut body = json!({ "model": self.model, "created_at": now() });
+        match self.shape {
+            Shape::Chat => body["message"] = json!({ "role": "assistant", "content": text }),
+            Shape::Generate => body["response"] = json!(text),
+        }
+        body["done"] = json!(false);
+        body
+    }
+
+    /// The last object: `text` (empty when the reply was streamed), the
+    /// finish reason, token counts and durations in nanoseconds.
+    fn last(&self, text: &str, done: &ChatDone) -> Value {
+        let mut body = self.object(text);
+        let usage = done.usage.unwrap_or_default();
+        let timings = done.timings.unwrap_or_default();
+        let nanos = |ms: f64| (ms.max(0.0) * 1e6).round() as u64;
+        body["done"] = json!(true);
+        body["done_reason"] = json!(done_reason(done));
+        body["total_duration"] = json!(nanos(timings.queue_ms + timings.total_ms));
+        // The model is resident: nothing is loaded for a request.
+        body["load_duration"] = json!(0);
+        body["prompt_eval_count"] = json!(usage.prompt_tokens);
+        body["prompt_eval_duration"] = json!(nanos(timings.time_to_first_token_ms));
+        body["eval_count"] = json!(usage.completion_tokens);
+        body["eval_duration"] = json!(nanos(timings.total_ms - timings.time_to_first_token_ms));
+        body
+    }
+}
+
+/// A cancelled reply reports `stop`: only a client that left cancels, so
+/// nobody reads it.
+fn done_reason(done: &ChatDone) -> &'static str {
+    match FinishReason::try_from(done.finish_reason) {
+        Ok(FinishReason::Length) => "length",
+        _ => "stop",
+    }
+}
+
+async fn collect(mut grpc: ChatStream, reply: &Reply) -> Result<Value, ApiError> {
+    let mut text = String::new();
+    loop {
+        match grpc.message().await?.and_then(|e| e.event) {
+            Some(chat_event::Event::Delta(d)) => text.push_str(&d.text),
+            Some(chat_event::Event::Done(done)) => return Ok(reply.last(&text, &done)),
+            None => {
+                return Err(ApiError::Upstream(
+                    "the reply ended without a done event".into(),
+                ));
+            }
+        }
+    }
+}
+
+fn line(value: &Value) -> String {
+    let mut line = value.to_string();
+    line.push('\n');
+    line
+}
+
+/// The NDJSON lines of one reply. As in the page's stream, the gRPC call
+/// lives inside: a client that disconnects drops it, and qinsd stops.
+fn ndjson(grpc: ChatStream, reply: Reply) -> impl Stream<Item = Result<String, Infallible>> {
+    futures_util::stream::unfold(Some((grpc, reply)), |state| async move {
+        let (mut grpc, reply) = state?;
+        loop {
+            let (value, more) = match grpc.message().await {
+                Ok(Some(event)) => match event.event {
+                    Some(chat_event::Event::Delta(d)) if !d.text.is_empty() => {
+                        (reply.object(&d.text), true)
+                    }
+                    Some(chat_event::Event::Done(done)) => (reply.last("", &done), false),
+                    Some(chat_event::Event::Delta(_)) | None => continue,
+                },
+                Ok(None) => {
+                    let e = ApiError::Upstream("the reply ended without a done event".into());
+                    (e.ollama_body(), false)
+                }
+                Err(status) => (ApiError::from(status).ollama_body(), false),
+            };
+            return Some((Ok(line(&value)), more.then_some((grpc, reply))));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qins_proto::v1::{Timings, Usage};
+
+    fn refusal(result: Result<Turn, ApiError>) -> String {
+        match result {
+            Err(ApiError::BadRequest(message)) => message,
+            Err(other) => panic!("expected a 400, got {other:?}"),
+            Ok(_) => panic!("expected a 400, got a turn"),
+        }
+    }
+
+    fn chat_body(extra: Value) -> ChatBody {
+        let mut body =
+            json!({ "model": "tiny", "messages": [{ "role": "user", "content": "hi" }] });
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        serde_json::from_value(body).expect("parses")
+    }
+
+    #[test]
+    fn unsupported_fields_are_refused_by_name() {
+        for (extra, name) in [
+            (json!({ "format": "json" }), "format"),
+            (json!({ "format": { "type": "object" } }), "format"),
+            (json!({ "think": true }), "think"),
+            (json!({ "logprobs": true }), "logprobs"),
+            (json!({ "tools": [{ "type": "function" }] }), "tools"),
+            (json!({ "options": { "mirostat": 1 } }), "mirostat"),
+        ] {
+            let message = refusal(chat_body(extra).into_turn());
+            assert!(message.contains(name), "{name}: {message}");
+        }
+        let images =
+            json!({ "messages": [{ "role": "user", "content": "x", "images": ["AA=="] }] });
+        assert!(refusal(chat_body(images).into_turn()).contains("images"));
+        let unknown = serde_json::from_value::<ChatBody>(json!({ "model": "m", "frob": 1 }));
+        assert!(unknown.expect_err("refused").to_string().contains("frob"));
+    }
+
+    #[test]
+    fn off_values_and_keep_alive_are_accepted() {
+        let turn = chat_body(json!({
+            "format": "", "think": false, "logprobs": false, "keep_alive": "5m",
+            "stream": false, "options": { "temperature": 0 },
+        }))
+        .into_turn()
+        .expect("accepted");
+        assert!(!turn.stream);
+        assert_eq!(turn.sampling.temperature, Some(0.0));
+        assert_eq!(turn.messages.len(), 1);
+        assert!(
+            chat_body(json!({})).into_turn().expect("default").stream,
+            "streams by default"
+        );
+    }
+
+    #[test]
+    fn generate_builds_system_and_user_messages() {
+        let body: GenerateBody = serde_json::from_value(json!({
+            "model": "tiny", "prompt": "Why?", "system": "Be brief.", "raw": false,
+        }))
+        .expect("parses");
+        let turn = body.into_turn().expect("accepted");
+        let roles: Vec<&str> = turn.messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user"]);
+        let empty: GenerateBody =
+            serde_json::from_value(json!({ "model": "tiny" })).expect("parses");
+        assert!(empty.into_turn().expect("load only").messages.is_empty());
+        for (extra, name) in [
+            (json!({ "raw": true }), "raw"),
+            (json!({ "suffix": "end" }), "suffix"),
+            (json!({ "template": "{{ .Prompt }}" }), "template"),
+            (json!({ "context": [1, 2] }), "context"),
+        ] {
+            let mut body = json!({ "model": "tiny", "prompt": "x" });
+            for (k, v) in extra.as_object().expect("object") {
+                body[k] = v.clone();
+            }
+            let body: GenerateBody = serde_json::from_value(body).expect("parses");
+            let message = refusal(body.into_turn());
+            assert!(message.contains(name), "{name}: {message}");
+        }
+    }
+
+    #[test]
+    fn the_model_must_be_the_resident_one() {
+        assert!(check_model("tiny", "tiny").is_ok());
+        assert!(check_model("tiny", "tiny:latest").is_ok());
+        assert!(matches!(
+            check_model("tiny", "other"),
+            Err(ApiError::NotFound(_))
+        ));
+        assert!(matches!(check_model("", "tiny"), Err(ApiError::NoModel(_))));
+    }
+
+    #[test]
+    fn the_last_object_carries_counts_and_nanosecond_durations() {
+        let done = ChatDone {
+            finish_reason: FinishReason::Length as i32,
+            usage: Some(Usage {
+                prompt_tokens: 26,
+                cached_prompt_tokens: 0,
+                completion_tokens: 8,
+            }),
+            timings: Some(Timings {
+                queue_ms: 1.0,
+                time_to_first_token_ms: 20.0,
+                total_ms: 100.0,
+                tokens_per_second: 87.5,
+            }),
+            model: "tiny".into(),
+        };
+        let reply = Reply {
+            model: "tiny:latest".into(),
+            shape: Shape::Generate,
+        };
+        let last = reply.last("", &done);
+        assert_eq!(last["done"], true);
+        assert_eq!(last["done_reason"], "length");
+        assert_eq!(last["response"], "");
+        assert_eq!(last["total_duration"], 101_000_000);
+        assert_eq!(last["prompt_eval_count"], 26);
+        assert_eq!(last["prompt_eval_duration"], 20_000_000);
+        assert_eq!(last["eval_count"], 8);
+        assert_eq!(last["eval_duration"], 80_000_000);
+        let chat = Reply {
+            model: "tiny".into(),
+            shape: Shape::Chat,
+        };
+        assert_eq!(chat.object("Hi")["message"]["content"], "Hi");
+        assert_eq!(chat.object("Hi")["done"], false);
+    }
+}
