@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Clients print Stats as JSON with the proto's field names.
         .type_attribute("qins.v1.StatsReply", "#[derive(serde::Serialize)]")
+        .type_attribute("qins.v1.GenerationDefaults", "#[derive(serde::Serialize)]")
         .file_descriptor_set_path(out_dir.join("qins_descriptor.bin"))
         .compile_protos(&["qins.proto"], &["."])?;
     Ok(())

@@ -35,7 +35,9 @@ fi
 
 echo
 echo "> $QUESTION"
-"$BIN/qins" ask --temperature 0 --verbose "$QUESTION"
+# </dev/null: qins ask appends piped stdin to the prompt, and this script's
+# stdin (a CI runner's, say) is not part of the question.
+"$BIN/qins" ask --temperature 0 --verbose "$QUESTION" </dev/null
 echo
 "$BIN/qins" stats
 echo

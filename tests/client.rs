@@ -47,6 +47,137 @@ async fn ask_streams_a_reply_and_reads_the_prompt_from_stdin() {
 }
 
 #[tokio::test]
+async fn ask_appends_piped_text_to_the_prompt() {
+    let daemon = Daemon::start(&[]).await;
+    let ask = |stdin: &str| {
+        let args = [
+            "ask",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+            "--verbose",
+            "Summarize",
+            "this:",
+        ];
+        let output = qins(&daemon.socket, &args, stdin);
+        let reply = ok(output.clone());
+        (reply, prompt_tokens(&text(&output.stderr)))
+    };
+    let (alone, alone_tokens) = ask("");
+    assert_eq!(
+        ask("\n  \n"),
+        (alone, alone_tokens),
+        "a blank pipe adds nothing"
+    );
+    let (_, with_text) = ask("The launch moves to September.\n");
+    assert!(
+        with_text >= alone_tokens + 5,
+        "{alone_tokens} tokens alone, {with_text} with five piped words"
+    );
+}
+
+#[tokio::test]
+async fn qinsd_convert_reports_what_judges_a_conversion() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("greedy.qins");
+    let output = run_ok(
+        std::process::Command::new(binary("qinsd"))
+            .arg("convert")
+            .arg(&tiny_model().hf_dir)
+            .arg("-o")
+            .arg(&out)
+            .args(["--temperature", "0"]),
+    );
+    let report = text(&output.stdout);
+    for line in [
+        "bits/weight (uncompressed)",
+        "encoding       per-row ranges, clip 0.001, prune off",
+        "chat defaults  temperature 0, top_p 0.9, top_k 40, repetition_penalty 1, max_tokens 512",
+        "(temperature: set at conversion; top_p: generation_config.json; \
+         top_k, repetition_penalty, max_tokens: qins fallback)",
+        "relative RMS error ",
+        "largest error in range ",
+        "clipped ",
+        "exact zeros ",
+    ] {
+        assert!(report.contains(line), "missing {line:?} in:\n{report}");
+    }
+    for leak in ["None", "PerRow", "max relative error"] {
+        assert!(!report.contains(leak), "{leak:?} in:\n{report}");
+    }
+    let bad = std::process::Command::new(binary("qinsd"))
+        .arg("convert")
+        .arg(&tiny_model().hf_dir)
+        .arg("-o")
+        .arg(dir.path().join("bad.qins"))
+        .args(["--top-p", "1.5"])
+        .output()
+        .expect("qinsd runs");
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("(0, 1]"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
+
+/// The defaults recorded at conversion are what a chat without sampling
+/// flags gets: greedy when converted with `--temperature 0`, the recorded
+/// temperature and top-p otherwise.
+#[tokio::test]
+async fn defaults_recorded_at_conversion_are_the_ones_a_chat_uses() {
+    let daemon = Daemon::start(&[]).await;
+    let hf = tiny_model().hf_dir.display().to_string();
+    let convert = |name: &str, flags: &[&str]| {
+        let out = daemon.models_dir.join(format!("{name}.qins"));
+        let mut args = vec!["convert", hf.as_str(), "-o", out.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        ok(qins(&daemon.socket, &args, ""))
+    };
+    let report = convert("greedy", &["--temperature", "0"]);
+    assert!(
+        report.contains("chat defaults: temperature 0 · top_p 0.9 · top_k 40 · max_tokens 512"),
+        "{report}"
+    );
+    assert!(report.contains("relative RMS error") && report.contains("clipped"));
+    assert!(!report.contains("max "), "no raw maximum: {report}");
+    convert("hot", &["--temperature", "1.5", "--top-p", "1"]);
+    let ask = |flags: &[&str]| {
+        let mut args = vec!["ask", "--max-tokens", "24"];
+        args.extend_from_slice(flags);
+        args.push("Hello");
+        ok(qins(&daemon.socket, &args, ""))
+    };
+
+    ok(qins(&daemon.socket, &["load", "greedy"], ""));
+    let greedy = ask(&["--temperature", "0"]);
+    for seed in ["1", "2"] {
+        assert_eq!(ask(&["--seed", seed]), greedy, "seed {seed}");
+    }
+    let stats = ok(qins(&daemon.socket, &["stats"], ""));
+    assert!(
+        stats.contains("chat defaults     temperature 0 · top_p 0.9"),
+        "{stats}"
+    );
+    let set = ok(qins(&daemon.socket, &["chat"], "/set\n/bye\n"));
+    assert!(
+        set.contains("temperature=0 (model default) top_p=0.9 (model default)")
+            && set.contains("model defaults from: temperature: set at conversion"),
+        "{set}"
+    );
+
+    ok(qins(&daemon.socket, &["load", "hot"], ""));
+    let sampled = ask(&["--seed", "1"]);
+    assert_ne!(sampled, greedy, "temperature 1.5 is not greedy");
+    assert_eq!(
+        sampled,
+        ask(&["--seed", "1", "--temperature", "1.5", "--top-p", "1"]),
+        "no flags = the recorded temperature and top-p"
+    );
+}
+
+#[tokio::test]
 async fn chat_keeps_the_conversation_and_reuses_the_prefix() {
     let daemon = Daemon::start(&[]).await;
     let script = "/set verbose\n/set max_tokens 6\nHello\nAnd again\n/set top_p 3\n/frob\n/bye\n";

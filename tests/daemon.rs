@@ -206,6 +206,23 @@ async fn convert_streams_progress_then_the_quality_report() {
         quality.rel_rms_err > 0.0 && quality.rel_rms_err < 0.02,
         "{quality:?}"
     );
+    assert!(
+        quality.max_rel_err_in_range > 0.0 && quality.max_rel_err_in_range < 0.05,
+        "{quality:?}"
+    );
+    assert!(
+        (0.0..0.01).contains(&quality.clipped_fraction),
+        "{quality:?}"
+    );
+    // The tiny model's generation_config.json sets temperature and top_p.
+    let defaults = done.defaults.expect("the recorded chat defaults");
+    assert_eq!((defaults.temperature, defaults.top_p), (0.7, 0.9));
+    assert!(
+        defaults
+            .origin
+            .starts_with("temperature, top_p: generation_config.json;"),
+        "{defaults:?}"
+    );
     // The new model is listed.
     let models = client
         .list_models(ListModelsRequest {})
@@ -225,10 +242,22 @@ async fn convert_streams_progress_then_the_quality_report() {
             overwrite: true,
             ..ConvertOptions::default()
         }),
-        ..request
+        ..request.clone()
     };
     let refused = client.convert(onto_loaded).await.expect_err("loaded");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    // Chat defaults out of range are refused before any work.
+    let bad_default = ConvertRequest {
+        output: daemon.models_dir.join("bad.qins").display().to_string(),
+        options: Some(ConvertOptions {
+            temperature: Some(-1.0),
+            ..ConvertOptions::default()
+        }),
+        ..request
+    };
+    let refused = client.convert(bad_default).await.expect_err("bad default");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("temperature"), "{refused:?}");
 }
 
 #[tokio::test]
@@ -251,6 +280,12 @@ async fn stats_report_memory_model_and_throughput() {
         "QINS is ~3.5x smaller than f32 (norms stay f32): {ratio}"
     );
     assert_eq!((before.requests_served, before.tokens_generated), (0, 0));
+    let defaults = before.defaults.clone().expect("the model's chat defaults");
+    assert_eq!((defaults.temperature, defaults.top_p), (0.7, 0.9));
+    assert!(
+        defaults.origin.contains("generation_config.json"),
+        "{defaults:?}"
+    );
     let mut client = daemon.client().await;
     let reply = chat(
         &mut client,
@@ -281,7 +316,9 @@ async fn models_can_be_unloaded_and_loaded_again() {
         .expect("unload")
         .into_inner();
     assert_eq!(unloaded.unloaded, "tiny");
-    assert_eq!(daemon.stats().await.model, "");
+    let stats = daemon.stats().await;
+    assert_eq!(stats.model, "");
+    assert_eq!(stats.defaults, None, "no model, no defaults");
     let no_model = chat(&mut client, chat_request(vec![user("Hi")], 4, ""))
         .await
         .expect_err("no model");

@@ -11,7 +11,10 @@ use crate::{connect, format, reply};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The prompt (words are joined with spaces); `-` or nothing: read it from stdin.
+    /// The prompt (words are joined with spaces). When stdin is not a
+    /// terminal (a pipe or a file: `qins ask "Summarize:" < notes.txt`), its
+    /// text is appended after a blank line; an empty pipe adds nothing. No
+    /// prompt (or `-`): stdin alone is the prompt.
     pub prompt: Vec<String>,
     /// System prompt.
     #[arg(long)]
@@ -53,27 +56,76 @@ pub async fn run(socket: &Path, args: Args) -> Result<()> {
 }
 
 fn prompt(words: &[String]) -> Result<String> {
-    if !(words.is_empty() || words == ["-"]) {
-        return Ok(words.join(" "));
+    let stdin = std::io::stdin();
+    let piped = if stdin.is_terminal() {
+        None
+    } else {
+        let mut text = String::new();
+        stdin
+            .lock()
+            .read_to_string(&mut text)
+            .context("cannot read the prompt from stdin")?;
+        Some(text)
+    };
+    join_prompt(words, piped.as_deref())
+}
+
+/// The words given on the command line, then the text piped on stdin (if
+/// any, after a blank line). `-` as the only word means "stdin alone".
+fn join_prompt(words: &[String], piped: Option<&str>) -> Result<String> {
+    let words = if words == ["-"] {
+        String::new()
+    } else {
+        words.join(" ")
+    };
+    let piped = piped.map(str::trim_end).filter(|t| !t.trim().is_empty());
+    match (words.trim().is_empty(), piped) {
+        (false, Some(text)) => Ok(format!("{words}\n\n{text}")),
+        (false, None) => Ok(words),
+        (true, Some(text)) => Ok(text.to_string()),
+        (true, None) => bail!(
+            "no prompt: give it as an argument (qins ask \"...\") or on stdin (qins ask < file)"
+        ),
     }
-    let mut stdin = std::io::stdin();
-    if words.is_empty() && stdin.is_terminal() {
-        bail!("no prompt: give it as an argument (qins ask \"...\") or on stdin");
-    }
-    let mut text = String::new();
-    stdin
-        .read_to_string(&mut text)
-        .context("cannot read the prompt from stdin")?;
-    let text = text.trim_end();
-    if text.is_empty() {
-        bail!("the prompt on stdin is empty");
-    }
-    Ok(text.to_string())
 }
 
 pub fn message(role: &str, content: String) -> Message {
     Message {
         role: role.into(),
         content,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(w: &[&str]) -> Vec<String> {
+        w.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn piped_text_follows_the_prompt_after_a_blank_line() {
+        let joined = join_prompt(
+            &words(&["Summarize", "this:"]),
+            Some("Line one.\nLine two.\n"),
+        );
+        assert_eq!(joined.unwrap(), "Summarize this:\n\nLine one.\nLine two.");
+    }
+
+    #[test]
+    fn an_empty_pipe_adds_nothing() {
+        for piped in [None, Some(""), Some("\n \n")] {
+            assert_eq!(join_prompt(&words(&["Hello"]), piped).unwrap(), "Hello");
+        }
+    }
+
+    #[test]
+    fn without_a_prompt_the_pipe_alone_is_the_prompt() {
+        for w in [words(&[]), words(&["-"])] {
+            assert_eq!(join_prompt(&w, Some("Hello\n")).unwrap(), "Hello");
+            let err = join_prompt(&w, Some(" \n")).unwrap_err().to_string();
+            assert!(err.contains("no prompt"), "{err}");
+        }
     }
 }

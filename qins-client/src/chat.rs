@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
-use qins_proto::v1::{ChatRequest, FinishReason, Message};
+use qins_proto::v1::{ChatRequest, FinishReason, GenerationDefaults, Message};
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 use tokio::runtime::Runtime;
@@ -37,7 +37,7 @@ Commands:
   /system [TEXT]        set the system prompt; without TEXT, show it
   /set NAME VALUE       temperature, top_p, top_k, max_tokens, seed (VALUE `default` unsets)
   /set verbose|quiet    show or hide timings after each reply
-  /set                  show the settings
+  /set                  show the settings (unset ones: the model's defaults)
   /stats                daemon statistics
   /load MODEL           load another model (clears the conversation)
   /bye                  leave (also Ctrl-D)
@@ -182,10 +182,27 @@ impl Chat {
                 self.system = Some(text);
                 println!("system prompt set");
             }
-            Command::Set(args) => match apply_set(&mut self.sampling, &mut self.verbose, &args) {
-                Ok(message) => println!("{message}"),
-                Err(message) => eprintln!("qins: {message}"),
-            },
+            Command::Set(args) => {
+                // Shown with the loaded model's defaults, asked for now: the
+                // daemon may have loaded another model since the last turn.
+                let defaults = if args.is_empty() {
+                    self.runtime
+                        .block_on(stats::fetch(&mut self.client))
+                        .ok()
+                        .and_then(|s| s.defaults)
+                } else {
+                    None
+                };
+                match apply_set(
+                    &mut self.sampling,
+                    &mut self.verbose,
+                    &args,
+                    defaults.as_ref(),
+                ) {
+                    Ok(message) => println!("{message}"),
+                    Err(message) => eprintln!("qins: {message}"),
+                }
+            }
             Command::Stats => match self.runtime.block_on(stats::fetch(&mut self.client)) {
                 Ok(s) => print!("{}", stats::table(&s)),
                 Err(err) => {
@@ -354,17 +371,26 @@ pub fn parse_command(line: &str) -> Option<Command> {
 }
 
 /// Applies the words of `/set`, returning the confirmation or the error.
+/// A bare `/set` lists the settings, with `defaults` (the loaded model's)
+/// for those not set here.
 pub fn apply_set(
     sampling: &mut SamplingArgs,
     verbose: &mut bool,
     args: &[String],
+    defaults: Option<&GenerationDefaults>,
 ) -> Result<String, String> {
     match args {
-        [] => Ok(format!(
-            "{} verbose={}",
-            sampling.describe(),
-            if *verbose { "on" } else { "off" }
-        )),
+        [] => {
+            let mut text = format!(
+                "{} verbose={}",
+                sampling.describe(defaults),
+                if *verbose { "on" } else { "off" }
+            );
+            if let Some(d) = defaults {
+                text.push_str(&format!("\nmodel defaults from: {}", d.origin));
+            }
+            Ok(text)
+        }
         [flag] if flag == "verbose" => {
             *verbose = true;
             Ok("timings on".into())
@@ -447,7 +473,7 @@ mod tests {
             let Some(Command::Set(args)) = parse_command(line) else {
                 panic!("not a /set: {line}");
             };
-            apply_set(&mut s, &mut verbose, &args)
+            apply_set(&mut s, &mut verbose, &args, None)
         };
         assert_eq!(set("/set temperature 0.2").unwrap(), "temperature = 0.2");
         assert_eq!(set("/set verbose").unwrap(), "timings on");

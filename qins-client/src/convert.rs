@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use qins_proto::v1::{ConvertDone, ConvertOptions, ConvertRequest, convert_event};
+use qins_proto::v1::{ConvertDone, ConvertOptions, ConvertRequest, QualityReport, convert_event};
 
 use crate::connect;
-use crate::format::{bytes, count};
+use crate::format::{bytes, count, generation_defaults};
+use crate::sampling::{parse_temperature, parse_top_p};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -31,6 +32,13 @@ pub struct Args {
     /// Replace an existing output file.
     #[arg(long)]
     pub force: bool,
+    /// Chat default temperature recorded in the file (0 = greedy)
+    /// [default: what the model states, else its card's, else 0.7].
+    #[arg(long, value_parser = parse_temperature)]
+    pub temperature: Option<f32>,
+    /// Chat default top-p recorded in the file [default: as for --temperature, else 0.9].
+    #[arg(long, value_parser = parse_top_p)]
+    pub top_p: Option<f32>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -114,6 +122,8 @@ fn request(args: Args) -> Result<ConvertRequest> {
             prune_below: args.prune_below,
             compress: args.compress,
             overwrite: args.force,
+            temperature: args.temperature,
+            top_p: args.top_p,
         }),
     })
 }
@@ -132,17 +142,76 @@ fn report(d: &ConvertDone) -> String {
         d.seconds
     );
     if let Some(q) = &d.quality {
+        out.push_str(&quality(q));
+    }
+    if let Some(g) = &d.defaults {
         out.push_str(&format!(
-            "  quality over {} weights: relative error mean {:.3}% · max {:.3}% · rms {:.3}%\n  \
-             signs kept {:.4}% · zeros {:.3}% · code entropy {:.2} bits\n",
-            count(q.weights),
-            q.mean_rel_err * 100.0,
-            q.max_rel_err * 100.0,
-            q.rel_rms_err * 100.0,
-            q.sign_preservation * 100.0,
-            q.zero_fraction * 100.0,
-            q.code_entropy_bits
+            "  chat defaults: {}\n    ({})\n",
+            generation_defaults(g),
+            g.origin
         ));
     }
     out
+}
+
+/// What says how faithful the weights are. The raw largest relative error
+/// (`max_rel_err`) is left out: it is that of a clipped tiny weight.
+fn quality(q: &QualityReport) -> String {
+    format!(
+        "  quality over {} weights: relative RMS error {:.3}% · largest error in range {:.2}%\n  \
+         clipped {:.3}% · exact zeros {:.3}% · signs kept {:.4}% · code entropy {:.2} bits\n",
+        count(q.weights),
+        q.rel_rms_err * 100.0,
+        q.max_rel_err_in_range * 100.0,
+        q.clipped_fraction * 100.0,
+        q.zero_fraction * 100.0,
+        q.sign_preservation * 100.0,
+        q.code_entropy_bits
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qins_proto::v1::GenerationDefaults;
+
+    #[test]
+    fn the_report_judges_by_rms_and_clipping_not_the_raw_maximum() {
+        let done = ConvertDone {
+            output: "/m/smollm2.qins".into(),
+            file_bytes: 155_100_000,
+            parameters: 134_515_008,
+            seconds: 2.8,
+            quality: Some(QualityReport {
+                weights: 134_000_000,
+                mean_rel_err: 0.00705,
+                max_rel_err: 303.0,
+                rel_rms_err: 0.007566,
+                sign_preservation: 1.0,
+                zero_fraction: 0.0,
+                code_entropy_bits: 7.39,
+                max_rel_err_in_range: 0.0195,
+                clipped_fraction: 0.0017,
+            }),
+            defaults: Some(GenerationDefaults {
+                temperature: 0.2,
+                top_p: 0.9,
+                top_k: 40,
+                repetition_penalty: 1.0,
+                max_tokens: 512,
+                origin: "temperature, top_p: model card".into(),
+            }),
+        };
+        let text = report(&done);
+        assert!(text.contains("9.22 bits/weight"), "{text}");
+        assert!(text.contains("relative RMS error 0.757%"), "{text}");
+        assert!(text.contains("largest error in range 1.95%"), "{text}");
+        assert!(text.contains("clipped 0.170%"), "{text}");
+        assert!(!text.contains("30300"), "no raw maximum: {text}");
+        assert!(
+            text.contains("chat defaults: temperature 0.2 · top_p 0.9 · top_k 40 · max_tokens 512"),
+            "{text}"
+        );
+        assert!(text.contains("(temperature, top_p: model card)"), "{text}");
+    }
 }

@@ -1,6 +1,6 @@
 //! Human-readable sizes, counts, durations and reply timings.
 
-use qins_proto::v1::ChatDone;
+use qins_proto::v1::{ChatDone, GenerationDefaults};
 
 /// Bytes in decimal units (1 MB = 10^6 bytes, as disk and download sizes are
 /// usually quoted), with one or two decimals depending on magnitude.
@@ -20,6 +20,21 @@ pub fn bytes(n: u64) -> String {
         }
     }
     format!("{n} B")
+}
+
+/// A model's chat defaults: `temperature 0.2 · top_p 0.9 · top_k 40 ·
+/// max_tokens 512` (the repetition penalty only when it is on).
+pub fn generation_defaults(g: &GenerationDefaults) -> String {
+    let mut parts = vec![
+        format!("temperature {}", g.temperature),
+        format!("top_p {}", g.top_p),
+        format!("top_k {}", g.top_k),
+    ];
+    if g.repetition_penalty != 1.0 {
+        parts.push(format!("repetition_penalty {}", g.repetition_penalty));
+    }
+    parts.push(format!("max_tokens {}", g.max_tokens));
+    parts.join(" · ")
 }
 
 /// Parameter counts the way model cards write them: 135M, 1.7B.

@@ -2,20 +2,20 @@
 //! Both go through the same validators so a value is refused the same way
 //! wherever it is typed.
 
-use qins_proto::v1::Sampling;
+use qins_proto::v1::{GenerationDefaults, Sampling};
 
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct SamplingArgs {
     /// Sampling temperature; 0 = greedy [default: the model's].
     #[arg(long, value_parser = parse_temperature)]
     pub temperature: Option<f32>,
-    /// Nucleus sampling mass, in (0, 1].
+    /// Nucleus sampling mass, in (0, 1] [default: the model's].
     #[arg(long, value_parser = parse_top_p)]
     pub top_p: Option<f32>,
-    /// Keep the k most likely tokens; 0 = no limit.
+    /// Keep the k most likely tokens; 0 = no limit [default: the model's].
     #[arg(long, value_parser = parse_top_k)]
     pub top_k: Option<u32>,
-    /// Most tokens to generate (at least 1).
+    /// Most tokens to generate, at least 1 [default: the model's].
     #[arg(long, value_parser = parse_max_tokens)]
     pub max_tokens: Option<u32>,
     /// Seed: the same seed and prompt give the same reply.
@@ -83,20 +83,42 @@ impl SamplingArgs {
         Ok(())
     }
 
-    /// `name=value` pairs of the settings that differ from the model's defaults.
-    pub fn describe(&self) -> String {
+    /// `name=value` for each setting: the value set here, else the model's
+    /// default marked as such (`default` when the model's are unknown).
+    pub fn describe(&self, defaults: Option<&GenerationDefaults>) -> String {
         let mut parts = Vec::new();
-        let mut show = |name: &str, value: Option<String>| {
-            parts.push(format!(
-                "{name}={}",
-                value.unwrap_or_else(|| "default".into())
-            ));
+        let mut show = |name: &str, set: Option<String>, default: Option<String>| {
+            parts.push(match (set, default) {
+                (Some(value), _) => format!("{name}={value}"),
+                (None, Some(value)) => format!("{name}={value} (model default)"),
+                (None, None) => format!("{name}=default"),
+            });
         };
-        show("temperature", self.temperature.map(|v| v.to_string()));
-        show("top_p", self.top_p.map(|v| v.to_string()));
-        show("top_k", self.top_k.map(|v| v.to_string()));
-        show("max_tokens", self.max_tokens.map(|v| v.to_string()));
-        show("seed", self.seed.map(|v| v.to_string()));
+        let model = |value: &dyn Fn(&GenerationDefaults) -> String| defaults.map(value);
+        show(
+            "temperature",
+            self.temperature.map(|v| v.to_string()),
+            model(&|d| d.temperature.to_string()),
+        );
+        show(
+            "top_p",
+            self.top_p.map(|v| v.to_string()),
+            model(&|d| d.top_p.to_string()),
+        );
+        show(
+            "top_k",
+            self.top_k.map(|v| v.to_string()),
+            model(&|d| d.top_k.to_string()),
+        );
+        show(
+            "max_tokens",
+            self.max_tokens.map(|v| v.to_string()),
+            model(&|d| d.max_tokens.to_string()),
+        );
+        parts.push(format!(
+            "seed={}",
+            self.seed.map_or("random".into(), |v| v.to_string())
+        ));
         parts.join(" ")
     }
 }
@@ -198,5 +220,28 @@ mod tests {
         );
         // Nothing changed after the refusals.
         assert_eq!(s.to_proto(), Sampling::default());
+    }
+
+    #[test]
+    fn describe_shows_the_model_defaults_for_unset_values() {
+        let defaults = GenerationDefaults {
+            temperature: 0.2,
+            top_p: 0.9,
+            top_k: 40,
+            repetition_penalty: 1.0,
+            max_tokens: 512,
+            origin: "model card".into(),
+        };
+        let mut s = SamplingArgs::default();
+        s.set("temperature", "0").unwrap();
+        assert_eq!(
+            s.describe(Some(&defaults)),
+            "temperature=0 top_p=0.9 (model default) top_k=40 (model default) \
+             max_tokens=512 (model default) seed=random"
+        );
+        assert_eq!(
+            s.describe(None),
+            "temperature=0 top_p=default top_k=default max_tokens=default seed=random"
+        );
     }
 }

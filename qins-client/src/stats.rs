@@ -6,7 +6,7 @@ use anyhow::Result;
 use qins_proto::v1::{StatsReply, StatsRequest};
 
 use crate::connect::{self, Client};
-use crate::format::{bytes, count, duration};
+use crate::format::{bytes, count, duration, generation_defaults};
 
 pub async fn run(socket: &Path, json: bool) -> Result<()> {
     let mut client = connect::client(socket).await?;
@@ -61,6 +61,12 @@ pub fn table(s: &StatsReply) -> String {
             ("as f32", bytes(s.f32_equivalent_bytes)),
             ("vs f32", format!("{:.2}x smaller", s.compression_vs_f32)),
         ]);
+        if let Some(g) = &s.defaults {
+            rows.extend([
+                ("chat defaults", generation_defaults(g)),
+                ("defaults from", g.origin.clone()),
+            ]);
+        }
     }
     rows.extend([
         ("", String::new()),
@@ -111,6 +117,14 @@ mod tests {
             compression_vs_f32: 3.54,
             model: "smollm2".into(),
             architecture: "llama".into(),
+            defaults: Some(qins_proto::v1::GenerationDefaults {
+                temperature: 0.2,
+                top_p: 0.9,
+                top_k: 40,
+                repetition_penalty: 1.0,
+                max_tokens: 512,
+                origin: "temperature, top_p: model card".into(),
+            }),
             ..StatsReply::default()
         };
         let t = table(&s);
@@ -119,6 +133,16 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("3.54x smaller"));
+        assert!(
+            t.contains(
+                "chat defaults     temperature 0.2 · top_p 0.9 · top_k 40 · max_tokens 512\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("defaults from     temperature, top_p: model card\n"),
+            "{t}"
+        );
         assert!(t.contains("135M"));
         let none = table(&StatsReply::default());
         assert!(none.contains("(none loaded)") && !none.contains("as bf16"));

@@ -12,6 +12,8 @@ const state = {
   sessionId: newSessionId(),
   controller: null,     // AbortController of the reply in flight
   lastTps: null,
+  defaultsOf: null,     // the model whose chat defaults the settings show
+  edited: new Set(),    // settings the user changed: kept across models
 };
 
 function newSessionId() {
@@ -270,11 +272,26 @@ async function refreshStats() {
     const tps = state.lastTps != null ? state.lastTps : s.last_tokens_per_second;
     $("stat-tps").textContent = tps ? fmtNum(tps) + " tok/s" : "–";
     $("stat-queue").textContent = s.active_requests + " / " + s.queued_requests;
+    if (s.defaults && s.model !== state.defaultsOf) showDefaults(s.model, s.defaults);
   } catch (e) {
     $("conn").dataset.state = "down";
     $("conn").textContent = "qinsd down";
     $("conn").title = e.message || String(e);
   }
+}
+
+// The settings start at the loaded model's chat defaults (recorded in its
+// .qins file at conversion), except those the user has changed.
+function showDefaults(model, d) {
+  state.defaultsOf = model;
+  const values = { "temperature": d.temperature, "top-p": d.top_p, "max-tokens": d.max_tokens };
+  for (const [id, value] of Object.entries(values)) {
+    if (state.edited.has(id) || !Number.isFinite(value)) continue;
+    $(id).value = String(value);
+    const shown = $(id + "-value");
+    if (shown) shown.textContent = $(id).value;
+  }
+  $("settings").title = "model defaults from: " + d.origin;
 }
 
 // ---- Wiring ----
@@ -295,6 +312,9 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   bindRange("temperature");
   bindRange("top-p");
+  for (const id of ["temperature", "top-p", "max-tokens"]) {
+    $(id).addEventListener("input", () => state.edited.add(id));
+  }
   $("composer").addEventListener("submit", (e) => { e.preventDefault(); send($("input").value); });
   $("input").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {

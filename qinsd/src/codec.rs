@@ -61,6 +61,15 @@ pub enum Granularity {
     PerTensor,
 }
 
+impl std::fmt::Display for Granularity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::PerRow => "per-row",
+            Self::PerTensor => "per-tensor",
+        })
+    }
+}
+
 impl std::str::FromStr for Granularity {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -163,6 +172,14 @@ impl LogRange {
         let span = f64::from(self.log_max) - f64::from(self.log_min);
         let steps_from_min = f64::from(SMALLEST_CODE - code) / CODE_STEPS;
         (f64::from(self.log_min) + steps_from_min * span).exp() as f32
+    }
+
+    /// Natural log of the magnitude below which a weight counts as clipped:
+    /// half a code step under `log_min`, where rounding to code 255 ends
+    /// and clipping begins.
+    pub fn clip_bound(&self) -> f64 {
+        let span = f64::from(self.log_max) - f64::from(self.log_min);
+        f64::from(self.log_min) - span / CODE_STEPS / 2.0
     }
 
     /// The 256-entry decode table of this range.
@@ -357,6 +374,12 @@ pub struct ErrorStats {
     pub sign_mismatches: u64,
     pub sum_rel_err: f64,
     pub max_rel_err: f64,
+    /// Non-zero weights more than half a code step below their range's
+    /// minimum: stored at the minimum (see [`DEFAULT_CLIP_QUANTILE`]).
+    pub clipped_weights: u64,
+    /// Largest relative error among the weights that were not clipped: the
+    /// rounding to the nearest code, at most half a code step.
+    pub max_rel_err_in_range: f64,
     pub sum_sq_err: f64,
     pub sum_sq_ref: f64,
     pub code_histogram: Box<[u64; 256]>,
@@ -371,6 +394,8 @@ impl Default for ErrorStats {
             sign_mismatches: 0,
             sum_rel_err: 0.0,
             max_rel_err: 0.0,
+            clipped_weights: 0,
+            max_rel_err_in_range: 0.0,
             sum_sq_err: 0.0,
             sum_sq_ref: 0.0,
             code_histogram: Box::new([0; 256]),
@@ -396,7 +421,7 @@ impl ErrorStats {
                     let range = encoded.ranges[if encoded.ranges.len() == 1 { 0 } else { row }];
                     let codes = &encoded.codes[row * cols..(row + 1) * cols];
                     let signs = &encoded.signs[row * sign_bytes..(row + 1) * sign_bytes];
-                    stats.merge(&Self::measure_row(src, codes, signs, &range.table()));
+                    stats.merge(&Self::measure_row(src, codes, signs, range));
                 }
                 stats
             })
@@ -408,7 +433,9 @@ impl ErrorStats {
         total
     }
 
-    fn measure_row(original: &[f32], codes: &[u8], signs: &[u8], table: &[f32; 256]) -> Self {
+    fn measure_row(original: &[f32], codes: &[u8], signs: &[u8], range: LogRange) -> Self {
+        let table = range.table();
+        let clip_bound = range.clip_bound();
         let mut stats = Self::default();
         for (col, (&w, &code)) in original.iter().zip(codes).enumerate() {
             let magnitude = table[code as usize];
@@ -430,6 +457,14 @@ impl ErrorStats {
                 let rel = (w - d).abs() / w.abs();
                 stats.sum_rel_err += rel;
                 stats.max_rel_err = stats.max_rel_err.max(rel);
+                // Only the smallest code (or the one code of a range of one
+                // magnitude) can hold a clipped weight: the logarithm is
+                // taken for those few alone.
+                if matches!(code, SMALLEST_CODE | LARGEST_CODE) && w.abs().ln() < clip_bound {
+                    stats.clipped_weights += 1;
+                } else {
+                    stats.max_rel_err_in_range = stats.max_rel_err_in_range.max(rel);
+                }
                 if d != 0.0 && (d < 0.0) != (w < 0.0) {
                     stats.sign_mismatches += 1;
                 }
@@ -445,6 +480,8 @@ impl ErrorStats {
         self.sign_mismatches += other.sign_mismatches;
         self.sum_rel_err += other.sum_rel_err;
         self.max_rel_err = self.max_rel_err.max(other.max_rel_err);
+        self.clipped_weights += other.clipped_weights;
+        self.max_rel_err_in_range = self.max_rel_err_in_range.max(other.max_rel_err_in_range);
         self.sum_sq_err += other.sum_sq_err;
         self.sum_sq_ref += other.sum_sq_ref;
         for (a, b) in self
@@ -462,6 +499,8 @@ impl ErrorStats {
             weights: self.weights,
             mean_rel_err: self.sum_rel_err / nonzero,
             max_rel_err: self.max_rel_err,
+            max_rel_err_in_range: self.max_rel_err_in_range,
+            clipped_fraction: self.clipped_weights as f64 / self.weights.max(1) as f64,
             rel_rms_err: if self.sum_sq_ref > 0.0 {
                 (self.sum_sq_err / self.sum_sq_ref).sqrt()
             } else {
@@ -480,8 +519,24 @@ pub struct ErrorSummary {
     pub weights: u64,
     /// Mean of |w - w'| / |w| over non-zero weights.
     pub mean_rel_err: f64,
-    /// Largest |w - w'| / |w| (dominated by clipped tiny weights).
+    /// Largest |w - w'| / |w| over every non-zero weight, clipped ones
+    /// included. Not a measure of quality: a weight 300 times smaller than
+    /// its range's minimum is stored at the minimum, a relative error of
+    /// 29,900%, while its absolute error stays below that tiny minimum.
+    /// Kept for completeness; judge a conversion by `rel_rms_err`,
+    /// `max_rel_err_in_range` and `clipped_fraction`.
     pub max_rel_err: f64,
+    /// Largest |w - w'| / |w| over the weights inside their range (not
+    /// clipped): half a code step, `exp((log_max - log_min) / 508) - 1`, of
+    /// the widest range. 0 in files written before it was recorded.
+    #[serde(default)]
+    pub max_rel_err_in_range: f64,
+    /// Fraction of all weights clipped: more than half a code step below
+    /// their range's minimum, so stored at the minimum (the `--clip`
+    /// quantile of each range, minus ties). 0 in files written before it was
+    /// recorded.
+    #[serde(default)]
+    pub clipped_fraction: f64,
     /// ||w - w'|| / ||w||.
     pub rel_rms_err: f64,
     /// Fraction of non-zero weights whose decoded sign matches (zeros excluded).
@@ -614,6 +669,48 @@ mod tests {
         let (unclipped, clipped) = (err(0.0), err(DEFAULT_CLIP_QUANTILE));
         assert!(clipped < unclipped, "clip {clipped} vs none {unclipped}");
         assert!(clipped < 0.012, "relative RMS error {clipped}");
+    }
+
+    #[test]
+    fn clipped_weights_are_counted_and_kept_out_of_the_in_range_maximum() {
+        let mut w = weights(1000, 6);
+        for i in [3, 300, 700] {
+            w[i] = 1e-7;
+        }
+        let options = EncodeOptions {
+            clip_quantile: 0.01,
+            ..Default::default()
+        };
+        let enc = encode_matrix(&w, 1, 1000, &options).unwrap();
+        let stats = ErrorStats::measure(&w, &enc);
+        // The 1% quantile is the 11th smallest magnitude: the 10 below it
+        // are clipped, less any within half a code step of it.
+        assert!(
+            (3..=10).contains(&stats.clipped_weights),
+            "{}",
+            stats.clipped_weights
+        );
+        let summary = stats.summary();
+        assert_eq!(
+            summary.clipped_fraction,
+            stats.clipped_weights as f64 / 1000.0
+        );
+        assert!(summary.max_rel_err > 100.0, "{}", summary.max_rel_err);
+        let r = enc.ranges[0];
+        let half_step = (f64::from(r.log_max - r.log_min) / 254.0 / 2.0).exp() - 1.0;
+        assert!(
+            summary.max_rel_err_in_range <= half_step * 1.001,
+            "{} vs half a step {half_step}",
+            summary.max_rel_err_in_range
+        );
+        assert!(summary.max_rel_err_in_range > half_step * 0.5);
+
+        let unclipped = EncodeOptions {
+            clip_quantile: 0.0,
+            ..Default::default()
+        };
+        let enc = encode_matrix(&w, 1, 1000, &unclipped).unwrap();
+        assert_eq!(ErrorStats::measure(&w, &enc).clipped_weights, 0);
     }
 
     #[test]

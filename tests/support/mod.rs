@@ -349,6 +349,16 @@ pub fn qins(daemon_socket: &Path, args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("qins runs")
 }
 
+/// The N of `prompt N tokens` in the timings line of `qins ask --verbose`.
+pub fn prompt_tokens(timings: &str) -> u32 {
+    timings
+        .split("prompt ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no prompt token count in {timings:?}"))
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }

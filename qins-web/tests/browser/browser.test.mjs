@@ -101,6 +101,12 @@ test("the stats panel shows the model and its memory", { timeout: TEST_TIMEOUT }
   assert.match(await page.textContent("#stat-ratio"), /^\d+\.\d\d× \/ \d+\.\d\d×$/);
   assert.match(await page.textContent("#stat-device"), /threads$/);
   assert.ok(await page.isVisible("#stats"), "the stats panel is visible");
+  // The settings start at the model's chat defaults.
+  const defaults = (await stats()).defaults;
+  assert.ok(defaults, "Stats carries the model's chat defaults");
+  assert.equal(await page.inputValue("#temperature"), String(defaults.temperature));
+  assert.equal(await page.textContent("#top-p-value"), String(defaults.top_p));
+  assert.equal(await page.inputValue("#max-tokens"), String(defaults.max_tokens));
 });
 
 test("a reply streams and grows, and Stop ends it", { timeout: TEST_TIMEOUT }, async () => {

@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use qinsd::codec::{DEFAULT_CLIP_QUANTILE, EncodeOptions, Granularity};
-use qinsd::container::Compression;
-use qinsd::convert::{self, ConvertEvent, ConvertOptions, ConvertSummary};
+use qinsd::container::{Compression, QualityReport};
+use qinsd::convert::{self, ConvertEvent, ConvertOptions, ConvertSummary, SamplingHints};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,6 +35,15 @@ pub struct Args {
     /// Keep matrices in f32 (a float reference for `qinsd perplexity --reference`).
     #[arg(long)]
     pub reference_f32: bool,
+    /// Chat default temperature recorded in the file (0 = greedy)
+    /// [default: the source's generation_config.json or GGUF sampling keys,
+    /// else its model card's recommendation, else 0.7].
+    #[arg(long, value_parser = parse_temperature)]
+    pub temperature: Option<f32>,
+    /// Chat default top-p recorded in the file, in (0, 1] [default: as for
+    /// --temperature, else 0.9].
+    #[arg(long, value_parser = parse_top_p)]
+    pub top_p: Option<f32>,
     /// Model name recorded in the file (default: the output file stem).
     #[arg(long)]
     pub name: Option<String>,
@@ -60,6 +69,11 @@ pub fn run(args: Args) -> Result<()> {
         },
         name: args.name.clone(),
         reference_f32: args.reference_f32,
+        defaults: SamplingHints {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            ..SamplingHints::default()
+        },
     };
     let bar = ProgressBar::new(0);
     let mut on_event = |event: ConvertEvent| show_progress(&bar, event);
@@ -92,7 +106,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary_json(&summary))?);
     } else {
-        print_report(&summary, args.verbose);
+        print!("{}", report(&summary, args.verbose));
     }
     Ok(())
 }
@@ -144,6 +158,7 @@ fn summary_json(s: &ConvertSummary) -> serde_json::Value {
         "seconds": s.elapsed.as_secs_f64(),
         "quality": s.header.quality,
         "encode_options": s.header.encode_options,
+        "generation_defaults": s.header.generation,
         "compression": s.header.compression,
     })
 }
@@ -152,50 +167,115 @@ fn bits_per_weight(s: &ConvertSummary) -> f64 {
     s.file_bytes as f64 * 8.0 / s.parameters.max(1) as f64
 }
 
-fn print_report(s: &ConvertSummary, verbose: bool) {
+/// Parses a temperature the way `qins` does: finite and >= 0.
+fn parse_temperature(value: &str) -> Result<f32, String> {
+    let t = parse_finite(value)?;
+    if t < 0.0 {
+        return Err(format!("must be >= 0 (0 = greedy), not {value}"));
+    }
+    Ok(t)
+}
+
+fn parse_top_p(value: &str) -> Result<f32, String> {
+    let p = parse_finite(value)?;
+    if !(p > 0.0 && p <= 1.0) {
+        return Err(format!("must be in (0, 1], not {value}"));
+    }
+    Ok(p)
+}
+
+fn parse_finite(value: &str) -> Result<f32, String> {
+    match value.trim().parse::<f32>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        _ => Err(format!("'{value}' is not a finite number")),
+    }
+}
+
+/// The report printed after a conversion: what was written, the chat
+/// defaults recorded, and the figures that say how faithful the weights are.
+fn report(s: &ConvertSummary, verbose: bool) -> String {
+    let mut out = summary_lines(s);
+    if let Some(q) = &s.header.quality {
+        out.push_str(&quality_lines(q, verbose));
+    }
+    out
+}
+
+fn summary_lines(s: &ConvertSummary) -> String {
     let h = &s.header;
     let c = &h.config;
-    println!("wrote {}", s.output.display());
-    println!(
-        "  model        {} ({}, {} layers, hidden {}, vocab {})",
-        h.name,
-        c.architecture.name(),
-        c.num_hidden_layers,
-        c.hidden_size,
-        c.vocab_size
-    );
-    println!(
-        "  source       {} {} ({})",
-        h.source.kind, h.source.id, h.source.dtype
-    );
-    println!(
-        "  size         {:.1} MB for {:.1}M parameters = {:.2} bits/weight ({:?})",
-        s.file_bytes as f64 / 1e6,
-        s.parameters as f64 / 1e6,
-        bits_per_weight(s),
-        h.compression
-    );
-    println!(
-        "  encoding     {:?}, clip {}, prune {}",
-        h.encode_options.granularity,
-        h.encode_options.clip_quantile,
-        h.encode_options
-            .prune_below
-            .map_or("off".into(), |t| t.to_string())
-    );
-    println!("  time         {:.1} s", s.elapsed.as_secs_f64());
-    let Some(q) = &h.quality else { return };
+    let e = &h.encode_options;
+    let g = &h.generation;
+    let prune = e.prune_below.map_or("off".into(), |t| format!("below {t}"));
+    [
+        format!("wrote {}", s.output.display()),
+        format!(
+            "  model          {} ({}, {} layers, hidden {}, vocab {})",
+            h.name,
+            c.architecture.name(),
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.vocab_size
+        ),
+        format!(
+            "  source         {} {} ({})",
+            h.source.kind, h.source.id, h.source.dtype
+        ),
+        format!(
+            "  size           {:.1} MB for {:.1}M parameters = {:.2} bits/weight ({})",
+            s.file_bytes as f64 / 1e6,
+            s.parameters as f64 / 1e6,
+            bits_per_weight(s),
+            h.compression
+        ),
+        format!(
+            "  encoding       {} ranges, clip {}, prune {prune}",
+            e.granularity, e.clip_quantile
+        ),
+        format!(
+            "  chat defaults  temperature {}, top_p {}, top_k {}, repetition_penalty {}, max_tokens {}",
+            g.temperature, g.top_p, g.top_k, g.repetition_penalty, g.max_tokens
+        ),
+        format!("                 ({})", g.origin),
+        format!("  time           {:.1} s", s.elapsed.as_secs_f64()),
+    ]
+    .iter()
+    .map(|line| format!("{line}\n"))
+    .collect()
+}
+
+/// The whole-model figures, then the tensors with the largest error. The raw
+/// largest relative error is left out: it is that of a clipped tiny weight
+/// (see `ErrorSummary::max_rel_err`), stored in the file and in --json.
+fn quality_lines(q: &QualityReport, verbose: bool) -> String {
     let m = &q.model;
-    println!("quality (QINS matrices vs source weights)");
-    println!("  relative RMS error   {:.4}%", m.rel_rms_err * 100.0);
-    println!("  mean relative error  {:.4}%", m.mean_rel_err * 100.0);
-    println!("  max relative error   {:.4}", m.max_rel_err);
-    println!("  sign preservation    {:.4}%", m.sign_preservation * 100.0);
-    println!("  exact zeros          {:.4}%", m.zero_fraction * 100.0);
-    println!(
-        "  code entropy         {:.3} bits/weight",
-        m.code_entropy_bits
-    );
+    let mut lines = vec![
+        "quality (QINS matrices vs the source weights)".to_string(),
+        format!(
+            "  relative RMS error      {:.4}%  ||w - w'|| / ||w||, the figure to judge by",
+            m.rel_rms_err * 100.0
+        ),
+        format!(
+            "  largest error in range  {:.4}%  a weight inside its range: half a code step",
+            m.max_rel_err_in_range * 100.0
+        ),
+        format!(
+            "  clipped                 {:.4}%  of weights: below their range, stored at its minimum",
+            m.clipped_fraction * 100.0
+        ),
+        format!(
+            "  exact zeros             {:.4}%  of weights: true zeros and pruned ones",
+            m.zero_fraction * 100.0
+        ),
+        format!(
+            "  signs kept              {:.4}%",
+            m.sign_preservation * 100.0
+        ),
+        format!(
+            "  code entropy            {:.3} bits/weight",
+            m.code_entropy_bits
+        ),
+    ];
     let mut tensors: Vec<_> = q.tensors.iter().collect();
     tensors.sort_by(|a, b| b.error.rel_rms_err.total_cmp(&a.error.rel_rms_err));
     let shown = if verbose {
@@ -203,17 +283,18 @@ fn print_report(s: &ConvertSummary, verbose: bool) {
     } else {
         tensors.len().min(5)
     };
-    println!(
+    lines.push(format!(
         "  {} tensors with the largest relative RMS error:",
         if verbose { "all" } else { "the 5" }
-    );
+    ));
     for t in &tensors[..shown] {
-        println!(
-            "    {:<48} rms {:.4}%  mean {:.4}%  entropy {:.2}",
+        lines.push(format!(
+            "    {:<48} rms {:.4}%  clipped {:.4}%  entropy {:.2}",
             t.name,
             t.error.rel_rms_err * 100.0,
-            t.error.mean_rel_err * 100.0,
+            t.error.clipped_fraction * 100.0,
             t.error.code_entropy_bits
-        );
+        ));
     }
+    lines.iter().map(|line| format!("{line}\n")).collect()
 }

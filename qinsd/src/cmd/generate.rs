@@ -1,6 +1,7 @@
 //! `qinsd generate MODEL.qins "prompt"`: one chat turn without the daemon,
-//! streamed to stdout, through the same engine the daemon uses. Greedy
-//! unless `--temperature` is given.
+//! streamed to stdout, through the same engine the daemon uses, with the
+//! same defaults: what the file recorded at conversion, unless
+//! `--temperature` or `--top-p` says otherwise.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,9 +20,12 @@ pub struct Args {
     pub system: Option<String>,
     #[arg(long, default_value_t = 128)]
     pub max_tokens: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
+    /// Sampling temperature; 0 is greedy [default: the model's].
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass, in (0, 1] [default: the model's].
+    #[arg(long)]
+    pub top_p: Option<f32>,
     #[arg(long)]
     pub seed: Option<u64>,
     #[arg(long, default_value_t = 2048)]
@@ -39,7 +43,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     messages.push(ChatMessage::new("user", &args.prompt));
     let options = RequestOptions {
-        temperature: Some(args.temperature),
+        temperature: args.temperature,
+        top_p: args.top_p,
         max_tokens: Some(args.max_tokens),
         seed: args.seed,
         ..RequestOptions::default()

@@ -88,6 +88,15 @@ pub enum Compression {
     Zstd,
 }
 
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "uncompressed",
+            Self::Zstd => "zstd",
+        })
+    }
+}
+
 /// Where one byte section lives in the file and how to check it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Section {
@@ -151,7 +160,8 @@ pub struct SourceInfo {
     pub dtype: String,
 }
 
-/// Defaults applied to chat requests that do not set them.
+/// Sampling a chat uses for whatever its request leaves unset, recorded at
+/// conversion (see `convert::defaults` for where the values come from).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenerationDefaults {
     pub temperature: f32,
@@ -159,8 +169,20 @@ pub struct GenerationDefaults {
     pub top_k: u32,
     pub repetition_penalty: f32,
     pub max_tokens: u32,
+    /// Which value came from where, e.g. `temperature, top_p: model card of
+    /// HuggingFaceTB/SmolLM2-135M-Instruct; top_k, repetition_penalty,
+    /// max_tokens: qins fallback`.
+    #[serde(default = "origin_not_recorded")]
+    pub origin: String,
 }
 
+/// The origin of defaults in files written before qins recorded it.
+fn origin_not_recorded() -> String {
+    "not recorded (a file from an older qins)".into()
+}
+
+/// qins' fallback when neither the conversion, the source file nor the
+/// model card says (and for files without recorded defaults).
 impl Default for GenerationDefaults {
     fn default() -> Self {
         Self {
@@ -169,6 +191,7 @@ impl Default for GenerationDefaults {
             top_k: 40,
             repetition_penalty: 1.0,
             max_tokens: 512,
+            origin: "qins fallback".into(),
         }
     }
 }
@@ -200,6 +223,8 @@ pub struct ModelHeader {
     /// Token strings that end a turn besides the config's eos ids.
     #[serde(default)]
     pub extra_stop_tokens: Vec<String>,
+    /// Chat defaults; a header without them gets qins' fallback.
+    #[serde(default)]
     pub generation: GenerationDefaults,
     pub source: SourceInfo,
     pub encode_options: EncodeOptions,

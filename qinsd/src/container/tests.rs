@@ -352,3 +352,62 @@ fn temp_files_of_dead_writers_are_removed() {
     assert_eq!(removed, vec![stale.clone()]);
     assert!(!stale.exists() && live.exists() && unrelated.exists());
 }
+
+/// Rewrites the header JSON of a valid file (the index follows it).
+fn rewrite_header(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let bytes = fs::read(path).unwrap();
+    let (mut preamble, _) = Preamble::from_bytes(bytes[..PREAMBLE_LEN].try_into().unwrap());
+    let header_start = preamble.header_offset as usize;
+    let header_end = header_start + preamble.header_len as usize;
+    let index_start = preamble.index_offset as usize;
+    let mut header: serde_json::Value =
+        serde_json::from_slice(&bytes[header_start..header_end]).unwrap();
+    edit(&mut header);
+    let new_header = serde_json::to_vec(&header).unwrap();
+    preamble.header_len = new_header.len() as u64;
+    preamble.header_crc = crc32fast::hash(&new_header);
+    preamble.index_offset = (header_start + new_header.len()) as u64;
+    let mut out = bytes[..header_start].to_vec();
+    out.extend_from_slice(&new_header);
+    out.extend_from_slice(&bytes[index_start..]);
+    out[..PREAMBLE_LEN].copy_from_slice(&preamble.to_bytes());
+    fs::write(path, out).unwrap();
+}
+
+#[test]
+fn files_from_before_the_recorded_defaults_still_load() {
+    let dir = TempDir::new("old-header");
+    let path = dir.path("old.qins");
+    write_sample(&path, Compression::None);
+    // A header whose defaults lack their origin: the values are kept.
+    rewrite_header(&path, |h| {
+        h["generation"]["temperature"] = serde_json::json!(0.3);
+        h["generation"].as_object_mut().unwrap().remove("origin");
+    });
+    let file = QinsFile::open(&path).unwrap();
+    assert_eq!(file.header.generation.temperature, 0.3);
+    assert!(
+        file.header.generation.origin.contains("not recorded"),
+        "{:?}",
+        file.header.generation
+    );
+    file.load().unwrap();
+    // A header without defaults at all: qins' fallback.
+    rewrite_header(&path, |h| {
+        h.as_object_mut().unwrap().remove("generation");
+    });
+    let file = QinsFile::open(&path).unwrap();
+    assert_eq!(file.header.generation, GenerationDefaults::default());
+}
+
+#[test]
+fn quality_reports_without_the_clipping_figures_still_load() {
+    let summary = crate::codec::ErrorStats::default().summary();
+    let mut json = serde_json::to_value(&summary).unwrap();
+    let fields = json.as_object_mut().unwrap();
+    fields.remove("clipped_fraction");
+    fields.remove("max_rel_err_in_range");
+    let old: crate::codec::ErrorSummary = serde_json::from_value(json).unwrap();
+    assert_eq!(old.clipped_fraction, 0.0);
+    assert_eq!(old.max_rel_err_in_range, 0.0);
+}

@@ -14,8 +14,9 @@ use candle_core::Device;
 use candle_core::quantized::gguf_file::{Content, Value};
 
 use super::ConvertError;
+use super::defaults::{self, SamplingHints, StatedDefaults};
 use super::source::{SourceModel, SourceTensor, TensorSource};
-use crate::container::{GenerationDefaults, SourceInfo};
+use crate::container::SourceInfo;
 use crate::model::config::LongRope;
 use crate::model::{Architecture, ModelConfig};
 use crate::tokenizer::tokenizer_from_gguf;
@@ -87,7 +88,7 @@ impl GgufSource {
             config,
             tokenizer_json: tokenizer.tokenizer_json,
             chat_template: tokenizer.chat_template,
-            generation: GenerationDefaults::default(),
+            stated_defaults: stated_defaults(&meta),
             info: SourceInfo {
                 kind: "gguf".into(),
                 id: meta
@@ -200,6 +201,50 @@ fn hf_to_gguf_names(config: &ModelConfig) -> HashMap<String, String> {
         }
     }
     names
+}
+
+/// What the file states about sampling: llama.cpp's `general.sampling.*`
+/// keys, then the card of the model's family, recognized by the file's
+/// `general.*` names or its file name.
+fn stated_defaults(meta: &Metadata) -> Vec<StatedDefaults> {
+    let mut stated = Vec::new();
+    let hints = sampling_hints(meta);
+    if !hints.is_empty() {
+        stated.push(StatedDefaults {
+            origin: "GGUF general.sampling metadata".into(),
+            hints,
+        });
+    }
+    let file_name = meta.path.file_name().map(|n| n.to_string_lossy());
+    let mut names: Vec<&str> = [
+        "general.name",
+        "general.basename",
+        "general.finetune",
+        "general.size_label",
+    ]
+    .iter()
+    .filter_map(|key| meta.values.get(*key)?.to_string().ok())
+    .map(String::as_str)
+    .collect();
+    names.extend(file_name.as_deref());
+    stated.extend(defaults::model_card(&names));
+    stated
+}
+
+/// The `general.sampling.*` keys llama.cpp's converter writes from a
+/// model's `generation_config.json` (`temp`, `top_p`, `top_k`,
+/// `penalty_repeat`).
+fn sampling_hints(meta: &Metadata) -> SamplingHints {
+    let float = |key: &str| meta.number(key).map(|v| v as f32);
+    SamplingHints {
+        temperature: float("general.sampling.temp"),
+        top_p: float("general.sampling.top_p"),
+        top_k: meta
+            .number("general.sampling.top_k")
+            .map(|k| defaults::top_k_from_signed(k as i64)),
+        repetition_penalty: float("general.sampling.penalty_repeat"),
+    }
+    .usable()
 }
 
 struct Metadata<'a> {
@@ -340,5 +385,48 @@ mod tests {
                 0., 0., 1., 1., 2., 2., 3., 3., 4., 4., 5., 5., 6., 6., 7., 7.
             ]
         );
+    }
+
+    #[test]
+    fn sampling_keys_come_before_the_model_card() {
+        let mut values = HashMap::from([
+            ("general.sampling.temp".to_string(), Value::F32(0.6)),
+            ("general.sampling.top_p".to_string(), Value::F32(0.95)),
+            ("general.sampling.top_k".to_string(), Value::I32(-1)),
+            (
+                "general.basename".to_string(),
+                Value::String("SmolLM2".into()),
+            ),
+        ]);
+        let path = Path::new("/models/model.gguf");
+        let stated = stated_defaults(&Metadata {
+            path,
+            values: &values,
+        });
+        assert_eq!(stated.len(), 2, "{stated:?}");
+        assert_eq!(stated[0].origin, "GGUF general.sampling metadata");
+        assert_eq!(
+            stated[0].hints,
+            SamplingHints {
+                temperature: Some(0.6),
+                top_p: Some(0.95),
+                top_k: Some(0),
+                repetition_penalty: None,
+            }
+        );
+        assert!(stated[1].origin.contains("SmolLM2"), "{stated:?}");
+
+        values.clear();
+        let file_only = stated_defaults(&Metadata {
+            path: Path::new("/x/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            values: &values,
+        });
+        assert_eq!(file_only.len(), 1);
+        assert_eq!(file_only[0].hints.temperature, Some(0.2));
+        let unknown = stated_defaults(&Metadata {
+            path: Path::new("/x/other.gguf"),
+            values: &values,
+        });
+        assert!(unknown.is_empty());
     }
 }

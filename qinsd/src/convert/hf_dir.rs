@@ -15,8 +15,9 @@ use half::{bf16, f16};
 use serde_json::Value;
 
 use super::ConvertError;
+use super::defaults::{self, SamplingHints, StatedDefaults};
 use super::source::{SourceModel, SourceTensor, TensorSource};
-use crate::container::{GenerationDefaults, SourceInfo};
+use crate::container::SourceInfo;
 use crate::model::ModelConfig;
 
 /// Safetensors headers larger than this are refused (real ones are < 1 MB).
@@ -84,13 +85,13 @@ impl HfDirSource {
             }
             tensors.push(SourceTensor { name, shape });
         }
-        let generation = generation_defaults(generation_json.as_ref());
+        let stated_defaults = stated_defaults(generation_json.as_ref(), &config_json, &info, dir);
         Ok(Self {
             model: SourceModel {
                 config,
                 tokenizer_json,
                 chat_template,
-                generation,
+                stated_defaults,
                 info,
                 tensors,
             },
@@ -203,25 +204,33 @@ fn merge_eos_ids(config: &mut ModelConfig, generation: Option<&Value>) {
     }
 }
 
-fn generation_defaults(generation: Option<&Value>) -> GenerationDefaults {
-    let mut defaults = GenerationDefaults::default();
-    let Some(g) = generation else {
-        return defaults;
-    };
-    let f = |key: &str| g.get(key).and_then(Value::as_f64).map(|v| v as f32);
-    if let Some(t) = f("temperature") {
-        defaults.temperature = t;
+/// What the model states about sampling: `generation_config.json`, then
+/// the card of its family, recognized by the Hub id or directory name or
+/// the config's `_name_or_path`.
+fn stated_defaults(
+    generation: Option<&Value>,
+    config: &Value,
+    info: &SourceInfo,
+    dir: &Path,
+) -> Vec<StatedDefaults> {
+    let mut stated = Vec::new();
+    if let Some(hints) = generation.map(SamplingHints::from_generation_config)
+        && !hints.is_empty()
+    {
+        stated.push(StatedDefaults {
+            origin: "generation_config.json".into(),
+            hints,
+        });
     }
-    if let Some(p) = f("top_p") {
-        defaults.top_p = p;
-    }
-    if let Some(k) = g.get("top_k").and_then(Value::as_u64) {
-        defaults.top_k = k as u32;
-    }
-    if let Some(r) = f("repetition_penalty") {
-        defaults.repetition_penalty = r;
-    }
-    defaults
+    let dir_name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    let names = [
+        Some(info.id.as_str()),
+        dir_name.as_deref(),
+        config.get("_name_or_path").and_then(Value::as_str),
+    ];
+    let names: Vec<&str> = names.into_iter().flatten().collect();
+    stated.extend(defaults::model_card(&names));
+    stated
 }
 
 fn read_chat_template(dir: &Path) -> Result<Option<String>, ConvertError> {

@@ -4,6 +4,7 @@
 //! Peak memory is about one tensor in f32 plus its codes: the float model is
 //! never held whole.
 
+pub mod defaults;
 pub mod gguf;
 pub mod hf_dir;
 pub mod hub;
@@ -20,6 +21,7 @@ use crate::container::{
     Compression, ContainerError, ContainerWriter, ModelHeader, QualityReport, TensorQuality,
 };
 use crate::model::config::ConfigError;
+pub use defaults::{SamplingHints, StatedDefaults};
 pub use source::{SourceModel, SourceTensor, TensorSource};
 
 #[derive(Debug, Error)]
@@ -62,6 +64,8 @@ pub enum ConvertError {
         "'{0}' is neither a model directory, a .gguf file nor a Hugging Face Hub id (owner/name)"
     )]
     UnknownSource(String),
+    #[error("chat default: {0}")]
+    BadDefault(String),
     #[error("conversion cancelled")]
     Cancelled,
     #[error(transparent)]
@@ -84,6 +88,9 @@ pub struct ConvertOptions {
     /// Keep matrices as f32 instead of QINS: a float reference model for
     /// quality comparisons (4x larger; not meant for serving).
     pub reference_f32: bool,
+    /// Chat defaults to record, ahead of what the source states
+    /// (`qinsd convert --temperature/--top-p`).
+    pub defaults: SamplingHints,
 }
 
 /// Progress of a conversion, for progress bars and the daemon's stream.
@@ -180,6 +187,7 @@ pub fn convert(
             name: "(options)".into(),
             source,
         })?;
+    options.defaults.check().map_err(ConvertError::BadDefault)?;
     let model = source.model();
     let parameters: u64 = model
         .tensors
@@ -269,7 +277,7 @@ fn build_header(
         tokenizer_json: model.tokenizer_json.clone(),
         chat_template: model.chat_template.clone(),
         extra_stop_tokens: source::stop_tokens_of_template(model.chat_template.as_deref()),
-        generation: model.generation.clone(),
+        generation: recorded_defaults(model, &options.defaults),
         source: model.info.clone(),
         encode_options: options.encode,
         compression: options.compression,
@@ -279,4 +287,21 @@ fn build_header(
         }),
         created_by: format!("qins {}", env!("CARGO_PKG_VERSION")),
     }
+}
+
+/// The chat defaults recorded for `model`: the conversion's options first,
+/// then what the source states (see [`defaults`]).
+fn recorded_defaults(
+    model: &SourceModel,
+    options: &SamplingHints,
+) -> crate::container::GenerationDefaults {
+    let mut stated = Vec::with_capacity(model.stated_defaults.len() + 1);
+    if !options.is_empty() {
+        stated.push(StatedDefaults {
+            origin: defaults::CONVERSION_OPTIONS.into(),
+            hints: *options,
+        });
+    }
+    stated.extend(model.stated_defaults.iter().cloned());
+    defaults::resolve(&stated)
 }

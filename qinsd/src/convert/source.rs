@@ -1,7 +1,8 @@
 //! What every conversion source provides: the model's metadata up front and
 //! its tensors one at a time, as f32 under Hugging Face names.
 
-use crate::container::{GenerationDefaults, SourceInfo};
+use super::defaults::StatedDefaults;
+use crate::container::SourceInfo;
 use crate::model::ModelConfig;
 
 use super::ConvertError;
@@ -20,7 +21,9 @@ pub struct SourceModel {
     pub config: ModelConfig,
     pub tokenizer_json: String,
     pub chat_template: Option<String>,
-    pub generation: GenerationDefaults,
+    /// Sampling defaults the source states (its own file first, then its
+    /// model card); conversion options come before them.
+    pub stated_defaults: Vec<StatedDefaults>,
     pub info: SourceInfo,
     pub tensors: Vec<SourceTensor>,
 }

@@ -146,41 +146,54 @@ impl ChatModel {
     }
 
     /// A generation request for `messages`, unset options taken from the
-    /// model's defaults. Sampling values are validated.
+    /// model's defaults ([`resolve_options`]). Sampling values are validated.
     pub fn request(
         &self,
         messages: &[ChatMessage],
         options: &RequestOptions,
     ) -> Result<GenerationRequest, EngineError> {
-        let defaults = self.defaults();
-        let sampling = SamplingParams {
-            temperature: options.temperature.unwrap_or(defaults.temperature),
-            top_p: options.top_p.unwrap_or(defaults.top_p),
-            top_k: options.top_k.unwrap_or(defaults.top_k as usize),
-            seed: options.seed,
-            repetition_penalty: options
-                .repetition_penalty
-                .unwrap_or(defaults.repetition_penalty),
-        };
-        sampling.validate()?;
-        if options.max_tokens == Some(0) {
-            return Err(EngineError::InvalidRequest(
-                "max_tokens must be at least 1".into(),
-            ));
-        }
-        if options.stop.iter().any(String::is_empty) {
-            return Err(EngineError::InvalidRequest(
-                "stop strings must not be empty".into(),
-            ));
-        }
+        let (sampling, max_tokens) = resolve_options(self.defaults(), options)?;
         Ok(GenerationRequest {
             prompt_tokens: self.prompt_tokens(messages)?,
             sampling,
-            max_tokens: Some(options.max_tokens.unwrap_or(defaults.max_tokens as usize)),
+            max_tokens: Some(max_tokens),
             stop: options.stop.clone(),
             stop_token_ids: self.stop_token_ids.clone(),
         })
     }
+}
+
+/// The one rule for the sampling of a chat: each value the request sets,
+/// else the default recorded in the model's file at conversion (see
+/// `convert::defaults`). The daemon's chats and `qinsd generate` both come
+/// through here (via [`ChatModel::request`]). Returns the sampling and the
+/// token limit, validated.
+pub fn resolve_options(
+    defaults: &GenerationDefaults,
+    options: &RequestOptions,
+) -> Result<(SamplingParams, usize), EngineError> {
+    let sampling = SamplingParams {
+        temperature: options.temperature.unwrap_or(defaults.temperature),
+        top_p: options.top_p.unwrap_or(defaults.top_p),
+        top_k: options.top_k.unwrap_or(defaults.top_k as usize),
+        seed: options.seed,
+        repetition_penalty: options
+            .repetition_penalty
+            .unwrap_or(defaults.repetition_penalty),
+    };
+    sampling.validate()?;
+    if options.max_tokens == Some(0) {
+        return Err(EngineError::InvalidRequest(
+            "max_tokens must be at least 1".into(),
+        ));
+    }
+    if options.stop.iter().any(String::is_empty) {
+        return Err(EngineError::InvalidRequest(
+            "stop strings must not be empty".into(),
+        ));
+    }
+    let max_tokens = options.max_tokens.unwrap_or(defaults.max_tokens as usize);
+    Ok((sampling, max_tokens))
 }
 
 fn load_template(
@@ -216,4 +229,66 @@ fn stop_token_ids(header: &ModelHeader, tokenizer: &Tokenizer) -> Vec<u32> {
         }
     }
     ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded() -> GenerationDefaults {
+        GenerationDefaults {
+            temperature: 0.2,
+            top_p: 0.9,
+            top_k: 30,
+            repetition_penalty: 1.1,
+            max_tokens: 64,
+            origin: "test".into(),
+        }
+    }
+
+    #[test]
+    fn unset_options_take_the_recorded_defaults() {
+        let (sampling, max_tokens) =
+            resolve_options(&recorded(), &RequestOptions::default()).unwrap();
+        assert_eq!(sampling.temperature, 0.2);
+        assert_eq!(sampling.top_p, 0.9);
+        assert_eq!(sampling.top_k, 30);
+        assert_eq!(sampling.repetition_penalty, 1.1);
+        assert_eq!(sampling.seed, None);
+        assert_eq!(max_tokens, 64);
+    }
+
+    #[test]
+    fn set_options_win_over_the_defaults() {
+        let options = RequestOptions {
+            temperature: Some(0.0),
+            top_p: Some(1.0),
+            top_k: Some(0),
+            max_tokens: Some(5),
+            seed: Some(3),
+            repetition_penalty: Some(1.0),
+            stop: Vec::new(),
+        };
+        let (sampling, max_tokens) = resolve_options(&recorded(), &options).unwrap();
+        assert_eq!(
+            (sampling.temperature, sampling.top_p, sampling.top_k),
+            (0.0, 1.0, 0)
+        );
+        assert_eq!((sampling.seed, sampling.repetition_penalty), (Some(3), 1.0));
+        assert_eq!(max_tokens, 5);
+    }
+
+    #[test]
+    fn invalid_values_are_refused_whoever_sets_them() {
+        let zero_tokens = RequestOptions {
+            max_tokens: Some(0),
+            ..RequestOptions::default()
+        };
+        assert!(resolve_options(&recorded(), &zero_tokens).is_err());
+        let bad_default = GenerationDefaults {
+            top_p: 0.0,
+            ..recorded()
+        };
+        assert!(resolve_options(&bad_default, &RequestOptions::default()).is_err());
+    }
 }

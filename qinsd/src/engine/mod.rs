@@ -22,7 +22,7 @@ pub(crate) mod testing;
 
 use std::sync::atomic::AtomicBool;
 
-pub use chat_model::{ChatModel, ChatModelError, RequestOptions};
+pub use chat_model::{ChatModel, ChatModelError, RequestOptions, resolve_options};
 pub use detokenize::StreamDecoder;
 pub use generate::{
     FinishReason, Finished, GenerationEvent, GenerationRequest, Timings, Usage, generate,

@@ -18,7 +18,9 @@ use super::models::same_file;
 use super::{EventStream, QinsService, cancel_when_dropped, status};
 use crate::codec::{DEFAULT_CLIP_QUANTILE, EncodeOptions, Granularity};
 use crate::container::Compression;
-use crate::convert::{self, ConvertEvent as Progress, ConvertOptions, ConvertSummary};
+use crate::convert::{
+    self, ConvertEvent as Progress, ConvertOptions, ConvertSummary, SamplingHints,
+};
 
 pub async fn convert(
     service: &QinsService,
@@ -91,6 +93,14 @@ fn options(request: &ConvertRequest) -> Result<ConvertOptions, Status> {
     encode
         .validate()
         .map_err(|e| status::invalid(format!("conversion options: {e}")))?;
+    let defaults = SamplingHints {
+        temperature: o.temperature,
+        top_p: o.top_p,
+        ..SamplingHints::default()
+    };
+    defaults
+        .check()
+        .map_err(|e| status::invalid(format!("conversion options: {e}")))?;
     Ok(ConvertOptions {
         encode,
         compression: if o.compress {
@@ -98,6 +108,7 @@ fn options(request: &ConvertRequest) -> Result<ConvertOptions, Status> {
         } else {
             Compression::None
         },
+        defaults,
         ..ConvertOptions::default()
     })
 }
@@ -215,7 +226,10 @@ fn done(summary: &ConvertSummary) -> ConvertDone {
                 sign_preservation: m.sign_preservation,
                 zero_fraction: m.zero_fraction,
                 code_entropy_bits: m.code_entropy_bits,
+                max_rel_err_in_range: m.max_rel_err_in_range,
+                clipped_fraction: m.clipped_fraction,
             }
         }),
+        defaults: Some(super::generation_defaults(&summary.header.generation)),
     }
 }

@@ -40,6 +40,20 @@ fn cancel_when_dropped<T: Send + 'static>(
     })
 }
 
+/// A model's recorded chat defaults as `Stats` and `Convert` report them.
+fn generation_defaults(
+    defaults: &crate::container::GenerationDefaults,
+) -> qins_proto::v1::GenerationDefaults {
+    qins_proto::v1::GenerationDefaults {
+        temperature: defaults.temperature,
+        top_p: defaults.top_p,
+        top_k: defaults.top_k,
+        repetition_penalty: defaults.repetition_penalty,
+        max_tokens: defaults.max_tokens,
+        origin: defaults.origin.clone(),
+    }
+}
+
 /// What `Stats` reports about the process besides the scheduler's counters.
 #[derive(Clone, Debug)]
 pub struct DaemonInfo {

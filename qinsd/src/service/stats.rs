@@ -36,6 +36,7 @@ pub fn stats(scheduler: &Scheduler, info: &DaemonInfo) -> StatsReply {
         reply.f32_equivalent_bytes = bytes.parameters * 4;
         reply.compression_vs_f32 = (bytes.parameters * 4) as f64 / bytes.total().max(1) as f64;
         reply.model_loaded_unix_seconds = unix_seconds(model.loaded_at());
+        reply.defaults = Some(super::generation_defaults(model.defaults()));
     }
     reply
 }
