@@ -16,7 +16,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::container::{ContainerError, QinsFile};
-use crate::kernels::selected_kernel;
+use crate::kernels::{dispatch, selected_kernel};
 use crate::model::{KvCache, Model, ModelConfig, ModelError, profile};
 use crate::rng::SplitMix64;
 use crate::weights::{ResidentBytes, ResidentWeights, Weight};
@@ -136,6 +136,8 @@ pub struct BenchReport {
     pub compressed: bool,
     pub parameters: u64,
     pub warm_up: WarmUp,
+    /// Why the runs' kernel was chosen (see [`dispatch::kernel_choice`]).
+    pub kernel_reason: String,
     pub runs: Vec<RunReport>,
 }
 
@@ -259,6 +261,7 @@ pub fn run(path: &Path, options: &BenchOptions) -> Result<BenchReport, BenchErro
         compressed,
         parameters,
         warm_up,
+        kernel_reason: dispatch::kernel_choice().reason.clone(),
         runs,
     })
 }

@@ -91,6 +91,9 @@ fn print_table(r: &BenchReport) {
         r.warm_up.read_s,
         r.warm_up.read_gb_s
     );
+    if let Some(run) = r.runs.first() {
+        println!("kernel {}: {}", run.kernel, r.kernel_reason);
+    }
     type Cell = Box<dyn Fn(&bench::RunReport) -> String>;
     let rows: Vec<(&str, Cell)> = vec![
         ("kernel", Box::new(|x| x.kernel.to_string())),

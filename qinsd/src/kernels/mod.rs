@@ -12,10 +12,11 @@
 //! The f32 kernels share the driver here, which owns the threading (rayon
 //! over output rows), the tables and the output layout; a [`RowKernel`]
 //! computes the dot products of one weight row with a batch of input rows.
-//! [`scalar`] is the portable reference. [`avx512bf16`] has its own driver:
-//! it rounds weights and inputs to bf16 and, for several input rows, runs a
-//! register-blocked micro-kernel over decoded rows. The kernel is picked at
-//! run time by [`selected_kernel`].
+//! [`scalar`] is the portable reference. [`avx512bf16`] and
+//! [`neon_bf16`] have their own drivers: they round weights and inputs to
+//! bf16 and, for several input rows, run a register-blocked micro-kernel
+//! over decoded rows. The kernel is picked at run time by
+//! [`selected_kernel`], from the CPU's family ([`dispatch`]).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -23,11 +24,12 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512bf16;
+pub mod dispatch;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(target_arch = "aarch64")]
+pub mod neon_bf16;
 pub mod scalar;
-
-use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
@@ -130,15 +132,18 @@ pub enum KernelKind {
     Avx512Bf16,
     Avx512,
     Avx2,
+    /// bf16 products (`BFDOT`, `BFMMLA`) of bf16-rounded weights and inputs.
+    NeonBf16,
     Neon,
     Scalar,
 }
 
 impl KernelKind {
-    pub const ALL: [KernelKind; 5] = [
+    pub const ALL: [KernelKind; 6] = [
         KernelKind::Avx512Bf16,
         KernelKind::Avx512,
         KernelKind::Avx2,
+        KernelKind::NeonBf16,
         KernelKind::Neon,
         KernelKind::Scalar,
     ];
@@ -149,6 +154,7 @@ impl KernelKind {
             KernelKind::Avx512Bf16 => "avx512-bf16",
             KernelKind::Avx512 => "avx512",
             KernelKind::Avx2 => "avx2",
+            KernelKind::NeonBf16 => "neon-bf16",
             KernelKind::Neon => "neon",
             KernelKind::Scalar => "scalar",
         }
@@ -163,6 +169,8 @@ impl KernelKind {
         match self {
             #[cfg(target_arch = "x86_64")]
             KernelKind::Avx512Bf16 => avx512bf16::is_available(),
+            #[cfg(target_arch = "aarch64")]
+            KernelKind::NeonBf16 => neon_bf16::is_available(),
             _ => self.row_kernel().is_some(),
         }
     }
@@ -170,7 +178,7 @@ impl KernelKind {
     /// Whether the kernel rounds weights and inputs to bf16 before they
     /// multiply (the others multiply the f32 decode of every weight).
     pub fn rounds_to_bf16(self) -> bool {
-        self == KernelKind::Avx512Bf16
+        matches!(self, KernelKind::Avx512Bf16 | KernelKind::NeonBf16)
     }
 
     /// The f32 row kernel of the shared driver, if this is one and this
@@ -197,33 +205,11 @@ pub fn available_kernels() -> Vec<KernelKind> {
         .collect()
 }
 
-/// The kernel [`qins_matmul`] uses: the best available, or the one named by
-/// the `QINS_KERNEL` environment variable (for comparisons). Chosen once.
+/// The kernel [`qins_matmul`] uses: the table's choice for this CPU's
+/// family, or the one named by the `QINS_KERNEL` environment variable (for
+/// comparisons). Chosen once; [`dispatch::kernel_choice`] says why.
 pub fn selected_kernel() -> KernelKind {
-    static SELECTED: OnceLock<KernelKind> = OnceLock::new();
-    *SELECTED.get_or_init(|| {
-        let best = available_kernels()[0];
-        let Ok(name) = std::env::var("QINS_KERNEL") else {
-            return best;
-        };
-        match KernelKind::from_name(&name) {
-            Some(kind) if kind.is_available() => kind,
-            Some(_) => {
-                tracing::warn!(
-                    "QINS_KERNEL={name} is not supported on this machine; using {}",
-                    best.name()
-                );
-                best
-            }
-            None => {
-                tracing::warn!(
-                    "QINS_KERNEL={name} is unknown (expected one of scalar, avx2, avx512, avx512-bf16, neon); using {}",
-                    best.name()
-                );
-                best
-            }
-        }
-    })
+    dispatch::kernel_choice().kernel
 }
 
 /// `out[n x rows] = x[n x cols] · Wᵀ` for a QINS matrix `W` of `rows x cols`.
@@ -246,6 +232,8 @@ pub fn qins_matmul_with(kind: KernelKind, x: &[f32], n: usize, w: &QinsMatrix, o
     match kind {
         #[cfg(target_arch = "x86_64")]
         KernelKind::Avx512Bf16 => avx512bf16::matmul(x, n, w, out),
+        #[cfg(target_arch = "aarch64")]
+        KernelKind::NeonBf16 => neon_bf16::matmul(x, n, w, out),
         _ => {
             let kernel = kind.row_kernel().unwrap_or_else(|| {
                 panic!("kernel {} is not available on this machine", kind.name())
@@ -386,7 +374,10 @@ fn row_tables(w: &QinsMatrix) -> impl Fn(usize) -> NibbleTables + Sync + '_ {
 
 /// Zero-padded copy of a row's last partial SIMD group (codes, signs or
 /// inputs): padded codes are 0, so they decode to 0 and add nothing.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 fn padded<T: Copy + Default, const N: usize>(tail: &[T]) -> [T; N] {
     let mut out = [T::default(); N];
     out[..tail.len()].copy_from_slice(tail);

@@ -295,7 +295,6 @@ fn magnitudes(x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
 
 /// What a bf16 kernel computes, in f64: every weight (the kernels' nibble
 /// product, signed) and every input rounded once to bf16, exact products.
-#[cfg(target_arch = "x86_64")]
 fn bf16_reference(x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
     let widen = |v: f32| f64::from(widen_bf16(round_to_bf16(v)));
     let mut out = vec![0.0; n * w.rows];
@@ -334,7 +333,6 @@ fn assert_kernels_match_scalar(w: &QinsMatrix, n: usize, seed: u64, what: &str) 
     let mut expected = vec![f32::NAN; n * w.rows];
     qins_matmul_with(KernelKind::Scalar, &x, n, w, &mut expected);
     let bound = magnitudes(&x, n, w);
-    #[cfg(target_arch = "x86_64")]
     let expected_bf16 = bf16_reference(&x, n, w);
     for kind in available_kernels() {
         let mut out = vec![f32::NAN; n * w.rows];
@@ -344,7 +342,9 @@ fn assert_kernels_match_scalar(w: &QinsMatrix, n: usize, seed: u64, what: &str) 
             // the same sum over bf16-rounded operands; and its rounding may
             // cost at most 2^-7 of Σ|w·x| against scalar (bf16 keeps 8
             // significant bits: each operand is off by at most 2^-8).
-            #[cfg(target_arch = "x86_64")]
+            // (neon-bf16's BFDOT/BFMMLA round their sums to odd, not to
+            // nearest: at most twice f32's rounding error, inside the
+            // margin of this tolerance.)
             if kind.rounds_to_bf16() {
                 let err = (f64::from(out[i]) - expected_bf16[i]).abs();
                 assert!(
@@ -452,10 +452,19 @@ fn kernel_selection_lists_and_names() {
             is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
         );
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        assert!(available.contains(&KernelKind::Neon));
+        assert_eq!(
+            available.contains(&KernelKind::NeonBf16),
+            std::arch::is_aarch64_feature_detected!("bf16")
+        );
+    }
     println!(
-        "available kernels: {:?}, selected {:?}",
+        "available kernels: {:?}, selected {:?} ({})",
         available,
-        selected_kernel()
+        selected_kernel(),
+        dispatch::kernel_choice().reason
     );
 }
 

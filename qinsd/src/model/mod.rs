@@ -29,7 +29,7 @@ use profile::Stage;
 use rope::Rope;
 pub use view::LayerView;
 
-use crate::kernels::{KernelKind, selected_kernel};
+use crate::kernels::{KernelKind, dispatch, selected_kernel};
 use crate::weights::{ResidentWeights, WeightsError};
 
 #[derive(Debug, Error)]
@@ -107,6 +107,8 @@ impl Model {
         } else {
             Linear::from_weight(weights.take_matrix("lm_head.weight", config.vocab_size, h)?)
         };
+        let choice = dispatch::kernel_choice();
+        tracing::info!("QINS kernel {}: {}", choice.kernel.name(), choice.reason);
         Ok(Self {
             config: config.clone(),
             embed,

@@ -1,0 +1,424 @@
+//! Which kernel runs on this CPU: chosen by microarchitecture family from a
+//! small table, not only by which instructions exist, so a family where a
+//! wider instruction set does not pay can be given a narrower kernel.
+//! `QINS_KERNEL` overrides the table. The choice and its reason are made
+//! once per process, logged at model load and shown by `qinsd bench`.
+
+use std::sync::OnceLock;
+
+use super::KernelKind;
+use KernelKind::{Avx2, Avx512, Avx512Bf16, Neon, NeonBf16, Scalar};
+
+/// The CPU families the table tells apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuFamily {
+    /// x86-64 with AVX-512 (F + BW) that is not AMD: Intel server cores
+    /// from Skylake-SP to Granite Rapids, Ice Lake and Tiger Lake clients.
+    IntelAvx512,
+    /// AMD with AVX-512: Zen 4 and Zen 5 (every AMD core that has it).
+    AmdZen4Plus,
+    /// x86-64 with AVX2 and FMA but no AVX-512: AMD Zen 1-3, Intel cores
+    /// from Haswell and Intel's hybrid client cores.
+    X86Avx2,
+    /// Other x86-64 (no AVX2 + FMA).
+    X86Baseline,
+    /// aarch64 with BF16 (FEAT_BF16): Apple M2 and later, Arm Neoverse
+    /// V1/V2/N2 (AWS Graviton 3/4).
+    Arm64Bf16,
+    /// aarch64 without BF16: Apple M1, Cortex-A72/A76, Neoverse N1
+    /// (Graviton 2).
+    Arm64,
+    /// Any other architecture: the scalar reference.
+    Other,
+}
+
+/// One row of the table: the kernels a family prefers, best first (the
+/// first one this build and CPU can run wins; scalar is the last resort),
+/// and why.
+struct Preference {
+    family: CpuFamily,
+    label: &'static str,
+    order: &'static [KernelKind],
+    why: &'static str,
+}
+
+const TABLE: [Preference; 7] = [
+    Preference {
+        family: CpuFamily::IntelAvx512,
+        label: "Intel AVX-512 core",
+        order: &[Avx512Bf16, Avx512, Avx2],
+        why: "512-bit permutes and mask moves share one port there, so both AVX-512 kernels \
+              decode at the same speed (2.03 tok/s each on the Phi-3.5 shape, 2 threads, \
+              issue 12's Xeon host); the bf16 one's register-blocked micro-kernel is the \
+              faster for prefill (194-278 against 58-72 GFLOP/s at 64 input rows on Zen 4; \
+              not timed on Intel)",
+    },
+    Preference {
+        family: CpuFamily::AmdZen4Plus,
+        label: "AMD Zen 4/5",
+        order: &[Avx512Bf16, Avx512, Avx2],
+        why: "Zen 4 spreads 512-bit shuffles over two ports: avx512-bf16 streams weights at \
+              27-37 GB/s on 2 threads against 16-20 for the f32 avx512 kernel, and does \
+              194-278 against 58-72 GFLOP/s at 64 input rows (measured on Zen 4)",
+    },
+    Preference {
+        family: CpuFamily::X86Avx2,
+        label: "AVX2-only x86-64",
+        order: &[Avx2],
+        why: "no AVX-512: avx2 (8 f32 lanes, vpermps nibble lookups, FMA) is the widest kernel",
+    },
+    Preference {
+        family: CpuFamily::X86Baseline,
+        label: "x86-64 without AVX2",
+        order: &[],
+        why: "no SIMD kernel for this instruction set: the scalar reference",
+    },
+    Preference {
+        family: CpuFamily::Arm64Bf16,
+        label: "aarch64 with BF16",
+        order: &[NeonBf16, Neon],
+        why: "both NEON kernels decode weights the same way (in-register f32 nibble tables); \
+              BFDOT does 8 and BFMMLA 16 multiply-adds per instruction against 4 for an f32 \
+              FMA, which pays for prefill and batched steps (run under qemu only: not timed)",
+    },
+    Preference {
+        family: CpuFamily::Arm64,
+        label: "aarch64 without BF16",
+        order: &[Neon],
+        why: "neon: in-register f32 nibble decode and f32 FMA (run under qemu only: not timed)",
+    },
+    Preference {
+        family: CpuFamily::Other,
+        label: "other architecture",
+        order: &[],
+        why: "no SIMD kernel for this architecture: the scalar reference",
+    },
+];
+
+fn preference(family: CpuFamily) -> &'static Preference {
+    TABLE
+        .iter()
+        .find(|p| p.family == family)
+        .expect("the table has a row for every family")
+}
+
+/// What was chosen and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelChoice {
+    pub kernel: KernelKind,
+    pub family: CpuFamily,
+    /// A line for logs and reports: the CPU, its family and the reason.
+    pub reason: String,
+}
+
+/// The kernel for `family` given what this build and CPU can run (`available`),
+/// or the one `requested` names (`QINS_KERNEL`) when it is available. A
+/// request that cannot be honoured falls back to the table, saying so.
+pub fn choose(
+    family: CpuFamily,
+    cpu: &str,
+    available: &[KernelKind],
+    requested: Option<&str>,
+) -> KernelChoice {
+    let row = preference(family);
+    let from_table = row
+        .order
+        .iter()
+        .copied()
+        .find(|k| available.contains(k))
+        .unwrap_or(Scalar);
+    let table_reason = if row.order.first() == Some(&from_table) || row.order.is_empty() {
+        format!("{cpu}: {}: {}", row.label, row.why)
+    } else {
+        format!(
+            "{cpu}: {}: {} is not available on this CPU, {} is next in the table ({})",
+            row.label,
+            row.order[0].name(),
+            from_table.name(),
+            row.why
+        )
+    };
+    let (kernel, reason) = match requested {
+        None => (from_table, table_reason),
+        Some(name) => match KernelKind::from_name(name) {
+            Some(kind) if available.contains(&kind) => (
+                kind,
+                format!("QINS_KERNEL={name} (the table says {})", from_table.name()),
+            ),
+            Some(_) => (
+                from_table,
+                format!("QINS_KERNEL={name} is not supported on this machine; {table_reason}"),
+            ),
+            None => (
+                from_table,
+                format!(
+                    "QINS_KERNEL={name} is unknown (expected one of {}); {table_reason}",
+                    KernelKind::ALL.map(KernelKind::name).join(", ")
+                ),
+            ),
+        },
+    };
+    KernelChoice {
+        kernel,
+        family,
+        reason,
+    }
+}
+
+/// This process's choice (made once; `QINS_KERNEL` is read then).
+pub fn kernel_choice() -> &'static KernelChoice {
+    static CHOICE: OnceLock<KernelChoice> = OnceLock::new();
+    CHOICE.get_or_init(|| {
+        let requested = std::env::var("QINS_KERNEL").ok();
+        let choice = choose(
+            this_cpu_family(),
+            &this_cpu_name(),
+            &super::available_kernels(),
+            requested.as_deref(),
+        );
+        if requested.is_some_and(|name| choice.kernel.name() != name) {
+            tracing::warn!("{}", choice.reason);
+        }
+        choice
+    })
+}
+
+/// The family of the CPU this runs on.
+pub fn this_cpu_family() -> CpuFamily {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        x86_family(&x86::vendor(), avx512, avx2)
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("bf16") {
+            CpuFamily::Arm64Bf16
+        } else {
+            CpuFamily::Arm64
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        CpuFamily::Other
+    }
+}
+
+/// The x86 family from the vendor string (`cpuid` leaf 0) and features.
+pub fn x86_family(vendor: &str, avx512: bool, avx2: bool) -> CpuFamily {
+    // Hygon's Dhyana is a Zen 1 derivative: no AVX-512, so it lands on the
+    // AVX2 row anyway; AMD is the only vendor whose AVX-512 cores are Zen.
+    match (avx512, avx2) {
+        (true, _) if vendor == "AuthenticAMD" => CpuFamily::AmdZen4Plus,
+        (true, _) => CpuFamily::IntelAvx512,
+        (false, true) => CpuFamily::X86Avx2,
+        (false, false) => CpuFamily::X86Baseline,
+    }
+}
+
+/// A short name of this CPU for the reason line: the brand string and
+/// family/model on x86, the features that decide on aarch64.
+pub fn this_cpu_name() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86::describe()
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let has = |yes: bool| if yes { "yes" } else { "no" };
+        format!(
+            "aarch64 (bf16 {}, i8mm {}, dotprod {})",
+            has(std::arch::is_aarch64_feature_detected!("bf16")),
+            has(std::arch::is_aarch64_feature_detected!("i8mm")),
+            has(std::arch::is_aarch64_feature_detected!("dotprod")),
+        )
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        std::env::consts::ARCH.to_string()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::{__cpuid, CpuidResult};
+
+    /// The vendor string of `cpuid` leaf 0 ("GenuineIntel", "AuthenticAMD").
+    pub fn vendor() -> String {
+        let CpuidResult { ebx, ecx, edx, .. } = __cpuid(0);
+        let bytes: Vec<u8> = [ebx, edx, ecx]
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// "AMD EPYC (AuthenticAMD family 0x19 model 0x01)": the brand string
+    /// (leaves 0x80000002-4, where the CPU has them) and the display family
+    /// and model of leaf 1.
+    pub fn describe() -> String {
+        let eax = __cpuid(1).eax;
+        let base_family = (eax >> 8) & 0xF;
+        let family = if base_family == 0xF {
+            base_family + ((eax >> 20) & 0xFF)
+        } else {
+            base_family
+        };
+        let model = if base_family == 0x6 || base_family == 0xF {
+            ((eax >> 12) & 0xF0) | ((eax >> 4) & 0xF)
+        } else {
+            (eax >> 4) & 0xF
+        };
+        let ids = format!("{} family {family:#04x} model {model:#04x}", vendor());
+        if __cpuid(0x8000_0000).eax < 0x8000_0004 {
+            return ids;
+        }
+        let bytes: Vec<u8> = (0x8000_0002..=0x8000_0004u32)
+            .flat_map(|leaf| {
+                let r = __cpuid(leaf);
+                [r.eax, r.ebx, r.ecx, r.edx]
+            })
+            .flat_map(u32::to_le_bytes)
+            .collect();
+        let brand = String::from_utf8_lossy(&bytes);
+        let brand = brand.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+        if brand.is_empty() {
+            ids
+        } else {
+            format!("{brand} ({ids})")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::available_kernels;
+
+    const FAMILIES: [CpuFamily; 7] = [
+        CpuFamily::IntelAvx512,
+        CpuFamily::AmdZen4Plus,
+        CpuFamily::X86Avx2,
+        CpuFamily::X86Baseline,
+        CpuFamily::Arm64Bf16,
+        CpuFamily::Arm64,
+        CpuFamily::Other,
+    ];
+
+    #[test]
+    fn every_family_gets_its_first_preference_when_everything_is_available() {
+        let expected = [Avx512Bf16, Avx512Bf16, Avx2, Scalar, NeonBf16, Neon, Scalar];
+        for (family, kernel) in FAMILIES.into_iter().zip(expected) {
+            let choice = choose(family, "test cpu", &KernelKind::ALL, None);
+            assert_eq!(choice.kernel, kernel, "{family:?}");
+            assert_eq!(choice.family, family);
+            assert!(
+                choice.reason.starts_with("test cpu: ") && !choice.reason.contains("not available"),
+                "{}",
+                choice.reason
+            );
+        }
+    }
+
+    #[test]
+    fn a_family_falls_back_along_its_row_then_to_scalar() {
+        // Skylake-SP: AVX-512 without BF16/VBMI.
+        let choice = choose(CpuFamily::IntelAvx512, "x", &[Avx512, Avx2, Scalar], None);
+        assert_eq!(choice.kernel, Avx512);
+        assert!(
+            choice
+                .reason
+                .contains("avx512-bf16 is not available on this CPU, avx512 is next"),
+            "{}",
+            choice.reason
+        );
+        for family in FAMILIES {
+            assert_eq!(choose(family, "x", &[Scalar], None).kernel, Scalar);
+        }
+    }
+
+    #[test]
+    fn qins_kernel_overrides_the_table_when_it_can() {
+        let available = [Avx2, Scalar];
+        let forced = choose(CpuFamily::X86Avx2, "x", &available, Some("scalar"));
+        assert_eq!(forced.kernel, Scalar);
+        assert_eq!(forced.reason, "QINS_KERNEL=scalar (the table says avx2)");
+        let missing = choose(CpuFamily::X86Avx2, "x", &available, Some("neon"));
+        assert_eq!(missing.kernel, Avx2);
+        assert!(
+            missing
+                .reason
+                .starts_with("QINS_KERNEL=neon is not supported on this machine; x: AVX2-only")
+        );
+        let unknown = choose(CpuFamily::X86Avx2, "x", &available, Some("sse9"));
+        assert_eq!(unknown.kernel, Avx2);
+        assert!(
+            unknown.reason.contains(
+                "is unknown (expected one of avx512-bf16, avx512, avx2, neon-bf16, neon, scalar)"
+            ),
+            "{}",
+            unknown.reason
+        );
+    }
+
+    #[test]
+    fn x86_vendor_and_features_give_the_family() {
+        assert_eq!(
+            x86_family("AuthenticAMD", true, true),
+            CpuFamily::AmdZen4Plus
+        );
+        assert_eq!(
+            x86_family("GenuineIntel", true, true),
+            CpuFamily::IntelAvx512
+        );
+        assert_eq!(x86_family("AuthenticAMD", false, true), CpuFamily::X86Avx2);
+        assert_eq!(x86_family("GenuineIntel", false, true), CpuFamily::X86Avx2);
+        assert_eq!(
+            x86_family("GenuineIntel", false, false),
+            CpuFamily::X86Baseline
+        );
+    }
+
+    /// The process's choice is the table's for this CPU (or `QINS_KERNEL`'s),
+    /// and the one a run expects when it says (`QINS_EXPECT_KERNEL`: the
+    /// aarch64 runs under qemu set it per emulated CPU, so a dispatch that
+    /// ignores a CPU model's features fails there).
+    #[test]
+    fn this_process_runs_the_tables_choice() {
+        let requested = std::env::var("QINS_KERNEL").ok();
+        let expected = choose(
+            this_cpu_family(),
+            &this_cpu_name(),
+            &available_kernels(),
+            requested.as_deref(),
+        );
+        assert_eq!(kernel_choice(), &expected);
+        #[cfg(target_arch = "x86_64")]
+        assert!(matches!(
+            this_cpu_family(),
+            CpuFamily::IntelAvx512
+                | CpuFamily::AmdZen4Plus
+                | CpuFamily::X86Avx2
+                | CpuFamily::X86Baseline
+        ));
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(
+            this_cpu_family() == CpuFamily::Arm64Bf16,
+            std::arch::is_aarch64_feature_detected!("bf16")
+        );
+        if let Ok(name) = std::env::var("QINS_EXPECT_KERNEL") {
+            assert_eq!(
+                kernel_choice().kernel.name(),
+                name,
+                "{}",
+                kernel_choice().reason
+            );
+        }
+        println!(
+            "{}: {}",
+            kernel_choice().kernel.name(),
+            kernel_choice().reason
+        );
+    }
+}

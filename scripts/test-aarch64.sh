@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The aarch64 (Apple Silicon, Graviton) code paths, executed: cross-builds
+# the library that holds the kernels and the model for
+# aarch64-unknown-linux-gnu and runs, under Debian's qemu-user,
+#   - the kernel tests (every kernel against the scalar reference, the
+#     dispatch table and this process's choice),
+#   - the tiny-model golden tests (every available kernel against
+#     transformers' logits),
+#   - the SmolLM2 "Paris" test (the real model on the chosen kernel),
+# twice: with `-cpu max` (BF16 and I8MM: the dispatch must choose
+# neon-bf16) and with `-cpu cortex-a72` (neither: neon). qemu timings mean
+# nothing; this checks results only.
+#
+# Called by scripts/test.sh; its `test result:` lines count in the total.
+# Installs what it needs when missing (scripts/aarch64-env.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# shellcheck source=aarch64-env.sh
+source scripts/aarch64-env.sh
+
+# The crate that holds kernels/ and model/, and its tests that run here.
+CRATE=qinsd
+LIB_TESTS=(kernels:: model::tests::smollm2_greedily_names_the_capital_of_france)
+GOLDEN_TESTS=(tiny_)
+
+cargo_aarch64() {
+    cargo test --release --locked --target "$AARCH64_TARGET" -p "$CRATE" "$@"
+}
+
+echo "== cargo build (aarch64 tests of $CRATE)"
+started=$SECONDS
+cargo_aarch64 --lib --test golden --no-run
+echo "aarch64 test build: $((SECONDS - started)) s"
+
+# qemu CPU model -> the kernel the dispatch must choose on it.
+for run in "max neon-bf16" "cortex-a72 neon"; do
+    read -r cpu kernel <<<"$run"
+    echo "== aarch64 tests under qemu -cpu $cpu (expects kernel $kernel)"
+    started=$SECONDS
+    export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L $AARCH64_SYSROOT -cpu $cpu"
+    QINS_EXPECT_KERNEL="$kernel" cargo_aarch64 --lib -- "${LIB_TESTS[@]}"
+    QINS_EXPECT_KERNEL="$kernel" cargo_aarch64 --test golden -- "${GOLDEN_TESTS[@]}"
+    echo "aarch64 tests under qemu -cpu $cpu: $((SECONDS - started)) s"
+done
