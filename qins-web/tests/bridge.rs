@@ -530,6 +530,7 @@ async fn ui_stats_reports_every_field() {
         "version",
         "threads",
         "model_loaded_unix_seconds",
+        "defaults",
     ];
     for f in fields {
         assert!(v.get(f).is_some(), "missing {f}: {v}");
@@ -540,6 +541,7 @@ async fn ui_stats_reports_every_field() {
     assert!(v["process_rss_bytes"].as_u64().unwrap_or(0) > 0);
     assert!(v["compression_vs_f32"].as_f64().unwrap_or(0.0) > 1.0);
     assert!(v["model_loaded_unix_seconds"].as_f64().unwrap_or(0.0) > 1.6e9);
+    assert!(v["defaults"].is_object(), "chat defaults: {v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
