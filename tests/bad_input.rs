@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use qins_e2e::*;
 use qins_proto::v1::{ConvertRequest, Sampling};
+use qins_test_support::daemon::*;
 use tonic::Code;
 
 /// `qins.v1.Message` with `content` as raw bytes, to send invalid UTF-8.

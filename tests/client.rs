@@ -1,6 +1,6 @@
 //! The `qins` client binary against a real qinsd on a tiny model.
 
-use qins_e2e::*;
+use qins_test_support::daemon::*;
 
 fn ok(output: std::process::Output) -> String {
     assert!(

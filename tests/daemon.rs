@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use qins_e2e::*;
 use qins_proto::v1::{
     ChatRequest, ConvertEvent, ConvertOptions, ConvertRequest, FinishReason, ListModelsRequest,
     LoadModelRequest, Sampling, UnloadModelRequest, chat_event, convert_event,
 };
+use qins_test_support::daemon::*;
 use tonic::Code;
 
 #[tokio::test]

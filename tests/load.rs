@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use qins_e2e::*;
+use qins_test_support::daemon::*;
 use tonic::Code;
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! converted by the daemon (`qins convert`), loaded (`qins load`), and asked
 //! questions (`qins ask`), one of them about a file piped on stdin.
 
-use qins_e2e::*;
+use qins_test_support::daemon::*;
 
 /// The README's `qins ask "Summarize this in one sentence:" < notes.txt`.
 const NOTES: &str = include_str!("../docs/examples/notes.txt");

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use qins_e2e::*;
+use qins_test_support::daemon::*;
 
 /// Runs qins-web until its log mentions `marker` (or it exits), then stops it.
 fn web_log(args: &[&str], marker: &str) -> (Option<i32>, String) {

@@ -1,6 +1,8 @@
 //! The qinsd gRPC protocol (`qins.v1`, from `proto/qins.proto`) and what every
-//! client shares: where the daemon's socket lives and how to connect to it.
+//! client shares: where the daemon's socket lives, how to connect to it, and
+//! the error contract ([`errors`]).
 
+pub mod errors;
 pub mod socket;
 
 /// Generated messages, client and server for package `qins.v1`.

@@ -10,10 +10,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use qins_core::container::QinsFile;
+use qins_core::model::Model;
 use qins_gpu::device::{DeviceChoice, open};
 use qins_gpu::shaders::KvType;
-use qinsd::container::QinsFile;
-use qinsd::model::Model;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use qinsd::model::Model;
-use qinsd::rng::SplitMix64;
+use qins_core::model::Model;
+use qins_core::rng::SplitMix64;
 
 use crate::GpuError;
 use crate::device::{GpuContext, backend_name};
@@ -117,9 +117,9 @@ fn argmax(logits: &[f32]) -> u32 {
 mod tests {
     use super::*;
     use crate::test_gpu::gpu;
-    use qinsd::container::QinsFile;
-    use qinsd::fixtures::convert_with_defaults;
-    use qinsd::fixtures::tiny::{TinySpec, write_tiny_model};
+    use qins_core::container::QinsFile;
+    use qins_test_support::convert_with_defaults;
+    use qins_test_support::tiny::{TinySpec, write_tiny_model};
 
     #[test]
     fn bench_runs_on_the_tiny_model_and_counts_every_matrix_but_the_embedding() {

@@ -18,9 +18,9 @@
 
 use std::borrow::Cow;
 
-use qinsd::codec::sign_row_bytes;
-use qinsd::kernels::NibbleTables;
-use qinsd::weights::QinsMatrix;
+use qins_core::codec::sign_row_bytes;
+use qins_core::kernels::NibbleTables;
+use qins_core::weights::QinsMatrix;
 
 use crate::GpuError;
 use crate::device::{GpuContext, TrackedBuffer};
@@ -127,7 +127,7 @@ fn nibble_tables(matrix: &QinsMatrix) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qinsd::codec::{EncodeOptions, encode_matrix};
+    use qins_core::codec::{EncodeOptions, encode_matrix};
 
     fn matrix(rows: usize, cols: usize) -> QinsMatrix {
         let weights: Vec<f32> = (0..rows * cols)
@@ -159,7 +159,10 @@ mod tests {
                     let negative = signs[row * padded / 8 + col / 8] >> (col % 8) & 1 == 1;
                     if col < cols {
                         assert_eq!(code, m.row_codes(row)[col], "{rows}x{cols} ({row}, {col})");
-                        assert_eq!(negative, qinsd::codec::is_negative(m.row_signs(row), col));
+                        assert_eq!(
+                            negative,
+                            qins_core::codec::is_negative(m.row_signs(row), col)
+                        );
                     } else {
                         assert_eq!((code, negative), (0, false), "padding ({row}, {col})");
                     }

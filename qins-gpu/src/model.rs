@@ -11,9 +11,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use qinsd::model::layers::Linear;
-use qinsd::model::rope::Rope;
-use qinsd::model::{LayerView, Model, ModelConfig};
+use qins_core::model::layers::Linear;
+use qins_core::model::rope::Rope;
+use qins_core::model::{LayerView, Model, ModelConfig};
 
 use crate::GpuError;
 use crate::device::{GpuContext, TrackedBuffer};

@@ -6,6 +6,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use qins_proto::errors::{Reason, reason_of};
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -19,6 +20,14 @@ pub enum ApiError {
     /// treat 503 as "try again later".
     #[error("{0}")]
     NoModel(String),
+    /// qinsd cannot read (or create) its models directory: the server's
+    /// configuration is wrong, not the request.
+    #[error("{0}")]
+    ModelsDir(String),
+    /// The model was found but did not load (corrupt file, failed Hub
+    /// conversion).
+    #[error("{0}")]
+    LoadFailed(String),
     /// A malformed body, or a request qinsd refused as INVALID_ARGUMENT.
     #[error("{0}")]
     BadRequest(String),
@@ -49,6 +58,7 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::ModelsDir(_) | Self::LoadFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -65,6 +75,8 @@ impl ApiError {
             Self::BadRequest(_) => ("invalid_request_error", "invalid_request"),
             Self::Busy(_) => ("rate_limit_error", "queue_full"),
             Self::NotFound(_) => ("invalid_request_error", "not_found"),
+            Self::ModelsDir(_) => ("server_error", "models_dir_unreadable"),
+            Self::LoadFailed(_) => ("server_error", "model_load_failed"),
             Self::UnsupportedMediaType => ("invalid_request_error", "unsupported_media_type"),
             Self::PayloadTooLarge => ("invalid_request_error", "payload_too_large"),
             Self::Unauthorized => ("authentication_error", "invalid_api_key"),
@@ -96,13 +108,29 @@ impl ApiError {
     }
 }
 
+/// qinsd's half of the contract is in `proto/qins.proto` (Errors): the
+/// reason in the `qins-error` trailer decides; the code is the fallback for
+/// a status without one (the transport's own, or an older daemon's).
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let message = status.message().to_string();
+        if let Some(reason) = reason_of(&status) {
+            return match reason {
+                Reason::NoModel => Self::NoModel(message),
+                Reason::ModelsDir => Self::ModelsDir(message),
+                Reason::LoadFailed => Self::LoadFailed(message),
+                Reason::UnknownModel => Self::NotFound(message),
+                Reason::Busy => Self::Busy(message),
+                Reason::BadArgument | Reason::Exists => Self::BadRequest(message),
+                Reason::ShuttingDown => Self::DaemonDown(message),
+                Reason::NoSpace | Reason::Cancelled | Reason::Internal => {
+                    Self::Upstream(format!("{}: {message}", status.code()))
+                }
+            };
+        }
         match status.code() {
             Code::InvalidArgument | Code::OutOfRange => Self::BadRequest(message),
             Code::ResourceExhausted => Self::Busy(message),
-            Code::FailedPrecondition => Self::NoModel(message),
             Code::NotFound => Self::NotFound(message),
             // UNAVAILABLE is also what tonic reports for a broken transport.
             Code::Unavailable => Self::DaemonDown(message),
@@ -120,5 +148,73 @@ impl From<qins_proto::ConnectError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status(), Json(self.body())).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qins_proto::errors::with_reason;
+
+    /// One case per reason of the contract: the HTTP status and the OpenAI
+    /// error type a client sees.
+    #[test]
+    fn every_reason_maps_to_its_http_status_and_error_type() {
+        let cases = [
+            (Reason::NoModel, 503, "server_error", "no_model_loaded"),
+            (
+                Reason::ModelsDir,
+                500,
+                "server_error",
+                "models_dir_unreadable",
+            ),
+            (Reason::LoadFailed, 500, "server_error", "model_load_failed"),
+            (
+                Reason::UnknownModel,
+                404,
+                "invalid_request_error",
+                "not_found",
+            ),
+            (Reason::Busy, 429, "rate_limit_error", "queue_full"),
+            (Reason::NoSpace, 502, "server_error", "qinsd_error"),
+            (
+                Reason::BadArgument,
+                400,
+                "invalid_request_error",
+                "invalid_request",
+            ),
+            (
+                Reason::Exists,
+                400,
+                "invalid_request_error",
+                "invalid_request",
+            ),
+            (
+                Reason::ShuttingDown,
+                503,
+                "server_error",
+                "qinsd_unreachable",
+            ),
+            (Reason::Cancelled, 502, "server_error", "qinsd_error"),
+            (Reason::Internal, 502, "server_error", "qinsd_error"),
+        ];
+        assert_eq!(cases.len(), Reason::ALL.len());
+        for (reason, http, kind, code) in cases {
+            let error = ApiError::from(with_reason(reason, "why"));
+            assert_eq!(error.status().as_u16(), http, "{reason:?}");
+            let body = error.body();
+            assert_eq!(body["error"]["type"], kind, "{reason:?}");
+            assert_eq!(body["error"]["code"], code, "{reason:?}");
+            assert!(
+                body["error"]["message"].as_str().unwrap().contains("why"),
+                "{reason:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn failed_precondition_without_a_reason_is_not_taken_for_no_model() {
+        let error = ApiError::from(tonic::Status::failed_precondition("disk on fire"));
+        assert_eq!(error.status().as_u16(), 502);
     }
 }

@@ -3,16 +3,15 @@
 //!
 //! They need the `qinsd` binary in this test's target directory: the
 //! workspace test script (`scripts/test.sh`) builds every binary before
-//! testing; to run these alone, `cargo build --release -p qinsd` first. Replies are gibberish (random weights); the tests
+//! testing; to run these alone, `cargo build --release --workspace --bins` first. Replies are gibberish (random weights); the tests
 //! check shapes, statuses and plumbing, not text.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use qins_test_support::daemon::Daemon;
 use qins_web::app::{Config, router};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,135 +19,16 @@ use tokio::net::TcpStream;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-// ---- fixtures ----
-
-/// target/release/qinsd, from target/release/deps/bridge-HASH.
-fn qinsd_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    let bin = dir.join(format!("qinsd{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --release -p qinsd` first",
-        bin.display()
-    );
-    bin
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("run qinsd");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A models directory holding `tiny.qins`, made once per test run.
-fn models_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        remove_old_model_dirs(&tmp);
-        let root = tmp.join(format!("qins-web-model-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let hf = root.join("tinyhf");
-        let models = root.join("models");
-        std::fs::create_dir_all(&models).expect("create models dir");
-        let q = qinsd_bin();
-        run(Command::new(&q)
-            .args(["fixture", "tiny", "--arch", "phi3", "--out"])
-            .arg(&hf));
-        run(Command::new(&q)
-            .arg("convert")
-            .arg(&hf)
-            .arg("-o")
-            .arg(models.join("tiny.qins")));
-        models
-    })
-}
-
-/// Each run makes its own model directory (a daemon of a running test may
-/// still map another run's); ones older than an hour are leftovers.
-fn remove_old_model_dirs(tmp: &Path) {
-    let Ok(entries) = std::fs::read_dir(tmp) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(3600)));
-        if old
-            && entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with("qins-web-model-")
-        {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-/// A scratch directory removed on drop; short, since it holds a socket.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("qw-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A qinsd child process, killed on drop.
-struct Daemon(Child);
+// ---- the daemon (the one harness in qins-test-support) ----
 
 const TINY: &[&str] = &["--model", "tiny"];
 
-impl Daemon {
-    fn start(socket: &Path) -> Self {
-        Self::start_with(socket, TINY)
-    }
-
-    fn start_with(socket: &Path, args: &[&str]) -> Self {
-        let log = std::fs::File::create(socket.with_extension("log")).expect("log file");
-        let child = Command::new(qinsd_bin())
-            .args(args)
-            .args(["--threads", "1", "--models-dir"])
-            .arg(models_dir())
-            .arg("--socket")
-            .arg(socket)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn qinsd");
-        Self(child)
-    }
-
-    fn stop(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A qinsd on the tiny model (or none, with empty `args`), answering.
+async fn start_daemon(args: &[&str]) -> Daemon {
+    let mut daemon = Daemon::unstarted();
+    daemon.spawn(args);
+    daemon.wait_ready().await;
+    daemon
 }
 
 fn config(socket: &Path) -> Config {
@@ -185,9 +65,7 @@ async fn wait_healthy(addr: SocketAddr) {
 
 /// A daemon and a bridge in front of it.
 struct Setup {
-    _dir: TempDir,
-    socket: PathBuf,
-    daemon: Option<Daemon>,
+    daemon: Daemon,
     addr: SocketAddr,
 }
 
@@ -196,9 +74,8 @@ async fn setup_with(edit: impl FnOnce(&mut Config)) -> Setup {
 }
 
 async fn setup_daemon(daemon_args: &[&str], edit: impl FnOnce(&mut Config)) -> Setup {
-    let dir = TempDir::new();
-    let socket = dir.0.join("s.sock");
-    let daemon = Daemon::start_with(&socket, daemon_args);
+    let daemon = start_daemon(daemon_args).await;
+    let socket = daemon.socket.clone();
     let mut cfg = config(&socket);
     edit(&mut cfg);
     let healthy_key = cfg.api_key.clone();
@@ -209,12 +86,7 @@ async fn setup_daemon(daemon_args: &[&str], edit: impl FnOnce(&mut Config)) -> S
         // /health needs the key; probe through an open twin of the bridge.
         wait_healthy(serve(config(&socket)).await).await;
     }
-    Setup {
-        _dir: dir,
-        socket,
-        daemon: Some(daemon),
-        addr,
-    }
+    Setup { daemon, addr }
 }
 
 async fn setup() -> Setup {
@@ -418,8 +290,7 @@ fn user(text: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_and_embedded_assets_are_served() {
     // The page needs no daemon.
-    let dir = TempDir::new();
-    let addr = serve(config(&dir.0.join("none.sock"))).await;
+    let addr = serve(config(Path::new("/nonexistent/qins-web-test/none.sock"))).await;
     let page = get(addr, "/").await;
     assert_eq!(page.status, 200);
     assert!(
@@ -1001,7 +872,7 @@ async fn api_key_is_required_when_set() {
 async fn daemon_down_gives_503_and_restart_recovers() {
     let mut s = setup().await;
     assert_eq!(get(s.addr, "/health").await.json()["qinsd"], "reachable");
-    s.daemon.take().expect("daemon").stop();
+    s.daemon.kill();
 
     let health = get(s.addr, "/health").await;
     assert_eq!(health.status, 503);
@@ -1012,7 +883,7 @@ async fn daemon_down_gives_503_and_restart_recovers() {
     assert_chat_routes_refuse(s.addr, 503, "qinsd_unreachable").await;
 
     // Same socket, new daemon: the bridge picks it up without a restart.
-    s.daemon = Some(Daemon::start(&s.socket));
+    s.daemon.spawn(TINY);
     wait_healthy(s.addr).await;
     let chat = post_json(
         s.addr,
@@ -1074,7 +945,7 @@ async fn closing_the_connection_cancels_the_reply() {
         assert!(Instant::now() < deadline, "reply still running: {stats}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let log = std::fs::read_to_string(s.socket.with_extension("log")).unwrap_or_default();
+    let log = s.daemon.log();
     assert!(log.contains("finish=Cancelled"), "qinsd log: {log}");
 }
 
@@ -1084,6 +955,27 @@ async fn full_queue_is_429() {
     let s = setup_daemon(&args, |_| {}).await;
     let _busy = start_long_reply(s.addr).await;
     assert_chat_routes_refuse(s.addr, 429, "queue_full").await;
+}
+
+/// The error contract's "models dir unreadable" (qinsd reason
+/// `models-dir`) is a server error, not "no model loaded": a file where the
+/// directory should be (permission bits would not stop root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_models_dir_is_500_not_no_model() {
+    let mut daemon = Daemon::unstarted();
+    let not_a_dir = daemon.dir.path().join("models-file");
+    std::fs::write(&not_a_dir, b"not a directory").expect("write");
+    daemon.models_dir = not_a_dir;
+    daemon.spawn(&[]);
+    daemon.wait_ready().await;
+    let addr = serve(config(&daemon.socket)).await;
+    wait_healthy(addr).await;
+    for path in ["/v1/models", "/api/tags"] {
+        let r = get(addr, path).await;
+        assert_eq!(r.status, 500, "{path}: {}", r.body);
+        assert!(r.body.contains("models-file"), "{path}: {}", r.body);
+    }
+    assert_error(&get(addr, "/v1/models").await, 500, "models_dir_unreadable");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

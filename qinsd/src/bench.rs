@@ -15,11 +15,11 @@ use std::time::Instant;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::container::{ContainerError, QinsFile};
-use crate::kernels::{dispatch, selected_kernel};
-use crate::model::{KvCache, Model, ModelConfig, ModelError, profile};
-use crate::rng::SplitMix64;
-use crate::weights::{ResidentBytes, ResidentWeights, Weight};
+use qins_core::container::{ContainerError, QinsFile};
+use qins_core::kernels::{dispatch, selected_kernel};
+use qins_core::model::{KvCache, Model, ModelConfig, ModelError, profile};
+use qins_core::rng::SplitMix64;
+use qins_core::weights::{ResidentBytes, ResidentWeights, Weight};
 
 const EMBEDDING: &str = "model.embed_tokens.weight";
 
@@ -281,7 +281,7 @@ fn run_one(
     let bytes_per_token = decode_weight_bytes(&weights, &file.header.config);
     let model = Model::load(&file.header.config, weights)?;
     let load_s = started.elapsed().as_secs_f64();
-    let compressed = file.header.compression != crate::container::Compression::None;
+    let compressed = file.header.compression != qins_core::container::Compression::None;
 
     let vocab = model.config().vocab_size as u64;
     let mut rng = SplitMix64::new(options.seed);
@@ -450,8 +450,8 @@ fn concurrency(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::sign_row_bytes;
-    use crate::fixtures::phi35::{Phi35Spec, write_phi35};
+    use qins_core::codec::sign_row_bytes;
+    use qins_test_support::phi35::{Phi35Spec, write_phi35};
 
     #[test]
     fn bytes_per_token_is_every_matrix_but_the_embedding() {

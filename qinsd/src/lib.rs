@@ -1,26 +1,15 @@
-//! qinsd: the QINS engine and daemon.
+//! qinsd: the daemon that keeps a QINS model resident and serves it.
 //!
-//! Data flows one way: a `.qins` file ([`container`]) is loaded into resident
-//! weights ([`weights`]) that the model ([`model`]) runs through the QINS
-//! kernels ([`kernels`]); [`convert`] produces the file from Hugging Face or
-//! GGUF sources using the [`codec`]. The daemon runs the model through the
-//! [`engine`] under the [`scheduler`], exposed by the gRPC [`service`] on the
-//! Unix-socket [`server`].
+//! The model and the generation loop come from the crates below it
+//! (`qins-core`, `qins-convert`, `qins-engine`); here the [`scheduler`] runs
+//! chats on the engine, the gRPC [`service`] answers them, and the
+//! Unix-socket [`server`] (with the [`authority`] fix-up in front of h2)
+//! exposes it. [`model_store`] is the one rule for naming and opening a
+//! model. [`bench`] measures a model the way `qinsd bench` reports it.
 
 pub mod authority;
 pub mod bench;
-pub mod codec;
-pub mod container;
-pub mod convert;
-pub mod engine;
-pub mod eval;
-pub mod export;
-pub mod fixtures;
-pub mod kernels;
-pub mod model;
-pub mod rng;
+pub mod model_store;
 pub mod scheduler;
 pub mod server;
 pub mod service;
-pub mod tokenizer;
-pub mod weights;

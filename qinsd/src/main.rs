@@ -37,9 +37,6 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Perplexity on a text slice, with KL divergence and top-1 agreement against a reference model.
     Perplexity(cmd::perplexity::Args),
-    /// Generate deterministic tiny random-weight models (tests and golden files).
-    #[command(hide = true)]
-    Fixture(cmd::fixture::Args),
 }
 
 fn main() -> Result<()> {
@@ -52,7 +49,6 @@ fn main() -> Result<()> {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Convert(args) => cmd::convert::run(args),
         Command::ExportHf(args) => cmd::export_hf::run(args),
-        Command::Fixture(args) => cmd::fixture::run(args),
         Command::Perplexity(args) => cmd::perplexity::run(args),
         Command::Generate(args) => cmd::generate::run(args),
     }

@@ -8,18 +8,18 @@
 //! progress together instead of waiting for each other.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::engine::{
-    self, ChatMessage, ChatModel, ChatModelError, EngineError, Finished, GenerationEvent,
-    GenerationRequest, RequestOptions, Session,
+use qins_core::model::Model;
+use qins_engine::{
+    ChatMessage, ChatModel, EngineError, Finished, GenerationEvent, GenerationRequest,
+    RequestOptions, Session,
 };
-use crate::model::Model;
 
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
@@ -59,14 +59,10 @@ pub enum SchedulerError {
         queued: usize,
         max_queued: usize,
     },
-    #[error("model '{name}' is not in {dir} (see `qins models`)")]
-    UnknownModel { name: String, dir: PathBuf },
     #[error("qinsd is shutting down")]
     ShuttingDown,
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error(transparent)]
-    Load(#[from] ChatModelError),
 }
 
 /// A chat request checked against the resident model and tokenized.
@@ -194,12 +190,6 @@ impl Scheduler {
         std::mem::replace(&mut *slot, model)
     }
 
-    /// Resolves a model argument: a path to a `.qins` file, or a name in the
-    /// models directory (`NAME` or `NAME.qins`).
-    pub fn resolve_model_path(&self, model: &str) -> Result<PathBuf, SchedulerError> {
-        resolve_model_path(&self.config.models_dir, model)
-    }
-
     /// Validates and tokenizes a chat request against the resident model.
     /// CPU work (template, tokenizer): call it off the async threads.
     pub fn prepare_chat(
@@ -274,7 +264,7 @@ impl Scheduler {
             cancel.store(true, Ordering::SeqCst);
         }
         let mut session = self.take_session(&chat);
-        let result = engine::generate(
+        let result = qins_engine::generate(
             chat.model.model(),
             &mut session,
             chat.model.tokenizer(),
@@ -424,56 +414,9 @@ impl Drop for DecrementOnDrop<'_> {
     }
 }
 
-/// `model` as a path when it names an existing file or ends in `.qins`;
-/// otherwise a model name looked up in `models_dir`.
-pub fn resolve_model_path(models_dir: &Path, model: &str) -> Result<PathBuf, SchedulerError> {
-    let as_path = Path::new(model);
-    if as_path.is_file() {
-        return Ok(as_path.to_path_buf());
-    }
-    let is_plain_name =
-        !model.is_empty() && !model.contains(['/', '\\']) && model != "." && model != "..";
-    if is_plain_name {
-        let file = if model.ends_with(".qins") {
-            models_dir.join(model)
-        } else {
-            models_dir.join(format!("{model}.qins"))
-        };
-        if file.is_file() {
-            return Ok(file);
-        }
-    }
-    Err(SchedulerError::UnknownModel {
-        name: model.to_string(),
-        dir: models_dir.to_path_buf(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn model_names_resolve_in_the_models_dir_and_unknown_ones_are_refused() {
-        let dir = std::env::temp_dir().join(format!("qins-resolve-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("tiny.qins");
-        std::fs::write(&file, b"x").unwrap();
-        assert_eq!(resolve_model_path(&dir, "tiny").unwrap(), file);
-        assert_eq!(resolve_model_path(&dir, "tiny.qins").unwrap(), file);
-        assert_eq!(
-            resolve_model_path(&dir, file.to_str().unwrap()).unwrap(),
-            file
-        );
-        for bad in ["other", "", "..", "../tiny"] {
-            let err = resolve_model_path(&dir, bad).unwrap_err();
-            assert!(
-                matches!(err, SchedulerError::UnknownModel { .. }),
-                "{bad}: {err}"
-            );
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[tokio::test]
     async fn a_full_queue_is_refused_and_freed_slots_admit_waiters() {

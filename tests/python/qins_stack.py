@@ -68,10 +68,10 @@ class Stack:
         models = tmp / "models"
         models.mkdir()
         for args in (
-            ["fixture", "tiny", "--arch", "phi3", "--out", str(tmp / "tinyhf")],
-            ["convert", str(tmp / "tinyhf"), "-o", str(models / f"{MODEL}.qins")],
+            [str(qinsd.with_name("qins-fixture")), "tiny", "--arch", "phi3", "--out", str(tmp / "tinyhf")],
+            [str(qinsd), "convert", str(tmp / "tinyhf"), "-o", str(models / f"{MODEL}.qins")],
         ):
-            subprocess.run([str(qinsd), *args], check=True, capture_output=True, timeout=120)
+            subprocess.run(args, check=True, capture_output=True, timeout=120)
         sock = tmp / "s.sock"
         daemon_log = open(tmp / "qinsd.log", "wb")
         test_class.addClassCleanup(daemon_log.close)

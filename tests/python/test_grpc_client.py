@@ -98,10 +98,10 @@ class StockGrpcClientTest(unittest.TestCase):
         models = cls.tmp / "models"
         models.mkdir()
         for args in (
-            ["fixture", "tiny", "--arch", "phi3", "--out", str(cls.tmp / "tinyhf")],
-            ["convert", str(cls.tmp / "tinyhf"), "-o", str(models / "tiny.qins")],
+            [str(qinsd.with_name("qins-fixture")), "tiny", "--arch", "phi3", "--out", str(cls.tmp / "tinyhf")],
+            [str(qinsd), "convert", str(cls.tmp / "tinyhf"), "-o", str(models / "tiny.qins")],
         ):
-            subprocess.run([str(qinsd), *args], check=True, capture_output=True, timeout=120)
+            subprocess.run(args, check=True, capture_output=True, timeout=120)
 
         cls.socket = cls.tmp / "s.sock"
         cls.log = cls.tmp / "qinsd.log"

@@ -72,10 +72,10 @@ class OpenAIApiTest(unittest.TestCase):
         models = tmp / "models"
         models.mkdir()
         for args in (
-            ["fixture", "tiny", "--arch", "phi3", "--out", str(tmp / "tinyhf")],
-            ["convert", str(tmp / "tinyhf"), "-o", str(models / "tiny.qins")],
+            [str(qinsd.with_name("qins-fixture")), "tiny", "--arch", "phi3", "--out", str(tmp / "tinyhf")],
+            [str(qinsd), "convert", str(tmp / "tinyhf"), "-o", str(models / "tiny.qins")],
         ):
-            subprocess.run([str(qinsd), *args], check=True, capture_output=True, timeout=120)
+            subprocess.run(args, check=True, capture_output=True, timeout=120)
 
         sock = tmp / "s.sock"
         cls.daemon_log = open(tmp / "qinsd.log", "wb")

@@ -5,10 +5,10 @@
 //! products are summed: the tolerance is `1e-5 x Σ|w x|` per output, the
 //! bound the CPU kernels are held to against each other.
 
-use qinsd::codec::{EncodeOptions, Granularity, encode_matrix};
-use qinsd::kernels::{KernelKind, qins_matmul_with};
-use qinsd::rng::SplitMix64;
-use qinsd::weights::QinsMatrix;
+use qins_core::codec::{EncodeOptions, Granularity, encode_matrix};
+use qins_core::kernels::{KernelKind, qins_matmul_with};
+use qins_core::rng::SplitMix64;
+use qins_core::weights::QinsMatrix;
 
 use super::*;
 use crate::test_gpu::gpu;

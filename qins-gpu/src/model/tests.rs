@@ -14,11 +14,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use qinsd::container::QinsFile;
-use qinsd::fixtures::convert_with_defaults;
-use qinsd::fixtures::tiny::{TinySpec, write_tiny_model};
-use qinsd::kernels::KernelKind;
-use qinsd::model::Model;
+use qins_core::container::QinsFile;
+use qins_core::kernels::KernelKind;
+use qins_core::model::Model;
+use qins_test_support::convert_with_defaults;
+use qins_test_support::tiny::{TinySpec, write_tiny_model};
 
 use super::*;
 use crate::test_gpu::gpu;

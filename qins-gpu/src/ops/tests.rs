@@ -5,11 +5,11 @@
 //! magnitudes involved; an f16 cache rounds keys and values to 11
 //! significant bits, so its reference uses the rounded values.
 
-use qinsd::codec::{EncodeOptions, encode_matrix};
-use qinsd::model::layers::{rms_norm, swiglu};
-use qinsd::model::rope;
-use qinsd::rng::SplitMix64;
-use qinsd::weights::QinsMatrix;
+use qins_core::codec::{EncodeOptions, encode_matrix};
+use qins_core::model::layers::{rms_norm, swiglu};
+use qins_core::model::rope;
+use qins_core::rng::SplitMix64;
+use qins_core::weights::QinsMatrix;
 
 use super::*;
 use crate::test_gpu::gpu;

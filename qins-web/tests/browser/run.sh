@@ -68,7 +68,7 @@ TMP="$(mktemp -d /tmp/qins-browser.XXXXXX)"
 mkdir -p "$TMP/models"
 case "$MODEL" in
     tiny)
-        "$BIN_DIR/qinsd" fixture tiny --arch phi3 --out "$TMP/tinyhf" >"$TMP/convert.log" 2>&1 &&
+        "$BIN_DIR/qins-fixture" tiny --arch phi3 --out "$TMP/tinyhf" >"$TMP/convert.log" 2>&1 &&
             "$BIN_DIR/qinsd" convert "$TMP/tinyhf" -o "$TMP/models/tiny.qins" >>"$TMP/convert.log" 2>&1 ||
             { cat "$TMP/convert.log" >&2; die "could not make the tiny model"; }
         ;;

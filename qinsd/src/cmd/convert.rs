@@ -6,9 +6,9 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use qinsd::codec::{DEFAULT_CLIP_QUANTILE, EncodeOptions, Granularity};
-use qinsd::container::{Compression, QualityReport};
-use qinsd::convert::{self, ConvertEvent, ConvertOptions, ConvertSummary, SamplingHints};
+use qins_convert::{ConvertEvent, ConvertOptions, ConvertSummary, SamplingHints};
+use qins_core::codec::{DEFAULT_CLIP_QUANTILE, EncodeOptions, Granularity};
+use qins_core::container::{Compression, QualityReport};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,6 +44,9 @@ pub struct Args {
     /// --temperature, else 0.9].
     #[arg(long, value_parser = parse_top_p)]
     pub top_p: Option<f32>,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
     /// Model name recorded in the file (default: the output file stem).
     #[arg(long)]
     pub name: Option<String>,
@@ -75,26 +78,17 @@ pub fn run(args: Args) -> Result<()> {
             ..SamplingHints::default()
         },
     };
-    let bar = ProgressBar::new(0);
-    let mut on_event = |event: ConvertEvent| show_progress(&bar, event);
-    let source = convert::open_source(&args.source, &mut on_event)
-        .with_context(|| format!("cannot open '{}'", args.source))?;
     let output = match &args.output {
         Some(path) => path.clone(),
-        None => {
-            std::fs::create_dir_all(&args.models_dir)
-                .with_context(|| format!("cannot create {}", args.models_dir.display()))?;
-            args.models_dir.join(format!(
-                "{}.qins",
-                convert::default_model_name(&args.source)
-            ))
-        }
+        None => qins_convert::default_output_path(&args.source, &args.models_dir),
     };
-    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
-    }
-    let summary = convert::convert(
+    // Refuse an existing output before downloading or reading anything.
+    qins_convert::prepare_output(&output, args.force)?;
+    let bar = ProgressBar::new(0);
+    let mut on_event = |event: ConvertEvent| show_progress(&bar, event);
+    let source = qins_convert::open_source(&args.source, &mut on_event)
+        .with_context(|| format!("cannot open '{}'", args.source))?;
+    let summary = qins_convert::convert(
         source.as_ref(),
         &output,
         &options,

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use qinsd::export::export_hf;
+use qins_convert::export::export_hf;
 
 #[derive(clap::Args)]
 pub struct Args {

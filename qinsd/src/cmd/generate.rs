@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use qinsd::engine::{self, ChatMessage, ChatModel, GenerationEvent, RequestOptions, Session};
+use qins_engine::{self, ChatMessage, ChatModel, GenerationEvent, RequestOptions, Session};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -54,7 +54,7 @@ pub fn run(args: Args) -> Result<()> {
     let cancel = AtomicBool::new(false);
     let mut out = std::io::stdout().lock();
     let mut write_error = None;
-    let finished = engine::generate(
+    let finished = qins_engine::generate(
         chat.model(),
         &mut session,
         chat.tokenizer(),

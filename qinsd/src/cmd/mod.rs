@@ -4,7 +4,6 @@
 pub mod bench;
 pub mod convert;
 pub mod export_hf;
-pub mod fixture;
 pub mod generate;
 pub mod perplexity;
 pub mod serve;

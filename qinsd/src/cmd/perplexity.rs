@@ -6,11 +6,10 @@ use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
-use qinsd::container::QinsFile;
-use qinsd::eval::corpus::wiki_summaries_text;
-use qinsd::eval::perplexity::{LogitsFn, WindowOptions, evaluate};
-use qinsd::fixtures::paths::text_dir;
-use qinsd::model::Model;
+use qins_core::container::QinsFile;
+use qins_core::model::Model;
+use qins_engine::eval::corpus::wiki_summaries_text;
+use qins_engine::eval::perplexity::{LogitsFn, WindowOptions, evaluate};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -19,9 +18,10 @@ pub struct Args {
     /// A reference model (e.g. converted with --reference-f32) for KL and top-1.
     #[arg(long)]
     pub reference: Option<PathBuf>,
-    /// Plain-text file (default: the Wikipedia summaries slice of the fixtures).
+    /// The text to evaluate on: a plain-text file, or a `wiki-summaries.json`
+    /// (the fixture the quality tables use: its extracts, ordered by title).
     #[arg(long)]
-    pub text: Option<PathBuf>,
+    pub text: PathBuf,
     /// Evaluate the first N tokens of the text.
     #[arg(long, default_value_t = 2048)]
     pub tokens: usize,
@@ -40,6 +40,14 @@ fn load(path: &std::path::Path) -> Result<(Model, tokenizers::Tokenizer)> {
     Ok((model, tokenizer))
 }
 
+/// A `.json` file is read as Wikipedia summaries; anything else as plain text.
+fn read_text(path: &std::path::Path) -> Result<String> {
+    if path.extension().is_some_and(|e| e == "json") {
+        return Ok(wiki_summaries_text(path)?);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
 fn logits_fn(model: &Model) -> impl FnMut(&[u32]) -> Result<Vec<f32>, String> + '_ {
     move |tokens: &[u32]| {
         let mut cache = model.new_cache(tokens.len());
@@ -51,12 +59,7 @@ fn logits_fn(model: &Model) -> impl FnMut(&[u32]) -> Result<Vec<f32>, String> + 
 
 pub fn run(args: Args) -> Result<()> {
     let (model, tokenizer) = load(&args.model)?;
-    let text = match &args.text {
-        Some(path) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-        }
-        None => wiki_summaries_text(&text_dir().join("wiki-summaries.json"))?,
-    };
+    let text = read_text(&args.text)?;
     // Tokenize a generous prefix only: the slice is the first N tokens.
     let prefix: String = text.chars().take(args.tokens * 12).collect();
     let encoding = tokenizer

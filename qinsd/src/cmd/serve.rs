@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use qinsd::convert::{self, ConvertOptions};
-use qinsd::engine::ChatModel;
-use qinsd::scheduler::{Scheduler, SchedulerConfig, SchedulerError};
+use qinsd::model_store;
+use qinsd::scheduler::{Scheduler, SchedulerConfig};
 use qinsd::server;
 use qinsd::service::DaemonInfo;
 
@@ -57,31 +56,15 @@ pub struct Args {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceChoice {
-    /// Metal, then CUDA, when compiled in and present; otherwise CPU.
+    /// The best device present (the CPU in this version).
     Auto,
     Cpu,
-    Metal,
-    Cuda,
 }
 
-/// Settles the device. The QINS kernels are CPU kernels in this version, so
-/// a GPU is refused with the reason rather than silently ignored.
+/// Settles the device. The QINS kernels run on the CPU in this version.
 fn resolve_device(choice: DeviceChoice) -> Result<&'static str> {
     match choice {
         DeviceChoice::Auto | DeviceChoice::Cpu => Ok("cpu"),
-        DeviceChoice::Metal if !cfg!(feature = "metal") => {
-            bail!(
-                "this qinsd was built without Metal; rebuild with `--features metal` or use --device cpu"
-            )
-        }
-        DeviceChoice::Cuda if !cfg!(feature = "cuda") => {
-            bail!(
-                "this qinsd was built without CUDA; rebuild with `--features cuda` or use --device cpu"
-            )
-        }
-        DeviceChoice::Metal | DeviceChoice::Cuda => bail!(
-            "the QINS kernels run on the CPU only in this version; use --device cpu (or auto)"
-        ),
     }
 }
 
@@ -118,7 +101,7 @@ pub fn run(args: Args) -> Result<()> {
     runtime.block_on(async move {
         let listener = server::bind_socket(&socket)?;
         // A conversion killed mid-write (SIGKILL, power loss) left only a temp file.
-        for stale in qinsd::container::remove_stale_temp_files(&models_dir) {
+        for stale in qins_core::container::remove_stale_temp_files(&models_dir) {
             tracing::info!(file = %stale.display(), "removed an unfinished conversion");
         }
         let scheduler = Scheduler::new(SchedulerConfig {
@@ -152,21 +135,12 @@ async fn load_startup_model(
     model: &str,
     models_dir: &Path,
 ) -> Result<()> {
-    let path = match scheduler.resolve_model_path(model) {
-        Ok(path) => path,
-        Err(SchedulerError::UnknownModel { .. }) if convert::hub::looks_like_hub_id(model) => {
-            let model = model.to_string();
-            let dir = models_dir.to_path_buf();
-            tokio::task::spawn_blocking(move || convert_from_hub(&model, &dir)).await??
-        }
-        Err(e) => return Err(e.into()),
-    };
     let started = Instant::now();
-    let opened = {
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || ChatModel::open(&path)).await?
-    };
-    let chat = opened.with_context(|| format!("cannot load {}", path.display()))?;
+    let (model, dir) = (model.to_string(), models_dir.to_path_buf());
+    let (path, chat) = tokio::task::spawn_blocking(move || {
+        model_store::open_or_convert(&dir, &model, &mut model_store::log_progress)
+    })
+    .await??;
     tracing::info!(
         model = chat.name(),
         path = %path.display(),
@@ -176,34 +150,6 @@ async fn load_startup_model(
     );
     scheduler.set_model(Some(Arc::new(chat)));
     Ok(())
-}
-
-/// First use of a Hub id: download and convert into the models directory
-/// (later starts find the converted file by name).
-fn convert_from_hub(id: &str, models_dir: &Path) -> Result<PathBuf> {
-    let output = models_dir.join(format!("{}.qins", convert::default_model_name(id)));
-    if output.is_file() {
-        return Ok(output);
-    }
-    std::fs::create_dir_all(models_dir)
-        .with_context(|| format!("cannot create {}", models_dir.display()))?;
-    tracing::info!(id, output = %output.display(), "converting from the Hugging Face Hub on first use");
-    let mut log_progress = |event: convert::ConvertEvent| {
-        if let convert::ConvertEvent::Tensor { index, count, .. } = event
-            && (index == count || index % 32 == 0)
-        {
-            tracing::info!(index, count, "converting");
-        }
-    };
-    let source = convert::open_source(id, &mut log_progress)?;
-    convert::convert(
-        source.as_ref(),
-        &output,
-        &ConvertOptions::default(),
-        &mut log_progress,
-        &std::sync::atomic::AtomicBool::new(false),
-    )?;
-    Ok(output)
 }
 
 fn daemonize(args: &Args, run_dir: &Path) -> Result<()> {

@@ -15,8 +15,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status};
 
 use super::{EventStream, cancel_when_dropped, status};
-use crate::engine::{ChatMessage, FinishReason, Finished, GenerationEvent, RequestOptions};
 use crate::scheduler::Scheduler;
+use qins_engine::{ChatMessage, FinishReason, Finished, GenerationEvent, RequestOptions};
 
 /// Deltas buffered towards a slow client before generation waits for it.
 const STREAM_BUFFER: usize = 64;

@@ -16,11 +16,9 @@ use tonic::{Response, Status};
 
 use super::models::same_file;
 use super::{EventStream, QinsService, cancel_when_dropped, status};
-use crate::codec::{DEFAULT_CLIP_QUANTILE, EncodeOptions, Granularity};
-use crate::container::Compression;
-use crate::convert::{
-    self, ConvertEvent as Progress, ConvertOptions, ConvertSummary, SamplingHints,
-};
+use qins_convert::{ConvertEvent as Progress, ConvertOptions, ConvertSummary, SamplingHints};
+use qins_core::codec::{DEFAULT_CLIP_QUANTILE, EncodeOptions, Granularity};
+use qins_core::container::Compression;
 
 pub async fn convert(
     service: &QinsService,
@@ -32,7 +30,7 @@ pub async fn convert(
         ));
     }
     let options = options(&request)?;
-    let output = output_path(service, &request)?;
+    let output = output_path(service, &request);
     check_output(
         service,
         &output,
@@ -48,15 +46,16 @@ pub async fn convert(
             let _ = tx.blocking_send(Ok(ConvertEvent { event: Some(event) }));
         };
         let mut on_progress = |event: Progress| send(progress(event));
-        let result = convert::open_source(&request.source, &mut on_progress).and_then(|source| {
-            convert::convert(
-                source.as_ref(),
-                &output,
-                &options,
-                &mut on_progress,
-                &cancel,
-            )
-        });
+        let result =
+            qins_convert::open_source(&request.source, &mut on_progress).and_then(|source| {
+                qins_convert::convert(
+                    source.as_ref(),
+                    &output,
+                    &options,
+                    &mut on_progress,
+                    &cancel,
+                )
+            });
         match result {
             Ok(summary) => {
                 tracing::info!(
@@ -113,38 +112,28 @@ fn options(request: &ConvertRequest) -> Result<ConvertOptions, Status> {
     })
 }
 
-fn output_path(service: &QinsService, request: &ConvertRequest) -> Result<PathBuf, Status> {
-    if !request.output.is_empty() {
-        return Ok(PathBuf::from(&request.output));
+/// The request's output, else the default path in the models directory
+/// ([`qins_convert::default_output_path`]).
+fn output_path(service: &QinsService, request: &ConvertRequest) -> PathBuf {
+    if request.output.is_empty() {
+        qins_convert::default_output_path(&request.source, &service.scheduler.config().models_dir)
+    } else {
+        PathBuf::from(&request.output)
     }
-    let dir = &service.scheduler.config().models_dir;
-    std::fs::create_dir_all(dir).map_err(|e| {
-        Status::failed_precondition(format!(
-            "cannot create the models directory {}: {e}",
-            dir.display()
-        ))
-    })?;
-    let name = convert::default_model_name(&request.source);
-    Ok(dir.join(format!("{name}.qins")))
 }
 
-/// Never replace the loaded model's file, and an existing file only when asked.
+/// Never replace the loaded model's file; anything else follows the one
+/// overwrite rule ([`qins_convert::prepare_output`]).
 fn check_output(service: &QinsService, output: &Path, overwrite: bool) -> Result<(), Status> {
     if let Some(model) = service.scheduler.model()
         && same_file(model.path(), output)
     {
-        return Err(Status::failed_precondition(format!(
+        return Err(status::output_taken(format!(
             "{} is the loaded model; convert to another path, or `qins unload` first",
             output.display()
         )));
     }
-    if output.exists() && !overwrite {
-        return Err(Status::already_exists(format!(
-            "{} exists; pass overwrite (qins convert --force) to replace it",
-            output.display()
-        )));
-    }
-    Ok(())
+    qins_convert::prepare_output(output, overwrite).map_err(|e| status::from_convert(&e, output))
 }
 
 /// Marks an output path as being written; released on drop.
@@ -159,7 +148,7 @@ impl OutputClaim {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if list.iter().any(|p| p == path) {
-            return Err(Status::already_exists(format!(
+            return Err(status::output_taken(format!(
                 "a conversion to {} is already running",
                 path.display()
             )));

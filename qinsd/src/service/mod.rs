@@ -42,7 +42,7 @@ fn cancel_when_dropped<T: Send + 'static>(
 
 /// A model's recorded chat defaults as `Stats` and `Convert` report them.
 fn generation_defaults(
-    defaults: &crate::container::GenerationDefaults,
+    defaults: &qins_core::container::GenerationDefaults,
 ) -> qins_proto::v1::GenerationDefaults {
     qins_proto::v1::GenerationDefaults {
         temperature: defaults.temperature,

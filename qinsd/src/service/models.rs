@@ -11,9 +11,9 @@ use qins_proto::v1::{
 use tonic::Status;
 
 use super::status;
-use crate::container::QinsFile;
-use crate::engine::ChatModel;
+use crate::model_store;
 use crate::scheduler::Scheduler;
+use qins_core::container::QinsFile;
 
 pub async fn list(scheduler: &Arc<Scheduler>) -> Result<ListModelsReply, Status> {
     let dir = scheduler.config().models_dir.clone();
@@ -28,11 +28,10 @@ pub async fn list(scheduler: &Arc<Scheduler>) -> Result<ListModelsReply, Status>
                     models,
                 });
             }
-            Err(e) => {
-                return Err(Status::failed_precondition(format!(
-                    "cannot read the models directory {}: {e}",
-                    dir.display()
-                )));
+            Err(source) => {
+                return Err(status::from_model_store(
+                    model_store::ModelStoreError::ModelsDir { dir, source },
+                ));
             }
         };
         for entry in entries.flatten() {
@@ -61,13 +60,16 @@ pub async fn load(
             "model is empty: give a name from `qins models` or a path",
         ));
     }
-    let path = scheduler
-        .resolve_model_path(&request.model)
-        .map_err(status::from_scheduler)?;
     let started = Instant::now();
     let scheduler = Arc::clone(scheduler);
     tokio::task::spawn_blocking(move || {
-        let model = ChatModel::open(&path).map_err(|e| status::from_scheduler(e.into()))?;
+        let models_dir = &scheduler.config().models_dir;
+        let (path, model) = model_store::open_or_convert(
+            models_dir,
+            &request.model,
+            &mut model_store::log_progress,
+        )
+        .map_err(status::from_model_store)?;
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(model = model.name(), path = %path.display(), seconds, "model loaded");
         scheduler.set_model(Some(Arc::new(model)));

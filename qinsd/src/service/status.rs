@@ -1,46 +1,51 @@
-//! Typed errors to gRPC status codes, with messages that say what to do.
+//! Typed errors to gRPC statuses, with messages that say what to do: the
+//! daemon's half of the error contract in `proto/qins.proto` (a code, a
+//! message, and the reason in the `qins-error` trailer). Every handler's
+//! error comes through one of these functions.
 
 use std::io::ErrorKind;
 use std::path::Path;
 
-use tonic::{Code, Status};
+use qins_proto::errors::{Reason, with_reason};
+use tonic::Status;
 
-use crate::container::ContainerError;
-use crate::container::writer::temp_path_for;
-use crate::convert::ConvertError;
-use crate::engine::{ChatModelError, EngineError};
+use crate::model_store::ModelStoreError;
 use crate::scheduler::SchedulerError;
+use qins_convert::ConvertError;
+use qins_core::container::ContainerError;
+use qins_core::container::writer::temp_path_for;
+use qins_engine::EngineError;
 
 pub fn from_scheduler(error: SchedulerError) -> Status {
-    let code = match &error {
-        SchedulerError::NoModel => Code::FailedPrecondition,
-        SchedulerError::Busy { .. } => Code::ResourceExhausted,
-        SchedulerError::UnknownModel { .. } => Code::InvalidArgument,
-        SchedulerError::ShuttingDown => Code::Unavailable,
-        SchedulerError::Engine(e) => engine_code(e),
-        SchedulerError::Load(e) => load_code(e),
+    let reason = match &error {
+        SchedulerError::NoModel => Reason::NoModel,
+        SchedulerError::Busy { .. } => Reason::Busy,
+        SchedulerError::ShuttingDown => Reason::ShuttingDown,
+        SchedulerError::Engine(e) => engine_reason(e),
     };
-    Status::new(code, error.to_string())
+    with_reason(reason, error.to_string())
 }
 
-fn engine_code(error: &EngineError) -> Code {
+pub fn from_model_store(error: ModelStoreError) -> Status {
+    let reason = match &error {
+        ModelStoreError::Unknown { .. } => Reason::UnknownModel,
+        ModelStoreError::ModelsDir { .. } => Reason::ModelsDir,
+        ModelStoreError::Load { .. } | ModelStoreError::Convert { .. } => Reason::LoadFailed,
+    };
+    with_reason(reason, error.to_string())
+}
+
+fn engine_reason(error: &EngineError) -> Reason {
     match error {
         EngineError::PromptTooLong { .. }
         | EngineError::EmptyPrompt
         | EngineError::InvalidSampling { .. }
         | EngineError::InvalidRequest(_)
-        | EngineError::Template(_) => Code::InvalidArgument,
-        EngineError::Cancelled => Code::Cancelled,
+        | EngineError::Template(_) => Reason::BadArgument,
+        EngineError::Cancelled => Reason::Cancelled,
         EngineError::LogitsSize { .. } | EngineError::Tokenizer(_) | EngineError::Model(_) => {
-            Code::Internal
+            Reason::Internal
         }
-    }
-}
-
-fn load_code(error: &ChatModelError) -> Code {
-    match error {
-        ChatModelError::Container(_) => Code::InvalidArgument,
-        _ => Code::FailedPrecondition,
     }
 }
 
@@ -54,29 +59,29 @@ pub fn from_convert(error: &ConvertError, output: &Path) -> Status {
     {
         let disk = match io.kind() {
             ErrorKind::StorageFull => Some((
-                Code::ResourceExhausted,
+                Reason::NoSpace,
                 "no space left on device",
                 "free some space or convert to another disk",
             )),
             ErrorKind::QuotaExceeded => Some((
-                Code::ResourceExhausted,
+                Reason::NoSpace,
                 "disk quota exceeded",
                 "free some space or convert to another disk",
             )),
             ErrorKind::ReadOnlyFilesystem => Some((
-                Code::FailedPrecondition,
+                Reason::ModelsDir,
                 "read-only file system",
                 "convert to a writable directory",
             )),
             _ => None,
         };
-        if let Some((code, what, hint)) = disk {
+        if let Some((reason, what, hint)) = disk {
             let os = io
                 .raw_os_error()
                 .map(|n| format!(" (os error {n})"))
                 .unwrap_or_default();
-            return Status::new(
-                code,
+            return with_reason(
+                reason,
                 format!(
                     "cannot write {}: {what}{os}; nothing was written, {hint}",
                     output.display()
@@ -84,12 +89,13 @@ pub fn from_convert(error: &ConvertError, output: &Path) -> Status {
             );
         }
     }
-    let code = match error {
-        ConvertError::Cancelled => Code::Cancelled,
-        ConvertError::UnknownSource(_) => Code::InvalidArgument,
-        _ => Code::FailedPrecondition,
+    let reason = match error {
+        ConvertError::Cancelled => Reason::Cancelled,
+        ConvertError::UnknownSource(_) => Reason::BadArgument,
+        ConvertError::OutputExists(_) => Reason::Exists,
+        _ => Reason::LoadFailed,
     };
-    Status::new(code, error.to_string())
+    with_reason(reason, error.to_string())
 }
 
 /// The path and OS error of a conversion that failed on a file operation.
@@ -108,17 +114,24 @@ fn writes_output(path: &Path, output: &Path) -> bool {
 }
 
 pub fn invalid(message: impl Into<String>) -> Status {
-    Status::invalid_argument(message)
+    with_reason(Reason::BadArgument, message)
+}
+
+/// A conversion's output is taken: the loaded model, or another conversion's.
+pub fn output_taken(message: impl Into<String>) -> Status {
+    with_reason(Reason::Exists, message)
 }
 
 /// A blocking task that panicked or was cancelled: a daemon bug, not the caller's.
 pub fn join_error(error: tokio::task::JoinError) -> Status {
-    Status::internal(format!("internal error: {error}"))
+    with_reason(Reason::Internal, format!("internal error: {error}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qins_proto::errors::reason_of;
+    use tonic::Code;
 
     fn container_io(path: &Path, errno: i32) -> ConvertError {
         ConvertError::Container(ContainerError::io(
@@ -137,8 +150,10 @@ mod tests {
             "cannot write /models/m.qins: no space left on device (os error 28); \
              nothing was written, free some space or convert to another disk"
         );
+        assert_eq!(reason_of(&status), Some(Reason::NoSpace));
         let status = from_convert(&container_io(output, libc::EROFS), output);
         assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(reason_of(&status), Some(Reason::ModelsDir));
         assert!(
             status
                 .message()

@@ -1,0 +1,235 @@
+//! Model tests: incremental decoding equals one-shot, errors, and a real
+//! model (SmolLM2) answering a factual question greedily.
+
+use std::sync::atomic::AtomicBool;
+
+use super::*;
+use crate::codec::{EncodeOptions, encode_matrix};
+use crate::rng::SplitMix64;
+use crate::weights::{F32Tensor, QinsMatrix, Weight};
+
+fn random_llama(seed: u64) -> (ModelConfig, ResidentWeights) {
+    let config = ModelConfig::from_hf_json(&serde_json::json!({
+        "model_type": "llama", "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 50,
+        "max_position_embeddings": 64, "tie_word_embeddings": true, "rope_theta": 10000.0,
+    }))
+    .unwrap();
+    let mut rng = SplitMix64::new(seed);
+    let mut weights = ResidentWeights::default();
+    for (name, shape) in config.expected_tensors() {
+        let values: Vec<f32> = if shape.len() == 1 {
+            (0..shape[0])
+                .map(|_| 1.0 + 0.1 * rng.next_normal() as f32)
+                .collect()
+        } else {
+            (0..shape[0] * shape[1])
+                .map(|_| 0.2 * rng.next_normal() as f32)
+                .collect()
+        };
+        let weight = if let [rows, cols] = shape[..] {
+            Weight::Qins(QinsMatrix::from_encoded(
+                encode_matrix(&values, rows, cols, &EncodeOptions::default()).unwrap(),
+            ))
+        } else {
+            Weight::F32(F32Tensor {
+                shape,
+                data: values,
+            })
+        };
+        weights.insert(name, weight);
+    }
+    (config, weights)
+}
+
+#[test]
+fn incremental_decoding_equals_one_shot() {
+    let (config, weights) = random_llama(1);
+    let model = Model::load(&config, weights).unwrap();
+    let tokens: Vec<u32> = (0..12).map(|i| (i * 7 % 50) as u32).collect();
+    let no = AtomicBool::new(false);
+    let mut cache = model.new_cache(32);
+    let all = model.forward_all(&tokens, &mut cache, &no).unwrap();
+    assert_eq!(cache.len(), 12);
+    let mut cache = model.new_cache(32);
+    model.forward(&tokens[..5], &mut cache, &no).unwrap();
+    for (i, &t) in tokens.iter().enumerate().skip(5) {
+        let step = model.forward(&[t], &mut cache, &no).unwrap();
+        let expected = &all[i * 50..(i + 1) * 50];
+        for (a, b) in step.iter().zip(expected) {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "position {i}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cancellation_context_and_token_errors() {
+    let (config, weights) = random_llama(2);
+    let model = Model::load(&config, weights).unwrap();
+    let mut cache = model.new_cache(4);
+    assert!(matches!(
+        model.forward(&[1, 2], &mut cache, &AtomicBool::new(true)),
+        Err(ModelError::Cancelled)
+    ));
+    assert_eq!(cache.len(), 0, "a cancelled forward caches nothing");
+    let no = AtomicBool::new(false);
+    assert!(matches!(
+        model.forward(&[1, 2, 3, 4, 5], &mut cache, &no),
+        Err(ModelError::ContextFull {
+            needed: 5,
+            capacity: 4
+        })
+    ));
+    assert!(matches!(
+        model.forward(&[50], &mut cache, &no),
+        Err(ModelError::TokenOutOfRange(50))
+    ));
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let (config, mut weights) = random_llama(3);
+    weights
+        .take_matrix("model.layers.1.mlp.up_proj.weight", 48, 32)
+        .unwrap();
+    let err = Model::load(&config, weights).err().expect("load must fail");
+    assert!(
+        err.to_string()
+            .contains("model.layers.1.mlp.up_proj.weight"),
+        "{err}"
+    );
+}
+
+fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}");
+    for (a, b) in actual.iter().zip(expected) {
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+            "{what}: {a} vs {b}"
+        );
+    }
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    (0..logits.len())
+        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+        .unwrap() as u32
+}
+
+#[test]
+fn a_batched_step_equals_separate_steps() {
+    let (config, weights) = random_llama(4);
+    let model = Model::load(&config, weights).unwrap();
+    let no = AtomicBool::new(false);
+    let prompts: [&[u32]; 3] = [&[1, 2, 3], &[9, 8, 7, 6, 5], &[42]];
+    let mut caches: Vec<KvCache> = prompts
+        .iter()
+        .map(|p| {
+            let mut cache = model.new_cache(16);
+            model.forward(p, &mut cache, &no).unwrap();
+            cache
+        })
+        .collect();
+    let mut separate = caches.clone();
+    let next = [4, 11, 0];
+    let expected: Vec<Vec<f32>> = separate
+        .iter_mut()
+        .zip(next)
+        .map(|(cache, t)| model.forward(&[t], cache, &no).unwrap())
+        .collect();
+    let mut steps: Vec<(u32, &mut KvCache)> = next.into_iter().zip(caches.iter_mut()).collect();
+    let batched = model.forward_batch(&mut steps, &no).unwrap();
+    for (i, (b, e)) in batched.iter().zip(&expected).enumerate() {
+        assert_close(b, e, &format!("sequence {i}"));
+        assert_eq!(caches[i].len(), separate[i].len());
+    }
+}
+
+#[test]
+fn concurrent_decode_steps_share_passes_and_keep_their_results() {
+    let (config, weights) = random_llama(5);
+    let mut model = Model::load(&config, weights).unwrap();
+    // A window far longer than any scheduling delay, so the batching does
+    // not depend on the machine's load: each leader waits for the other
+    // sequence once both have stepped (the last step, whose partner has
+    // finished, waits the whole window once).
+    model.batcher = batch::DecodeBatcher::with_window(std::time::Duration::from_secs(2));
+    let no = AtomicBool::new(false);
+    let prompts: [&[u32]; 2] = [&[3, 1, 4, 1, 5], &[2, 7, 1, 8]];
+    let steps = 20;
+    // Greedy continuations, one sequence at a time, without the batcher.
+    let alone: Vec<Vec<Vec<f32>>> = prompts
+        .iter()
+        .map(|prompt| {
+            let mut cache = model.new_cache(32);
+            let mut logits = model.forward(prompt, &mut cache, &no).unwrap();
+            (0..steps)
+                .map(|_| {
+                    logits = model.forward(&[argmax(&logits)], &mut cache, &no).unwrap();
+                    logits.clone()
+                })
+                .collect()
+        })
+        .collect();
+    // The same, both at once through `decode_step`, starting together.
+    let ready = std::sync::Barrier::new(prompts.len());
+    let together: Vec<Vec<Vec<f32>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|prompt| {
+                let (model, no, ready) = (&model, &no, &ready);
+                scope.spawn(move || {
+                    let mut cache = model.new_cache(32);
+                    let mut logits = model.forward(prompt, &mut cache, no).unwrap();
+                    ready.wait();
+                    (0..steps)
+                        .map(|_| {
+                            logits = model.decode_step(argmax(&logits), &mut cache, no).unwrap();
+                            logits.clone()
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (s, (a, t)) in alone.iter().zip(&together).enumerate() {
+        for (step, (a, t)) in a.iter().zip(t).enumerate() {
+            assert_close(t, a, &format!("sequence {s} step {step}"));
+        }
+    }
+    let (passes, served) = model.batcher.counts();
+    assert_eq!(served, 2 * steps as u64);
+    // Without batching every step is a pass of its own. With it, only the
+    // first step of each sequence may run alone (the other has not stepped
+    // yet, so no leader waits for it).
+    assert!(
+        passes <= steps as u64 + 2,
+        "{passes} passes for {served} steps"
+    );
+    println!("{served} steps in {passes} passes");
+}
+
+#[test]
+fn a_decode_step_past_the_context_fails_alone() {
+    let (config, weights) = random_llama(6);
+    let model = Model::load(&config, weights).unwrap();
+    let no = AtomicBool::new(false);
+    let mut full = model.new_cache(2);
+    model.forward(&[1, 2], &mut full, &no).unwrap();
+    assert!(matches!(
+        model.decode_step(3, &mut full, &no),
+        Err(ModelError::ContextFull { .. })
+    ));
+    assert_eq!(full.len(), 2, "the cache comes back");
+    assert!(matches!(
+        model.decode_step(50, &mut model.new_cache(4), &no),
+        Err(ModelError::TokenOutOfRange(50))
+    ));
+    let mut room = model.new_cache(4);
+    model.decode_step(3, &mut room, &no).unwrap();
+    assert_eq!(room.len(), 1);
+}

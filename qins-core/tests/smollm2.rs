@@ -1,0 +1,46 @@
+//! The real SmolLM2-135M-Instruct, converted from its GGUF, answers a
+//! greedy question through the bare model (no engine): the model layer's
+//! end-to-end check on real weights.
+
+use std::str::FromStr;
+use std::sync::atomic::AtomicBool;
+
+use qins_core::container::QinsFile;
+use qins_core::model::Model;
+use qins_test_support::convert_with_defaults;
+use qins_test_support::paths::{require, smollm2_gguf};
+
+#[test]
+fn smollm2_greedily_names_the_capital_of_france() {
+    let gguf = require(smollm2_gguf());
+    let path = std::env::temp_dir().join(format!("qins-model-test-{}.qins", std::process::id()));
+    convert_with_defaults(&gguf, &path).unwrap();
+    let file = QinsFile::open(&path).unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_str(&file.header.tokenizer_json).unwrap();
+    let model = Model::load(&file.header.config, file.load().unwrap()).unwrap();
+    let prompt =
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let mut tokens = tokenizer.encode(prompt, true).unwrap().get_ids().to_vec();
+    let end = tokenizer.token_to_id("<|im_end|>").unwrap();
+    let mut cache = model.new_cache(256);
+    let no = AtomicBool::new(false);
+    let mut reply = Vec::new();
+    let mut logits = model.forward(&tokens, &mut cache, &no).unwrap();
+    for _ in 0..24 {
+        let next = logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0 as u32;
+        if next == end {
+            break;
+        }
+        reply.push(next);
+        tokens.push(next);
+        logits = model.forward(&[next], &mut cache, &no).unwrap();
+    }
+    let text = tokenizer.decode(&reply, true).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(text.contains("Paris"), "reply: {text:?}");
+}

@@ -1,0 +1,294 @@
+//! A `.qins` file made ready to chat: the model on its resident weights, the
+//! tokenizer, the chat template, the end tokens and the sampling defaults,
+//! all taken from the file's header.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use tokenizers::Tokenizer;
+
+use super::EngineError;
+use super::generate::GenerationRequest;
+use super::sampling::SamplingParams;
+use super::template::{ChatMessage, ChatTemplate, TemplateError};
+use qins_core::container::{ContainerError, GenerationDefaults, ModelHeader, QinsFile};
+use qins_core::model::{Model, ModelError};
+use qins_core::weights::ResidentBytes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatModelError {
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error("{path}: {source}")]
+    Model {
+        path: PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error("{path}: the stored tokenizer does not load: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("{path}: the model has no chat template; reconvert it from a source that has one")]
+    NoTemplate { path: PathBuf },
+    #[error("{path}: {source}")]
+    Template {
+        path: PathBuf,
+        #[source]
+        source: TemplateError,
+    },
+}
+
+pub struct ChatModel {
+    path: PathBuf,
+    header: ModelHeader,
+    model: Model,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    stop_token_ids: Vec<u32>,
+    resident: ResidentBytes,
+    /// When `open` finished: what `Stats` and `qins ps` report as loaded since.
+    loaded_at: SystemTime,
+}
+
+/// What a chat request asks for beyond its messages; None takes the model's default.
+#[derive(Clone, Debug, Default)]
+pub struct RequestOptions {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub max_tokens: Option<usize>,
+    pub seed: Option<u64>,
+    pub repetition_penalty: Option<f32>,
+    pub stop: Vec<String>,
+}
+
+impl ChatModel {
+    /// Opens and loads `path` (memory-mapped: uncompressed codes are used in place).
+    pub fn open(path: &Path) -> Result<Self, ChatModelError> {
+        let file = QinsFile::open(path)?;
+        let weights = file.load()?;
+        let resident = weights.resident_bytes();
+        let header = file.header.clone();
+        let model =
+            Model::load(&header.config, weights).map_err(|source| ChatModelError::Model {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let tokenizer =
+            Tokenizer::from_str(&header.tokenizer_json).map_err(|e| ChatModelError::Tokenizer {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let template = load_template(path, &header, &tokenizer)?;
+        let stop_token_ids = stop_token_ids(&header, &tokenizer);
+        Ok(Self {
+            path: path.to_path_buf(),
+            header,
+            model,
+            tokenizer,
+            template,
+            stop_token_ids,
+            resident,
+            loaded_at: SystemTime::now(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn name(&self) -> &str {
+        &self.header.name
+    }
+
+    pub fn header(&self) -> &ModelHeader {
+        &self.header
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn resident_bytes(&self) -> ResidentBytes {
+        self.resident
+    }
+
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    pub fn defaults(&self) -> &GenerationDefaults {
+        &self.header.generation
+    }
+
+    /// The ids that end a reply: the config's eos ids and the template's
+    /// end-of-turn tokens (Phi-3.5: `<|end|>` 32007, `<|endoftext|>` 32000).
+    pub fn stop_token_ids(&self) -> &[u32] {
+        &self.stop_token_ids
+    }
+
+    /// The conversation rendered with the model's template, as token ids,
+    /// ready for the assistant's reply.
+    pub fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
+        if messages.is_empty() {
+            return Err(EngineError::InvalidRequest("no messages".into()));
+        }
+        let text = self.template.render(messages, true)?;
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// A generation request for `messages`, unset options taken from the
+    /// model's defaults ([`resolve_options`]). Sampling values are validated.
+    pub fn request(
+        &self,
+        messages: &[ChatMessage],
+        options: &RequestOptions,
+    ) -> Result<GenerationRequest, EngineError> {
+        let (sampling, max_tokens) = resolve_options(self.defaults(), options)?;
+        Ok(GenerationRequest {
+            prompt_tokens: self.prompt_tokens(messages)?,
+            sampling,
+            max_tokens: Some(max_tokens),
+            stop: options.stop.clone(),
+            stop_token_ids: self.stop_token_ids.clone(),
+        })
+    }
+}
+
+/// The one rule for the sampling of a chat: each value the request sets,
+/// else the default recorded in the model's file at conversion (see
+/// `convert::defaults`). The daemon's chats and `qinsd generate` both come
+/// through here (via [`ChatModel::request`]). Returns the sampling and the
+/// token limit, validated.
+pub fn resolve_options(
+    defaults: &GenerationDefaults,
+    options: &RequestOptions,
+) -> Result<(SamplingParams, usize), EngineError> {
+    let sampling = SamplingParams {
+        temperature: options.temperature.unwrap_or(defaults.temperature),
+        top_p: options.top_p.unwrap_or(defaults.top_p),
+        top_k: options.top_k.unwrap_or(defaults.top_k as usize),
+        seed: options.seed,
+        repetition_penalty: options
+            .repetition_penalty
+            .unwrap_or(defaults.repetition_penalty),
+    };
+    sampling.validate()?;
+    if options.max_tokens == Some(0) {
+        return Err(EngineError::InvalidRequest(
+            "max_tokens must be at least 1".into(),
+        ));
+    }
+    if options.stop.iter().any(String::is_empty) {
+        return Err(EngineError::InvalidRequest(
+            "stop strings must not be empty".into(),
+        ));
+    }
+    let max_tokens = options.max_tokens.unwrap_or(defaults.max_tokens as usize);
+    Ok((sampling, max_tokens))
+}
+
+fn load_template(
+    path: &Path,
+    header: &ModelHeader,
+    tokenizer: &Tokenizer,
+) -> Result<ChatTemplate, ChatModelError> {
+    let source = header
+        .chat_template
+        .as_deref()
+        .ok_or_else(|| ChatModelError::NoTemplate {
+            path: path.to_path_buf(),
+        })?;
+    let token_text = |id: Option<u32>| {
+        id.and_then(|id| tokenizer.id_to_token(id))
+            .unwrap_or_default()
+    };
+    let bos = token_text(header.config.bos_token_id);
+    let eos = token_text(header.config.eos_token_ids.first().copied());
+    ChatTemplate::new(source, &bos, &eos).map_err(|source| ChatModelError::Template {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn stop_token_ids(header: &ModelHeader, tokenizer: &Tokenizer) -> Vec<u32> {
+    let mut ids = header.config.eos_token_ids.clone();
+    for token in &header.extra_stop_tokens {
+        if let Some(id) = tokenizer.token_to_id(token)
+            && !ids.contains(&id)
+        {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded() -> GenerationDefaults {
+        GenerationDefaults {
+            temperature: 0.2,
+            top_p: 0.9,
+            top_k: 30,
+            repetition_penalty: 1.1,
+            max_tokens: 64,
+            origin: "test".into(),
+        }
+    }
+
+    #[test]
+    fn unset_options_take_the_recorded_defaults() {
+        let (sampling, max_tokens) =
+            resolve_options(&recorded(), &RequestOptions::default()).unwrap();
+        assert_eq!(sampling.temperature, 0.2);
+        assert_eq!(sampling.top_p, 0.9);
+        assert_eq!(sampling.top_k, 30);
+        assert_eq!(sampling.repetition_penalty, 1.1);
+        assert_eq!(sampling.seed, None);
+        assert_eq!(max_tokens, 64);
+    }
+
+    #[test]
+    fn set_options_win_over_the_defaults() {
+        let options = RequestOptions {
+            temperature: Some(0.0),
+            top_p: Some(1.0),
+            top_k: Some(0),
+            max_tokens: Some(5),
+            seed: Some(3),
+            repetition_penalty: Some(1.0),
+            stop: Vec::new(),
+        };
+        let (sampling, max_tokens) = resolve_options(&recorded(), &options).unwrap();
+        assert_eq!(
+            (sampling.temperature, sampling.top_p, sampling.top_k),
+            (0.0, 1.0, 0)
+        );
+        assert_eq!((sampling.seed, sampling.repetition_penalty), (Some(3), 1.0));
+        assert_eq!(max_tokens, 5);
+    }
+
+    #[test]
+    fn invalid_values_are_refused_whoever_sets_them() {
+        let zero_tokens = RequestOptions {
+            max_tokens: Some(0),
+            ..RequestOptions::default()
+        };
+        assert!(resolve_options(&recorded(), &zero_tokens).is_err());
+        let bad_default = GenerationDefaults {
+            top_p: 0.0,
+            ..recorded()
+        };
+        assert!(resolve_options(&bad_default, &RequestOptions::default()).is_err());
+    }
+}

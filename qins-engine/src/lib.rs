@@ -1,0 +1,93 @@
+//! The generation engine: chat messages in, streamed text out.
+//!
+//! A request flows through [`template`] (messages -> prompt text), the
+//! caller's tokenizer (text -> ids), [`session`] (prefix reuse over the K/V
+//! cache), [`generate`] (the decode loop with [`sampling`]), and back out
+//! through [`detokenize`] (ids -> UTF-8-safe deltas) and [`stop`] (stop strings
+//! held back across delta boundaries).
+//!
+//! The engine never names the concrete model: it runs any [`LanguageModel`].
+
+mod chat_model;
+pub mod detokenize;
+pub mod eval;
+pub mod generate;
+mod qins_model;
+pub mod sampling;
+pub mod session;
+pub mod stop;
+pub mod template;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+use std::sync::atomic::AtomicBool;
+
+pub use chat_model::{ChatModel, ChatModelError, RequestOptions, resolve_options};
+pub use detokenize::StreamDecoder;
+pub use generate::{
+    FinishReason, Finished, GenerationEvent, GenerationRequest, Timings, Usage, generate,
+};
+pub use sampling::{Sampler, SamplingParams};
+pub use session::{Prefill, Session};
+pub use stop::{StopMatcher, StopScan};
+pub use template::{ChatMessage, ChatTemplate, TemplateError};
+
+/// What the engine needs from a model: a K/V cache it can grow and cut, and
+/// a forward pass that returns the logits of the last token it was given.
+pub trait LanguageModel: Send + Sync {
+    type Cache: Send;
+    fn vocab_size(&self) -> usize;
+    fn new_cache(&self, capacity: usize) -> Self::Cache;
+    fn cache_len(cache: &Self::Cache) -> usize;
+    fn truncate_cache(cache: &mut Self::Cache, len: usize);
+    /// Runs tokens after the cached ones; returns the last token's logits. Err on cancel.
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut Self::Cache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f32>, EngineError>;
+    /// Runs one generated token; a model may batch concurrent calls from
+    /// different sequences into one pass. By default, `forward` of it.
+    fn decode_step(
+        &self,
+        token: u32,
+        cache: &mut Self::Cache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f32>, EngineError> {
+        self.forward(&[token], cache, cancel)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(
+        "the prompt has {prompt_tokens} tokens but the context holds {context} \
+         (prompt plus at least one generated token)"
+    )]
+    PromptTooLong {
+        prompt_tokens: usize,
+        context: usize,
+    },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("invalid sampling parameter {name} = {value}: {rule}")]
+    InvalidSampling {
+        name: &'static str,
+        value: String,
+        rule: &'static str,
+    },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("the model returned {got} logits for a vocabulary of {expected}")]
+    LogitsSize { expected: usize, got: usize },
+    #[error("chat template: {0}")]
+    Template(#[from] TemplateError),
+    #[error("detokenizer: {0}")]
+    Tokenizer(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("model: {0}")]
+    Model(#[source] Box<dyn std::error::Error + Send + Sync>),
+}

@@ -1,0 +1,52 @@
+//! The engine's view of [`qins_core::model::Model`]: the QINS transformer as a
+//! [`LanguageModel`].
+
+use std::sync::atomic::AtomicBool;
+
+use super::{EngineError, LanguageModel};
+use qins_core::model::{KvCache, Model, ModelError};
+
+impl LanguageModel for Model {
+    type Cache = KvCache;
+
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+
+    fn new_cache(&self, capacity: usize) -> KvCache {
+        Model::new_cache(self, capacity)
+    }
+
+    fn cache_len(cache: &KvCache) -> usize {
+        cache.len()
+    }
+
+    fn truncate_cache(cache: &mut KvCache, len: usize) {
+        cache.truncate(len);
+    }
+
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f32>, EngineError> {
+        Model::forward(self, tokens, cache, cancel).map_err(engine_error)
+    }
+
+    fn decode_step(
+        &self,
+        token: u32,
+        cache: &mut KvCache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f32>, EngineError> {
+        Model::decode_step(self, token, cache, cancel).map_err(engine_error)
+    }
+}
+
+fn engine_error(error: ModelError) -> EngineError {
+    match error {
+        ModelError::Cancelled => EngineError::Cancelled,
+        other => EngineError::Model(Box::new(other)),
+    }
+}

@@ -1,0 +1,160 @@
+//! The generation engine on the real SmolLM2-135M-Instruct, converted to
+//! QINS: a greedy answer, prefix reuse that does not change the reply,
+//! seeded sampling, and cancellation.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
+
+use qins_engine::{
+    self, ChatMessage, ChatModel, FinishReason, Finished, GenerationEvent, RequestOptions, Session,
+};
+use qins_test_support::convert_with_defaults;
+use qins_test_support::paths::{require, smollm2_gguf};
+
+const CONTEXT: usize = 1024;
+
+fn smollm2() -> &'static ChatModel {
+    static MODEL: OnceLock<ChatModel> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("qins-engine-smollm2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let output: PathBuf = dir.join("smollm2.qins");
+        convert_with_defaults(&smollm2_gguf_path(), &output).unwrap();
+        let model = ChatModel::open(&output).unwrap();
+        // The mapping stays valid after the file name is gone.
+        let _ = std::fs::remove_dir_all(&dir);
+        model
+    })
+}
+
+fn smollm2_gguf_path() -> PathBuf {
+    require(smollm2_gguf())
+}
+
+/// Runs one request in `session`, returning the streamed text and the end.
+fn run(
+    session: &mut Session<qins_core::model::Model>,
+    messages: &[ChatMessage],
+    options: &RequestOptions,
+    cancel: &AtomicBool,
+) -> (String, Finished) {
+    let chat = smollm2();
+    let request = chat.request(messages, options).unwrap();
+    let mut text = String::new();
+    let finished = qins_engine::generate(
+        chat.model(),
+        session,
+        chat.tokenizer(),
+        &request,
+        cancel,
+        |event| {
+            if let GenerationEvent::Delta(delta) = event {
+                text.push_str(&delta);
+            }
+        },
+    )
+    .unwrap();
+    (text, finished)
+}
+
+fn greedy(max_tokens: usize) -> RequestOptions {
+    RequestOptions {
+        temperature: Some(0.0),
+        max_tokens: Some(max_tokens),
+        ..RequestOptions::default()
+    }
+}
+
+#[test]
+fn greedy_answer_names_paris_and_stops_at_the_end_token() {
+    let chat = smollm2();
+    let mut session = Session::new(chat.model(), CONTEXT);
+    let question = [ChatMessage::new("user", "What is the capital of France?")];
+    let (text, finished) = run(
+        &mut session,
+        &question,
+        &greedy(48),
+        &AtomicBool::new(false),
+    );
+    assert!(text.contains("Paris"), "{text:?}");
+    assert_eq!(finished.reason, FinishReason::Stop, "{text:?}");
+    assert!(
+        !text.contains("<|im_end|>"),
+        "end token is not output: {text:?}"
+    );
+    assert!(finished.usage.prompt_tokens > 10);
+}
+
+#[test]
+fn a_second_turn_reuses_the_prefix_and_gives_the_same_reply_as_a_fresh_run() {
+    let chat = smollm2();
+    let cancel = AtomicBool::new(false);
+    let mut session = Session::new(chat.model(), CONTEXT);
+    let mut messages = vec![
+        ChatMessage::new("system", "You are a helpful assistant."),
+        ChatMessage::new("user", "Name one planet of the solar system."),
+    ];
+    let (first_text, first) = run(&mut session, &messages, &greedy(24), &cancel);
+    messages.push(ChatMessage::new("assistant", &first_text));
+    messages.push(ChatMessage::new("user", "Name another one."));
+    let (reused_text, reused) = run(&mut session, &messages, &greedy(24), &cancel);
+    assert!(
+        reused.usage.cached_prompt_tokens >= first.usage.prompt_tokens,
+        "turn 1 prompt {} tokens, turn 2 {:?}",
+        first.usage.prompt_tokens,
+        reused.usage
+    );
+    let prefilled = reused.usage.prompt_tokens - reused.usage.cached_prompt_tokens;
+    assert!(
+        prefilled < 30,
+        "only the new turn is prefilled: {prefilled}"
+    );
+    let mut fresh_session = Session::new(chat.model(), CONTEXT);
+    let (fresh_text, fresh) = run(&mut fresh_session, &messages, &greedy(24), &cancel);
+    assert_eq!(fresh.usage.cached_prompt_tokens, 0);
+    assert_eq!(reused_text, fresh_text);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_sampled_reply() {
+    let chat = smollm2();
+    let messages = [ChatMessage::new(
+        "user",
+        "Write a short poem about the sea.",
+    )];
+    let sampled = |seed| RequestOptions {
+        temperature: Some(0.9),
+        top_p: Some(0.95),
+        top_k: Some(50),
+        seed: Some(seed),
+        max_tokens: Some(24),
+        ..RequestOptions::default()
+    };
+    let cancel = AtomicBool::new(false);
+    let reply = |seed| {
+        run(
+            &mut Session::new(chat.model(), CONTEXT),
+            &messages,
+            &sampled(seed),
+            &cancel,
+        )
+        .0
+    };
+    let first = reply(7);
+    assert_eq!(first, reply(7));
+    assert!(
+        (8..12).any(|seed| reply(seed) != first),
+        "other seeds vary the reply"
+    );
+}
+
+#[test]
+fn a_raised_cancel_flag_finishes_cancelled_without_output() {
+    let chat = smollm2();
+    let mut session = Session::new(chat.model(), CONTEXT);
+    let messages = [ChatMessage::new("user", "Hello")];
+    let (text, finished) = run(&mut session, &messages, &greedy(16), &AtomicBool::new(true));
+    assert_eq!(finished.reason, FinishReason::Cancelled);
+    assert_eq!((text.as_str(), finished.usage.completion_tokens), ("", 0));
+}
