@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use qins_proto::v1::{ConvertRequest, Sampling};
+use qins_test_support::can_run;
 use qins_test_support::daemon::*;
 use tonic::Code;
 
@@ -70,28 +71,23 @@ struct Mount {
 }
 
 impl Mount {
-    /// `mount ARGS DIR`; `None` (with a skip line on stderr) where mounting
-    /// is not allowed: it needs root, or CAP_SYS_ADMIN.
+    /// `mount ARGS DIR`; `None` where mounting is not allowed (it needs root
+    /// or CAP_SYS_ADMIN): a skip, and a failure under `CI=true`
+    /// ([`can_run`]).
     fn new(args: &[&str], dir: &Path) -> Option<Mount> {
         std::fs::create_dir_all(dir).expect("mount point");
         let output = Command::new("mount").args(args).arg(dir).output();
-        match output {
-            Ok(o) if o.status.success() => Some(Mount {
-                dir: dir.to_path_buf(),
-            }),
-            Ok(o) => {
-                eprintln!(
-                    "skipped: this test needs root to mount a tmpfs (mount {}: {})",
-                    args.join(" "),
-                    text(&o.stderr).trim()
-                );
-                None
+        let failure = match output {
+            Ok(o) if o.status.success() => {
+                return Some(Mount {
+                    dir: dir.to_path_buf(),
+                });
             }
-            Err(e) => {
-                eprintln!("skipped: this test needs root to mount a tmpfs (cannot run mount: {e})");
-                None
-            }
-        }
+            Ok(o) => format!("mount {}: {}", args.join(" "), text(&o.stderr).trim()),
+            Err(e) => format!("cannot run mount: {e}"),
+        };
+        can_run(false, &format!("root to mount a tmpfs ({failure})"));
+        None
     }
 
     /// Makes a bind mount read-only (a second step: `mount --bind` ignores `ro`).
@@ -234,9 +230,13 @@ async fn huge_prompts_and_thousands_of_messages_are_refused() {
 async fn converting_to_an_unwritable_place_is_a_clear_error_with_nothing_written() {
     let daemon = Daemon::start(&[]).await;
     let source = &tiny_model().hf_dir;
-    // A missing directory, and sysfs, where not even root may create files.
+    // A directory that cannot be made (a file is in the way), and sysfs,
+    // where not even root may create files. (A missing directory is made:
+    // qins_convert::prepare_output, the one rule for outputs.)
+    let in_the_way = daemon.dir.path().join("a-file");
+    std::fs::write(&in_the_way, b"not a directory").expect("write");
     let cases = [
-        daemon.dir.path().join("no/such/dir/m.qins"),
+        in_the_way.join("m.qins"),
         std::path::PathBuf::from("/sys/qins-e2e-m.qins"),
     ];
     for output in &cases {

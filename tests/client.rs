@@ -106,6 +106,34 @@ async fn qinsd_convert_reports_what_judges_a_conversion() {
     for leak in ["None", "PerRow", "max relative error"] {
         assert!(!report.contains(leak), "{leak:?} in:\n{report}");
     }
+    // The one overwrite rule: an existing output stays unless --force.
+    let convert_again = |force: bool| {
+        let mut command = std::process::Command::new(binary("qinsd"));
+        command
+            .arg("convert")
+            .arg(&tiny_model().hf_dir)
+            .arg("-o")
+            .arg(&out);
+        if force {
+            command.arg("--force");
+        }
+        command.output().expect("qinsd runs")
+    };
+    let written = std::fs::metadata(&out)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let refused = convert_again(false);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("exists; pass --force"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let kept = std::fs::metadata(&out)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert_eq!(kept, written, "the refused conversion left the file alone");
+    assert!(convert_again(true).status.success());
     let bad = std::process::Command::new(binary("qinsd"))
         .arg("convert")
         .arg(&tiny_model().hf_dir)
@@ -327,4 +355,21 @@ fn without_a_daemon_the_client_says_how_to_start_one() {
         stderr.contains("not running") && stderr.contains("qinsd --model"),
         "{stderr}"
     );
+}
+
+/// Ranges are qinsd's one rule: the client sends an in-type value and shows
+/// qinsd's message, which names the value and the rule.
+#[tokio::test]
+async fn an_out_of_range_flag_gets_the_daemons_message() {
+    let daemon = Daemon::start(&[]).await;
+    for (flag, value, rule) in [
+        ("--top-p", "2", "(0, 1]"),
+        ("--temperature", "-1", ">= 0"),
+        ("--max-tokens", "0", "at least 1"),
+    ] {
+        let out = qins(&daemon.socket, &["ask", flag, value, "Hello"], "");
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}");
+        let err = text(&out.stderr);
+        assert!(err.contains(rule), "{flag} {value}: {err}");
+    }
 }

@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
+use qins_proto::errors::{Reason, reason_of};
 use qins_proto::v1::{
     ChatRequest, ConvertEvent, ConvertOptions, ConvertRequest, FinishReason, ListModelsRequest,
     LoadModelRequest, Sampling, UnloadModelRequest, chat_event, convert_event,
 };
+use qins_test_support::can_run;
 use qins_test_support::daemon::*;
 use tonic::Code;
 
@@ -235,6 +237,7 @@ async fn convert_streams_progress_then_the_quality_report() {
     // An existing file is kept unless overwrite is asked for.
     let exists = client.convert(request.clone()).await.expect_err("exists");
     assert_eq!(exists.code(), Code::AlreadyExists, "{exists:?}");
+    assert_eq!(reason_of(&exists), Some(Reason::Exists));
     // The loaded model's file is never replaced.
     let onto_loaded = ConvertRequest {
         output: daemon.models_dir.join("tiny.qins").display().to_string(),
@@ -245,7 +248,8 @@ async fn convert_streams_progress_then_the_quality_report() {
         ..request.clone()
     };
     let refused = client.convert(onto_loaded).await.expect_err("loaded");
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
+    assert_eq!(reason_of(&refused), Some(Reason::Exists));
     // Chat defaults out of range are refused before any work.
     let bad_default = ConvertRequest {
         output: daemon.models_dir.join("bad.qins").display().to_string(),
@@ -257,6 +261,7 @@ async fn convert_streams_progress_then_the_quality_report() {
     };
     let refused = client.convert(bad_default).await.expect_err("bad default");
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert_eq!(reason_of(&refused), Some(Reason::BadArgument));
     assert!(refused.message().contains("temperature"), "{refused:?}");
 }
 
@@ -323,6 +328,7 @@ async fn models_can_be_unloaded_and_loaded_again() {
         .await
         .expect_err("no model");
     assert_eq!(no_model.code(), Code::FailedPrecondition);
+    assert_eq!(reason_of(&no_model), Some(Reason::NoModel));
     assert!(
         no_model.message().contains("qins load"),
         "{}",
@@ -334,7 +340,8 @@ async fn models_can_be_unloaded_and_loaded_again() {
         })
         .await
         .expect_err("unknown model");
-    assert_eq!(unknown.code(), Code::InvalidArgument);
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert_eq!(reason_of(&unknown), Some(Reason::UnknownModel));
     assert!(unknown.message().contains("no-such-model"));
     let loaded = client
         .load_model(LoadModelRequest {
@@ -582,8 +589,8 @@ fn stats_as_nobody(daemon: &Daemon) -> std::process::Output {
 async fn connections_from_another_user_are_refused() {
     use std::os::unix::process::CommandExt;
     // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: this test needs root to run qinsd as another user (nobody)");
+    let root = unsafe { libc::geteuid() } == 0;
+    if !can_run(root, "root to run qinsd as another user (nobody)") {
         return;
     }
     // qinsd runs as nobody, in a temp dir nobody owns (under /tmp, which

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use qins_test_support::daemon::*;
 
-/// Runs qins-web until its log mentions `marker` (or it exits), then stops it.
+/// Runs qins-web until its log mentions `marker` (or it exits, or 20 s
+/// pass), then stops it. Returns its exit code (`None`: still running when
+/// stopped) and its log.
 fn web_log(args: &[&str], marker: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let log_path = dir.path().join("web.log");
@@ -46,10 +48,12 @@ fn a_non_loopback_address_needs_public_and_warns_without_a_key() {
     let (status, log) = web_log(&["--listen", "0.0.0.0:0", "--public"], "without --api-key");
     assert_eq!(status, None, "it serves: {log}");
     assert!(log.contains("without --api-key"), "warned: {log}");
-    let (_, log) = web_log(
+    let (status, log) = web_log(
         &["--listen", "0.0.0.0:0", "--public", "--api-key", "k"],
         "qins-web serving",
     );
+    assert_eq!(status, None, "it serves: {log}");
+    assert!(log.contains("qins-web serving"), "it says so: {log}");
     assert!(
         !log.contains("without --api-key"),
         "no warning with a key: {log}"

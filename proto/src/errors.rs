@@ -15,6 +15,7 @@ pub enum Reason {
     NoModel,
     ModelsDir,
     LoadFailed,
+    ConvertFailed,
     UnknownModel,
     Busy,
     NoSpace,
@@ -26,10 +27,11 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::NoModel,
         Reason::ModelsDir,
         Reason::LoadFailed,
+        Reason::ConvertFailed,
         Reason::UnknownModel,
         Reason::Busy,
         Reason::NoSpace,
@@ -46,6 +48,7 @@ impl Reason {
             Reason::NoModel => "no-model",
             Reason::ModelsDir => "models-dir",
             Reason::LoadFailed => "load-failed",
+            Reason::ConvertFailed => "convert-failed",
             Reason::UnknownModel => "unknown-model",
             Reason::Busy => "busy",
             Reason::NoSpace => "no-space",
@@ -60,7 +63,9 @@ impl Reason {
     /// The status code that goes with the reason.
     pub fn code(self) -> Code {
         match self {
-            Reason::NoModel | Reason::ModelsDir | Reason::LoadFailed => Code::FailedPrecondition,
+            Reason::NoModel | Reason::ModelsDir | Reason::LoadFailed | Reason::ConvertFailed => {
+                Code::FailedPrecondition
+            }
             Reason::UnknownModel => Code::NotFound,
             Reason::Busy | Reason::NoSpace => Code::ResourceExhausted,
             Reason::BadArgument => Code::InvalidArgument,

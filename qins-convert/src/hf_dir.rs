@@ -362,7 +362,13 @@ fn read_safetensors_header(path: &Path) -> Result<Vec<(String, TensorLocation)>,
         let [begin, end] = offsets[..] else {
             return Err(invalid(format!("tensor '{name}' has no data_offsets")));
         };
-        let (start, end) = (data_start + begin, data_start + end);
+        // Offsets come from the file: checked, like the container reader's.
+        let (Some(start), Some(end)) = (data_start.checked_add(begin), data_start.checked_add(end))
+        else {
+            return Err(invalid(format!(
+                "tensor '{name}' has data_offsets past any file size"
+            )));
+        };
         let count = shape
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
@@ -401,4 +407,33 @@ fn dominant_dtype(locations: &HashMap<String, TensorLocation>) -> String {
         .max_by_key(|(_, n)| *n)
         .map(|(d, _)| d.to_ascii_lowercase())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file whose header is `header` and whose data is `data_len` zero bytes.
+    fn safetensors_file(dir: &Path, header: &str, data_len: usize) -> PathBuf {
+        let path = dir.join("model.safetensors");
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.resize(bytes.len() + data_len, 0);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn data_offsets_near_the_u64_limit_are_refused_not_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let max = u64::MAX;
+        let header =
+            format!(r#"{{"w":{{"dtype":"F32","shape":[1],"data_offsets":[{max},{max}]}}}}"#);
+        let path = safetensors_file(dir.path(), &header, 4);
+        let error = read_safetensors_header(&path).unwrap_err().to_string();
+        assert!(error.contains("data_offsets"), "{error}");
+        let good = r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let path = safetensors_file(dir.path(), good, 4);
+        assert_eq!(read_safetensors_header(&path).unwrap().len(), 1);
+    }
 }

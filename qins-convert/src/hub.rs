@@ -35,9 +35,39 @@ pub fn looks_like_hub_id(source: &str) -> bool {
     valid(owner) && valid(name) && !Path::new(source).exists()
 }
 
-/// Downloads (or finds in the cache) everything needed to convert `source`.
+/// Where the Hub is and where its downloads are cached.
+#[derive(Clone, Debug)]
+pub struct HubLocation {
+    /// The Hub's address (`HF_ENDPOINT`, default `https://huggingface.co`).
+    pub endpoint: Option<String>,
+    /// The download cache (`HF_HOME/hub`, default `~/.cache/huggingface/hub`).
+    pub cache: Cache,
+}
+
+impl HubLocation {
+    /// What the Hugging Face tools use: `HF_ENDPOINT` and `HF_HOME`.
+    pub fn from_env() -> Self {
+        Self {
+            endpoint: std::env::var("HF_ENDPOINT").ok(),
+            cache: Cache::from_env(),
+        }
+    }
+}
+
+/// Downloads (or finds in the cache) everything needed to convert `source`,
+/// from the Hub the environment names ([`HubLocation::from_env`]).
 pub fn open_hub_model(
     source: &str,
+    progress: &mut dyn FnMut(ConvertEvent),
+) -> Result<HfDirSource, ConvertError> {
+    open_hub_model_at(source, &HubLocation::from_env(), progress)
+}
+
+/// [`open_hub_model`] from an explicit Hub and cache (tests point it at a
+/// local stand-in without touching the process environment).
+pub fn open_hub_model_at(
+    source: &str,
+    location: &HubLocation,
     progress: &mut dyn FnMut(ConvertEvent),
 ) -> Result<HfDirSource, ConvertError> {
     let (id, revision) = match source.split_once('@') {
@@ -49,12 +79,13 @@ pub fn open_hub_model(
         id: id.clone(),
         reason,
     };
-    let api = ApiBuilder::from_env()
-        .with_progress(false)
-        .build()
-        .map_err(|e| unreachable(e.to_string()))?;
+    let mut builder = ApiBuilder::from_cache(location.cache.clone()).with_progress(false);
+    if let Some(endpoint) = &location.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    let api = builder.build().map_err(|e| unreachable(e.to_string()))?;
     let api_repo = api.repo(repo.clone());
-    let cache = Cache::from_env().repo(repo);
+    let cache = location.cache.repo(repo);
     let fetch =
         |file: &str, progress: &mut dyn FnMut(ConvertEvent)| -> Result<PathBuf, ConvertError> {
             if let Some(path) = cache.get(file) {
@@ -195,14 +226,14 @@ mod tests {
 
     #[test]
     fn unreachable_hub_fails_with_one_clear_line() {
-        // Point hf-hub at a closed local port: no traffic leaves the machine.
-        let cache = std::env::temp_dir().join(format!("qins-hub-test-{}", std::process::id()));
-        // SAFETY: tests in this module do not read these variables concurrently.
-        unsafe {
-            std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:9");
-            std::env::set_var("HF_HOME", &cache);
-        }
-        let err = match open_hub_model("nobody/nothing", &mut |_| {}) {
+        // A closed local port as the Hub: no traffic leaves the machine, and
+        // the process environment is left alone.
+        let cache = tempfile::tempdir().unwrap();
+        let location = HubLocation {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            cache: Cache::new(cache.path().to_path_buf()),
+        };
+        let err = match open_hub_model_at("nobody/nothing", &location, &mut |_| {}) {
             Err(e) => e,
             Ok(_) => panic!("download from a closed port succeeded"),
         };
@@ -213,6 +244,5 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains('\n'), "{message}");
-        let _ = std::fs::remove_dir_all(cache);
     }
 }

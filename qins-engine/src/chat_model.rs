@@ -135,7 +135,9 @@ impl ChatModel {
     /// ready for the assistant's reply.
     pub fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
         if messages.is_empty() {
-            return Err(EngineError::InvalidRequest("no messages".into()));
+            return Err(EngineError::InvalidRequest(
+                "messages is empty: send at least one user message".into(),
+            ));
         }
         let text = self.template.render(messages, true)?;
         let encoding = self
@@ -146,32 +148,39 @@ impl ChatModel {
     }
 
     /// A generation request for `messages`, unset options taken from the
-    /// model's defaults ([`resolve_options`]). Sampling values are validated.
+    /// model's defaults ([`resolve_options`]), validated
+    /// ([`GenerationRequest::validate`]).
     pub fn request(
         &self,
         messages: &[ChatMessage],
         options: &RequestOptions,
     ) -> Result<GenerationRequest, EngineError> {
-        let (sampling, max_tokens) = resolve_options(self.defaults(), options)?;
-        Ok(GenerationRequest {
-            prompt_tokens: self.prompt_tokens(messages)?,
+        let (sampling, max_tokens) = resolve_options(self.defaults(), options);
+        let request = GenerationRequest {
+            prompt_tokens: Vec::new(),
             sampling,
             max_tokens: Some(max_tokens),
             stop: options.stop.clone(),
             stop_token_ids: self.stop_token_ids.clone(),
+        };
+        // Values first: a bad value is refused before the template runs.
+        request.validate()?;
+        Ok(GenerationRequest {
+            prompt_tokens: self.prompt_tokens(messages)?,
+            ..request
         })
     }
 }
 
 /// The one rule for the sampling of a chat: each value the request sets,
 /// else the default recorded in the model's file at conversion (see
-/// `convert::defaults`). The daemon's chats and `qinsd generate` both come
-/// through here (via [`ChatModel::request`]). Returns the sampling and the
-/// token limit, validated.
+/// `qins_convert::defaults`). The daemon's chats and `qinsd generate` both
+/// come through here (via [`ChatModel::request`], which validates the
+/// result). Returns the sampling and the token limit.
 pub fn resolve_options(
     defaults: &GenerationDefaults,
     options: &RequestOptions,
-) -> Result<(SamplingParams, usize), EngineError> {
+) -> (SamplingParams, usize) {
     let sampling = SamplingParams {
         temperature: options.temperature.unwrap_or(defaults.temperature),
         top_p: options.top_p.unwrap_or(defaults.top_p),
@@ -181,19 +190,8 @@ pub fn resolve_options(
             .repetition_penalty
             .unwrap_or(defaults.repetition_penalty),
     };
-    sampling.validate()?;
-    if options.max_tokens == Some(0) {
-        return Err(EngineError::InvalidRequest(
-            "max_tokens must be at least 1".into(),
-        ));
-    }
-    if options.stop.iter().any(String::is_empty) {
-        return Err(EngineError::InvalidRequest(
-            "stop strings must not be empty".into(),
-        ));
-    }
     let max_tokens = options.max_tokens.unwrap_or(defaults.max_tokens as usize);
-    Ok((sampling, max_tokens))
+    (sampling, max_tokens)
 }
 
 fn load_template(
@@ -248,8 +246,7 @@ mod tests {
 
     #[test]
     fn unset_options_take_the_recorded_defaults() {
-        let (sampling, max_tokens) =
-            resolve_options(&recorded(), &RequestOptions::default()).unwrap();
+        let (sampling, max_tokens) = resolve_options(&recorded(), &RequestOptions::default());
         assert_eq!(sampling.temperature, 0.2);
         assert_eq!(sampling.top_p, 0.9);
         assert_eq!(sampling.top_k, 30);
@@ -269,7 +266,7 @@ mod tests {
             repetition_penalty: Some(1.0),
             stop: Vec::new(),
         };
-        let (sampling, max_tokens) = resolve_options(&recorded(), &options).unwrap();
+        let (sampling, max_tokens) = resolve_options(&recorded(), &options);
         assert_eq!(
             (sampling.temperature, sampling.top_p, sampling.top_k),
             (0.0, 1.0, 0)
@@ -278,17 +275,67 @@ mod tests {
         assert_eq!(max_tokens, 5);
     }
 
+    /// What [`ChatModel::request`] validates: the resolved values, so a bad
+    /// recorded default is refused like a bad request value.
+    fn resolved_request(
+        defaults: &GenerationDefaults,
+        options: &RequestOptions,
+    ) -> Result<(), EngineError> {
+        let (sampling, max_tokens) = resolve_options(defaults, options);
+        GenerationRequest {
+            sampling,
+            max_tokens: Some(max_tokens),
+            stop: options.stop.clone(),
+            ..GenerationRequest::default()
+        }
+        .validate()
+    }
+
     #[test]
     fn invalid_values_are_refused_whoever_sets_them() {
-        let zero_tokens = RequestOptions {
-            max_tokens: Some(0),
-            ..RequestOptions::default()
+        let refused = |defaults: &GenerationDefaults, options: RequestOptions, needle: &str| {
+            let error = resolved_request(defaults, &options)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(needle), "{error}");
         };
-        assert!(resolve_options(&recorded(), &zero_tokens).is_err());
+        let request = |edit: fn(&mut RequestOptions)| {
+            let mut options = RequestOptions::default();
+            edit(&mut options);
+            options
+        };
+        refused(
+            &recorded(),
+            request(|o| o.max_tokens = Some(0)),
+            "max_tokens",
+        );
+        refused(
+            &recorded(),
+            request(|o| o.temperature = Some(-1.0)),
+            "temperature",
+        );
+        refused(
+            &recorded(),
+            request(|o| o.temperature = Some(f32::NAN)),
+            "temperature",
+        );
+        refused(&recorded(), request(|o| o.top_p = Some(0.0)), "top_p");
+        refused(&recorded(), request(|o| o.top_p = Some(1.5)), "top_p");
+        refused(
+            &recorded(),
+            request(|o| o.repetition_penalty = Some(0.0)),
+            "repetition_penalty",
+        );
+        refused(
+            &recorded(),
+            request(|o| o.stop = vec![String::new()]),
+            "stop",
+        );
         let bad_default = GenerationDefaults {
             top_p: 0.0,
             ..recorded()
         };
-        assert!(resolve_options(&bad_default, &RequestOptions::default()).is_err());
+        refused(&bad_default, RequestOptions::default(), "top_p");
+        assert!(resolved_request(&recorded(), &RequestOptions::default()).is_ok());
     }
 }

@@ -25,6 +25,28 @@ pub struct GenerationRequest {
     pub stop_token_ids: Vec<u32>,
 }
 
+impl GenerationRequest {
+    /// The one rule for what a generation may ask for. Every entry point
+    /// comes through it: the daemon's chats and `qinsd generate` (via
+    /// [`crate::ChatModel::request`], before a slot is taken) and the decode
+    /// loop itself. Clients check nothing beyond types: qinsd's message is
+    /// the one a user sees.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        self.sampling.validate()?;
+        if self.max_tokens == Some(0) {
+            return Err(EngineError::InvalidRequest(
+                "max_tokens must be at least 1".into(),
+            ));
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return Err(EngineError::InvalidRequest(
+                "stop strings must not be empty".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum GenerationEvent {
     Delta(String),
@@ -110,11 +132,7 @@ impl<'a, M: LanguageModel> Run<'a, M> {
         request: &'a GenerationRequest,
         cancel: &'a AtomicBool,
     ) -> Result<Self, EngineError> {
-        if request.max_tokens == Some(0) {
-            return Err(EngineError::InvalidRequest(
-                "max_tokens must be at least 1".into(),
-            ));
-        }
+        request.validate()?;
         session.check_fits(request.prompt_tokens.len())?;
         Ok(Self {
             session,

@@ -22,3 +22,19 @@ pub fn convert_with_defaults(source: &Path, output: &Path) -> Result<(), Convert
     qins_convert::convert(source.as_ref(), output, &options, &mut |_| {}, &never)?;
     Ok(())
 }
+
+/// Whether a test that needs something this machine may lack (root, a
+/// mount) can run. Without it the test is skipped with a line on stderr,
+/// except under `CI=true`: CI runs as root, so there a skip is a failure.
+pub fn can_run(available: bool, needs: &str) -> bool {
+    if available {
+        return true;
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !in_ci,
+        "this test needs {needs}, which CI provides (CI=true)"
+    );
+    eprintln!("skipped: this test needs {needs}");
+    false
+}

@@ -118,7 +118,7 @@ impl From<tonic::Status> for ApiError {
             return match reason {
                 Reason::NoModel => Self::NoModel(message),
                 Reason::ModelsDir => Self::ModelsDir(message),
-                Reason::LoadFailed => Self::LoadFailed(message),
+                Reason::LoadFailed | Reason::ConvertFailed => Self::LoadFailed(message),
                 Reason::UnknownModel => Self::NotFound(message),
                 Reason::Busy => Self::Busy(message),
                 Reason::BadArgument | Reason::Exists => Self::BadRequest(message),
@@ -169,6 +169,12 @@ mod tests {
                 "models_dir_unreadable",
             ),
             (Reason::LoadFailed, 500, "server_error", "model_load_failed"),
+            (
+                Reason::ConvertFailed,
+                500,
+                "server_error",
+                "model_load_failed",
+            ),
             (
                 Reason::UnknownModel,
                 404,

@@ -2,6 +2,9 @@
 //! and Prometheus metrics in front of qinsd. The library exposes [`app::router`] so tests can serve it on any
 //! listener; `main.rs` only parses flags and binds.
 
+// A bridge of safe libraries: no unsafe code of its own, ever.
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod daemon;
 pub mod error;

@@ -1,6 +1,9 @@
 //! qins-web: serves the chat page, an OpenAI-compatible API, ollama's API
 //! and Prometheus metrics, relaying to qinsd over its Unix socket.
 
+// A bridge of safe libraries: no unsafe code of its own, ever.
+#![forbid(unsafe_code)]
+
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -32,7 +32,7 @@ pub enum ModelStoreError {
     Load {
         path: PathBuf,
         #[source]
-        source: ChatModelError,
+        source: Box<ChatModelError>,
     },
     #[error("cannot use the models directory {}: {source}", dir.display())]
     ModelsDir {
@@ -92,7 +92,7 @@ pub fn open_or_convert(
     };
     let chat = ChatModel::open(&path).map_err(|source| ModelStoreError::Load {
         path: path.clone(),
-        source,
+        source: Box::new(source),
     })?;
     Ok((path, chat))
 }

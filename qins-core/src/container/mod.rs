@@ -43,10 +43,12 @@ pub enum ContainerError {
         supported: u32,
     },
     #[error(
-        "{path}: truncated: needs at least {needed} bytes but has {actual}; the file was cut short, convert it again"
+        "{path}: truncated: the {what} needs at least {needed} bytes but the file has {actual}; the file was cut short, convert it again"
     )]
     Truncated {
         path: PathBuf,
+        /// The part that does not fit: preamble, header or index.
+        what: &'static str,
         needed: u64,
         actual: u64,
     },

@@ -48,8 +48,14 @@ impl std::fmt::Debug for QinsFile {
 impl QinsFile {
     pub fn open(path: &Path) -> Result<Self, ContainerError> {
         let file = File::open(path).map_err(|e| ContainerError::io(path, e))?;
-        // SAFETY: the map is read-only; qins never modifies a file it serves
-        // (conversions write a new file and rename it into place).
+        // SAFETY: the map is read-only, and qins never modifies a file it
+        // serves: conversions write a new file and rename it into place, so
+        // the mapped inode keeps its bytes. Another process writing to or
+        // truncating the served file in place breaks this (POSIX gives no
+        // way to forbid it): changed bytes are read as they are, and pages
+        // past a truncated end raise SIGBUS, which qinsd does not catch: it
+        // dies, and launchd or systemd restarts it on the file as it now is.
+        // TECHNICAL_SPEC (Reliability) says so to users.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| ContainerError::io(path, e))?;
         let (header, index) = parse(path, &map)?;
         Ok(Self {
@@ -259,6 +265,7 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(ModelHeader, Vec<TensorEntry>), C
     if bytes.len() < PREAMBLE_LEN {
         return Err(ContainerError::Truncated {
             path: path.into(),
+            what: "preamble",
             needed: PREAMBLE_LEN as u64,
             actual: bytes.len() as u64,
         });
@@ -334,12 +341,13 @@ fn slice_checked<'a>(
     bytes: &'a [u8],
     offset: u64,
     len: u64,
-    _what: &str,
+    what: &'static str,
 ) -> Result<&'a [u8], ContainerError> {
     let end = offset.saturating_add(len);
     if end > bytes.len() as u64 {
         return Err(ContainerError::Truncated {
             path: path.into(),
+            what,
             needed: end,
             actual: bytes.len() as u64,
         });

@@ -192,6 +192,26 @@ fn truncation_anywhere_is_refused() {
 }
 
 #[test]
+fn a_truncation_names_the_part_that_does_not_fit() {
+    let dir = TempDir::new("trunc-what");
+    let path = dir.path("m.qins");
+    write_sample(&path, Compression::None);
+    let bytes = fs::read(&path).unwrap();
+    let mut seen = Vec::new();
+    for cut in [10, PREAMBLE_LEN + 1, bytes.len() / 2, bytes.len() - 1] {
+        fs::write(&path, &bytes[..cut]).unwrap();
+        if let ContainerError::Truncated { what, .. } = expect_error(&path) {
+            seen.push(what);
+        }
+    }
+    assert!(seen.contains(&"preamble"), "{seen:?}");
+    assert!(
+        seen.iter().any(|w| *w == "header" || *w == "index"),
+        "{seen:?}"
+    );
+}
+
+#[test]
 fn future_version_is_refused_with_upgrade_hint() {
     let dir = TempDir::new("version");
     let path = dir.path("m.qins");

@@ -85,10 +85,11 @@ pub fn matmul(x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
         interleave(row, dst);
     }
     let tables_of = row_tables(w);
-    // SAFETY (both calls): the CPU has the features (asserted above).
     if n <= MAX_DIRECT_INPUTS {
+        // SAFETY: the CPU has the features (asserted above).
         unsafe { decode_rows(w, &inputs[..inputs_len], n, padded_cols, &tables_of, out) }
     } else {
+        // SAFETY: the CPU has the features (asserted above).
         unsafe { multiply_rows(w, &inputs[..inputs_len], n, padded_cols, &tables_of, out) }
     }
     INPUTS.set(inputs);

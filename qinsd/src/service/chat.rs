@@ -26,7 +26,7 @@ pub async fn chat(
     request: ChatRequest,
 ) -> Result<Response<EventStream<ChatEvent>>, Status> {
     let received = Instant::now();
-    let (messages, options, session_id) = chat_input(request)?;
+    let (messages, options, session_id) = chat_input(request);
     let prepared = {
         let scheduler = Arc::clone(scheduler);
         let session_id = session_id.clone();
@@ -77,15 +77,10 @@ pub async fn chat(
     Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
 }
 
-/// The request's messages and options, with every field range-checked.
-fn chat_input(
-    request: ChatRequest,
-) -> Result<(Vec<ChatMessage>, RequestOptions, Option<String>), Status> {
-    if request.messages.is_empty() {
-        return Err(status::invalid(
-            "messages is empty: send at least one user message",
-        ));
-    }
+/// The request's messages and options, converted; the engine validates them
+/// ([`qins_engine::GenerationRequest::validate`], through the scheduler's
+/// `prepare_chat`), so every entry point refuses a value the same way.
+fn chat_input(request: ChatRequest) -> (Vec<ChatMessage>, RequestOptions, Option<String>) {
     let messages = request
         .messages
         .into_iter()
@@ -94,40 +89,13 @@ fn chat_input(
             content: m.content,
         })
         .collect();
-    let options = request_options(request.sampling.unwrap_or_default())?;
+    let options = request_options(request.sampling.unwrap_or_default());
     let session_id = Some(request.session_id).filter(|id| !id.is_empty());
-    Ok((messages, options, session_id))
+    (messages, options, session_id)
 }
 
-fn request_options(sampling: Sampling) -> Result<RequestOptions, Status> {
-    if let Some(t) = sampling.temperature
-        && !(t.is_finite() && t >= 0.0)
-    {
-        return Err(status::invalid(format!(
-            "temperature must be >= 0 (got {t})"
-        )));
-    }
-    if let Some(p) = sampling.top_p
-        && !(p > 0.0 && p <= 1.0)
-    {
-        return Err(status::invalid(format!(
-            "top_p must be in (0, 1] (got {p})"
-        )));
-    }
-    if let Some(r) = sampling.repetition_penalty
-        && !(r.is_finite() && r > 0.0)
-    {
-        return Err(status::invalid(format!(
-            "repetition_penalty must be > 0 (got {r})"
-        )));
-    }
-    if sampling.max_tokens == Some(0) {
-        return Err(status::invalid("max_tokens must be at least 1"));
-    }
-    if sampling.stop.iter().any(String::is_empty) {
-        return Err(status::invalid("stop strings must not be empty"));
-    }
-    Ok(RequestOptions {
+fn request_options(sampling: Sampling) -> RequestOptions {
+    RequestOptions {
         temperature: sampling.temperature,
         top_p: sampling.top_p,
         top_k: sampling.top_k.map(|k| k as usize),
@@ -135,7 +103,7 @@ fn request_options(sampling: Sampling) -> Result<RequestOptions, Status> {
         seed: sampling.seed,
         repetition_penalty: sampling.repetition_penalty,
         stop: sampling.stop,
-    })
+    }
 }
 
 fn done(finished: &Finished, model: String, queue_ms: f64) -> ChatDone {
@@ -175,83 +143,4 @@ fn log_request(session: Option<&str>, finished: &Finished, received: Instant, qu
         total_ms = received.elapsed().as_millis() as u64,
         "chat"
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn out_of_range_sampling_is_refused_with_the_field_named() {
-        let cases = [
-            (
-                Sampling {
-                    temperature: Some(-0.1),
-                    ..Default::default()
-                },
-                "temperature",
-            ),
-            (
-                Sampling {
-                    temperature: Some(f32::NAN),
-                    ..Default::default()
-                },
-                "temperature",
-            ),
-            (
-                Sampling {
-                    top_p: Some(0.0),
-                    ..Default::default()
-                },
-                "top_p",
-            ),
-            (
-                Sampling {
-                    top_p: Some(1.5),
-                    ..Default::default()
-                },
-                "top_p",
-            ),
-            (
-                Sampling {
-                    repetition_penalty: Some(0.0),
-                    ..Default::default()
-                },
-                "repetition_penalty",
-            ),
-            (
-                Sampling {
-                    max_tokens: Some(0),
-                    ..Default::default()
-                },
-                "max_tokens",
-            ),
-            (
-                Sampling {
-                    stop: vec![String::new()],
-                    ..Default::default()
-                },
-                "stop",
-            ),
-        ];
-        for (sampling, field) in cases {
-            let error = request_options(sampling).unwrap_err();
-            assert_eq!(error.code(), tonic::Code::InvalidArgument);
-            assert!(error.message().contains(field), "{}", error.message());
-        }
-        let ok = request_options(Sampling {
-            temperature: Some(0.0),
-            top_p: Some(1.0),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(ok.temperature, Some(0.0));
-    }
-
-    #[test]
-    fn empty_messages_are_refused() {
-        let error = chat_input(ChatRequest::default()).unwrap_err();
-        assert_eq!(error.code(), tonic::Code::InvalidArgument);
-        assert!(error.message().contains("messages"));
-    }
 }

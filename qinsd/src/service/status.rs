@@ -93,7 +93,10 @@ pub fn from_convert(error: &ConvertError, output: &Path) -> Status {
         ConvertError::Cancelled => Reason::Cancelled,
         ConvertError::UnknownSource(_) => Reason::BadArgument,
         ConvertError::OutputExists(_) => Reason::Exists,
-        _ => Reason::LoadFailed,
+        _ if io_failure(error).is_some_and(|(path, _)| writes_output(path, output)) => {
+            Reason::ModelsDir
+        }
+        _ => Reason::ConvertFailed,
     };
     with_reason(reason, error.to_string())
 }
@@ -107,10 +110,11 @@ fn io_failure(error: &ConvertError) -> Option<(&Path, &std::io::Error)> {
     }
 }
 
-/// Whether `path` is `output` or the temporary file it is written through.
+/// Whether `path` is `output`, the temporary file it is written through, or
+/// a directory on the way to it.
 fn writes_output(path: &Path, output: &Path) -> bool {
     let output = std::path::absolute(output).unwrap_or_else(|_| output.to_path_buf());
-    path == output || path == temp_path_for(&output)
+    path == output || path == temp_path_for(&output) || output.starts_with(path)
 }
 
 pub fn invalid(message: impl Into<String>) -> Status {
@@ -172,6 +176,7 @@ mod tests {
             output,
         );
         assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(reason_of(&status), Some(Reason::ConvertFailed));
         assert!(
             status.message().starts_with("/cache/model.safetensors: "),
             "{}",
@@ -179,6 +184,7 @@ mod tests {
         );
         let status = from_convert(&container_io(output, libc::EACCES), output);
         assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(reason_of(&status), Some(Reason::ModelsDir));
         assert!(
             status.message().starts_with("/models/m.qins: "),
             "{}",
