@@ -2,13 +2,14 @@
 //!
 //! One new token (decode) reads the cached keys and values in place: a
 //! dot product per position, a softmax and a weighted sum per head, split
-//! across heads. Several new tokens (prefill) go through candle's matmuls
-//! per kv head, where the copies into tensors are small next to the work.
+//! across heads. Several new tokens (prefill) go through blocked matrix
+//! products per head ([`super::gemm`]), where gathering a head's queries is
+//! small next to the work.
 
-use candle_core::{D, Device, Tensor};
 use rayon::prelude::*;
 
 use super::ModelError;
+use super::gemm::{Rhs, matmul};
 use super::kv_cache::HeadView;
 use crate::kernels::widen_bf16;
 
@@ -128,52 +129,60 @@ pub fn attention(
     let n = q.len() / (heads * head_dim);
     let len = start + n;
     let group = heads / kv_heads;
-    let device = Device::Cpu;
-    // queries as heads x n x head_dim
-    let q = Tensor::from_slice(q, (n, heads, head_dim), &device)?
-        .transpose(0, 1)?
-        .contiguous()?;
-    let mask = causal_mask(n, start, &device)?;
-    let scale = 1.0 / (head_dim as f64).sqrt();
-    let mut outputs = Vec::with_capacity(kv_heads);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let row = heads * head_dim;
+    let mut out = vec![0.0f32; n * row];
+    let mut q_head = vec![0.0f32; n * head_dim];
+    let mut scores = vec![0.0f32; n * len];
+    let mut out_head = vec![0.0f32; n * head_dim];
     for kv_head in 0..kv_heads {
         let (k, v) = kv(kv_head);
-        let k = Tensor::from_vec(k, (len, head_dim), &device)?;
-        let v = Tensor::from_vec(v, (len, head_dim), &device)?;
-        let q_group = q
-            .narrow(0, kv_head * group, group)?
-            .reshape((group * n, head_dim))?;
-        let scores = (q_group.matmul(&k.t()?)? * scale)?.reshape((group, n, len))?;
-        let scores = scores.broadcast_add(&mask)?;
-        let max = scores.max_keepdim(D::Minus1)?;
-        let exp = scores.broadcast_sub(&max)?.exp()?;
-        let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
-        let out = probs
-            .reshape((group * n, len))?
-            .matmul(&v)?
-            .reshape((group, n, head_dim))?;
-        outputs.push(out);
+        for head in kv_head * group..(kv_head + 1) * group {
+            let columns = head * head_dim..(head + 1) * head_dim;
+            for (dst, src) in q_head.chunks_mut(head_dim).zip(q.chunks(row)) {
+                dst.copy_from_slice(&src[columns.clone()]);
+            }
+            matmul(
+                &q_head,
+                n,
+                head_dim,
+                Rhs::Transposed(&k),
+                len,
+                scale,
+                &mut scores,
+            );
+            causal_softmax(&mut scores, len, start);
+            matmul(
+                &scores,
+                n,
+                len,
+                Rhs::Plain(&v),
+                head_dim,
+                1.0,
+                &mut out_head,
+            );
+            for (dst, src) in out.chunks_mut(row).zip(out_head.chunks(head_dim)) {
+                dst[columns.clone()].copy_from_slice(src);
+            }
+        }
     }
-    // heads x n x head_dim -> n x heads x head_dim
-    let out = Tensor::cat(&outputs, 0)?.transpose(0, 1)?.contiguous()?;
-    Ok(out.flatten_all()?.to_vec1::<f32>()?)
+    Ok(out)
 }
 
-/// `n x (start + n)`: 0 where query `i` (at position `start + i`) may attend, -inf after.
-fn causal_mask(n: usize, start: usize, device: &Device) -> Result<Tensor, ModelError> {
-    let len = start + n;
-    let mask: Vec<f32> = (0..n)
-        .flat_map(|i| {
-            (0..len).map(move |j| {
-                if j <= start + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(mask, (n, len), device)?)
+/// Softmax of each row of `scores` (`n x len`) over the positions query `i`
+/// (at position `start + i`) may see, `0..=start + i`; later positions get 0.
+fn causal_softmax(scores: &mut [f32], len: usize, start: usize) {
+    scores.par_chunks_mut(len).enumerate().for_each(|(i, row)| {
+        let (seen, future) = row.split_at_mut(start + i + 1);
+        let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for s in seen.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        seen.iter_mut().for_each(|s| *s /= sum);
+        future.fill(0.0);
+    });
 }
 
 #[cfg(test)]
@@ -229,6 +238,47 @@ mod tests {
                 &expected,
                 &format!("bf16 {heads}/{kv_heads} d {d} len {len}"),
             );
+        }
+    }
+
+    /// Prefill of `n` tokens after `start` cached ones equals attending one
+    /// token at a time over its own prefix; shapes large enough for the
+    /// products to run on several threads.
+    #[test]
+    fn prefill_equals_one_token_at_a_time() {
+        let mut rng = SplitMix64::new(5);
+        for (heads, kv_heads, d, start, n) in [
+            (4, 2, 8, 0, 5),
+            (6, 3, 20, 7, 9),
+            (9, 3, 64, 0, 120),
+            (4, 4, 96, 50, 300),
+        ] {
+            let len = start + n;
+            let q = random(n * heads * d, &mut rng);
+            let keys: Vec<Vec<f32>> = (0..kv_heads).map(|_| random(len * d, &mut rng)).collect();
+            let values: Vec<Vec<f32>> = (0..kv_heads).map(|_| random(len * d, &mut rng)).collect();
+            let prefill = attention(&q, heads, d, kv_heads, start, |h| {
+                (keys[h].clone(), values[h].clone())
+            })
+            .unwrap();
+            for i in 0..n {
+                let seen = (start + i + 1) * d;
+                let one = attention_one(
+                    &q[i * heads * d..(i + 1) * heads * d],
+                    heads,
+                    d,
+                    kv_heads,
+                    |h| HeadView::F32 {
+                        keys: &keys[h][..seen],
+                        values: &values[h][..seen],
+                    },
+                );
+                assert_close(
+                    &prefill[i * heads * d..(i + 1) * heads * d],
+                    &one,
+                    &format!("{heads}/{kv_heads} d {d} start {start} token {i}"),
+                );
+            }
         }
     }
 

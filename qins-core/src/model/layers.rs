@@ -1,10 +1,10 @@
 //! Building blocks shared by the architectures: linear layers on QINS (or,
 //! for float reference models, f32) matrices, RMSNorm, SwiGLU.
 
-use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use super::ModelError;
+use super::gemm::{Rhs, matmul};
 use crate::kernels::{KernelKind, qins_matmul_with};
 use crate::weights::{QinsMatrix, Weight};
 
@@ -52,12 +52,10 @@ impl Linear {
         let mut out = vec![0.0f32; n * self.rows()];
         match self {
             Self::Qins(m) => qins_matmul_with(kernel, x, n, m, &mut out),
-            // Many rows: candle's blocked GEMM instead of one pass over the
-            // weights per row (the copy into a tensor is small next to it).
+            // Many rows: a blocked GEMM instead of one pass over the
+            // weights per row.
             Self::Dense { rows, cols, data } if n > 1 => {
-                let w = Tensor::from_slice(data, (*rows, *cols), &Device::Cpu)?;
-                let x = Tensor::from_slice(x, (n, *cols), &Device::Cpu)?;
-                return Ok(x.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?);
+                matmul(x, n, *cols, Rhs::Transposed(data), *rows, 1.0, &mut out);
             }
             Self::Dense { rows, cols, data } => {
                 out.par_chunks_mut(*rows)

@@ -7,6 +7,7 @@
 
 mod attention;
 mod batch;
+mod gemm;
 pub mod kv_cache;
 pub mod layers;
 mod llama;
@@ -43,8 +44,6 @@ pub enum ModelError {
     NoTokens,
     #[error(transparent)]
     Weights(#[from] WeightsError),
-    #[error("tensor op: {0}")]
-    Tensor(#[from] candle_core::Error),
     #[error("batched decode step: {0}")]
     Batch(String),
 }
