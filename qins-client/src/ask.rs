@@ -38,6 +38,7 @@ pub async fn run(socket: &Path, args: Args) -> Result<()> {
         messages,
         session_id: String::new(),
         sampling: Some(args.sampling.to_proto()),
+        ..ChatRequest::default()
     };
     let mut stdout = std::io::stdout().lock();
     let reply = reply::stream(&mut client, request, &mut stdout, None).await?;

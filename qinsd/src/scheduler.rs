@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::{
-    self, ChatMessage, ChatModel, ChatModelError, EngineError, Finished, GenerationEvent,
-    GenerationRequest, RequestOptions, Session,
+    self, ChatModel, ChatModelError, EngineError, Finished, GenerationEvent, GenerationRequest,
+    Prompt, RequestOptions, Session,
 };
 use crate::model::Model;
 
@@ -200,17 +200,18 @@ impl Scheduler {
         resolve_model_path(&self.config.models_dir, model)
     }
 
-    /// Validates and tokenizes a chat request against the resident model.
-    /// CPU work (template, tokenizer): call it off the async threads.
+    /// Validates and tokenizes a chat request (or a raw completion prompt)
+    /// against the resident model. CPU work (template, tokenizer): call it
+    /// off the async threads.
     pub fn prepare_chat(
         &self,
-        messages: &[ChatMessage],
+        prompt: &Prompt,
         options: &RequestOptions,
         session_id: Option<String>,
     ) -> Result<PreparedChat, SchedulerError> {
         let model = self.model().ok_or(SchedulerError::NoModel)?;
         let model_epoch = self.model_epoch.load(Ordering::SeqCst);
-        let request = model.request(messages, options)?;
+        let request = model.request_for(prompt, options)?;
         if request.prompt_tokens.len() >= self.config.context {
             return Err(EngineError::PromptTooLong {
                 prompt_tokens: request.prompt_tokens.len(),

@@ -274,6 +274,7 @@ pub fn chat_request(messages: Vec<Message>, max_tokens: u32, session_id: &str) -
             max_tokens: Some(max_tokens),
             ..Sampling::default()
         }),
+        ..ChatRequest::default()
     }
 }
 

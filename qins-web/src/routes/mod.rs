@@ -82,6 +82,7 @@ impl From<SamplingParams> for Sampling {
             seed: p.seed,
             repetition_penalty: None,
             stop: p.stop,
+            ..Sampling::default()
         }
     }
 }

@@ -128,6 +128,7 @@ impl CompletionRequest {
             messages,
             session_id: String::new(),
             sampling: Some(sampling.into()),
+            ..ChatRequest::default()
         })
     }
 }

@@ -8,10 +8,11 @@ use std::time::SystemTime;
 
 use tokenizers::Tokenizer;
 
-use super::EngineError;
 use super::generate::GenerationRequest;
+use super::logprobs::MAX_TOP_LOGPROBS;
 use super::sampling::SamplingParams;
 use super::template::{ChatMessage, ChatTemplate, TemplateError};
+use super::{EngineError, LanguageModel};
 use crate::container::{ContainerError, GenerationDefaults, ModelHeader, QinsFile};
 use crate::model::{Model, ModelError};
 use crate::weights::ResidentBytes;
@@ -60,6 +61,22 @@ pub struct RequestOptions {
     pub seed: Option<u64>,
     pub repetition_penalty: Option<f32>,
     pub stop: Vec<String>,
+    /// OpenAI's sampling extras; unset is off (models record no default).
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub min_p: Option<f32>,
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Per-token log probabilities with this many alternatives (at most
+    /// [`MAX_TOP_LOGPROBS`]); None: none.
+    pub logprobs: Option<usize>,
+}
+
+/// What the reply continues: a conversation rendered with the model's chat
+/// template, or raw text tokenized as is (a plain completion).
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    Messages(Vec<ChatMessage>),
+    Raw(String),
 }
 
 impl ChatModel {
@@ -145,6 +162,22 @@ impl ChatModel {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Raw text as token ids, without the chat template (the tokenizer's
+    /// own special tokens, such as a BOS, are added).
+    pub fn raw_prompt_tokens(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        if text.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        match encoding.get_ids() {
+            [] => Err(EngineError::EmptyPrompt),
+            ids => Ok(ids.to_vec()),
+        }
+    }
+
     /// A generation request for `messages`, unset options taken from the
     /// model's defaults ([`resolve_options`]). Sampling values are validated.
     pub fn request(
@@ -152,13 +185,28 @@ impl ChatModel {
         messages: &[ChatMessage],
         options: &RequestOptions,
     ) -> Result<GenerationRequest, EngineError> {
+        self.request_for(&Prompt::Messages(messages.to_vec()), options)
+    }
+
+    /// [`Self::request`] for either kind of prompt.
+    pub fn request_for(
+        &self,
+        prompt: &Prompt,
+        options: &RequestOptions,
+    ) -> Result<GenerationRequest, EngineError> {
         let (sampling, max_tokens) = resolve_options(self.defaults(), options)?;
+        sampling.validate_vocab(self.model.vocab_size())?;
+        let prompt_tokens = match prompt {
+            Prompt::Messages(messages) => self.prompt_tokens(messages)?,
+            Prompt::Raw(text) => self.raw_prompt_tokens(text)?,
+        };
         Ok(GenerationRequest {
-            prompt_tokens: self.prompt_tokens(messages)?,
+            prompt_tokens,
             sampling,
             max_tokens: Some(max_tokens),
             stop: options.stop.clone(),
             stop_token_ids: self.stop_token_ids.clone(),
+            logprobs: options.logprobs,
         })
     }
 }
@@ -180,8 +228,19 @@ pub fn resolve_options(
         repetition_penalty: options
             .repetition_penalty
             .unwrap_or(defaults.repetition_penalty),
+        presence_penalty: options.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: options.frequency_penalty.unwrap_or(0.0),
+        min_p: options.min_p.unwrap_or(0.0),
+        logit_bias: options.logit_bias.clone(),
     };
     sampling.validate()?;
+    if let Some(top) = options.logprobs
+        && top > MAX_TOP_LOGPROBS
+    {
+        return Err(EngineError::InvalidRequest(format!(
+            "top_logprobs must be at most {MAX_TOP_LOGPROBS} (got {top})"
+        )));
+    }
     if options.max_tokens == Some(0) {
         return Err(EngineError::InvalidRequest(
             "max_tokens must be at least 1".into(),
@@ -268,6 +327,11 @@ mod tests {
             seed: Some(3),
             repetition_penalty: Some(1.0),
             stop: Vec::new(),
+            presence_penalty: Some(0.5),
+            frequency_penalty: Some(-0.5),
+            min_p: Some(0.1),
+            logit_bias: vec![(3, -100.0)],
+            logprobs: Some(2),
         };
         let (sampling, max_tokens) = resolve_options(&recorded(), &options).unwrap();
         assert_eq!(
@@ -275,6 +339,15 @@ mod tests {
             (0.0, 1.0, 0)
         );
         assert_eq!((sampling.seed, sampling.repetition_penalty), (Some(3), 1.0));
+        assert_eq!(
+            (
+                sampling.presence_penalty,
+                sampling.frequency_penalty,
+                sampling.min_p
+            ),
+            (0.5, -0.5, 0.1)
+        );
+        assert_eq!(sampling.logit_bias, vec![(3, -100.0)]);
         assert_eq!(max_tokens, 5);
     }
 
@@ -285,6 +358,39 @@ mod tests {
             ..RequestOptions::default()
         };
         assert!(resolve_options(&recorded(), &zero_tokens).is_err());
+        for (options, name) in [
+            (
+                RequestOptions {
+                    presence_penalty: Some(3.0),
+                    ..RequestOptions::default()
+                },
+                "presence_penalty",
+            ),
+            (
+                RequestOptions {
+                    min_p: Some(2.0),
+                    ..RequestOptions::default()
+                },
+                "min_p",
+            ),
+            (
+                RequestOptions {
+                    logit_bias: vec![(1, 500.0)],
+                    ..RequestOptions::default()
+                },
+                "logit_bias",
+            ),
+            (
+                RequestOptions {
+                    logprobs: Some(21),
+                    ..RequestOptions::default()
+                },
+                "top_logprobs",
+            ),
+        ] {
+            let err = resolve_options(&recorded(), &options).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}: {err}");
+        }
         let bad_default = GenerationDefaults {
             top_p: 0.0,
             ..recorded()

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokenizers::Tokenizer;
 
 use super::detokenize::StreamDecoder;
+use super::logprobs::{TokenBytes, TokenLogprob, token_logprob};
 use super::sampling::{Sampler, SamplingParams};
 use super::session::Session;
 use super::stop::{StopMatcher, StopScan};
@@ -23,11 +24,19 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// Tokens that end the reply (end of turn, end of text); not output.
     pub stop_token_ids: Vec<u32>,
+    /// Report each generated token's log probability (a `Token` event before
+    /// the delta that carries its text) with this many alternatives; None:
+    /// no `Token` events.
+    pub logprobs: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum GenerationEvent {
     Delta(String),
+    /// A generated token's log probability (requests with `logprobs` only;
+    /// never for the end token). Its text comes in the next `Delta`, unless
+    /// a stop string cuts it.
+    Token(TokenLogprob),
     Finished(Finished),
 }
 
@@ -93,6 +102,8 @@ struct Run<'a, M: LanguageModel> {
     cancel: &'a AtomicBool,
     sampler: Sampler,
     decoder: StreamDecoder<'a>,
+    /// Set when the request asks for log probabilities.
+    token_bytes: Option<TokenBytes<'a>>,
     stops: StopMatcher,
     /// Prompt and generated tokens: what the repetition penalty sees.
     history: Vec<u32>,
@@ -122,6 +133,7 @@ impl<'a, M: LanguageModel> Run<'a, M> {
             cancel,
             sampler: Sampler::new(request.sampling.clone())?,
             decoder: StreamDecoder::new(tokenizer, true),
+            token_bytes: request.logprobs.map(|_| TokenBytes::new(tokenizer)),
             stops: StopMatcher::new(&request.stop),
             history: request.prompt_tokens.clone(),
             usage: Usage {
@@ -154,6 +166,7 @@ impl<'a, M: LanguageModel> Run<'a, M> {
         };
         loop {
             let token = self.sample(&logits);
+            self.report_logprob(&logits, token, on_event);
             if let Some(reason) = self.emit(token, on_event)? {
                 return Ok(reason);
             }
@@ -173,6 +186,23 @@ impl<'a, M: LanguageModel> Run<'a, M> {
         self.usage.completion_tokens += 1;
         self.first_token_at.get_or_insert_with(Instant::now);
         token
+    }
+
+    /// Sends the token's log probability when the request asks for it.
+    fn report_logprob(
+        &self,
+        logits: &[f32],
+        token: u32,
+        on_event: &mut impl FnMut(GenerationEvent),
+    ) {
+        let (Some(top), Some(bytes)) = (self.request.logprobs, &self.token_bytes) else {
+            return;
+        };
+        if !self.request.stop_token_ids.contains(&token) {
+            on_event(GenerationEvent::Token(token_logprob(
+                logits, token, top, bytes,
+            )));
+        }
     }
 
     /// Streams the token's text; returns why generation ends after it, if
@@ -319,7 +349,7 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 GenerationEvent::Delta(text) => Some(text.clone()),
-                GenerationEvent::Finished(_) => None,
+                GenerationEvent::Token(_) | GenerationEvent::Finished(_) => None,
             })
             .collect();
         Outcome { deltas, finished }
@@ -380,6 +410,48 @@ mod tests {
         let timings = out.finished.timings;
         assert!(timings.time_to_first_token <= timings.total);
         assert!(timings.tokens_per_second > 0.0);
+    }
+
+    #[test]
+    fn logprobs_come_once_per_reply_token_before_its_text() {
+        let tokenizer = byte_level_tokenizer();
+        let ids = encode(&tokenizer, "Hello world");
+        let model = scripted(&tokenizer, &ids);
+        let req = GenerationRequest {
+            logprobs: Some(2),
+            ..request(&tokenizer)
+        };
+        let mut session = Session::new(&model, 256);
+        let cancel = AtomicBool::new(false);
+        let mut events = Vec::new();
+        generate(&model, &mut session, &tokenizer, &req, &cancel, |e| {
+            events.push(e)
+        })
+        .unwrap();
+        let tokens: Vec<&TokenLogprob> = events
+            .iter()
+            .filter_map(|e| match e {
+                GenerationEvent::Token(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        // The end token is not part of the reply: no logprob for it.
+        let got: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+        assert_eq!(got, ids);
+        let text: Vec<u8> = tokens.iter().flat_map(|t| t.bytes.clone()).collect();
+        assert_eq!(text, b"Hello world");
+        for t in &tokens {
+            // The script gives its token logit 20 over 0s: nearly certain.
+            assert!(t.logprob <= 0.0 && t.logprob > -0.01, "{t:?}");
+            assert_eq!(t.top.len(), 2);
+            assert_eq!(t.top[0].id, t.id);
+            assert!(t.top[1].logprob < -15.0);
+        }
+        // Each token's event comes before the delta with its text.
+        assert!(matches!(events[0], GenerationEvent::Token(_)));
+        assert!(matches!(events[1], GenerationEvent::Delta(_)));
+        let plain = run(&model, 256, &tokenizer, &request(&tokenizer));
+        assert_eq!(plain.text(), "Hello world");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 mod chat_model;
 pub mod detokenize;
 pub mod generate;
+pub mod logprobs;
 mod qins_model;
 pub mod sampling;
 pub mod session;
@@ -22,11 +23,12 @@ pub(crate) mod testing;
 
 use std::sync::atomic::AtomicBool;
 
-pub use chat_model::{ChatModel, ChatModelError, RequestOptions, resolve_options};
+pub use chat_model::{ChatModel, ChatModelError, Prompt, RequestOptions, resolve_options};
 pub use detokenize::StreamDecoder;
 pub use generate::{
     FinishReason, Finished, GenerationEvent, GenerationRequest, Timings, Usage, generate,
 };
+pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprob};
 pub use sampling::{Sampler, SamplingParams};
 pub use session::{Prefill, Session};
 pub use stop::{StopMatcher, StopScan};

@@ -8,14 +8,16 @@ use std::time::Instant;
 
 use qins_proto::v1::{
     ChatDone, ChatEvent, ChatRequest, FinishReason as ProtoFinish, Sampling, TextDelta, Timings,
-    Usage, chat_event,
+    TokenLogprob as ProtoLogprob, Usage, chat_event,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status};
 
 use super::{EventStream, cancel_when_dropped, status};
-use crate::engine::{ChatMessage, FinishReason, Finished, GenerationEvent, RequestOptions};
+use crate::engine::{
+    ChatMessage, FinishReason, Finished, GenerationEvent, Prompt, RequestOptions, TokenLogprob,
+};
 use crate::scheduler::Scheduler;
 
 /// Deltas buffered towards a slow client before generation waits for it.
@@ -26,11 +28,11 @@ pub async fn chat(
     request: ChatRequest,
 ) -> Result<Response<EventStream<ChatEvent>>, Status> {
     let received = Instant::now();
-    let (messages, options, session_id) = chat_input(request)?;
+    let (prompt, options, session_id) = chat_input(request)?;
     let prepared = {
         let scheduler = Arc::clone(scheduler);
         let session_id = session_id.clone();
-        tokio::task::spawn_blocking(move || scheduler.prepare_chat(&messages, &options, session_id))
+        tokio::task::spawn_blocking(move || scheduler.prepare_chat(&prompt, &options, session_id))
             .await
             .map_err(status::join_error)?
             .map_err(status::from_scheduler)?
@@ -46,15 +48,26 @@ pub async fn chat(
     tokio::task::spawn_blocking(move || {
         let model = prepared.model_name().to_string();
         let queue_ms = slot.waited.as_secs_f64() * 1e3;
+        // Token logprobs wait for the delta that carries their text.
+        let mut pending: Vec<ProtoLogprob> = Vec::new();
         let result = scheduler.run_chat(&slot, prepared, Arc::clone(&cancel), |event| {
-            if let GenerationEvent::Delta(text) = event {
-                let delta = chat_event::Event::Delta(TextDelta { text });
-                if tx
-                    .blocking_send(Ok(ChatEvent { event: Some(delta) }))
-                    .is_err()
-                {
-                    cancel.store(true, Ordering::SeqCst);
+            let text = match event {
+                GenerationEvent::Token(token) => {
+                    pending.push(proto_logprob(token));
+                    return;
                 }
+                GenerationEvent::Delta(text) => text,
+                GenerationEvent::Finished(_) => return,
+            };
+            let delta = chat_event::Event::Delta(TextDelta {
+                text,
+                logprobs: std::mem::take(&mut pending),
+            });
+            if tx
+                .blocking_send(Ok(ChatEvent { event: Some(delta) }))
+                .is_err()
+            {
+                cancel.store(true, Ordering::SeqCst);
             }
         });
         drop(slot);
@@ -77,26 +90,50 @@ pub async fn chat(
     Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
 }
 
-/// The request's messages and options, with every field range-checked.
-fn chat_input(
-    request: ChatRequest,
-) -> Result<(Vec<ChatMessage>, RequestOptions, Option<String>), Status> {
-    if request.messages.is_empty() {
-        return Err(status::invalid(
-            "messages is empty: send at least one user message",
-        ));
+/// The engine's token logprob as the proto's, with its text.
+fn proto_logprob(token: TokenLogprob) -> ProtoLogprob {
+    ProtoLogprob {
+        id: token.id,
+        text: String::from_utf8_lossy(&token.bytes).into_owned(),
+        bytes: token.bytes,
+        logprob: token.logprob,
+        top: token.top.into_iter().map(proto_logprob).collect(),
     }
-    let messages = request
-        .messages
-        .into_iter()
-        .map(|m| ChatMessage {
-            role: m.role,
-            content: m.content,
-        })
-        .collect();
-    let options = request_options(request.sampling.unwrap_or_default())?;
+}
+
+/// The request's prompt and options, with every field range-checked.
+fn chat_input(request: ChatRequest) -> Result<(Prompt, RequestOptions, Option<String>), Status> {
+    let prompt = match (request.messages.is_empty(), request.prompt.is_empty()) {
+        (false, false) => {
+            return Err(status::invalid(
+                "set messages (a chat) or prompt (a plain completion), not both",
+            ));
+        }
+        (true, true) => {
+            return Err(status::invalid(
+                "messages is empty: send at least one user message (or a prompt)",
+            ));
+        }
+        (true, false) => Prompt::Raw(request.prompt),
+        (false, true) => Prompt::Messages(
+            request
+                .messages
+                .into_iter()
+                .map(|m| ChatMessage {
+                    role: m.role,
+                    content: m.content,
+                })
+                .collect(),
+        ),
+    };
+    let mut options = request_options(request.sampling.unwrap_or_default())?;
+    if request.logprobs {
+        options.logprobs = Some(request.top_logprobs as usize);
+    } else if request.top_logprobs > 0 {
+        return Err(status::invalid("top_logprobs needs logprobs = true"));
+    }
     let session_id = Some(request.session_id).filter(|id| !id.is_empty());
-    Ok((messages, options, session_id))
+    Ok((prompt, options, session_id))
 }
 
 fn request_options(sampling: Sampling) -> Result<RequestOptions, Status> {
@@ -135,7 +172,20 @@ fn request_options(sampling: Sampling) -> Result<RequestOptions, Status> {
         seed: sampling.seed,
         repetition_penalty: sampling.repetition_penalty,
         stop: sampling.stop,
+        // Ranges are checked with the others in the engine's resolve_options.
+        presence_penalty: sampling.presence_penalty,
+        frequency_penalty: sampling.frequency_penalty,
+        min_p: sampling.min_p,
+        logit_bias: sorted_bias(sampling.logit_bias),
+        logprobs: None,
     })
+}
+
+/// The bias map in id order, so the same request samples the same way.
+fn sorted_bias(bias: std::collections::HashMap<u32, f32>) -> Vec<(u32, f32)> {
+    let mut bias: Vec<(u32, f32)> = bias.into_iter().collect();
+    bias.sort_by_key(|&(id, _)| id);
+    bias
 }
 
 fn done(finished: &Finished, model: String, queue_ms: f64) -> ChatDone {
@@ -253,5 +303,54 @@ mod tests {
         let error = chat_input(ChatRequest::default()).unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
         assert!(error.message().contains("messages"));
+    }
+
+    #[test]
+    fn a_prompt_is_a_raw_completion_and_excludes_messages() {
+        let raw = ChatRequest {
+            prompt: "Once upon".into(),
+            logprobs: true,
+            top_logprobs: 3,
+            ..Default::default()
+        };
+        let (prompt, options, _) = chat_input(raw.clone()).unwrap();
+        assert!(matches!(prompt, Prompt::Raw(text) if text == "Once upon"));
+        assert_eq!(options.logprobs, Some(3));
+        let both = ChatRequest {
+            messages: vec![qins_proto::v1::Message {
+                role: "user".into(),
+                content: "hi".into(),
+            }],
+            ..raw
+        };
+        let error = chat_input(both).unwrap_err();
+        assert!(error.message().contains("not both"), "{}", error.message());
+        let top_alone = ChatRequest {
+            prompt: "x".into(),
+            top_logprobs: 2,
+            ..Default::default()
+        };
+        let error = chat_input(top_alone).unwrap_err();
+        assert!(
+            error.message().contains("top_logprobs"),
+            "{}",
+            error.message()
+        );
+    }
+
+    #[test]
+    fn sampling_extras_reach_the_options_with_the_bias_in_id_order() {
+        let options = request_options(Sampling {
+            presence_penalty: Some(0.5),
+            frequency_penalty: Some(1.0),
+            min_p: Some(0.05),
+            logit_bias: [(9, 1.0), (2, -100.0)].into_iter().collect(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(options.presence_penalty, Some(0.5));
+        assert_eq!(options.frequency_penalty, Some(1.0));
+        assert_eq!(options.min_p, Some(0.05));
+        assert_eq!(options.logit_bias, vec![(2, -100.0), (9, 1.0)]);
     }
 }

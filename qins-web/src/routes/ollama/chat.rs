@@ -264,6 +264,7 @@ async fn run(state: &AppState, turn: Turn) -> Result<Response, ApiError> {
         // qinsd prefills the whole prompt for each.
         session_id: String::new(),
         sampling: Some(turn.sampling),
+        ..ChatRequest::default()
     };
     let grpc = state.daemon.chat(request).await?;
     let reply = Reply {
