@@ -213,6 +213,50 @@ class StockGrpcClientTest(unittest.TestCase):
             list(self.qins.Chat(self.pb.ChatRequest(), timeout=CALL_TIMEOUT))
         self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
 
+    def test_raw_prompt_with_logprobs_and_sampling_extras(self):
+        pb = self.pb
+        # Token 310 of the tiny fixture's vocabulary is "Paris.": +100 forces it.
+        request = pb.ChatRequest(
+            prompt="Once upon a time",
+            logprobs=True,
+            top_logprobs=2,
+            sampling=pb.Sampling(
+                max_tokens=4, temperature=0, logit_bias={310: 100.0},
+                presence_penalty=0.5, frequency_penalty=0.5, min_p=0.1,
+            ),
+        )
+        events = list(self.qins.Chat(request, timeout=CALL_TIMEOUT))
+        deltas = [e.delta for e in events if e.WhichOneof("event") == "delta"]
+        tokens = [t for d in deltas for t in d.logprobs]
+        self.assertEqual([t.id for t in tokens], [310] * 4)
+        self.assertEqual("".join(d.text for d in deltas), "Paris." * 4)
+        for t in tokens:
+            self.assertEqual(t.text, "Paris.")
+            self.assertEqual(t.bytes, b"Paris.")
+            self.assertLessEqual(t.logprob, 0.0)
+            self.assertEqual(len(t.top), 2)
+            self.assertGreaterEqual(t.top[0].logprob, t.top[1].logprob)
+        chat = pb.ChatRequest(
+            messages=[pb.Message(role="user", content="Once upon a time")],
+            sampling=pb.Sampling(max_tokens=1),
+        )
+        chat_done = list(self.qins.Chat(chat, timeout=CALL_TIMEOUT))[-1].done
+        # The chat template adds role markers; the raw prompt has none.
+        self.assertLess(events[-1].done.usage.prompt_tokens, chat_done.usage.prompt_tokens)
+
+    def test_out_of_range_extras_are_invalid_arguments(self):
+        pb = self.pb
+        for sampling, name in [
+            (pb.Sampling(presence_penalty=2.5), "presence_penalty"),
+            (pb.Sampling(min_p=1.5), "min_p"),
+            (pb.Sampling(logit_bias={99999: 1.0}), "logit_bias"),
+        ]:
+            request = pb.ChatRequest(prompt="x", sampling=sampling)
+            with self.assertRaises(grpc.RpcError) as cm:
+                list(self.qins.Chat(request, timeout=CALL_TIMEOUT))
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn(name, cm.exception.details())
+
     def test_the_daemon_replaced_the_socket_path_authority(self):
         # Proof that this client sends an authority h2 would refuse: the
         # socket path, percent-encoded by gRPC C-core (grpcio 1.85 sends

@@ -2,10 +2,13 @@
 //! and the translation into qinsd's `ChatRequest`.
 
 pub mod chat;
+pub mod completions;
 pub mod health;
 pub mod metrics;
 pub mod ollama;
 pub mod openai;
+pub mod openai_logprobs;
+pub mod openai_params;
 pub mod page;
 pub mod stats;
 

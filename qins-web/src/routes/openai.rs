@@ -6,7 +6,10 @@
 //!   responses name the resident model. (Clients insist on sending a name.)
 //! - finish reasons: stop -> "stop", length -> "length"; a cancelled reply
 //!   maps to "stop" (only a client that went away cancels, so nobody reads it).
-//! - `n` other than 1, tools and non-text content parts are refused (400).
+//! - every request parameter is honoured or refused with a 400 naming it
+//!   (`openai_params`); `n` other than 1, tools, JSON output and non-text
+//!   content parts are refused.
+//! - logprobs are the model's own (before bias, penalties and temperature).
 //! - `/v1/models` reports `created: 0`: qinsd does not track creation times.
 
 use std::convert::Infallible;
@@ -19,43 +22,26 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use qins_proto::v1::{ChatDone, ChatRequest, FinishReason, chat_event};
+use qins_proto::v1::{
+    ChatDone, ChatRequest, FinishReason, Message, Sampling, TokenLogprob, chat_event,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiJson, SamplingParams, Stop, message};
+use super::openai_logprobs::chat_logprobs;
+use super::openai_params as params;
+use super::{ApiJson, message};
 use crate::app::AppState;
 use crate::daemon::ChatStream;
 use crate::error::ApiError;
 
-// Unknown fields, `model` among them (see the module comment), are ignored.
-#[derive(Debug, Deserialize)]
-pub struct CompletionRequest {
-    messages: Vec<OaMessage>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    max_tokens: Option<u32>,
-    max_completion_tokens: Option<u32>,
-    seed: Option<u64>,
-    stop: Option<Stop>,
-    #[serde(default)]
+/// A chat completion request, read by [`ChatBody::parse`].
+#[derive(Debug)]
+pub struct ChatBody {
+    request: ChatRequest,
     stream: bool,
-    stream_options: Option<StreamOptions>,
-    n: Option<u32>,
-    tools: Option<Vec<Value>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
     include_usage: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct OaMessage {
-    role: String,
-    #[serde(default)]
-    content: Option<Content>,
+    logprobs: bool,
 }
 
 /// OpenAI content: a string, or a list of typed parts of which only text is
@@ -95,61 +81,199 @@ fn content_text(content: Option<Content>) -> Result<String, ApiError> {
     }
 }
 
-impl CompletionRequest {
-    fn into_chat(self) -> Result<ChatRequest, ApiError> {
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(ApiError::BadRequest("only n = 1 is supported".into()));
-        }
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(ApiError::BadRequest("tools are not supported".into()));
-        }
-        let messages = self
-            .messages
-            .into_iter()
-            .map(|m| {
-                // OpenAI's newer name for the system role.
-                let role = if m.role == "developer" {
-                    "system".to_string()
-                } else {
-                    m.role
-                };
-                Ok(message(role, content_text(m.content)?))
-            })
-            .collect::<Result<Vec<_>, ApiError>>()?;
-        let sampling = SamplingParams {
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: None,
-            max_tokens: self.max_completion_tokens.or(self.max_tokens),
-            seed: self.seed,
-            stop: Stop::into_vec(self.stop),
+impl ChatBody {
+    /// Reads every parameter of the body; see `openai_params` for the rules.
+    pub fn parse(body: Value) -> Result<Self, ApiError> {
+        let mut sampling = Sampling::default();
+        let mut messages = None;
+        let (mut max_tokens, mut max_completion_tokens) = (None, None);
+        let mut out = Self {
+            request: ChatRequest::default(),
+            stream: false,
+            include_usage: false,
+            logprobs: false,
         };
-        Ok(ChatRequest {
-            messages,
-            session_id: String::new(),
-            sampling: Some(sampling.into()),
-            ..ChatRequest::default()
-        })
+        let mut top_logprobs = None;
+        for (name, value) in params::object(body)? {
+            if params::sampling_param(&mut sampling, &name, &value)? {
+                continue;
+            }
+            let name = name.as_str();
+            match name {
+                // Accepted, not checked: see the module comment.
+                "model" => {
+                    params::string(name, value)?;
+                }
+                "messages" => messages = Some(parse_messages(value)?),
+                "max_tokens" => max_tokens = Some(params::uint32(name, &value)?),
+                "max_completion_tokens" => {
+                    max_completion_tokens = Some(params::uint32(name, &value)?)
+                }
+                "stream" => out.stream = params::boolean(name, &value)?,
+                "stream_options" => out.include_usage = params::include_usage(value)?,
+                "logprobs" => out.logprobs = params::boolean(name, &value)?,
+                "top_logprobs" => top_logprobs = Some(params::uint32(name, &value)?),
+                // Requests sharing a key share a qinsd session: the K/V of
+                // their common prompt prefix is reused.
+                "prompt_cache_key" => out.request.session_id = params::string(name, value)?,
+                // End-user identifiers: qins serves its local user and keeps
+                // nothing per user.
+                "user" | "safety_identifier" => {
+                    params::string(name, value)?;
+                }
+                "n" => params::one_choice(name, &value)?,
+                "response_format" => response_format(&value)?,
+                "tools" => params::only(name, &value, json!([]), "tool calling is not supported")?,
+                "tool_choice" => {
+                    if !matches!(value.as_str(), Some("none" | "auto")) {
+                        return Err(params::refused(name, "tool calling is not supported"));
+                    }
+                }
+                "store" => params::only(
+                    name,
+                    &value,
+                    json!(false),
+                    "qins-web does not store completions",
+                )?,
+                "service_tier" => {
+                    if !matches!(value.as_str(), Some("auto" | "default")) {
+                        return Err(params::refused(
+                            name,
+                            "qins has one service tier, \"default\"",
+                        ));
+                    }
+                }
+                "modalities" => {
+                    params::only(name, &value, json!(["text"]), "qins replies in text")?
+                }
+                _ => return Err(params::refused(name, unsupported_chat_param(name))),
+            }
+        }
+        if top_logprobs.is_some() && !out.logprobs {
+            return Err(params::invalid("top_logprobs", "needs logprobs: true"));
+        }
+        if let Some(top) = top_logprobs {
+            if u64::from(top) > params::MAX_TOP_LOGPROBS {
+                return Err(params::invalid(
+                    "top_logprobs",
+                    &format!("must be at most {}", params::MAX_TOP_LOGPROBS),
+                ));
+            }
+            out.request.top_logprobs = top;
+        }
+        out.request.logprobs = out.logprobs;
+        out.request.messages =
+            messages.ok_or_else(|| params::invalid("messages", "is required"))?;
+        // OpenAI's newer name wins over the deprecated one.
+        sampling.max_tokens = max_completion_tokens.or(max_tokens);
+        out.request.sampling = Some(sampling);
+        Ok(out)
     }
+}
+
+/// Why a parameter outside the honoured set is refused.
+fn unsupported_chat_param(name: &str) -> &'static str {
+    match name {
+        "functions" | "function_call" | "parallel_tool_calls" => "tool calling is not supported",
+        "audio" => "qins replies in text",
+        "metadata" => "it tags stored completions, and qins-web stores none",
+        "prediction" => "predicted outputs are not supported",
+        "reasoning_effort" | "verbosity" => "qins has no reasoning-effort or verbosity control",
+        "web_search_options" => "qins does not search the web",
+        _ => "it is not a chat completion parameter qins-web knows",
+    }
+}
+
+/// `response_format`: plain text only, for now.
+fn response_format(value: &Value) -> Result<(), ApiError> {
+    match value.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(()),
+        Some(kind @ ("json_object" | "json_schema")) => Err(params::refused(
+            "response_format",
+            &format!("{kind}: constrained (JSON) output is not supported yet"),
+        )),
+        _ => Err(params::invalid(
+            "response_format",
+            "type must be \"text\", \"json_object\" or \"json_schema\"",
+        )),
+    }
+}
+
+/// The conversation: roles and text content; anything else a message can
+/// carry is refused with its path (`messages[2].tool_calls`).
+fn parse_messages(value: Value) -> Result<Vec<Message>, ApiError> {
+    let Value::Array(items) = value else {
+        return Err(params::invalid("messages", "must be a list of messages"));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| parse_message(i, item))
+        .collect()
+}
+
+fn parse_message(index: usize, item: Value) -> Result<Message, ApiError> {
+    let path = |field: &str| format!("messages[{index}].{field}");
+    let mut role = None;
+    let mut content = None;
+    for (name, value) in params::object(item)
+        .map_err(|_| params::invalid(&format!("messages[{index}]"), "must be an object"))?
+    {
+        match name.as_str() {
+            "role" => role = Some(params::string(&path("role"), value)?),
+            "content" => {
+                content = Some(serde_json::from_value::<Content>(value).map_err(|_| {
+                    params::invalid(&path("content"), "must be a string or a list of parts")
+                })?)
+            }
+            "name" => {
+                return Err(params::refused(
+                    &path("name"),
+                    "chat templates have no place for participant names",
+                ));
+            }
+            "tool_calls" | "tool_call_id" | "function_call" => {
+                return Err(params::refused(
+                    &path(&name),
+                    "tool calling is not supported",
+                ));
+            }
+            _ => return Err(params::refused(&path(&name), "unknown message field")),
+        }
+    }
+    let role = role.ok_or_else(|| params::invalid(&path("role"), "is required"))?;
+    let role = match role.as_str() {
+        // OpenAI's newer name for the system role.
+        "developer" => "system".to_string(),
+        "tool" | "function" => {
+            return Err(params::refused(
+                &path("role"),
+                "tool messages need tool calling, which is not supported",
+            ));
+        }
+        _ => role,
+    };
+    Ok(message(role, content_text(content)?))
 }
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<CompletionRequest>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let stream = body.stream;
-    let include_usage = body
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
-    let request = body.into_chat()?;
+    let ChatBody {
+        request,
+        stream,
+        include_usage,
+        logprobs,
+    } = ChatBody::parse(body)?;
     // Streamed chunks name the model before the reply's `done` does.
     let model = state.daemon.stats().await?.model;
     let grpc = state.daemon.chat(request).await?;
     let meta = Meta {
-        id: completion_id(),
+        id: completion_id("chatcmpl"),
         created: unix_now(),
         model,
+        logprobs,
     };
     if stream {
         Ok(Sse::new(chunks(grpc, meta, include_usage))
@@ -164,9 +288,19 @@ struct Meta {
     id: String,
     created: u64,
     model: String,
+    /// The request asked for logprobs: choices carry them, else null.
+    logprobs: bool,
 }
 
 impl Meta {
+    fn logprobs(&self, tokens: &[TokenLogprob]) -> Value {
+        if self.logprobs {
+            chat_logprobs(tokens)
+        } else {
+            Value::Null
+        }
+    }
+
     fn chunk(&self, choices: Value) -> Value {
         json!({
             "id": self.id,
@@ -198,10 +332,15 @@ fn usage_json(done: &ChatDone) -> Value {
 
 async fn collect(mut grpc: ChatStream, meta: Meta) -> Result<Value, ApiError> {
     let mut text = String::new();
+    let mut tokens = Vec::new();
     loop {
         match grpc.message().await?.and_then(|e| e.event) {
-            Some(chat_event::Event::Delta(d)) => text.push_str(&d.text),
+            Some(chat_event::Event::Delta(d)) => {
+                text.push_str(&d.text);
+                tokens.extend(d.logprobs);
+            }
             Some(chat_event::Event::Done(done)) => {
+                let logprobs = meta.logprobs(&tokens);
                 return Ok(json!({
                     "id": meta.id,
                     "object": "chat.completion",
@@ -211,7 +350,7 @@ async fn collect(mut grpc: ChatStream, meta: Meta) -> Result<Value, ApiError> {
                     "choices": [{
                         "index": 0,
                         "message": { "role": "assistant", "content": text },
-                        "logprobs": Value::Null,
+                        "logprobs": logprobs,
                         "finish_reason": finish_reason(&done),
                     }],
                     "usage": usage_json(&done),
@@ -304,11 +443,13 @@ impl ChunkState {
                 Err(status) => return self.finish_with(data(&ApiError::from(status).body())),
             };
             match event {
-                Some(chat_event::Event::Delta(d)) if !d.text.is_empty() => {
+                Some(chat_event::Event::Delta(d))
+                    if !d.text.is_empty() || !d.logprobs.is_empty() =>
+                {
                     let choice = json!([{
                         "index": 0,
                         "delta": { "content": d.text },
-                        "logprobs": Value::Null,
+                        "logprobs": self.meta.logprobs(&d.logprobs),
                         "finish_reason": Value::Null,
                     }]);
                     return data(&self.with_usage(self.meta.chunk(choice)));
@@ -363,7 +504,7 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<Value>, A
     Ok(Json(json!({ "object": "list", "data": data })))
 }
 
-fn unix_now() -> u64 {
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -371,11 +512,114 @@ fn unix_now() -> u64 {
 
 /// Unique within this process and unlikely to repeat across restarts;
 /// ids only need to tell completions apart, not be secret.
-fn completion_id() -> String {
+pub fn completion_id(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("chatcmpl-{nanos:x}{n:04x}")
+    format!("{prefix}-{nanos:x}{n:04x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param(body: Value) -> String {
+        match ChatBody::parse(body) {
+            Err(ApiError::Param { param, .. }) => param,
+            other => panic!("expected a parameter error, got {other:?}"),
+        }
+    }
+
+    fn user() -> Value {
+        json!([{ "role": "user", "content": "hi" }])
+    }
+
+    #[test]
+    fn honoured_parameters_reach_the_request() {
+        let body = ChatBody::parse(json!({
+            "model": "m", "messages": [
+                { "role": "developer", "content": "Be brief." },
+                { "role": "user", "content": [{ "type": "text", "text": "hi" }] },
+                { "role": "assistant", "content": null }],
+            "max_tokens": 9, "max_completion_tokens": 5, "presence_penalty": 0.5,
+            "frequency_penalty": 0.25, "min_p": 0.1, "logit_bias": { "3": -100 },
+            "logprobs": true, "top_logprobs": 4, "stream": true,
+            "stream_options": { "include_usage": true }, "prompt_cache_key": "conv-1",
+            "n": 1, "store": false, "tools": [], "tool_choice": "none",
+            "response_format": { "type": "text" }, "user": "u", "seed": null,
+        }))
+        .expect("accepted");
+        assert!(body.stream && body.include_usage && body.logprobs);
+        let request = body.request;
+        assert_eq!(request.messages.len(), 3);
+        assert_eq!(request.messages[0].role, "system");
+        assert_eq!(request.messages[1].content, "hi");
+        assert_eq!(request.session_id, "conv-1");
+        assert!(request.logprobs);
+        assert_eq!(request.top_logprobs, 4);
+        let sampling = request.sampling.expect("sampling");
+        assert_eq!(sampling.max_tokens, Some(5), "max_completion_tokens wins");
+        assert_eq!(sampling.presence_penalty, Some(0.5));
+        assert_eq!(sampling.frequency_penalty, Some(0.25));
+        assert_eq!(sampling.min_p, Some(0.1));
+        assert_eq!(sampling.logit_bias.get(&3), Some(&-100.0));
+        assert_eq!(sampling.seed, None);
+    }
+
+    #[test]
+    fn everything_else_is_refused_by_name() {
+        let with = |name: &str, value: Value| {
+            let mut body = json!({ "messages": user() });
+            body[name] = value;
+            body
+        };
+        for (name, value) in [
+            ("response_format", json!({ "type": "json_object" })),
+            (
+                "response_format",
+                json!({ "type": "json_schema", "json_schema": {} }),
+            ),
+            (
+                "tools",
+                json!([{ "type": "function", "function": { "name": "f" } }]),
+            ),
+            ("tool_choice", json!("required")),
+            ("n", json!(2)),
+            ("store", json!(true)),
+            ("audio", json!({})),
+            ("reasoning_effort", json!("low")),
+            ("parallel_tool_calls", json!(true)),
+            ("frobnicate", json!(1)),
+            ("top_logprobs", json!(2)),
+            ("temperature", json!("hot")),
+        ] {
+            assert_eq!(param(with(name, value)), name);
+        }
+        let too_many = json!({ "messages": user(), "logprobs": true, "top_logprobs": 21 });
+        assert_eq!(param(too_many), "top_logprobs");
+        assert_eq!(param(json!({})), "messages");
+        for (message, path) in [
+            (
+                json!({ "role": "user", "content": "x", "name": "bob" }),
+                "messages[0].name",
+            ),
+            (
+                json!({ "role": "tool", "content": "x" }),
+                "messages[0].role",
+            ),
+            (
+                json!({ "role": "assistant", "tool_calls": [] }),
+                "messages[0].tool_calls",
+            ),
+            (
+                json!({ "role": "user", "content": 5 }),
+                "messages[0].content",
+            ),
+            (json!({ "content": "x" }), "messages[0].role"),
+        ] {
+            assert_eq!(param(json!({ "messages": [message] })), path);
+        }
+    }
 }

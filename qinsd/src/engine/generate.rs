@@ -269,6 +269,11 @@ impl<'a, M: LanguageModel> Run<'a, M> {
                 reason = FinishReason::Stop;
             } else {
                 send_delta(self.stops.finish(), on_event);
+                if self.request.logprobs.is_some() {
+                    // Tokens without text of their own (a special token
+                    // skipped in decoding) get a delta to travel with.
+                    on_event(GenerationEvent::Delta(String::new()));
+                }
             }
         }
         Ok(Finished {

@@ -56,8 +56,8 @@ pub async fn chat(
                     pending.push(proto_logprob(token));
                     return;
                 }
-                GenerationEvent::Delta(text) => text,
-                GenerationEvent::Finished(_) => return,
+                GenerationEvent::Delta(text) if !text.is_empty() || !pending.is_empty() => text,
+                GenerationEvent::Delta(_) | GenerationEvent::Finished(_) => return,
             };
             let delta = chat_event::Event::Delta(TextDelta {
                 text,
