@@ -147,6 +147,26 @@ class OllamaApiTest(unittest.TestCase):
         loaded = self.client.generate(model=MODEL)
         self.assertEqual(loaded.done_reason, "load")
 
+    def test_raw_generate_skips_the_template_and_penalties_apply(self):
+        templated = self.client.generate(
+            model=MODEL, prompt="Once upon a time", options={"num_predict": 1})
+        raw = self.client.generate(
+            model=MODEL, prompt="Once upon a time", raw=True, options={"num_predict": 1})
+        self.assertLess(raw.prompt_eval_count, templated.prompt_eval_count)
+        greedy = {"temperature": 0, "num_predict": 12}
+        plain = self.client.generate(model=MODEL, prompt="Hi", raw=True, options=greedy)
+        # min_p 1 keeps only the most likely token: hot sampling turns greedy.
+        hot = self.client.generate(
+            model=MODEL, prompt="Hi", raw=True,
+            options={"temperature": 1.5, "seed": 3, "num_predict": 12, "min_p": 1.0})
+        self.assertEqual(hot.response, plain.response)
+        penalised = self.client.generate(
+            model=MODEL, prompt="Hi", raw=True,
+            options={**greedy, "presence_penalty": 2.0, "frequency_penalty": 2.0})
+        # Accepted now (refused before qinsd had these samplers).
+        self.assertTrue(penalised.done)
+        self.assertGreaterEqual(penalised.eval_count, 1)
+
     def refusal(self, status, call):
         with self.assertRaises(ollama.ResponseError) as cm:
             call()
@@ -159,9 +179,10 @@ class OllamaApiTest(unittest.TestCase):
             ("format", lambda: self.chat(stream=False, format={"type": "object"})),
             ("num_gpu", lambda: self.chat(stream=False, options={"num_gpu": 1})),
             ("mirostat", lambda: self.chat(stream=False, options={"mirostat": 2})),
-            ("min_p", lambda: self.chat(stream=False, options={"min_p": 0.1})),
+            ("min_p", lambda: self.chat(stream=False, options={"min_p": 2.0})),
             ("think", lambda: self.chat(stream=False, think=True)),
-            ("raw", lambda: self.client.generate(model=MODEL, prompt="x", raw=True)),
+            ("system", lambda: self.client.generate(
+                model=MODEL, prompt="x", system="y", raw=True)),
         ]
         for name, call in cases:
             with self.subTest(name):

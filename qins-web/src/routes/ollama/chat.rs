@@ -5,9 +5,10 @@
 //!
 //! Refused with a 400 naming the field, since qinsd cannot do them yet:
 //! `format` (JSON mode and schemas need grammar-constrained decoding),
-//! `tools`, `think`, `logprobs`, images, generate's `suffix`, `template`,
-//! `raw` and `context`. Accepted and ignored: `keep_alive` (qinsd keeps its
-//! model resident until `qins unload`). Unknown fields are refused too.
+//! `tools`, `think`, `logprobs`, images, generate's `suffix`, `template`
+//! and `context`. Accepted and ignored: `keep_alive` (qinsd keeps its model
+//! resident until `qins unload`). Unknown fields are refused too. Generate's
+//! `raw: true` sends the prompt as is, without the chat template.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -92,6 +93,8 @@ enum Shape {
 struct Turn {
     model: String,
     messages: Vec<Message>,
+    /// Generate's `raw: true`: the prompt without the chat template.
+    raw_prompt: Option<String>,
     sampling: Sampling,
     stream: bool,
     shape: Shape,
@@ -134,6 +137,7 @@ impl ChatBody {
         Ok(Turn {
             model: self.model,
             messages,
+            raw_prompt: None,
             sampling: options::sampling(self.options)?,
             stream: self.stream.unwrap_or(true),
             shape: Shape::Chat,
@@ -179,10 +183,11 @@ impl GenerateBody {
                 "the model's own chat template (stored in its .qins file) is always used",
             ));
         }
-        if self.raw == Some(true) {
+        let raw = self.raw == Some(true);
+        if raw && self.system.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(unsupported(
-                "raw",
-                "prompts always go through the model's chat template",
+                "system",
+                "with raw: true the prompt is sent as is, with no place for a system message",
             ));
         }
         if self.context.as_ref().is_some_and(|c| !c.is_empty()) {
@@ -199,7 +204,10 @@ impl GenerateBody {
         }
         // An empty prompt only asks for the model to be loaded (ollama).
         let mut messages = Vec::new();
-        if !self.prompt.is_empty() {
+        let mut raw_prompt = None;
+        if raw {
+            raw_prompt = Some(self.prompt).filter(|p| !p.is_empty());
+        } else if !self.prompt.is_empty() {
             if let Some(system) = self.system.filter(|s| !s.is_empty()) {
                 messages.push(message("system", system));
             }
@@ -208,6 +216,7 @@ impl GenerateBody {
         Ok(Turn {
             model: self.model,
             messages,
+            raw_prompt,
             sampling: options::sampling(self.options)?,
             stream: self.stream.unwrap_or(true),
             shape: Shape::Generate,
@@ -255,11 +264,12 @@ fn refuse_unsupported(
 async fn run(state: &AppState, turn: Turn) -> Result<Response, ApiError> {
     let stats = state.daemon.stats().await?;
     check_model(&stats.model, &turn.model)?;
-    if turn.messages.is_empty() {
+    if turn.messages.is_empty() && turn.raw_prompt.is_none() {
         return Ok(Json(loaded(&turn)).into_response());
     }
     let request = ChatRequest {
         messages: turn.messages,
+        prompt: turn.raw_prompt.unwrap_or_default(),
         // ollama clients resend the conversation each turn without an id;
         // qinsd prefills the whole prompt for each.
         session_id: String::new(),
@@ -477,8 +487,14 @@ mod tests {
         let empty: GenerateBody =
             serde_json::from_value(json!({ "model": "tiny" })).expect("parses");
         assert!(empty.into_turn().expect("load only").messages.is_empty());
+        let raw: GenerateBody =
+            serde_json::from_value(json!({ "model": "tiny", "prompt": "Once", "raw": true }))
+                .expect("parses");
+        let turn = raw.into_turn().expect("accepted");
+        assert!(turn.messages.is_empty());
+        assert_eq!(turn.raw_prompt.as_deref(), Some("Once"));
         for (extra, name) in [
-            (json!({ "raw": true }), "raw"),
+            (json!({ "raw": true, "system": "Be brief." }), "system"),
             (json!({ "suffix": "end" }), "suffix"),
             (json!({ "template": "{{ .Prompt }}" }), "template"),
             (json!({ "context": [1, 2] }), "context"),
