@@ -14,6 +14,7 @@ in requirements.txt; tests/python/run.sh installs them into a cached venv.
 """
 
 import importlib
+import json
 import os
 import shutil
 import subprocess
@@ -243,6 +244,32 @@ class StockGrpcClientTest(unittest.TestCase):
         chat_done = list(self.qins.Chat(chat, timeout=CALL_TIMEOUT))[-1].done
         # The chat template adds role markers; the raw prompt has none.
         self.assertLess(events[-1].done.usage.prompt_tokens, chat_done.usage.prompt_tokens)
+
+    def test_json_schema_output(self):
+        pb = self.pb
+        schema = {
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}},
+            "required": ["ok", "n"],
+            "additionalProperties": False,
+        }
+        request = pb.ChatRequest(
+            messages=[pb.Message(role="user", content="Answer in JSON")],
+            sampling=pb.Sampling(max_tokens=100, temperature=1.0, seed=7),
+            response_format=pb.ResponseFormat(json_schema=json.dumps(schema)),
+        )
+        events = list(self.qins.Chat(request, timeout=CALL_TIMEOUT))
+        self.assertEqual(events[-1].done.finish_reason, pb.FINISH_REASON_STOP)
+        text = "".join(e.delta.text for e in events if e.WhichOneof("event") == "delta")
+        value = json.loads(text)
+        self.assertIsInstance(value["ok"], bool)
+        self.assertIn(value["n"], (1, 2, 3))
+        bad = pb.ChatRequest(
+            prompt="x", response_format=pb.ResponseFormat(json_schema="{not json"))
+        with self.assertRaises(grpc.RpcError) as cm:
+            list(self.qins.Chat(bad, timeout=CALL_TIMEOUT))
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("json_schema", cm.exception.details())
 
     def test_out_of_range_extras_are_invalid_arguments(self):
         pb = self.pb

@@ -167,6 +167,22 @@ class OllamaApiTest(unittest.TestCase):
         self.assertTrue(penalised.done)
         self.assertGreaterEqual(penalised.eval_count, 1)
 
+    def test_format_schema_gives_valid_json(self):
+        schema = {
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}},
+            "required": ["ok", "n"],
+            "additionalProperties": False,
+        }
+        for seed in (1, 2):
+            reply = self.chat(stream=False, format=schema,
+                              options={"temperature": 1.0, "seed": seed, "num_predict": 100})
+            self.assertEqual(reply.done_reason, "stop")
+            value = json.loads(reply.message.content)
+            self.assertIsInstance(value["ok"], bool)
+            self.assertIn(value["n"], (1, 2, 3))
+            self.assertEqual(len(value), 2)
+
     def refusal(self, status, call):
         with self.assertRaises(ollama.ResponseError) as cm:
             call()
@@ -175,8 +191,6 @@ class OllamaApiTest(unittest.TestCase):
 
     def test_what_qinsd_cannot_do_is_refused_by_name(self):
         cases = [
-            ("format", lambda: self.chat(stream=False, format="json")),
-            ("format", lambda: self.chat(stream=False, format={"type": "object"})),
             ("num_gpu", lambda: self.chat(stream=False, options={"num_gpu": 1})),
             ("mirostat", lambda: self.chat(stream=False, options={"mirostat": 2})),
             ("min_p", lambda: self.chat(stream=False, options={"min_p": 2.0})),

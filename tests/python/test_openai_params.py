@@ -10,6 +10,7 @@ tokens instead of reading them: token 310 of its vocabulary is "Paris.", and
 a +100 logit bias makes it the certain pick.
 """
 
+import json
 import unittest
 
 try:
@@ -21,6 +22,30 @@ from qins_stack import MODEL, Stack
 
 PARIS = "310"
 PROMPT = "Once upon a time"
+# Every value bounded, so even a random model finishes well within the limit.
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "happy": {"type": "boolean"},
+        "mood": {"enum": ["calm", "busy"]},
+    },
+    "required": ["name", "age", "happy", "mood"],
+    "additionalProperties": False,
+}
+
+
+def check_schema(test, text):
+    """The reply parses and validates against SCHEMA (checked by hand)."""
+    value = json.loads(text)
+    test.assertEqual(set(value), {"name", "age", "happy", "mood"}, text)
+    test.assertIsInstance(value["name"], str)
+    test.assertLessEqual(len(value["name"]), 8)
+    test.assertIsInstance(value["age"], int)
+    test.assertTrue(0 <= value["age"] <= 120, text)
+    test.assertIsInstance(value["happy"], bool)
+    test.assertIn(value["mood"], ("calm", "busy"))
 
 
 class OpenAIParamsTest(unittest.TestCase):
@@ -123,6 +148,37 @@ class OpenAIParamsTest(unittest.TestCase):
                 self.chat(max_tokens=2, **kw)
             self.assertIn(name, cm.exception.message)
 
+    # ---- response_format ----
+
+    def test_json_schema_replies_always_validate(self):
+        fmt = {"type": "json_schema",
+               "json_schema": {"name": "person", "schema": SCHEMA, "strict": True}}
+        for seed in (1, 2, 3):
+            r = self.chat(temperature=1.0, seed=seed, max_tokens=200, response_format=fmt)
+            self.assertEqual(r.choices[0].finish_reason, "stop")
+            check_schema(self, r.choices[0].message.content)
+        chunks = list(self.chat(temperature=1.0, seed=4, max_tokens=200, response_format=fmt,
+                                stream=True))
+        check_schema(self, "".join(c.choices[0].delta.content or "" for c in chunks))
+        # The same request without the schema is the tiny model's noise.
+        free = self.chat(temperature=1.0, seed=1, max_tokens=40).choices[0].message.content
+        with self.assertRaises(ValueError):
+            check_schema(self, free)
+
+    def test_json_object_replies_are_objects(self):
+        # "}" pushed up: the grammar still has to open the object first.
+        r = self.chat(temperature=0, max_tokens=50, response_format={"type": "json_object"},
+                      logit_bias={"125": 100})
+        self.assertEqual(r.choices[0].finish_reason, "stop")
+        self.assertEqual(json.loads(r.choices[0].message.content), {})
+
+    def test_a_bad_schema_is_refused(self):
+        with self.assertRaises(openai.BadRequestError) as cm:
+            self.chat(max_tokens=2, response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}})
+        self.assertIn("response_format", cm.exception.message)
+
     # ---- logprobs ----
 
     def test_logprobs_in_a_complete_reply(self):
@@ -177,10 +233,7 @@ class OpenAIParamsTest(unittest.TestCase):
         tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
         for param, kw in [
             ("frobnicate", {"extra_body": {"frobnicate": 1}}),
-            ("response_format", {"response_format": {"type": "json_object"}}),
-            ("response_format", {"response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": True}}}),
+            ("response_format", {"response_format": {"type": "xml"}}),
             ("tools", {"tools": [tool]}),
             ("tool_choice", {"tool_choice": "required"}),
             ("n", {"n": 2}),

@@ -7,8 +7,9 @@
 //! - finish reasons: stop -> "stop", length -> "length"; a cancelled reply
 //!   maps to "stop" (only a client that went away cancels, so nobody reads it).
 //! - every request parameter is honoured or refused with a 400 naming it
-//!   (`openai_params`); `n` other than 1, tools, JSON output and non-text
-//!   content parts are refused.
+//!   (`openai_params`); `n` other than 1, tools and non-text content parts
+//!   are refused. `response_format` JSON goes to qinsd's grammar-constrained
+//!   decoding; a `json_schema` is enforced whether `strict` or not.
 //! - logprobs are the model's own (before bias, penalties and temperature).
 //! - `/v1/models` reports `created: 0`: qinsd does not track creation times.
 
@@ -23,7 +24,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use qins_proto::v1::{
-    ChatDone, ChatRequest, FinishReason, Message, Sampling, TokenLogprob, chat_event,
+    ChatDone, ChatRequest, FinishReason, Message, ResponseFormat, Sampling, TokenLogprob,
+    chat_event, response_format,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -122,7 +124,7 @@ impl ChatBody {
                     params::string(name, value)?;
                 }
                 "n" => params::one_choice(name, &value)?,
-                "response_format" => response_format(&value)?,
+                "response_format" => out.request.response_format = response_format(&value)?,
                 "tools" => params::only(name, &value, json!([]), "tool calling is not supported")?,
                 "tool_choice" => {
                     if !matches!(value.as_str(), Some("none" | "auto")) {
@@ -184,19 +186,35 @@ fn unsupported_chat_param(name: &str) -> &'static str {
     }
 }
 
-/// `response_format`: plain text only, for now.
-fn response_format(value: &Value) -> Result<(), ApiError> {
-    match value.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(()),
-        Some(kind @ ("json_object" | "json_schema")) => Err(params::refused(
-            "response_format",
-            &format!("{kind}: constrained (JSON) output is not supported yet"),
-        )),
-        _ => Err(params::invalid(
-            "response_format",
-            "type must be \"text\", \"json_object\" or \"json_schema\"",
-        )),
-    }
+/// `response_format`: text, or JSON through qinsd's grammar-constrained
+/// decoding. A `json_schema` is always enforced, `strict` or not.
+fn response_format(value: &Value) -> Result<Option<ResponseFormat>, ApiError> {
+    let format = match value.get("type").and_then(Value::as_str) {
+        Some("text") => return Ok(None),
+        Some("json_object") => response_format::Format::JsonObject(true),
+        Some("json_schema") => {
+            let schema = value
+                .get("json_schema")
+                .and_then(|s| s.get("schema"))
+                .filter(|s| s.is_object() || s.is_boolean())
+                .ok_or_else(|| {
+                    params::invalid(
+                        "response_format",
+                        "json_schema.schema is required (a JSON schema object)",
+                    )
+                })?;
+            response_format::Format::JsonSchema(schema.to_string())
+        }
+        _ => {
+            return Err(params::invalid(
+                "response_format",
+                "type must be \"text\", \"json_object\" or \"json_schema\"",
+            ));
+        }
+    };
+    Ok(Some(ResponseFormat {
+        format: Some(format),
+    }))
 }
 
 /// The conversation: roles and text content; anything else a message can
@@ -569,6 +587,30 @@ mod tests {
     }
 
     #[test]
+    fn response_formats_become_grammars() {
+        let parse = |format: Value| {
+            ChatBody::parse(json!({ "messages": user(), "response_format": format }))
+                .expect("accepted")
+                .request
+                .response_format
+                .and_then(|f| f.format)
+        };
+        assert_eq!(parse(json!({ "type": "text" })), None);
+        assert_eq!(
+            parse(json!({ "type": "json_object" })),
+            Some(response_format::Format::JsonObject(true))
+        );
+        let schema = json!({ "type": "object", "properties": { "a": { "type": "integer" } } });
+        let Some(response_format::Format::JsonSchema(text)) = parse(json!({
+            "type": "json_schema",
+            "json_schema": { "name": "x", "schema": schema, "strict": true },
+        })) else {
+            panic!("a schema");
+        };
+        assert_eq!(serde_json::from_str::<Value>(&text).expect("JSON"), schema);
+    }
+
+    #[test]
     fn everything_else_is_refused_by_name() {
         let with = |name: &str, value: Value| {
             let mut body = json!({ "messages": user() });
@@ -576,7 +618,7 @@ mod tests {
             body
         };
         for (name, value) in [
-            ("response_format", json!({ "type": "json_object" })),
+            ("response_format", json!({ "type": "xml" })),
             (
                 "response_format",
                 json!({ "type": "json_schema", "json_schema": {} }),

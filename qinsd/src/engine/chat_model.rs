@@ -4,10 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use tokenizers::Tokenizer;
 
+use super::constraint::{GrammarVocab, OutputFormat};
 use super::generate::GenerationRequest;
 use super::logprobs::MAX_TOP_LOGPROBS;
 use super::sampling::SamplingParams;
@@ -49,6 +51,8 @@ pub struct ChatModel {
     resident: ResidentBytes,
     /// When `open` finished: what `Stats` and `qins ps` report as loaded since.
     loaded_at: SystemTime,
+    /// The vocabulary for JSON output, built on the first request for it.
+    grammar: Mutex<Option<Arc<GrammarVocab>>>,
 }
 
 /// What a chat request asks for beyond its messages; None takes the model's default.
@@ -69,6 +73,8 @@ pub struct RequestOptions {
     /// Per-token log probabilities with this many alternatives (at most
     /// [`MAX_TOP_LOGPROBS`]); None: none.
     pub logprobs: Option<usize>,
+    /// JSON output (grammar-constrained); None: free text.
+    pub format: Option<OutputFormat>,
 }
 
 /// What the reply continues: a conversation rendered with the model's chat
@@ -107,6 +113,7 @@ impl ChatModel {
             stop_token_ids,
             resident,
             loaded_at: SystemTime::now(),
+            grammar: Mutex::new(None),
         })
     }
 
@@ -200,6 +207,10 @@ impl ChatModel {
             Prompt::Messages(messages) => self.prompt_tokens(messages)?,
             Prompt::Raw(text) => self.raw_prompt_tokens(text)?,
         };
+        let constraint = match &options.format {
+            Some(format) => Some(self.grammar()?.constraint(format)?),
+            None => None,
+        };
         Ok(GenerationRequest {
             prompt_tokens,
             sampling,
@@ -207,7 +218,24 @@ impl ChatModel {
             stop: options.stop.clone(),
             stop_token_ids: self.stop_token_ids.clone(),
             logprobs: options.logprobs,
+            constraint,
         })
+    }
+
+    /// The model's vocabulary for grammar-constrained decoding, built once
+    /// (a trie over every token; a fraction of a second for 50k tokens).
+    fn grammar(&self) -> Result<Arc<GrammarVocab>, EngineError> {
+        let mut slot = self.grammar.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(grammar) = slot.as_ref() {
+            return Ok(Arc::clone(grammar));
+        }
+        let grammar = Arc::new(GrammarVocab::new(
+            &self.tokenizer,
+            self.model.vocab_size(),
+            &self.stop_token_ids,
+        )?);
+        *slot = Some(Arc::clone(&grammar));
+        Ok(grammar)
     }
 }
 
@@ -332,6 +360,7 @@ mod tests {
             min_p: Some(0.1),
             logit_bias: vec![(3, -100.0)],
             logprobs: Some(2),
+            format: None,
         };
         let (sampling, max_tokens) = resolve_options(&recorded(), &options).unwrap();
         assert_eq!(

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokenizers::Tokenizer;
 
+use super::constraint::Constraint;
 use super::detokenize::StreamDecoder;
 use super::logprobs::{TokenBytes, TokenLogprob, token_logprob};
 use super::sampling::{Sampler, SamplingParams};
@@ -28,6 +29,9 @@ pub struct GenerationRequest {
     /// the delta that carries its text) with this many alternatives; None:
     /// no `Token` events.
     pub logprobs: Option<usize>,
+    /// JSON output: the grammar every drawn token must follow (its state
+    /// before the first token; each run works on its own copy).
+    pub constraint: Option<Constraint>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -104,6 +108,7 @@ struct Run<'a, M: LanguageModel> {
     decoder: StreamDecoder<'a>,
     /// Set when the request asks for log probabilities.
     token_bytes: Option<TokenBytes<'a>>,
+    constraint: Option<Constraint>,
     stops: StopMatcher,
     /// Prompt and generated tokens: what the repetition penalty sees.
     history: Vec<u32>,
@@ -134,6 +139,7 @@ impl<'a, M: LanguageModel> Run<'a, M> {
             sampler: Sampler::new(request.sampling.clone())?,
             decoder: StreamDecoder::new(tokenizer, true),
             token_bytes: request.logprobs.map(|_| TokenBytes::new(tokenizer)),
+            constraint: request.constraint.clone(),
             stops: StopMatcher::new(&request.stop),
             history: request.prompt_tokens.clone(),
             usage: Usage {
@@ -165,7 +171,7 @@ impl<'a, M: LanguageModel> Run<'a, M> {
             Err(e) => return self.cancelled_or(e),
         };
         loop {
-            let token = self.sample(&logits);
+            let token = self.sample(&logits)?;
             self.report_logprob(&logits, token, on_event);
             if let Some(reason) = self.emit(token, on_event)? {
                 return Ok(reason);
@@ -180,12 +186,24 @@ impl<'a, M: LanguageModel> Run<'a, M> {
         }
     }
 
-    fn sample(&mut self, logits: &[f32]) -> u32 {
-        let token = self.sampler.sample(logits, &self.history);
+    /// Draws the next token (within the output grammar, if any).
+    fn sample(&mut self, logits: &[f32]) -> Result<u32, EngineError> {
+        let token = match &mut self.constraint {
+            Some(constraint) => {
+                let mut allowed = logits.to_vec();
+                constraint.mask(&mut allowed)?;
+                let token = self.sampler.sample(&allowed, &self.history);
+                if !self.request.stop_token_ids.contains(&token) {
+                    constraint.accept(token)?;
+                }
+                token
+            }
+            None => self.sampler.sample(logits, &self.history),
+        };
         self.history.push(token);
         self.usage.completion_tokens += 1;
         self.first_token_at.get_or_insert_with(Instant::now);
-        token
+        Ok(token)
     }
 
     /// Sends the token's log probability when the request asks for it.

@@ -9,6 +9,7 @@
 //! The engine never names the concrete model: it runs any [`LanguageModel`].
 
 mod chat_model;
+pub mod constraint;
 pub mod detokenize;
 pub mod generate;
 pub mod logprobs;
@@ -24,6 +25,7 @@ pub(crate) mod testing;
 use std::sync::atomic::AtomicBool;
 
 pub use chat_model::{ChatModel, ChatModelError, Prompt, RequestOptions, resolve_options};
+pub use constraint::OutputFormat;
 pub use detokenize::StreamDecoder;
 pub use generate::{
     FinishReason, Finished, GenerationEvent, GenerationRequest, Timings, Usage, generate,
@@ -87,6 +89,9 @@ pub enum EngineError {
     Template(#[from] TemplateError),
     #[error("detokenizer: {0}")]
     Tokenizer(String),
+    /// The output grammar failed while decoding (a bug, not the request).
+    #[error("output grammar: {0}")]
+    Grammar(String),
     #[error("cancelled")]
     Cancelled,
     #[error("model: {0}")]

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use qins_proto::v1::{
-    ChatDone, ChatEvent, ChatRequest, FinishReason as ProtoFinish, Sampling, TextDelta, Timings,
-    TokenLogprob as ProtoLogprob, Usage, chat_event,
+    ChatDone, ChatEvent, ChatRequest, FinishReason as ProtoFinish, ResponseFormat, Sampling,
+    TextDelta, Timings, TokenLogprob as ProtoLogprob, Usage, chat_event, response_format,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,7 +16,8 @@ use tonic::{Response, Status};
 
 use super::{EventStream, cancel_when_dropped, status};
 use crate::engine::{
-    ChatMessage, FinishReason, Finished, GenerationEvent, Prompt, RequestOptions, TokenLogprob,
+    ChatMessage, FinishReason, Finished, GenerationEvent, OutputFormat, Prompt, RequestOptions,
+    TokenLogprob,
 };
 use crate::scheduler::Scheduler;
 
@@ -127,6 +128,7 @@ fn chat_input(request: ChatRequest) -> Result<(Prompt, RequestOptions, Option<St
         ),
     };
     let mut options = request_options(request.sampling.unwrap_or_default())?;
+    options.format = output_format(request.response_format)?;
     if request.logprobs {
         options.logprobs = Some(request.top_logprobs as usize);
     } else if request.top_logprobs > 0 {
@@ -178,7 +180,19 @@ fn request_options(sampling: Sampling) -> Result<RequestOptions, Status> {
         min_p: sampling.min_p,
         logit_bias: sorted_bias(sampling.logit_bias),
         logprobs: None,
+        format: None,
     })
+}
+
+/// The requested JSON output, its schema parsed.
+fn output_format(format: Option<ResponseFormat>) -> Result<Option<OutputFormat>, Status> {
+    match format.and_then(|f| f.format) {
+        None | Some(response_format::Format::JsonObject(false)) => Ok(None),
+        Some(response_format::Format::JsonObject(true)) => Ok(Some(OutputFormat::JsonObject)),
+        Some(response_format::Format::JsonSchema(text)) => serde_json::from_str(&text)
+            .map(|schema| Some(OutputFormat::JsonSchema(schema)))
+            .map_err(|e| status::invalid(format!("response_format.json_schema is not JSON: {e}"))),
+    }
 }
 
 /// The bias map in id order, so the same request samples the same way.
@@ -333,6 +347,33 @@ mod tests {
         let error = chat_input(top_alone).unwrap_err();
         assert!(
             error.message().contains("top_logprobs"),
+            "{}",
+            error.message()
+        );
+    }
+
+    #[test]
+    fn response_formats_are_read_and_bad_schemas_refused() {
+        let with = |format| ChatRequest {
+            prompt: "x".into(),
+            response_format: Some(ResponseFormat {
+                format: Some(format),
+            }),
+            ..Default::default()
+        };
+        let (_, options, _) = chat_input(with(response_format::Format::JsonObject(true))).unwrap();
+        assert_eq!(options.format, Some(OutputFormat::JsonObject));
+        let schema = response_format::Format::JsonSchema(r#"{"type":"integer"}"#.into());
+        let (_, options, _) = chat_input(with(schema)).unwrap();
+        assert_eq!(
+            options.format,
+            Some(OutputFormat::JsonSchema(
+                serde_json::json!({ "type": "integer" })
+            ))
+        );
+        let error = chat_input(with(response_format::Format::JsonSchema("{".into()))).unwrap_err();
+        assert!(
+            error.message().contains("json_schema"),
             "{}",
             error.message()
         );

@@ -31,9 +31,10 @@ fn engine_code(error: &EngineError) -> Code {
         | EngineError::InvalidRequest(_)
         | EngineError::Template(_) => Code::InvalidArgument,
         EngineError::Cancelled => Code::Cancelled,
-        EngineError::LogitsSize { .. } | EngineError::Tokenizer(_) | EngineError::Model(_) => {
-            Code::Internal
-        }
+        EngineError::LogitsSize { .. }
+        | EngineError::Tokenizer(_)
+        | EngineError::Grammar(_)
+        | EngineError::Model(_) => Code::Internal,
     }
 }
 

@@ -3,9 +3,9 @@
 //! `"done": true` with the counts and durations), or one object with
 //! `"stream": false`.
 //!
-//! Refused with a 400 naming the field, since qinsd cannot do them yet:
-//! `format` (JSON mode and schemas need grammar-constrained decoding),
-//! `tools`, `think`, `logprobs`, images, generate's `suffix`, `template`
+//! `format` (`"json"` or a JSON schema) goes to qinsd's grammar-constrained
+//! decoding. Refused with a 400 naming the field, since qinsd cannot do
+//! them yet: `tools`, `think`, `logprobs`, images, generate's `suffix`, `template`
 //! and `context`. Accepted and ignored: `keep_alive` (qinsd keeps its model
 //! resident until `qins unload`). Unknown fields are refused too. Generate's
 //! `raw: true` sends the prompt as is, without the chat template.
@@ -19,7 +19,10 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use qins_proto::v1::{ChatDone, ChatRequest, FinishReason, Message, Sampling, chat_event};
+use qins_proto::v1::{
+    ChatDone, ChatRequest, FinishReason, Message, ResponseFormat, Sampling, chat_event,
+    response_format,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -95,6 +98,8 @@ struct Turn {
     messages: Vec<Message>,
     /// Generate's `raw: true`: the prompt without the chat template.
     raw_prompt: Option<String>,
+    /// `format`: JSON output through qinsd's grammar-constrained decoding.
+    format: Option<ResponseFormat>,
     sampling: Sampling,
     stream: bool,
     shape: Shape,
@@ -120,12 +125,8 @@ pub async fn generate(
 
 impl ChatBody {
     fn into_turn(self) -> Result<Turn, ApiError> {
-        refuse_unsupported(
-            self.format.as_ref(),
-            self.think.as_ref(),
-            self.logprobs,
-            self.top_logprobs,
-        )?;
+        refuse_unsupported(self.think.as_ref(), self.logprobs, self.top_logprobs)?;
+        let format = output_format(self.format)?;
         if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
             return Err(unsupported("tools", "tool calling is not supported yet"));
         }
@@ -138,6 +139,7 @@ impl ChatBody {
             model: self.model,
             messages,
             raw_prompt: None,
+            format,
             sampling: options::sampling(self.options)?,
             stream: self.stream.unwrap_or(true),
             shape: Shape::Chat,
@@ -168,12 +170,8 @@ impl ChatMessage {
 
 impl GenerateBody {
     fn into_turn(self) -> Result<Turn, ApiError> {
-        refuse_unsupported(
-            self.format.as_ref(),
-            self.think.as_ref(),
-            self.logprobs,
-            self.top_logprobs,
-        )?;
+        refuse_unsupported(self.think.as_ref(), self.logprobs, self.top_logprobs)?;
+        let format = output_format(self.format)?;
         if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(unsupported("suffix", "fill-in-the-middle is not supported"));
         }
@@ -217,6 +215,7 @@ impl GenerateBody {
             model: self.model,
             messages,
             raw_prompt,
+            format,
             sampling: options::sampling(self.options)?,
             stream: self.stream.unwrap_or(true),
             shape: Shape::Generate,
@@ -228,10 +227,28 @@ fn unsupported(field: &str, why: &str) -> ApiError {
     ApiError::BadRequest(format!("{field} is not supported: {why}"))
 }
 
+/// `format`: `"json"` (a JSON object, as ollama's JSON mode) or a JSON
+/// schema; `""` or null is free text.
+fn output_format(format: Option<Value>) -> Result<Option<ResponseFormat>, ApiError> {
+    let format = match format {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s.is_empty() => return Ok(None),
+        Some(Value::String(s)) if s == "json" => response_format::Format::JsonObject(true),
+        Some(schema @ Value::Object(_)) => response_format::Format::JsonSchema(schema.to_string()),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "format must be \"json\" or a JSON schema object (got {other})"
+            )));
+        }
+    };
+    Ok(Some(ResponseFormat {
+        format: Some(format),
+    }))
+}
+
 /// The fields both routes share that qinsd cannot honour yet. Their "off"
-/// values (`format: ""`, `think: false`, `logprobs: false`) are accepted.
+/// values (`think: false`, `logprobs: false`) are accepted.
 fn refuse_unsupported(
-    format: Option<&Value>,
     think: Option<&Value>,
     logprobs: Option<bool>,
     top_logprobs: Option<u32>,
@@ -242,13 +259,6 @@ fn refuse_unsupported(
         Some(Value::Bool(b)) => !b,
         Some(_) => false,
     };
-    if !off(format) {
-        return Err(unsupported(
-            "format",
-            "JSON mode and JSON-schema output need grammar-constrained decoding, which qinsd \
-             does not have yet",
-        ));
-    }
     if !off(think) {
         return Err(unsupported("think", "qinsd runs no thinking models"));
     }
@@ -270,6 +280,7 @@ async fn run(state: &AppState, turn: Turn) -> Result<Response, ApiError> {
     let request = ChatRequest {
         messages: turn.messages,
         prompt: turn.raw_prompt.unwrap_or_default(),
+        response_format: turn.format,
         // ollama clients resend the conversation each turn without an id;
         // qinsd prefills the whole prompt for each.
         session_id: String::new(),
@@ -441,8 +452,8 @@ mod tests {
     #[test]
     fn unsupported_fields_are_refused_by_name() {
         for (extra, name) in [
-            (json!({ "format": "json" }), "format"),
-            (json!({ "format": { "type": "object" } }), "format"),
+            (json!({ "format": "yaml" }), "format"),
+            (json!({ "format": 5 }), "format"),
             (json!({ "think": true }), "think"),
             (json!({ "logprobs": true }), "logprobs"),
             (json!({ "tools": [{ "type": "function" }] }), "tools"),
@@ -456,6 +467,28 @@ mod tests {
         assert!(refusal(chat_body(images).into_turn()).contains("images"));
         let unknown = serde_json::from_value::<ChatBody>(json!({ "model": "m", "frob": 1 }));
         assert!(unknown.expect_err("refused").to_string().contains("frob"));
+    }
+
+    #[test]
+    fn format_asks_for_json() {
+        let format = |f: Value| {
+            chat_body(json!({ "format": f }))
+                .into_turn()
+                .expect("accepted")
+                .format
+                .and_then(|f| f.format)
+        };
+        assert_eq!(
+            format(json!("json")),
+            Some(response_format::Format::JsonObject(true))
+        );
+        assert_eq!(
+            format(json!({ "type": "integer" })),
+            Some(response_format::Format::JsonSchema(
+                r#"{"type":"integer"}"#.into()
+            ))
+        );
+        assert_eq!(format(json!("")), None);
     }
 
     #[test]
