@@ -5,9 +5,11 @@
 //! tokens are allowed only once the JSON is complete, so a reply that ends
 //! (`stop`, not `length`) always parses and validates against the schema.
 //!
-//! JSON is generated compact (no optional whitespace), unless the schema's
-//! own `x-guidance` options say otherwise: free whitespace lets a weak
-//! model pad forever.
+//! JSON is generated on one line in Python's `json.dumps` style (`", "` and
+//! `": "`, no other whitespace), unless the schema's own `x-guidance`
+//! options say otherwise: free whitespace lets a weak model pad forever,
+//! and fully compact JSON pulls models off the spacing they were trained
+//! on (SmolLM2 then writes `{"name":[1,1,1,...`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -37,8 +39,13 @@ impl OutputFormat {
             Self::JsonSchema(schema) => schema.clone(),
         };
         if let Value::Object(map) = &mut schema {
-            map.entry("x-guidance")
-                .or_insert_with(|| json!({ "whitespace_flexible": false }));
+            map.entry("x-guidance").or_insert_with(|| {
+                json!({
+                    "whitespace_flexible": false,
+                    "key_separator": ": ",
+                    "item_separator": ", ",
+                })
+            });
         }
         schema
     }
