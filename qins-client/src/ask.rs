@@ -94,6 +94,7 @@ pub fn message(role: &str, content: String) -> Message {
     Message {
         role: role.into(),
         content,
+        ..Message::default()
     }
 }
 

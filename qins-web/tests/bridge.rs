@@ -762,7 +762,7 @@ async fn ollama_refusals_name_what_is_not_supported() {
         body
     };
     for (body, status, needle) in [
-        (chat(json!({ "format": "json" })), 400, "format"),
+        (chat(json!({ "format": 5 })), 400, "format"),
         (chat(json!({ "options": { "num_gpu": 1 } })), 400, "num_gpu"),
         (
             chat(json!({ "tools": [{ "type": "function" }] })),

@@ -35,6 +35,22 @@ SCHEMA = {
     "additionalProperties": False,
 }
 
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 12},
+                       "unit": {"enum": ["C", "F"]}},
+        "required": ["city", "unit"],
+        "additionalProperties": False,
+    },
+}}]
+CLOCK = {"type": "function", "function": {
+    "name": "get_time", "description": "The time",
+    "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+}}
+
 
 def check_schema(test, text):
     """The reply parses and validates against SCHEMA (checked by hand)."""
@@ -179,6 +195,85 @@ class OpenAIParamsTest(unittest.TestCase):
                 "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}})
         self.assertIn("response_format", cm.exception.message)
 
+    # ---- tools ----
+
+    def check_weather_call(self, call):
+        self.assertEqual(call.type, "function")
+        self.assertTrue(call.id.startswith("call_"), call.id)
+        self.assertEqual(call.function.name, "get_weather")
+        args = json.loads(call.function.arguments)
+        self.assertEqual(set(args), {"city", "unit"})
+        self.assertLessEqual(len(args["city"]), 12)
+        self.assertIn(args["unit"], ("C", "F"))
+
+    def test_required_tool_calls_follow_the_schema(self):
+        for seed in (1, 2, 3):
+            r = self.chat(tools=TOOLS, tool_choice="required", temperature=1.0, seed=seed,
+                          max_tokens=150)
+            choice = r.choices[0]
+            self.assertEqual(choice.finish_reason, "tool_calls")
+            self.assertIsNone(choice.message.content)
+            self.assertEqual(len(choice.message.tool_calls), 1)
+            self.check_weather_call(choice.message.tool_calls[0])
+
+    def test_a_named_tool_is_the_one_called(self):
+        r = self.chat(tools=TOOLS + [CLOCK], max_tokens=150, temperature=1.0, seed=5,
+                      tool_choice={"type": "function", "function": {"name": "get_time"}})
+        call = r.choices[0].message.tool_calls[0]
+        self.assertEqual(call.function.name, "get_time")
+        self.assertEqual(json.loads(call.function.arguments), {})
+
+    def test_streamed_tool_calls_come_in_a_delta(self):
+        chunks = list(self.chat(tools=TOOLS, tool_choice="required", max_tokens=150,
+                                temperature=1.0, seed=2, stream=True))
+        calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(calls[0].index, 0)
+        self.check_weather_call(calls[0])
+        self.assertEqual(chunks[-1].choices[0].finish_reason, "tool_calls")
+        self.assertEqual("".join(c.choices[0].delta.content or "" for c in chunks), "")
+
+    def test_auto_lets_the_model_choose(self):
+        # "{" pushed up: the model starts a call, and the grammar finishes it.
+        r = self.chat(tools=TOOLS, max_tokens=150, temperature=1.0, seed=1,
+                      logit_bias={"123": 100})
+        self.assertEqual(r.choices[0].finish_reason, "tool_calls")
+        self.check_weather_call(r.choices[0].message.tool_calls[0])
+        # "Paris." pushed up: plain text, streamed as usual.
+        r = self.chat(tools=TOOLS, tool_choice="auto", max_tokens=4, temperature=0,
+                      logit_bias={PARIS: 100})
+        self.assertEqual(r.choices[0].message.content, "Paris." * 4)
+        self.assertIsNone(r.choices[0].message.tool_calls)
+        none = self.chat(tools=TOOLS, tool_choice="none", max_tokens=4, temperature=0,
+                         logit_bias={"123": 100})
+        self.assertIsNone(none.choices[0].message.tool_calls)
+        self.assertTrue(none.choices[0].message.content.startswith("{"))
+
+    def test_tool_results_go_back_to_the_model(self):
+        call = {"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "C"}'}}
+        messages = [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees, sunny"},
+        ]
+        r = self.client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS,
+                                                max_tokens=4)
+        short = self.client.chat.completions.create(model=MODEL, messages=messages[:1],
+                                                    tools=TOOLS, max_tokens=4)
+        self.assertGreater(r.usage.prompt_tokens, short.usage.prompt_tokens + 10)
+
+    def test_bad_tool_requests_are_refused(self):
+        with self.assertRaises(openai.BadRequestError) as cm:
+            self.chat(tools=TOOLS, max_tokens=2,
+                      tool_choice={"type": "function", "function": {"name": "nope"}})
+        self.assertIn("tool_choice", cm.exception.message)
+        with self.assertRaises(openai.BadRequestError) as cm:
+            self.chat(tools=TOOLS, max_tokens=2, response_format={"type": "json_object"})
+        self.assertIn("response_format", cm.exception.message)
+        self.refused("tools[0].type", lambda: self.chat(
+            max_tokens=2, tools=[{"type": "custom", "custom": {"name": "x"}}]))
+
     # ---- logprobs ----
 
     def test_logprobs_in_a_complete_reply(self):
@@ -230,12 +325,9 @@ class OpenAIParamsTest(unittest.TestCase):
     # ---- refusals ----
 
     def test_what_is_not_honoured_is_refused_by_name(self):
-        tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
         for param, kw in [
             ("frobnicate", {"extra_body": {"frobnicate": 1}}),
             ("response_format", {"response_format": {"type": "xml"}}),
-            ("tools", {"tools": [tool]}),
-            ("tool_choice", {"tool_choice": "required"}),
             ("n", {"n": 2}),
             ("store", {"store": True}),
             ("reasoning_effort", {"reasoning_effort": "low"}),

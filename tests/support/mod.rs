@@ -261,6 +261,7 @@ pub fn message(role: &str, content: &str) -> Message {
     Message {
         role: role.into(),
         content: content.into(),
+        ..Message::default()
     }
 }
 

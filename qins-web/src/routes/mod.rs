@@ -9,6 +9,7 @@ pub mod ollama;
 pub mod openai;
 pub mod openai_logprobs;
 pub mod openai_params;
+pub mod openai_tools;
 pub mod page;
 pub mod stats;
 
@@ -94,6 +95,7 @@ pub fn message(role: impl Into<String>, content: impl Into<String>) -> Message {
     Message {
         role: role.into(),
         content: content.into(),
+        ..Message::default()
     }
 }
 
@@ -103,6 +105,7 @@ pub fn finish_reason_name(raw: i32) -> &'static str {
         Ok(FinishReason::Stop) => "stop",
         Ok(FinishReason::Length) => "length",
         Ok(FinishReason::Cancelled) => "cancelled",
+        Ok(FinishReason::ToolCalls) => "tool_calls",
         _ => "unspecified",
     }
 }

@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 
 use super::openai_logprobs::chat_logprobs;
 use super::openai_params as params;
+use super::openai_tools;
 use super::{ApiJson, message};
 use crate::app::AppState;
 use crate::daemon::ChatStream;
@@ -125,11 +126,11 @@ impl ChatBody {
                 }
                 "n" => params::one_choice(name, &value)?,
                 "response_format" => out.request.response_format = response_format(&value)?,
-                "tools" => params::only(name, &value, json!([]), "tool calling is not supported")?,
-                "tool_choice" => {
-                    if !matches!(value.as_str(), Some("none" | "auto")) {
-                        return Err(params::refused(name, "tool calling is not supported"));
-                    }
+                "tools" => out.request.tools = openai_tools::tools(&value)?,
+                "tool_choice" => out.request.tool_choice = openai_tools::tool_choice(&value)?,
+                // A reply makes at most one call, which either value allows.
+                "parallel_tool_calls" => {
+                    params::boolean(name, &value)?;
                 }
                 "store" => params::only(
                     name,
@@ -176,7 +177,7 @@ impl ChatBody {
 /// Why a parameter outside the honoured set is refused.
 fn unsupported_chat_param(name: &str) -> &'static str {
     match name {
-        "functions" | "function_call" | "parallel_tool_calls" => "tool calling is not supported",
+        "functions" | "function_call" => "the deprecated functions API; send tools",
         "audio" => "qins replies in text",
         "metadata" => "it tags stored completions, and qins-web stores none",
         "prediction" => "predicted outputs are not supported",
@@ -234,6 +235,8 @@ fn parse_message(index: usize, item: Value) -> Result<Message, ApiError> {
     let path = |field: &str| format!("messages[{index}].{field}");
     let mut role = None;
     let mut content = None;
+    let mut tool_calls = Vec::new();
+    let mut tool_call_id = String::new();
     for (name, value) in params::object(item)
         .map_err(|_| params::invalid(&format!("messages[{index}]"), "must be an object"))?
     {
@@ -250,10 +253,12 @@ fn parse_message(index: usize, item: Value) -> Result<Message, ApiError> {
                     "chat templates have no place for participant names",
                 ));
             }
-            "tool_calls" | "tool_call_id" | "function_call" => {
+            "tool_calls" => tool_calls = openai_tools::message_calls(&path(&name), &value)?,
+            "tool_call_id" => tool_call_id = params::string(&path(&name), value)?,
+            "function_call" => {
                 return Err(params::refused(
                     &path(&name),
-                    "tool calling is not supported",
+                    "the deprecated functions API; send tool_calls",
                 ));
             }
             _ => return Err(params::refused(&path(&name), "unknown message field")),
@@ -263,15 +268,19 @@ fn parse_message(index: usize, item: Value) -> Result<Message, ApiError> {
     let role = match role.as_str() {
         // OpenAI's newer name for the system role.
         "developer" => "system".to_string(),
-        "tool" | "function" => {
+        "function" => {
             return Err(params::refused(
                 &path("role"),
-                "tool messages need tool calling, which is not supported",
+                "the deprecated functions API; send tool messages",
             ));
         }
         _ => role,
     };
-    Ok(message(role, content_text(content)?))
+    Ok(Message {
+        tool_calls,
+        tool_call_id,
+        ..message(role, content_text(content)?)
+    })
 }
 
 pub async fn chat_completions(
@@ -334,6 +343,7 @@ impl Meta {
 fn finish_reason(done: &ChatDone) -> &'static str {
     match FinishReason::try_from(done.finish_reason) {
         Ok(FinishReason::Length) => "length",
+        Ok(FinishReason::ToolCalls) => "tool_calls",
         _ => "stop",
     }
 }
@@ -346,6 +356,19 @@ fn usage_json(done: &ChatDone) -> Value {
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
         "prompt_tokens_details": { "cached_tokens": usage.cached_prompt_tokens },
     })
+}
+
+/// The reply's message: its text, or its tool calls (content null).
+fn reply_message(text: String, done: &ChatDone) -> Value {
+    if done.tool_calls.is_empty() {
+        json!({ "role": "assistant", "content": text })
+    } else {
+        json!({
+            "role": "assistant",
+            "content": Value::Null,
+            "tool_calls": openai_tools::calls_json(&done.tool_calls, false),
+        })
+    }
 }
 
 async fn collect(mut grpc: ChatStream, meta: Meta) -> Result<Value, ApiError> {
@@ -367,7 +390,7 @@ async fn collect(mut grpc: ChatStream, meta: Meta) -> Result<Value, ApiError> {
                     "system_fingerprint": Value::Null,
                     "choices": [{
                         "index": 0,
-                        "message": { "role": "assistant", "content": text },
+                        "message": reply_message(text, &done),
                         "logprobs": logprobs,
                         "finish_reason": finish_reason(&done),
                     }],
@@ -479,14 +502,25 @@ impl ChunkState {
                         "logprobs": Value::Null,
                         "finish_reason": finish_reason(&done),
                     }]);
-                    let last = data(&self.with_usage(self.meta.chunk(choice)));
+                    let mut last = data(&self.with_usage(self.meta.chunk(choice)));
+                    // `pending` is popped from the end.
+                    self.pending = vec![Event::default().data("[DONE]")];
                     if self.include_usage {
                         let mut usage = self.meta.chunk(json!([]));
                         usage["usage"] = usage_json(&done);
-                        // `pending` is popped from the end.
-                        self.pending = vec![Event::default().data("[DONE]"), data(&usage)];
-                    } else {
-                        self.pending = vec![Event::default().data("[DONE]")];
+                        self.pending.push(data(&usage));
+                    }
+                    // The calls come whole, in one delta before the finish.
+                    if !done.tool_calls.is_empty() {
+                        self.pending.push(last);
+                        let calls = openai_tools::calls_json(&done.tool_calls, true);
+                        let choice = json!([{
+                            "index": 0,
+                            "delta": { "tool_calls": calls },
+                            "logprobs": Value::Null,
+                            "finish_reason": Value::Null,
+                        }]);
+                        last = data(&self.with_usage(self.meta.chunk(choice)));
                     }
                     self.phase = Phase::Finished;
                     return last;
@@ -623,16 +657,13 @@ mod tests {
                 "response_format",
                 json!({ "type": "json_schema", "json_schema": {} }),
             ),
-            (
-                "tools",
-                json!([{ "type": "function", "function": { "name": "f" } }]),
-            ),
-            ("tool_choice", json!("required")),
+            ("tools", json!({ "type": "function" })),
+            ("tool_choice", json!("sometimes")),
             ("n", json!(2)),
             ("store", json!(true)),
             ("audio", json!({})),
             ("reasoning_effort", json!("low")),
-            ("parallel_tool_calls", json!(true)),
+            ("functions", json!([])),
             ("frobnicate", json!(1)),
             ("top_logprobs", json!(2)),
             ("temperature", json!("hot")),
@@ -648,11 +679,11 @@ mod tests {
                 "messages[0].name",
             ),
             (
-                json!({ "role": "tool", "content": "x" }),
+                json!({ "role": "function", "content": "x" }),
                 "messages[0].role",
             ),
             (
-                json!({ "role": "assistant", "tool_calls": [] }),
+                json!({ "role": "assistant", "tool_calls": 5 }),
                 "messages[0].tool_calls",
             ),
             (

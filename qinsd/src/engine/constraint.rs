@@ -30,24 +30,27 @@ pub enum OutputFormat {
     JsonObject,
     /// A JSON value valid against this JSON schema.
     JsonSchema(Value),
+    /// A grammar in llguidance's Lark dialect (tool calls, `tools.rs`).
+    Lark(String),
+}
+
+/// How JSON is written (llguidance's `x-guidance` options): one line,
+/// `json.dumps` separators.
+pub fn json_options() -> Value {
+    json!({ "whitespace_flexible": false, "key_separator": ": ", "item_separator": ", " })
 }
 
 impl OutputFormat {
-    fn schema(&self) -> Value {
+    fn grammar(&self) -> TopLevelGrammar {
         let mut schema = match self {
             Self::JsonObject => json!({ "type": "object" }),
             Self::JsonSchema(schema) => schema.clone(),
+            Self::Lark(grammar) => return TopLevelGrammar::from_lark(grammar.clone()),
         };
         if let Value::Object(map) = &mut schema {
-            map.entry("x-guidance").or_insert_with(|| {
-                json!({
-                    "whitespace_flexible": false,
-                    "key_separator": ": ",
-                    "item_separator": ", ",
-                })
-            });
+            map.entry("x-guidance").or_insert_with(json_options);
         }
-        schema
+        TopLevelGrammar::from_json_schema(schema)
     }
 }
 
@@ -130,8 +133,7 @@ impl GrammarVocab {
     /// A fresh constraint for one reply; an invalid schema is the request's
     /// fault (INVALID_ARGUMENT).
     pub fn constraint(&self, format: &OutputFormat) -> Result<Constraint, EngineError> {
-        let grammar = TopLevelGrammar::from_json_schema(format.schema());
-        let parser = self.factory.create_parser(grammar).map_err(|e| {
+        let parser = self.factory.create_parser(format.grammar()).map_err(|e| {
             EngineError::InvalidRequest(format!(
                 "response_format: the JSON schema is not usable: {e}"
             ))
@@ -242,6 +244,30 @@ mod tests {
             "{text}"
         );
         assert_eq!(value.as_object().map(|m| m.len()), Some(2), "{text}");
+    }
+
+    #[test]
+    fn auto_tool_choice_allows_text_or_a_call() {
+        use crate::engine::tools::{ToolChoice, ToolSpec, output_format, parse_call};
+        let tools = [ToolSpec {
+            name: "you".into(),
+            description: String::new(),
+            parameters: json!({ "type": "object", "properties": { "ok": { "type": "boolean" } },
+                                "required": ["ok"], "additionalProperties": false }),
+        }];
+        let auto = output_format(&tools, &ToolChoice::Auto).unwrap();
+        let tokenizer = byte_level_tokenizer();
+        let hello = token_id(&tokenizer, "Hello");
+        let brace = token_id(&tokenizer, "{");
+        // Text that does not start with "{" passes as it is.
+        let (text, ended) = drive(&auto, &[hello, hello], 10);
+        assert!(ended);
+        assert_eq!(text, "HelloHello");
+        // A "{" commits to a call, whatever the model wants next.
+        let (text, ended) = drive(&auto, &[brace, hello, hello, hello], 200);
+        assert!(ended, "{text:?}");
+        let call = parse_call(&text, &tools).unwrap_or_else(|| panic!("{text:?}"));
+        assert!(call.arguments["ok"].is_boolean());
     }
 
     #[test]

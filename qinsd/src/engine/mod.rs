@@ -18,6 +18,7 @@ pub mod sampling;
 pub mod session;
 pub mod stop;
 pub mod template;
+pub mod tools;
 
 #[cfg(test)]
 pub(crate) mod testing;

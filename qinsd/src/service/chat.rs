@@ -14,10 +14,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status};
 
+use super::tool_reply::{ToolReply, message_of, tools_of};
 use super::{EventStream, cancel_when_dropped, status};
+use crate::engine::tools;
 use crate::engine::{
-    ChatMessage, FinishReason, Finished, GenerationEvent, OutputFormat, Prompt, RequestOptions,
-    TokenLogprob,
+    FinishReason, Finished, GenerationEvent, OutputFormat, Prompt, RequestOptions, TokenLogprob,
 };
 use crate::scheduler::Scheduler;
 
@@ -29,7 +30,7 @@ pub async fn chat(
     request: ChatRequest,
 ) -> Result<Response<EventStream<ChatEvent>>, Status> {
     let received = Instant::now();
-    let (prompt, options, session_id) = chat_input(request)?;
+    let (prompt, options, session_id, tool_reply) = chat_input(request)?;
     let prepared = {
         let scheduler = Arc::clone(scheduler);
         let session_id = session_id.clone();
@@ -51,6 +52,15 @@ pub async fn chat(
         let queue_ms = slot.waited.as_secs_f64() * 1e3;
         // Token logprobs wait for the delta that carries their text.
         let mut pending: Vec<ProtoLogprob> = Vec::new();
+        let mut tool_reply = tool_reply;
+        let send = |text: String, pending: &mut Vec<ProtoLogprob>| {
+            let delta = chat_event::Event::Delta(TextDelta {
+                text,
+                logprobs: std::mem::take(pending),
+            });
+            tx.blocking_send(Ok(ChatEvent { event: Some(delta) }))
+                .is_ok()
+        };
         let result = scheduler.run_chat(&slot, prepared, Arc::clone(&cancel), |event| {
             let text = match event {
                 GenerationEvent::Token(token) => {
@@ -60,14 +70,15 @@ pub async fn chat(
                 GenerationEvent::Delta(text) if !text.is_empty() || !pending.is_empty() => text,
                 GenerationEvent::Delta(_) | GenerationEvent::Finished(_) => return,
             };
-            let delta = chat_event::Event::Delta(TextDelta {
-                text,
-                logprobs: std::mem::take(&mut pending),
-            });
-            if tx
-                .blocking_send(Ok(ChatEvent { event: Some(delta) }))
-                .is_err()
-            {
+            // A reply that may be a tool call is held back.
+            let text = match tool_reply.as_mut() {
+                Some(reply) => match reply.push(text) {
+                    Some(text) => text,
+                    None => return,
+                },
+                None => text,
+            };
+            if !send(text, &mut pending) {
                 cancel.store(true, Ordering::SeqCst);
             }
         });
@@ -75,8 +86,21 @@ pub async fn chat(
         let last = match result {
             Ok(finished) => {
                 log_request(session_id.as_deref(), &finished, received, queue_ms);
+                let mut done = done(&finished, model, queue_ms);
+                if let Some(reply) = tool_reply {
+                    let (call, held) = reply.finish();
+                    if !held.is_empty() {
+                        send(held, &mut pending);
+                    }
+                    if let Some(call) = call {
+                        done.tool_calls.push(call);
+                        if finished.reason == FinishReason::Stop {
+                            done.finish_reason = ProtoFinish::ToolCalls as i32;
+                        }
+                    }
+                }
                 Ok(ChatEvent {
-                    event: Some(chat_event::Event::Done(done(&finished, model, queue_ms))),
+                    event: Some(chat_event::Event::Done(done)),
                 })
             }
             Err(error) => {
@@ -102,8 +126,12 @@ fn proto_logprob(token: TokenLogprob) -> ProtoLogprob {
     }
 }
 
-/// The request's prompt and options, with every field range-checked.
-fn chat_input(request: ChatRequest) -> Result<(Prompt, RequestOptions, Option<String>), Status> {
+/// What `chat_input` makes of a request.
+type ChatInput = (Prompt, RequestOptions, Option<String>, Option<ToolReply>);
+
+/// The request's prompt and options, with every field range-checked; with
+/// tools, the conversation describes them and the reply is constrained.
+fn chat_input(request: ChatRequest) -> Result<ChatInput, Status> {
     let prompt = match (request.messages.is_empty(), request.prompt.is_empty()) {
         (false, false) => {
             return Err(status::invalid(
@@ -120,11 +148,8 @@ fn chat_input(request: ChatRequest) -> Result<(Prompt, RequestOptions, Option<St
             request
                 .messages
                 .into_iter()
-                .map(|m| ChatMessage {
-                    role: m.role,
-                    content: m.content,
-                })
-                .collect(),
+                .map(message_of)
+                .collect::<Result<_, _>>()?,
         ),
     };
     let mut options = request_options(request.sampling.unwrap_or_default())?;
@@ -135,7 +160,26 @@ fn chat_input(request: ChatRequest) -> Result<(Prompt, RequestOptions, Option<St
         return Err(status::invalid("top_logprobs needs logprobs = true"));
     }
     let session_id = Some(request.session_id).filter(|id| !id.is_empty());
-    Ok((prompt, options, session_id))
+    let (tools, choice) = tools_of(request.tools, request.tool_choice)?;
+    let tool_reply = ToolReply::new(tools.clone(), &choice);
+    let prompt = match (prompt, tool_reply.is_some()) {
+        (prompt, false) => prompt,
+        (Prompt::Raw(_), true) => {
+            return Err(status::invalid(
+                "tools need a chat (messages), not a raw prompt",
+            ));
+        }
+        (Prompt::Messages(messages), true) => {
+            if options.format.is_some() {
+                return Err(status::invalid(
+                    "response_format cannot be combined with tools",
+                ));
+            }
+            options.format = tools::output_format(&tools, &choice);
+            Prompt::Messages(tools::with_tools(messages, &tools, &choice))
+        }
+    };
+    Ok((prompt, options, session_id, tool_reply))
 }
 
 fn request_options(sampling: Sampling) -> Result<RequestOptions, Status> {
@@ -222,6 +266,7 @@ fn done(finished: &Finished, model: String, queue_ms: f64) -> ChatDone {
             tokens_per_second: finished.timings.tokens_per_second,
         }),
         model,
+        tool_calls: Vec::new(),
     }
 }
 
@@ -327,13 +372,14 @@ mod tests {
             top_logprobs: 3,
             ..Default::default()
         };
-        let (prompt, options, _) = chat_input(raw.clone()).unwrap();
+        let (prompt, options, _, _) = chat_input(raw.clone()).unwrap();
         assert!(matches!(prompt, Prompt::Raw(text) if text == "Once upon"));
         assert_eq!(options.logprobs, Some(3));
         let both = ChatRequest {
             messages: vec![qins_proto::v1::Message {
                 role: "user".into(),
                 content: "hi".into(),
+                ..Default::default()
             }],
             ..raw
         };
@@ -361,10 +407,11 @@ mod tests {
             }),
             ..Default::default()
         };
-        let (_, options, _) = chat_input(with(response_format::Format::JsonObject(true))).unwrap();
+        let (_, options, _, _) =
+            chat_input(with(response_format::Format::JsonObject(true))).unwrap();
         assert_eq!(options.format, Some(OutputFormat::JsonObject));
         let schema = response_format::Format::JsonSchema(r#"{"type":"integer"}"#.into());
-        let (_, options, _) = chat_input(with(schema)).unwrap();
+        let (_, options, _, _) = chat_input(with(schema)).unwrap();
         assert_eq!(
             options.format,
             Some(OutputFormat::JsonSchema(
@@ -377,6 +424,92 @@ mod tests {
             "{}",
             error.message()
         );
+    }
+
+    #[test]
+    fn tools_are_described_constrained_and_their_turns_rendered() {
+        use qins_proto::v1::{Message, Tool, ToolCall};
+        let request = ChatRequest {
+            messages: vec![
+                Message {
+                    role: "user".into(),
+                    content: "Weather in Paris?".into(),
+                    ..Default::default()
+                },
+                Message {
+                    role: "assistant".into(),
+                    tool_calls: vec![ToolCall {
+                        id: "call_1".into(),
+                        name: "get_weather".into(),
+                        arguments: r#"{"city": "Paris"}"#.into(),
+                    }],
+                    ..Default::default()
+                },
+                Message {
+                    role: "tool".into(),
+                    content: "18 C".into(),
+                    tool_call_id: "call_1".into(),
+                    ..Default::default()
+                },
+            ],
+            tools: vec![Tool {
+                name: "get_weather".into(),
+                description: "Weather in a city".into(),
+                parameters: r#"{"type": "object"}"#.into(),
+            }],
+            tool_choice: "required".into(),
+            ..Default::default()
+        };
+        let (prompt, options, _, reply) = chat_input(request.clone()).unwrap();
+        let Prompt::Messages(messages) = prompt else {
+            panic!("a chat");
+        };
+        let roles: Vec<&str> = messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert!(messages[0].content.contains("get_weather"));
+        assert!(messages[2].content.contains(r#""city":"Paris""#));
+        assert_eq!(messages[3].content, "Result of tool call call_1: 18 C");
+        assert!(matches!(options.format, Some(OutputFormat::JsonSchema(_))));
+        assert!(reply.is_some());
+        for (bad, needle) in [
+            (
+                ChatRequest {
+                    tool_choice: "nope".into(),
+                    ..request.clone()
+                },
+                "tool_choice",
+            ),
+            (
+                ChatRequest {
+                    response_format: Some(ResponseFormat {
+                        format: Some(response_format::Format::JsonObject(true)),
+                    }),
+                    ..request.clone()
+                },
+                "response_format",
+            ),
+            (
+                ChatRequest {
+                    tools: vec![Tool {
+                        name: "f".into(),
+                        parameters: "{".into(),
+                        ..Default::default()
+                    }],
+                    tool_choice: String::new(),
+                    ..request.clone()
+                },
+                "parameters",
+            ),
+        ] {
+            let error = chat_input(bad).unwrap_err();
+            assert!(error.message().contains(needle), "{}", error.message());
+        }
+        let none = ChatRequest {
+            tool_choice: "none".into(),
+            ..request
+        };
+        let (_, options, _, reply) = chat_input(none).unwrap();
+        assert!(options.format.is_none() && reply.is_none());
     }
 
     #[test]

@@ -569,6 +569,7 @@ mod tests {
                 tokens_per_second: 87.5,
             }),
             model: "tiny".into(),
+            ..ChatDone::default()
         };
         let reply = Reply {
             model: "tiny:latest".into(),
