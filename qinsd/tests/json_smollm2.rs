@@ -1,6 +1,6 @@
-//! JSON output (grammar-constrained decoding) and the sampling extras on the
-//! real SmolLM2-135M-Instruct: its 49,152-token byte-level vocabulary and
-//! special tokens go through llguidance's trie, and replies that end
+//! JSON output (grammar-constrained decoding), tool calls and logprobs on
+//! the real SmolLM2-135M-Instruct: its 49,152-token byte-level vocabulary
+//! and special tokens go through llguidance's trie, and replies that end
 //! validate against the schema whatever the sampling.
 
 use std::path::PathBuf;
@@ -170,4 +170,66 @@ fn logprobs_of_a_greedy_reply_follow_the_text() {
         assert_eq!(t.top[0].id, t.id);
         assert!(t.logprob <= 0.0 && t.top.len() == 3);
     }
+}
+
+#[test]
+fn a_required_tool_call_follows_the_tool_schema() {
+    use qinsd::engine::tools::{self, ToolChoice, ToolSpec};
+    let weather = ToolSpec {
+        name: "get_weather".into(),
+        description: "The current weather in a city".into(),
+        parameters: json!({
+            "type": "object",
+            "properties": { "city": { "type": "string", "maxLength": 30 } },
+            "required": ["city"],
+            "additionalProperties": false,
+        }),
+    };
+    let clock = ToolSpec {
+        name: "get_time".into(),
+        description: "The current time".into(),
+        parameters: json!({ "type": "object", "properties": {}, "additionalProperties": false }),
+    };
+    let specs = [clock, weather];
+    let choice = ToolChoice::Required;
+    let messages = tools::with_tools(
+        vec![ChatMessage::new("user", "What is the weather in Paris?")],
+        &specs,
+        &choice,
+    );
+    let chat = smollm2();
+    let options = RequestOptions {
+        temperature: Some(0.0),
+        max_tokens: Some(80),
+        format: tools::output_format(&specs, &choice),
+        ..RequestOptions::default()
+    };
+    let request = chat.request(&messages, &options).unwrap();
+    let mut session = Session::new(chat.model(), CONTEXT);
+    let mut text = String::new();
+    let finished = engine::generate(
+        chat.model(),
+        &mut session,
+        chat.tokenizer(),
+        &request,
+        &AtomicBool::new(false),
+        |event| {
+            if let GenerationEvent::Delta(delta) = event {
+                text.push_str(&delta);
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(finished.reason, FinishReason::Stop, "{text:?}");
+    let call = tools::parse_call(&text, &specs).unwrap_or_else(|| panic!("{text:?}"));
+    eprintln!("SmolLM2's call: {text}");
+    // Greedy, SmolLM2 picks the right tool and city (2026-12-05:
+    // {"name": "get_weather", "arguments": {"city": "Paris"}}).
+    assert_eq!(call.name, "get_weather", "{text}");
+    assert!(
+        call.arguments["city"]
+            .as_str()
+            .is_some_and(|c| c.contains("Paris")),
+        "{text}"
+    );
 }

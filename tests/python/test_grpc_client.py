@@ -271,6 +271,28 @@ class StockGrpcClientTest(unittest.TestCase):
         self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("json_schema", cm.exception.details())
 
+    def test_a_required_tool_call(self):
+        pb = self.pb
+        params = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10}},
+                  "required": ["city"], "additionalProperties": False}
+        request = pb.ChatRequest(
+            messages=[pb.Message(role="user", content="Weather in Paris?")],
+            sampling=pb.Sampling(max_tokens=100, temperature=1.0, seed=3),
+            tools=[pb.Tool(name="get_weather", description="Weather in a city",
+                           parameters=json.dumps(params))],
+            tool_choice="required",
+        )
+        events = list(self.qins.Chat(request, timeout=CALL_TIMEOUT))
+        done = events[-1].done
+        self.assertEqual(done.finish_reason, pb.FINISH_REASON_TOOL_CALLS)
+        self.assertEqual(len(done.tool_calls), 1)
+        call = done.tool_calls[0]
+        self.assertEqual(call.name, "get_weather")
+        self.assertTrue(call.id.startswith("call_"))
+        self.assertEqual(set(json.loads(call.arguments)), {"city"})
+        # The call's text is not streamed as deltas.
+        self.assertEqual("".join(e.delta.text for e in events[:-1]), "")
+
     def test_out_of_range_extras_are_invalid_arguments(self):
         pb = self.pb
         for sampling, name in [
