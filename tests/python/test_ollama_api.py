@@ -67,7 +67,7 @@ class OllamaApiTest(unittest.TestCase):
             self.assertEqual(r.modelinfo["general.architecture"], "phi3")
             self.assertGreater(r.modelinfo["general.parameter_count"], 0)
             self.assertEqual(r.modelinfo["phi3.context_length"], 4096)
-            self.assertEqual(r.capabilities, ["completion"])
+            self.assertEqual(r.capabilities, ["completion", "tools"])
             self.assertEqual(r.details.family, "phi3")
         with self.assertRaises(ollama.ResponseError) as cm:
             self.client.show("missing")
@@ -182,6 +182,29 @@ class OllamaApiTest(unittest.TestCase):
             self.assertIsInstance(value["ok"], bool)
             self.assertIn(value["n"], (1, 2, 3))
             self.assertEqual(len(value), 2)
+
+    def test_tools_are_accepted_and_results_go_back(self):
+        tools = [{"type": "function", "function": {
+            "name": "get_weather", "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string",
+                                                                     "maxLength": 10}},
+                           "required": ["city"], "additionalProperties": False}}}]
+        messages = [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "",
+             "tool_calls": [{"function": {"name": "get_weather",
+                                          "arguments": {"city": "Paris"}}}]},
+            {"role": "tool", "content": "18 C", "tool_name": "get_weather"},
+        ]
+        opts = {"num_predict": 60, "temperature": 1.0, "seed": 4}
+        short = self.client.chat(model=MODEL, messages=messages[:1], tools=tools, options=opts)
+        full = self.client.chat(model=MODEL, messages=messages, tools=tools, options=opts)
+        self.assertGreater(full.prompt_eval_count, short.prompt_eval_count + 10)
+        # The tiny model chooses at random; whatever it chose is well formed.
+        for reply in (short, full):
+            for call in reply.message.tool_calls or []:
+                self.assertEqual(call.function.name, "get_weather")
+                self.assertEqual(set(call.function.arguments), {"city"})
 
     def refusal(self, status, call):
         with self.assertRaises(ollama.ResponseError) as cm:

@@ -4,9 +4,10 @@
 //! `"stream": false`.
 //!
 //! `format` (`"json"` or a JSON schema) goes to qinsd's grammar-constrained
-//! decoding. Refused with a 400 naming the field, since qinsd cannot do
-//! them yet: `tools`, `think`, `logprobs`, images, generate's `suffix`, `template`
-//! and `context`. Accepted and ignored: `keep_alive` (qinsd keeps its model
+//! decoding, `tools` to qinsd's tool calls (calls come in the last object's
+//! `message.tool_calls`). Refused with a 400 naming the field, since qinsd
+//! cannot do them yet: `think`, `logprobs`, images, generate's `suffix`,
+//! `template` and `context`. Accepted and ignored: `keep_alive` (qinsd keeps its model
 //! resident until `qins unload`). Unknown fields are refused too. Generate's
 //! `raw: true` sends the prompt as is, without the chat template.
 
@@ -20,8 +21,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use qins_proto::v1::{
-    ChatDone, ChatRequest, FinishReason, Message, ResponseFormat, Sampling, chat_event,
-    response_format,
+    ChatDone, ChatRequest, FinishReason, Message, ResponseFormat, Sampling, Tool, ToolCall,
+    chat_event, response_format,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -30,7 +31,7 @@ use super::{OllamaError, now, options, tagged, untagged};
 use crate::app::AppState;
 use crate::daemon::ChatStream;
 use crate::error::ApiError;
-use crate::routes::{ApiJson, message};
+use crate::routes::{ApiJson, message, openai_tools};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +99,7 @@ struct Turn {
     messages: Vec<Message>,
     /// Generate's `raw: true`: the prompt without the chat template.
     raw_prompt: Option<String>,
+    tools: Vec<Tool>,
     /// `format`: JSON output through qinsd's grammar-constrained decoding.
     format: Option<ResponseFormat>,
     sampling: Sampling,
@@ -127,9 +129,12 @@ impl ChatBody {
     fn into_turn(self) -> Result<Turn, ApiError> {
         refuse_unsupported(self.think.as_ref(), self.logprobs, self.top_logprobs)?;
         let format = output_format(self.format)?;
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(unsupported("tools", "tool calling is not supported yet"));
-        }
+        // ollama's tools have OpenAI's shape; ollama has no tool_choice
+        // (qinsd's `auto`).
+        let tools = match self.tools {
+            Some(tools) => openai_tools::tools(&Value::Array(tools))?,
+            None => Vec::new(),
+        };
         let messages = self
             .messages
             .into_iter()
@@ -139,6 +144,7 @@ impl ChatBody {
             model: self.model,
             messages,
             raw_prompt: None,
+            tools,
             format,
             sampling: options::sampling(self.options)?,
             stream: self.stream.unwrap_or(true),
@@ -155,16 +161,37 @@ impl ChatMessage {
                 "the models qinsd runs read text only",
             ));
         }
-        if self.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) || self.tool_name.is_some() {
-            return Err(unsupported(
-                "tool_calls",
-                "tool calling is not supported yet",
-            ));
-        }
+        // ollama's calls carry arguments as an object, and no id: a result
+        // names its tool instead.
+        let tool_calls = self
+            .tool_calls
+            .unwrap_or_default()
+            .iter()
+            .map(|call| {
+                let function = call.get("function");
+                let name = function.and_then(|f| f.get("name")).and_then(Value::as_str);
+                let arguments = function.and_then(|f| f.get("arguments"));
+                match (name, arguments) {
+                    (Some(name), Some(arguments @ Value::Object(_))) => Ok(ToolCall {
+                        id: String::new(),
+                        name: name.to_string(),
+                        arguments: arguments.to_string(),
+                    }),
+                    _ => Err(ApiError::BadRequest(
+                        "tool_calls: each needs function.name and function.arguments (an object)"
+                            .into(),
+                    )),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if self.thinking.as_ref().is_some_and(|t| !t.is_empty()) {
             return Err(unsupported("thinking", "qinsd runs no thinking models"));
         }
-        Ok(message(self.role, self.content))
+        Ok(Message {
+            tool_calls,
+            tool_call_id: self.tool_name.unwrap_or_default(),
+            ..message(self.role, self.content)
+        })
     }
 }
 
@@ -215,6 +242,7 @@ impl GenerateBody {
             model: self.model,
             messages,
             raw_prompt,
+            tools: Vec::new(),
             format,
             sampling: options::sampling(self.options)?,
             stream: self.stream.unwrap_or(true),
@@ -280,6 +308,7 @@ async fn run(state: &AppState, turn: Turn) -> Result<Response, ApiError> {
     let request = ChatRequest {
         messages: turn.messages,
         prompt: turn.raw_prompt.unwrap_or_default(),
+        tools: turn.tools,
         response_format: turn.format,
         // ollama clients resend the conversation each turn without an id;
         // qinsd prefills the whole prompt for each.
@@ -368,6 +397,17 @@ impl Reply {
         body["prompt_eval_duration"] = json!(nanos(timings.time_to_first_token_ms));
         body["eval_count"] = json!(usage.completion_tokens);
         body["eval_duration"] = json!(nanos(timings.total_ms - timings.time_to_first_token_ms));
+        if !done.tool_calls.is_empty() {
+            body["message"]["tool_calls"] = done
+                .tool_calls
+                .iter()
+                .map(|call| {
+                    let arguments: Value =
+                        serde_json::from_str(&call.arguments).unwrap_or(Value::Null);
+                    json!({ "function": { "name": call.name, "arguments": arguments } })
+                })
+                .collect();
+        }
         body
     }
 }
@@ -456,7 +496,6 @@ mod tests {
             (json!({ "format": 5 }), "format"),
             (json!({ "think": true }), "think"),
             (json!({ "logprobs": true }), "logprobs"),
-            (json!({ "tools": [{ "type": "function" }] }), "tools"),
             (json!({ "options": { "mirostat": 1 } }), "mirostat"),
         ] {
             let message = refusal(chat_body(extra).into_turn());
@@ -467,6 +506,28 @@ mod tests {
         assert!(refusal(chat_body(images).into_turn()).contains("images"));
         let unknown = serde_json::from_value::<ChatBody>(json!({ "model": "m", "frob": 1 }));
         assert!(unknown.expect_err("refused").to_string().contains("frob"));
+    }
+
+    #[test]
+    fn tools_and_their_turns_reach_qinsd() {
+        let body = chat_body(json!({
+            "tools": [{ "type": "function", "function": {
+                "name": "get_weather", "parameters": { "type": "object" } } }],
+            "messages": [
+                { "role": "user", "content": "Weather?" },
+                { "role": "assistant", "content": "", "tool_calls": [
+                    { "function": { "name": "get_weather", "arguments": { "city": "Paris" } } }] },
+                { "role": "tool", "content": "18 C", "tool_name": "get_weather" }],
+        }));
+        let turn = body.into_turn().expect("accepted");
+        assert_eq!(turn.tools[0].name, "get_weather");
+        assert_eq!(
+            turn.messages[1].tool_calls[0].arguments,
+            r#"{"city":"Paris"}"#
+        );
+        assert_eq!(turn.messages[2].tool_call_id, "get_weather");
+        let bad = chat_body(json!({ "tools": [{ "type": "function" }] }));
+        assert!(matches!(bad.into_turn(), Err(ApiError::Param { .. })));
     }
 
     #[test]
