@@ -60,11 +60,13 @@ pub struct GrammarVocab {
     factory: ParserFactory,
 }
 
-/// The tokenizer side llguidance needs: the trie, and the tokenizer for
-/// text it must split into tokens itself.
+/// The tokenizer side llguidance needs: the trie, which also splits the
+/// text llguidance tokenizes itself. Not the model's tokenizer: a
+/// SentencePiece one prepends "▁", so its tokens for "{" spell " {" and
+/// llguidance would let a space through where the grammar has none (found
+/// on Phi-3's vocabulary, `tests/grammar_vocab.rs`).
 struct Env {
     trie: TokTrie,
-    tokenizer: Tokenizer,
 }
 
 impl TokenizerEnv for Env {
@@ -73,11 +75,7 @@ impl TokenizerEnv for Env {
     }
 
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
-        let text = String::from_utf8_lossy(s);
-        self.tokenizer
-            .encode(text.as_ref(), false)
-            .map(|e| e.get_ids().to_vec())
-            .unwrap_or_default()
+        self.trie.greedy_tokenize(s)
     }
 }
 
@@ -120,10 +118,7 @@ impl GrammarVocab {
         };
         let info = TokRxInfo::new(vocab_size as u32, first_end);
         let trie = TokTrie::from(&info, &words).with_eos_tokens(&ends);
-        let env: TokEnv = Arc::new(Env {
-            trie,
-            tokenizer: tokenizer.clone(),
-        });
+        let env: TokEnv = Arc::new(Env { trie });
         let mut factory =
             ParserFactory::new_simple(&env).map_err(|e| grammar_error(&e.to_string()))?;
         factory.quiet();
