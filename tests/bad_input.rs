@@ -204,6 +204,26 @@ async fn huge_prompts_and_thousands_of_messages_are_refused() {
             repetition_penalty: Some(-1.0),
             ..Sampling::default()
         },
+        Sampling {
+            presence_penalty: Some(2.5),
+            ..Sampling::default()
+        },
+        Sampling {
+            frequency_penalty: Some(f32::NEG_INFINITY),
+            ..Sampling::default()
+        },
+        Sampling {
+            min_p: Some(f32::NAN),
+            ..Sampling::default()
+        },
+        Sampling {
+            logit_bias: [(u32::MAX, 1.0)].into_iter().collect(),
+            ..Sampling::default()
+        },
+        Sampling {
+            logit_bias: [(0, 1e9)].into_iter().collect(),
+            ..Sampling::default()
+        },
     ] {
         let mut request = chat_request(vec![user("hi")], 4, "");
         request.sampling = Some(sampling);
@@ -220,6 +240,10 @@ async fn huge_prompts_and_thousands_of_messages_are_refused() {
         seed: Some(u64::MAX),
         repetition_penalty: Some(100.0),
         stop: vec!["\u{1F600}".into()],
+        presence_penalty: Some(-2.0),
+        frequency_penalty: Some(2.0),
+        min_p: Some(1.0),
+        logit_bias: [(0, -100.0), (1, 100.0)].into_iter().collect(),
     });
     let reply = chat(&mut client, request).await.expect("edge values");
     assert!(reply.done.usage.expect("usage").completion_tokens >= 1);

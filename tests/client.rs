@@ -373,3 +373,45 @@ async fn an_out_of_range_flag_gets_the_daemons_message() {
         assert!(err.contains(rule), "{flag}: {err}");
     }
 }
+
+#[tokio::test]
+async fn ask_takes_json_schemas_and_the_sampling_extras() {
+    let daemon = Daemon::start(&[]).await;
+    let schema = daemon.models_dir.join("schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"ok": {"type": "boolean"}},
+            "required": ["ok"], "additionalProperties": false}"#,
+    )
+    .unwrap();
+    let ask = |flags: &[&str]| {
+        let mut args = vec!["ask", "--max-tokens", "40"];
+        args.extend_from_slice(flags);
+        args.push("Hello");
+        ok(qins(&daemon.socket, &args, ""))
+    };
+    let schema = schema.to_str().unwrap();
+    for seed in ["1", "2"] {
+        let reply = ask(&[
+            "--json-schema",
+            schema,
+            "--temperature",
+            "1",
+            "--seed",
+            seed,
+        ]);
+        // The only two replies the schema allows, in qinsd's JSON spacing.
+        assert!(
+            matches!(reply.trim(), r#"{"ok": true}"# | r#"{"ok": false}"#),
+            "{reply}"
+        );
+    }
+    // min_p 1 keeps only the most likely token: hot sampling turns greedy.
+    let greedy = ask(&["--temperature", "0"]);
+    let hot = ask(&["--temperature", "1.5", "--seed", "3", "--min-p", "1"]);
+    assert_eq!(hot, greedy);
+    ask(&["--presence-penalty", "1", "--frequency-penalty", "0.5"]);
+    let refused = qins(&daemon.socket, &["ask", "--min-p", "2", "x"], "");
+    assert!(!refused.status.success());
+    assert!(text(&refused.stderr).contains("min_p"), "qinsd's message");
+}

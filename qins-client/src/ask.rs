@@ -4,7 +4,7 @@ use std::io::{IsTerminal as _, Read as _, Write as _};
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
-use qins_proto::v1::{ChatRequest, FinishReason, Message};
+use qins_proto::v1::{ChatRequest, FinishReason, Message, ResponseFormat, response_format};
 
 use crate::sampling::SamplingArgs;
 use crate::{connect, format, reply};
@@ -21,6 +21,12 @@ pub struct Args {
     pub system: Option<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Reply with a JSON object (grammar-constrained decoding).
+    #[arg(long, conflicts_with = "json_schema")]
+    pub json: bool,
+    /// Reply with JSON valid against the JSON schema in this file.
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<std::path::PathBuf>,
     /// Print timings on stderr after the reply.
     #[arg(long, short)]
     pub verbose: bool,
@@ -38,6 +44,8 @@ pub async fn run(socket: &Path, args: Args) -> Result<()> {
         messages,
         session_id: String::new(),
         sampling: Some(args.sampling.to_proto()),
+        response_format: response_format(args.json, args.json_schema.as_deref())?,
+        ..ChatRequest::default()
     };
     let mut stdout = std::io::stdout().lock();
     let reply = reply::stream(&mut client, request, &mut stdout, None).await?;
@@ -53,6 +61,22 @@ pub async fn run(socket: &Path, args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--json` / `--json-schema FILE` as the request's format; qinsd checks
+/// the schema itself.
+fn response_format(json: bool, schema: Option<&Path>) -> Result<Option<ResponseFormat>> {
+    let format = match (json, schema) {
+        (_, Some(path)) => response_format::Format::JsonSchema(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the JSON schema {}", path.display()))?,
+        ),
+        (true, None) => response_format::Format::JsonObject(true),
+        (false, None) => return Ok(None),
+    };
+    Ok(Some(ResponseFormat {
+        format: Some(format),
+    }))
 }
 
 fn prompt(words: &[String]) -> Result<String> {
@@ -93,6 +117,7 @@ pub fn message(role: &str, content: String) -> Message {
     Message {
         role: role.into(),
         content,
+        ..Message::default()
     }
 }
 

@@ -241,6 +241,7 @@ impl Chat {
             messages,
             session_id: self.session.clone(),
             sampling: Some(self.sampling.to_proto()),
+            ..ChatRequest::default()
         };
         let interactive = self.interactive;
         let client = &mut self.client;

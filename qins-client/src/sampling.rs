@@ -22,6 +22,15 @@ pub struct SamplingArgs {
     /// Seed: the same seed and prompt give the same reply.
     #[arg(long, value_parser = parse_seed)]
     pub seed: Option<u64>,
+    /// Drop tokens less likely than this times the top one's, in [0, 1] [default: off].
+    #[arg(long, value_parser = parse_min_p)]
+    pub min_p: Option<f32>,
+    /// Penalty on every token the reply already used, in [-2, 2] [default: off].
+    #[arg(long, value_parser = parse_penalty)]
+    pub presence_penalty: Option<f32>,
+    /// Penalty per use of a token in the reply, in [-2, 2] [default: off].
+    #[arg(long, value_parser = parse_penalty)]
+    pub frequency_penalty: Option<f32>,
 }
 
 impl SamplingArgs {
@@ -32,6 +41,9 @@ impl SamplingArgs {
             top_k: self.top_k,
             max_tokens: self.max_tokens,
             seed: self.seed,
+            min_p: self.min_p,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
             ..Sampling::default()
         }
     }
@@ -142,6 +154,22 @@ pub fn parse_temperature(value: &str) -> Result<f32, String> {
 
 pub fn parse_top_p(value: &str) -> Result<f32, String> {
     parse_float(value).map_err(|e| format!("top_p: {e}"))
+}
+
+pub fn parse_min_p(value: &str) -> Result<f32, String> {
+    let x = parse_float(value)?;
+    if !(0.0..=1.0).contains(&x) {
+        return Err(format!("min_p must be in [0, 1], not {value}"));
+    }
+    Ok(x)
+}
+
+pub fn parse_penalty(value: &str) -> Result<f32, String> {
+    let x = parse_float(value)?;
+    if !(-2.0..=2.0).contains(&x) {
+        return Err(format!("a penalty must be in [-2, 2], not {value}"));
+    }
+    Ok(x)
 }
 
 pub fn parse_top_k(value: &str) -> Result<u32, String> {

@@ -4,14 +4,16 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use tokenizers::Tokenizer;
 
-use super::EngineError;
+use super::constraint::{GrammarVocab, OutputFormat};
 use super::generate::GenerationRequest;
 use super::sampling::SamplingParams;
 use super::template::{ChatMessage, ChatTemplate, TemplateError};
+use super::{EngineError, LanguageModel};
 use qins_core::container::{ContainerError, GenerationDefaults, ModelHeader, QinsFile};
 use qins_core::model::{Model, ModelError};
 use qins_core::weights::ResidentBytes;
@@ -48,6 +50,8 @@ pub struct ChatModel {
     resident: ResidentBytes,
     /// When `open` finished: what `Stats` and `qins ps` report as loaded since.
     loaded_at: SystemTime,
+    /// The vocabulary for JSON output, built on the first request for it.
+    grammar: Mutex<Option<Arc<GrammarVocab>>>,
 }
 
 /// What a chat request asks for beyond its messages; None takes the model's default.
@@ -60,6 +64,24 @@ pub struct RequestOptions {
     pub seed: Option<u64>,
     pub repetition_penalty: Option<f32>,
     pub stop: Vec<String>,
+    /// OpenAI's sampling extras; unset is off (models record no default).
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub min_p: Option<f32>,
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Per-token log probabilities with this many alternatives (at most
+    /// [`crate::logprobs::MAX_TOP_LOGPROBS`]); None: none.
+    pub logprobs: Option<usize>,
+    /// JSON output (grammar-constrained); None: free text.
+    pub format: Option<OutputFormat>,
+}
+
+/// What the reply continues: a conversation rendered with the model's chat
+/// template, or raw text tokenized as is (a plain completion).
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    Messages(Vec<ChatMessage>),
+    Raw(String),
 }
 
 impl ChatModel {
@@ -90,6 +112,7 @@ impl ChatModel {
             stop_token_ids,
             resident,
             loaded_at: SystemTime::now(),
+            grammar: Mutex::new(None),
         })
     }
 
@@ -147,6 +170,22 @@ impl ChatModel {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Raw text as token ids, without the chat template (the tokenizer's
+    /// own special tokens, such as a BOS, are added).
+    pub fn raw_prompt_tokens(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        if text.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        match encoding.get_ids() {
+            [] => Err(EngineError::EmptyPrompt),
+            ids => Ok(ids.to_vec()),
+        }
+    }
+
     /// A generation request for `messages`, unset options taken from the
     /// model's defaults ([`resolve_options`]), validated
     /// ([`GenerationRequest::validate`]).
@@ -155,20 +194,56 @@ impl ChatModel {
         messages: &[ChatMessage],
         options: &RequestOptions,
     ) -> Result<GenerationRequest, EngineError> {
+        self.request_for(&Prompt::Messages(messages.to_vec()), options)
+    }
+
+    /// [`Self::request`] for either kind of prompt.
+    pub fn request_for(
+        &self,
+        prompt: &Prompt,
+        options: &RequestOptions,
+    ) -> Result<GenerationRequest, EngineError> {
         let (sampling, max_tokens) = resolve_options(self.defaults(), options);
         let request = GenerationRequest {
-            prompt_tokens: Vec::new(),
             sampling,
             max_tokens: Some(max_tokens),
             stop: options.stop.clone(),
             stop_token_ids: self.stop_token_ids.clone(),
+            logprobs: options.logprobs,
+            ..GenerationRequest::default()
         };
         // Values first: a bad value is refused before the template runs.
         request.validate()?;
+        request.sampling.validate_vocab(self.model.vocab_size())?;
+        let prompt_tokens = match prompt {
+            Prompt::Messages(messages) => self.prompt_tokens(messages)?,
+            Prompt::Raw(text) => self.raw_prompt_tokens(text)?,
+        };
+        let constraint = match &options.format {
+            Some(format) => Some(self.grammar()?.constraint(format)?),
+            None => None,
+        };
         Ok(GenerationRequest {
-            prompt_tokens: self.prompt_tokens(messages)?,
+            prompt_tokens,
+            constraint,
             ..request
         })
+    }
+
+    /// The model's vocabulary for grammar-constrained decoding, built once
+    /// (a trie over every token; a fraction of a second for 50k tokens).
+    fn grammar(&self) -> Result<Arc<GrammarVocab>, EngineError> {
+        let mut slot = self.grammar.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(grammar) = slot.as_ref() {
+            return Ok(Arc::clone(grammar));
+        }
+        let grammar = Arc::new(GrammarVocab::new(
+            &self.tokenizer,
+            self.model.vocab_size(),
+            &self.stop_token_ids,
+        )?);
+        *slot = Some(Arc::clone(&grammar));
+        Ok(grammar)
     }
 }
 
@@ -189,6 +264,10 @@ pub fn resolve_options(
         repetition_penalty: options
             .repetition_penalty
             .unwrap_or(defaults.repetition_penalty),
+        presence_penalty: options.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: options.frequency_penalty.unwrap_or(0.0),
+        min_p: options.min_p.unwrap_or(0.0),
+        logit_bias: options.logit_bias.clone(),
     };
     let max_tokens = options.max_tokens.unwrap_or(defaults.max_tokens as usize);
     (sampling, max_tokens)
@@ -265,6 +344,12 @@ mod tests {
             seed: Some(3),
             repetition_penalty: Some(1.0),
             stop: Vec::new(),
+            presence_penalty: Some(0.5),
+            frequency_penalty: Some(-0.5),
+            min_p: Some(0.1),
+            logit_bias: vec![(3, -100.0)],
+            logprobs: Some(2),
+            format: None,
         };
         let (sampling, max_tokens) = resolve_options(&recorded(), &options);
         assert_eq!(
@@ -272,6 +357,15 @@ mod tests {
             (0.0, 1.0, 0)
         );
         assert_eq!((sampling.seed, sampling.repetition_penalty), (Some(3), 1.0));
+        assert_eq!(
+            (
+                sampling.presence_penalty,
+                sampling.frequency_penalty,
+                sampling.min_p
+            ),
+            (0.5, -0.5, 0.1)
+        );
+        assert_eq!(sampling.logit_bias, vec![(3, -100.0)]);
         assert_eq!(max_tokens, 5);
     }
 
@@ -286,6 +380,7 @@ mod tests {
             sampling,
             max_tokens: Some(max_tokens),
             stop: options.stop.clone(),
+            logprobs: options.logprobs,
             ..GenerationRequest::default()
         }
         .validate()
@@ -330,6 +425,22 @@ mod tests {
             &recorded(),
             request(|o| o.stop = vec![String::new()]),
             "stop",
+        );
+        refused(
+            &recorded(),
+            request(|o| o.presence_penalty = Some(3.0)),
+            "presence_penalty",
+        );
+        refused(&recorded(), request(|o| o.min_p = Some(2.0)), "min_p");
+        refused(
+            &recorded(),
+            request(|o| o.logit_bias = vec![(1, 500.0)]),
+            "logit_bias",
+        );
+        refused(
+            &recorded(),
+            request(|o| o.logprobs = Some(21)),
+            "top_logprobs",
         );
         let bad_default = GenerationDefaults {
             top_p: 0.0,

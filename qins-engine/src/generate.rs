@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokenizers::Tokenizer;
 
+use super::constraint::Constraint;
 use super::detokenize::StreamDecoder;
+use super::logprobs::{MAX_TOP_LOGPROBS, TokenBytes, TokenLogprob, token_logprob};
 use super::sampling::{Sampler, SamplingParams};
 use super::session::Session;
 use super::stop::{StopMatcher, StopScan};
@@ -23,6 +25,13 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// Tokens that end the reply (end of turn, end of text); not output.
     pub stop_token_ids: Vec<u32>,
+    /// Report each generated token's log probability (a `Token` event before
+    /// the delta that carries its text) with this many alternatives; None:
+    /// no `Token` events.
+    pub logprobs: Option<usize>,
+    /// JSON output: the grammar every drawn token must follow (its state
+    /// before the first token; each run works on its own copy).
+    pub constraint: Option<Constraint>,
 }
 
 impl GenerationRequest {
@@ -43,6 +52,13 @@ impl GenerationRequest {
                 "stop strings must not be empty".into(),
             ));
         }
+        if let Some(top) = self.logprobs
+            && top > MAX_TOP_LOGPROBS
+        {
+            return Err(EngineError::InvalidRequest(format!(
+                "top_logprobs must be at most {MAX_TOP_LOGPROBS} (got {top})"
+            )));
+        }
         Ok(())
     }
 }
@@ -50,6 +66,10 @@ impl GenerationRequest {
 #[derive(Clone, Debug, PartialEq)]
 pub enum GenerationEvent {
     Delta(String),
+    /// A generated token's log probability (requests with `logprobs` only;
+    /// never for the end token). Its text comes in the next `Delta`, unless
+    /// a stop string cuts it.
+    Token(TokenLogprob),
     Finished(Finished),
 }
 
@@ -115,6 +135,9 @@ struct Run<'a, M: LanguageModel> {
     cancel: &'a AtomicBool,
     sampler: Sampler,
     decoder: StreamDecoder<'a>,
+    /// Set when the request asks for log probabilities.
+    token_bytes: Option<TokenBytes<'a>>,
+    constraint: Option<Constraint>,
     stops: StopMatcher,
     /// Prompt and generated tokens: what the repetition penalty sees.
     history: Vec<u32>,
@@ -140,6 +163,8 @@ impl<'a, M: LanguageModel> Run<'a, M> {
             cancel,
             sampler: Sampler::new(request.sampling.clone())?,
             decoder: StreamDecoder::new(tokenizer, true),
+            token_bytes: request.logprobs.map(|_| TokenBytes::new(tokenizer)),
+            constraint: request.constraint.clone(),
             stops: StopMatcher::new(&request.stop),
             history: request.prompt_tokens.clone(),
             usage: Usage {
@@ -171,7 +196,8 @@ impl<'a, M: LanguageModel> Run<'a, M> {
             Err(e) => return self.cancelled_or(e),
         };
         loop {
-            let token = self.sample(&logits);
+            let token = self.sample(&logits)?;
+            self.report_logprob(&logits, token, on_event);
             if let Some(reason) = self.emit(token, on_event)? {
                 return Ok(reason);
             }
@@ -185,12 +211,41 @@ impl<'a, M: LanguageModel> Run<'a, M> {
         }
     }
 
-    fn sample(&mut self, logits: &[f32]) -> u32 {
-        let token = self.sampler.sample(logits, &self.history);
+    /// Draws the next token (within the output grammar, if any).
+    fn sample(&mut self, logits: &[f32]) -> Result<u32, EngineError> {
+        let token = match &mut self.constraint {
+            Some(constraint) => {
+                let mut allowed = logits.to_vec();
+                constraint.mask(&mut allowed)?;
+                let token = self.sampler.sample(&allowed, &self.history);
+                if !self.request.stop_token_ids.contains(&token) {
+                    constraint.accept(token)?;
+                }
+                token
+            }
+            None => self.sampler.sample(logits, &self.history),
+        };
         self.history.push(token);
         self.usage.completion_tokens += 1;
         self.first_token_at.get_or_insert_with(Instant::now);
-        token
+        Ok(token)
+    }
+
+    /// Sends the token's log probability when the request asks for it.
+    fn report_logprob(
+        &self,
+        logits: &[f32],
+        token: u32,
+        on_event: &mut impl FnMut(GenerationEvent),
+    ) {
+        let (Some(top), Some(bytes)) = (self.request.logprobs, &self.token_bytes) else {
+            return;
+        };
+        if !self.request.stop_token_ids.contains(&token) {
+            on_event(GenerationEvent::Token(token_logprob(
+                logits, token, top, bytes,
+            )));
+        }
     }
 
     /// Streams the token's text; returns why generation ends after it, if
@@ -257,6 +312,11 @@ impl<'a, M: LanguageModel> Run<'a, M> {
                 reason = FinishReason::Stop;
             } else {
                 send_delta(self.stops.finish(), on_event);
+                if self.request.logprobs.is_some() {
+                    // Tokens without text of their own (a special token
+                    // skipped in decoding) get a delta to travel with.
+                    on_event(GenerationEvent::Delta(String::new()));
+                }
             }
         }
         Ok(Finished {
@@ -337,7 +397,7 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 GenerationEvent::Delta(text) => Some(text.clone()),
-                GenerationEvent::Finished(_) => None,
+                GenerationEvent::Token(_) | GenerationEvent::Finished(_) => None,
             })
             .collect();
         Outcome { deltas, finished }
@@ -398,6 +458,48 @@ mod tests {
         let timings = out.finished.timings;
         assert!(timings.time_to_first_token <= timings.total);
         assert!(timings.tokens_per_second > 0.0);
+    }
+
+    #[test]
+    fn logprobs_come_once_per_reply_token_before_its_text() {
+        let tokenizer = byte_level_tokenizer();
+        let ids = encode(&tokenizer, "Hello world");
+        let model = scripted(&tokenizer, &ids);
+        let req = GenerationRequest {
+            logprobs: Some(2),
+            ..request(&tokenizer)
+        };
+        let mut session = Session::new(&model, 256);
+        let cancel = AtomicBool::new(false);
+        let mut events = Vec::new();
+        generate(&model, &mut session, &tokenizer, &req, &cancel, |e| {
+            events.push(e)
+        })
+        .unwrap();
+        let tokens: Vec<&TokenLogprob> = events
+            .iter()
+            .filter_map(|e| match e {
+                GenerationEvent::Token(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        // The end token is not part of the reply: no logprob for it.
+        let got: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+        assert_eq!(got, ids);
+        let text: Vec<u8> = tokens.iter().flat_map(|t| t.bytes.clone()).collect();
+        assert_eq!(text, b"Hello world");
+        for t in &tokens {
+            // The script gives its token logit 20 over 0s: nearly certain.
+            assert!(t.logprob <= 0.0 && t.logprob > -0.01, "{t:?}");
+            assert_eq!(t.top.len(), 2);
+            assert_eq!(t.top[0].id, t.id);
+            assert!(t.top[1].logprob < -15.0);
+        }
+        // Each token's event comes before the delta with its text.
+        assert!(matches!(events[0], GenerationEvent::Token(_)));
+        assert!(matches!(events[1], GenerationEvent::Delta(_)));
+        let plain = run(&model, 256, &tokenizer, &request(&tokenizer));
+        assert_eq!(plain.text(), "Hello world");
     }
 
     #[test]

@@ -9,25 +9,30 @@
 //! The engine never names the concrete model: it runs any [`LanguageModel`].
 
 mod chat_model;
+pub mod constraint;
 pub mod detokenize;
 pub mod eval;
 pub mod generate;
+pub mod logprobs;
 mod qins_model;
 pub mod sampling;
 pub mod session;
 pub mod stop;
 pub mod template;
+pub mod tools;
 
 #[cfg(test)]
 pub(crate) mod testing;
 
 use std::sync::atomic::AtomicBool;
 
-pub use chat_model::{ChatModel, ChatModelError, RequestOptions, resolve_options};
+pub use chat_model::{ChatModel, ChatModelError, Prompt, RequestOptions, resolve_options};
+pub use constraint::OutputFormat;
 pub use detokenize::StreamDecoder;
 pub use generate::{
     FinishReason, Finished, GenerationEvent, GenerationRequest, Timings, Usage, generate,
 };
+pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprob};
 pub use sampling::{Sampler, SamplingParams};
 pub use session::{Prefill, Session};
 pub use stop::{StopMatcher, StopScan};
@@ -86,6 +91,9 @@ pub enum EngineError {
     Template(#[from] TemplateError),
     #[error("detokenizer: {0}")]
     Tokenizer(String),
+    /// The output grammar failed while decoding (a bug, not the request).
+    #[error("output grammar: {0}")]
+    Grammar(String),
     #[error("cancelled")]
     Cancelled,
     #[error("model: {0}")]

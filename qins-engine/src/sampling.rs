@@ -1,8 +1,12 @@
-//! Choosing the next token from logits: repetition penalty, temperature,
-//! top-k, top-p, and a seeded draw (or argmax at temperature 0).
+//! Choosing the next token from logits: logit bias, repetition penalty,
+//! presence and frequency penalties, temperature, top-k, top-p, min-p, and a
+//! seeded draw (or argmax at temperature 0).
 //!
-//! The order follows transformers' logits warpers: penalty, temperature,
-//! top-k, then top-p over the tempered probabilities.
+//! The order follows transformers' logits warpers: bias and penalties on the
+//! logits, temperature, then top-k, top-p and min-p over the tempered
+//! probabilities.
+
+use std::collections::HashMap;
 
 use super::EngineError;
 use qins_core::rng::SplitMix64;
@@ -19,6 +23,17 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// 1 is off; above 1 discourages tokens already seen.
     pub repetition_penalty: f32,
+    /// OpenAI's penalties, in [-2, 2], 0 off: subtracted from the logit of
+    /// every token already generated, once (presence) or once per time it
+    /// was generated (frequency). The prompt does not count.
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// In [0, 1], 0 off: drops tokens whose probability is below `min_p`
+    /// times the most likely one's.
+    pub min_p: f32,
+    /// Added to the logits of these token ids before anything else, each in
+    /// [-100, 100] (OpenAI's `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -29,6 +44,10 @@ impl Default for SamplingParams {
             top_k: 0,
             seed: None,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            min_p: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -54,7 +73,49 @@ impl SamplingParams {
         if !(r.is_finite() && r > 0.0) {
             return Err(invalid("repetition_penalty", r, "must be finite and > 0"));
         }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(invalid(name, v, "must be in [-2, 2]"));
+            }
+        }
+        let m = self.min_p;
+        if !(0.0..=1.0).contains(&m) {
+            return Err(invalid("min_p", m, "must be in [0, 1]"));
+        }
+        for &(id, bias) in &self.logit_bias {
+            if !(-100.0..=100.0).contains(&bias) {
+                return Err(EngineError::InvalidSampling {
+                    name: "logit_bias",
+                    value: format!("{{{id}: {bias}}}"),
+                    rule: "each bias must be in [-100, 100]",
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// Refuses biases for ids outside the model's vocabulary (known only
+    /// once the model is).
+    pub fn validate_vocab(&self, vocab_size: usize) -> Result<(), EngineError> {
+        match self
+            .logit_bias
+            .iter()
+            .find(|(id, _)| *id as usize >= vocab_size)
+        {
+            Some(&(id, _)) => Err(EngineError::InvalidSampling {
+                name: "logit_bias",
+                value: id.to_string(),
+                rule: if vocab_size == 0 {
+                    "the model has no vocabulary"
+                } else {
+                    "token ids must be below the model's vocabulary size"
+                },
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -70,6 +131,9 @@ fn invalid(name: &'static str, value: f32, rule: &'static str) -> EngineError {
 pub struct Sampler {
     params: SamplingParams,
     rng: SplitMix64,
+    /// How often each token was drawn so far: what the presence and
+    /// frequency penalties look at.
+    generated: HashMap<u32, u32>,
 }
 
 impl Sampler {
@@ -79,6 +143,7 @@ impl Sampler {
         Ok(Self {
             params,
             rng: SplitMix64::new(seed),
+            generated: HashMap::new(),
         })
     }
 
@@ -87,15 +152,54 @@ impl Sampler {
     }
 
     /// Picks the next token; `history` is every token so far (prompt and
-    /// generated), which the repetition penalty looks at.
+    /// generated), which the repetition penalty looks at. The token is
+    /// counted as generated for the presence and frequency penalties.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let mut logits = logits.to_vec();
+        apply_logit_bias(&mut logits, &self.params.logit_bias);
         apply_repetition_penalty(&mut logits, history, self.params.repetition_penalty);
-        if self.params.temperature == 0.0 {
-            return argmax(&logits);
+        apply_presence_frequency(
+            &mut logits,
+            &self.generated,
+            self.params.presence_penalty,
+            self.params.frequency_penalty,
+        );
+        let token = if self.params.temperature == 0.0 {
+            argmax(&logits)
+        } else {
+            let candidates = candidates(&logits, &self.params);
+            draw(&candidates, self.rng.next_f64())
+        };
+        *self.generated.entry(token).or_insert(0) += 1;
+        token
+    }
+}
+
+/// Adds each bias to its token's logit; ids outside `logits` are skipped
+/// (they are refused before a request runs, see `validate_vocab`).
+pub fn apply_logit_bias(logits: &mut [f32], bias: &[(u32, f32)]) {
+    for &(id, b) in bias {
+        if let Some(logit) = logits.get_mut(id as usize) {
+            *logit += b;
         }
-        let candidates = candidates(&logits, &self.params);
-        draw(&candidates, self.rng.next_f64())
+    }
+}
+
+/// OpenAI's penalties: `logit -= count * frequency + (count > 0) * presence`
+/// for every token generated so far.
+pub fn apply_presence_frequency(
+    logits: &mut [f32],
+    generated: &HashMap<u32, u32>,
+    presence: f32,
+    frequency: f32,
+) {
+    if presence == 0.0 && frequency == 0.0 {
+        return;
+    }
+    for (&id, &count) in generated {
+        if let Some(logit) = logits.get_mut(id as usize) {
+            *logit -= count as f32 * frequency + presence;
+        }
     }
 }
 
@@ -180,7 +284,17 @@ fn candidates(logits: &[f32], params: &SamplingParams) -> Vec<Candidate> {
     if params.top_p < 1.0 {
         keep_nucleus(&mut weighted, f64::from(params.top_p));
     }
+    if params.min_p > 0.0 {
+        keep_above_min_p(&mut weighted, f64::from(params.min_p));
+    }
     weighted
+}
+
+/// Keeps the tokens at least `min_p` times as likely as the most likely one
+/// (which always stays).
+fn keep_above_min_p(weighted: &mut Vec<Candidate>, min_p: f64) {
+    let top = weighted.iter().map(|c| c.weight).fold(0.0, f64::max);
+    weighted.retain(|c| c.weight >= min_p * top);
 }
 
 /// exp((logit - max) / T), with infinite logits (all -inf, or +inf) kept
@@ -403,6 +517,95 @@ mod tests {
     }
 
     #[test]
+    fn logit_bias_moves_the_greedy_choice_and_bans_tokens() {
+        let params = SamplingParams {
+            logit_bias: vec![(1, 2.0)],
+            ..SamplingParams::greedy()
+        };
+        let mut sampler = Sampler::new(params).unwrap();
+        assert_eq!(sampler.sample(&[3.0, 2.0, 0.0], &[]), 1);
+        // -100 on the most likely token: it is never drawn, even when hot.
+        let params = SamplingParams {
+            logit_bias: vec![(7, -100.0)],
+            temperature: 2.0,
+            ..seeded(8)
+        };
+        let freq = frequencies(params, &LOGITS, 5_000);
+        assert_eq!(freq[7], 0.0, "{freq:?}");
+        assert!(freq[0] > 0.0, "{freq:?}");
+    }
+
+    #[test]
+    fn presence_penalty_counts_generated_tokens_once() {
+        let logits = [3.0, 2.5, 0.0];
+        let params = SamplingParams {
+            presence_penalty: 1.0,
+            ..SamplingParams::greedy()
+        };
+        let mut sampler = Sampler::new(params).unwrap();
+        // The prompt (history) does not count: the first pick is the argmax.
+        assert_eq!(sampler.sample(&logits, &[0, 0, 0]), 0);
+        // 3 - 1 = 2 < 2.5; then 2.5 - 1 = 1.5 < 2, and 0 stays ahead:
+        // presence does not grow with the count.
+        assert_eq!(sampler.sample(&logits, &[]), 1);
+        assert_eq!(sampler.sample(&logits, &[]), 0);
+        assert_eq!(sampler.sample(&logits, &[]), 0);
+    }
+
+    #[test]
+    fn frequency_penalty_grows_with_the_count() {
+        let mut logits = vec![3.0, 2.0, 1.0];
+        let generated = HashMap::from([(0, 3), (2, 1)]);
+        apply_presence_frequency(&mut logits, &generated, 0.5, 0.25);
+        // 3 - 3 * 0.25 - 0.5, 2 untouched, 1 - 0.25 - 0.5.
+        assert_eq!(logits, vec![1.75, 2.0, 0.25]);
+        let params = SamplingParams {
+            frequency_penalty: 0.4,
+            ..SamplingParams::greedy()
+        };
+        let mut sampler = Sampler::new(params).unwrap();
+        let picks: Vec<u32> = (0..4).map(|_| sampler.sample(&[3.0, 2.5], &[])).collect();
+        // 3, then 2.6 > 2.5, then 2.2 < 2.5, then 2.2 > 2.1.
+        assert_eq!(picks, vec![0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn min_p_drops_tokens_below_its_share_of_the_top() {
+        let probs = softmax(&LOGITS, 1.0);
+        let top = probs.iter().cloned().fold(0.0, f64::max);
+        let min_p = 0.2;
+        let params = SamplingParams {
+            min_p: min_p as f32,
+            ..seeded(9)
+        };
+        let freq = frequencies(params, &LOGITS, 20_000);
+        let kept: Vec<usize> = (0..LOGITS.len())
+            .filter(|&i| probs[i] >= min_p * top)
+            .collect();
+        assert!(kept.len() > 1 && kept.len() < LOGITS.len());
+        for (id, f) in freq.iter().enumerate() {
+            assert_eq!(*f > 0.0, kept.contains(&id), "id {id}: {freq:?}");
+        }
+        // min_p = 1 keeps only the most likely token.
+        let only_top = SamplingParams {
+            min_p: 1.0,
+            ..seeded(10)
+        };
+        assert_eq!(frequencies(only_top, &LOGITS, 500)[7], 1.0);
+    }
+
+    #[test]
+    fn logit_bias_ids_must_be_in_the_vocabulary() {
+        let params = SamplingParams {
+            logit_bias: vec![(3, 1.0), (8, 1.0)],
+            ..SamplingParams::default()
+        };
+        assert!(params.validate_vocab(9).is_ok());
+        let err = params.validate_vocab(8).unwrap_err();
+        assert!(err.to_string().contains("logit_bias"), "{err}");
+    }
+
+    #[test]
     fn invalid_parameters_are_refused() {
         let bad = [
             SamplingParams {
@@ -427,6 +630,30 @@ mod tests {
             },
             SamplingParams {
                 top_p: f32::NAN,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                presence_penalty: 2.5,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                frequency_penalty: f32::NAN,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                min_p: 1.5,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                min_p: -0.1,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                logit_bias: vec![(0, 101.0)],
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                logit_bias: vec![(0, f32::NAN)],
                 ..SamplingParams::default()
             },
         ];

@@ -267,6 +267,7 @@ pub fn message(role: &str, content: &str) -> Message {
     Message {
         role: role.into(),
         content: content.into(),
+        ..Message::default()
     }
 }
 
@@ -280,6 +281,7 @@ pub fn chat_request(messages: Vec<Message>, max_tokens: u32, session_id: &str) -
             max_tokens: Some(max_tokens),
             ..Sampling::default()
         }),
+        ..ChatRequest::default()
     }
 }
 

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use crate::daemon::Daemon;
 use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
-use crate::routes::{chat, health, ollama, openai, page, stats};
+use crate::routes::{chat, completions, health, ollama, openai, page, stats};
 use crate::security;
 
 /// What `router` needs; `main` fills it from the flags. No `Debug`: it
@@ -61,6 +61,7 @@ pub fn router(config: Config) -> Router {
         .route("/health", get(health::health))
         .route("/metrics", get(crate::routes::metrics::metrics))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(openai::models))
         .route("/api/version", get(ollama::version))
         .route("/api/tags", get(ollama::tags))

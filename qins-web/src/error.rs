@@ -31,6 +31,16 @@ pub enum ApiError {
     /// A malformed body, or a request qinsd refused as INVALID_ARGUMENT.
     #[error("{0}")]
     BadRequest(String),
+    /// A request parameter that is refused or has a bad value: 400 with the
+    /// parameter named in the body's `param`, as OpenAI does. `code` is
+    /// OpenAI's: "unsupported_parameter", "unsupported_value" or
+    /// "invalid_value".
+    #[error("{message}")]
+    Param {
+        param: String,
+        message: String,
+        code: &'static str,
+    },
     /// qinsd's request queue is full (RESOURCE_EXHAUSTED).
     #[error("{0}")]
     Busy(String),
@@ -55,7 +65,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::DaemonDown(_) | Self::NoModel(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::Param { .. } => StatusCode::BAD_REQUEST,
             Self::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::ModelsDir(_) | Self::LoadFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -73,6 +83,7 @@ impl ApiError {
             Self::DaemonDown(_) => ("server_error", "qinsd_unreachable"),
             Self::NoModel(_) => ("server_error", "no_model_loaded"),
             Self::BadRequest(_) => ("invalid_request_error", "invalid_request"),
+            Self::Param { code, .. } => ("invalid_request_error", code),
             Self::Busy(_) => ("rate_limit_error", "queue_full"),
             Self::NotFound(_) => ("invalid_request_error", "not_found"),
             Self::ModelsDir(_) => ("server_error", "models_dir_unreadable"),
@@ -88,7 +99,13 @@ impl ApiError {
     /// The JSON error object, also sent inside SSE streams.
     pub fn body(&self) -> Value {
         let (kind, code) = self.kind();
-        json!({ "error": { "message": self.to_string(), "type": kind, "code": code } })
+        let param = match self {
+            Self::Param { param, .. } => Value::String(param.clone()),
+            _ => Value::Null,
+        };
+        json!({ "error": {
+            "message": self.to_string(), "type": kind, "param": param, "code": code,
+        } })
     }
 
     /// ollama's error object, also the last line of a failed NDJSON stream.

@@ -613,7 +613,7 @@ async fn ollama_generate_without_streaming_and_the_model_routes() {
     let show = show.json();
     assert_eq!(show["model_info"]["general.architecture"], "phi3");
     assert_eq!(show["model_info"]["phi3.context_length"], 4096);
-    assert_eq!(show["capabilities"], json!(["completion"]));
+    assert_eq!(show["capabilities"], json!(["completion", "tools"]));
     let ps = get(a, "/api/ps").await.json();
     assert_eq!(ps["models"][0]["name"], "tiny:latest", "{ps}");
     assert!(ps["models"][0]["size"].as_u64().unwrap_or(0) > 0);
@@ -633,7 +633,7 @@ async fn ollama_refusals_name_what_is_not_supported() {
         body
     };
     for (body, status, needle) in [
-        (chat(json!({ "format": "json" })), 400, "format"),
+        (chat(json!({ "format": 5 })), 400, "format"),
         (chat(json!({ "options": { "num_gpu": 1 } })), 400, "num_gpu"),
         (
             chat(json!({ "tools": [{ "type": "function" }] })),

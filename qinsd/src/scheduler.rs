@@ -17,8 +17,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use qins_core::model::Model;
 use qins_engine::{
-    ChatMessage, ChatModel, EngineError, Finished, GenerationEvent, GenerationRequest,
-    RequestOptions, Session,
+    ChatModel, EngineError, Finished, GenerationEvent, GenerationRequest, Prompt, RequestOptions,
+    Session,
 };
 
 #[derive(Clone, Debug)]
@@ -190,17 +190,18 @@ impl Scheduler {
         std::mem::replace(&mut *slot, model)
     }
 
-    /// Validates and tokenizes a chat request against the resident model.
-    /// CPU work (template, tokenizer): call it off the async threads.
+    /// Validates and tokenizes a chat request (or a raw completion prompt)
+    /// against the resident model. CPU work (template, tokenizer): call it
+    /// off the async threads.
     pub fn prepare_chat(
         &self,
-        messages: &[ChatMessage],
+        prompt: &Prompt,
         options: &RequestOptions,
         session_id: Option<String>,
     ) -> Result<PreparedChat, SchedulerError> {
         let model = self.model().ok_or(SchedulerError::NoModel)?;
         let model_epoch = self.model_epoch.load(Ordering::SeqCst);
-        let request = model.request(messages, options)?;
+        let request = model.request_for(prompt, options)?;
         if request.prompt_tokens.len() >= self.config.context {
             return Err(EngineError::PromptTooLong {
                 prompt_tokens: request.prompt_tokens.len(),

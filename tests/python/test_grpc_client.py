@@ -14,6 +14,7 @@ in requirements.txt; tests/python/run.sh installs them into a cached venv.
 """
 
 import importlib
+import json
 import os
 import shutil
 import subprocess
@@ -212,6 +213,98 @@ class StockGrpcClientTest(unittest.TestCase):
         with self.assertRaises(grpc.RpcError) as cm:
             list(self.qins.Chat(self.pb.ChatRequest(), timeout=CALL_TIMEOUT))
         self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+
+    def test_raw_prompt_with_logprobs_and_sampling_extras(self):
+        pb = self.pb
+        # Token 310 of the tiny fixture's vocabulary is "Paris.": +100 forces it.
+        request = pb.ChatRequest(
+            prompt="Once upon a time",
+            logprobs=True,
+            top_logprobs=2,
+            sampling=pb.Sampling(
+                max_tokens=4, temperature=0, logit_bias={310: 100.0},
+                presence_penalty=0.5, frequency_penalty=0.5, min_p=0.1,
+            ),
+        )
+        events = list(self.qins.Chat(request, timeout=CALL_TIMEOUT))
+        deltas = [e.delta for e in events if e.WhichOneof("event") == "delta"]
+        tokens = [t for d in deltas for t in d.logprobs]
+        self.assertEqual([t.id for t in tokens], [310] * 4)
+        self.assertEqual("".join(d.text for d in deltas), "Paris." * 4)
+        for t in tokens:
+            self.assertEqual(t.text, "Paris.")
+            self.assertEqual(t.bytes, b"Paris.")
+            self.assertLessEqual(t.logprob, 0.0)
+            self.assertEqual(len(t.top), 2)
+            self.assertGreaterEqual(t.top[0].logprob, t.top[1].logprob)
+        chat = pb.ChatRequest(
+            messages=[pb.Message(role="user", content="Once upon a time")],
+            sampling=pb.Sampling(max_tokens=1),
+        )
+        chat_done = list(self.qins.Chat(chat, timeout=CALL_TIMEOUT))[-1].done
+        # The chat template adds role markers; the raw prompt has none.
+        self.assertLess(events[-1].done.usage.prompt_tokens, chat_done.usage.prompt_tokens)
+
+    def test_json_schema_output(self):
+        pb = self.pb
+        schema = {
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}},
+            "required": ["ok", "n"],
+            "additionalProperties": False,
+        }
+        request = pb.ChatRequest(
+            messages=[pb.Message(role="user", content="Answer in JSON")],
+            sampling=pb.Sampling(max_tokens=100, temperature=1.0, seed=7),
+            response_format=pb.ResponseFormat(json_schema=json.dumps(schema)),
+        )
+        events = list(self.qins.Chat(request, timeout=CALL_TIMEOUT))
+        self.assertEqual(events[-1].done.finish_reason, pb.FINISH_REASON_STOP)
+        text = "".join(e.delta.text for e in events if e.WhichOneof("event") == "delta")
+        value = json.loads(text)
+        self.assertIsInstance(value["ok"], bool)
+        self.assertIn(value["n"], (1, 2, 3))
+        bad = pb.ChatRequest(
+            prompt="x", response_format=pb.ResponseFormat(json_schema="{not json"))
+        with self.assertRaises(grpc.RpcError) as cm:
+            list(self.qins.Chat(bad, timeout=CALL_TIMEOUT))
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("json_schema", cm.exception.details())
+
+    def test_a_required_tool_call(self):
+        pb = self.pb
+        params = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10}},
+                  "required": ["city"], "additionalProperties": False}
+        request = pb.ChatRequest(
+            messages=[pb.Message(role="user", content="Weather in Paris?")],
+            sampling=pb.Sampling(max_tokens=100, temperature=1.0, seed=3),
+            tools=[pb.Tool(name="get_weather", description="Weather in a city",
+                           parameters=json.dumps(params))],
+            tool_choice="required",
+        )
+        events = list(self.qins.Chat(request, timeout=CALL_TIMEOUT))
+        done = events[-1].done
+        self.assertEqual(done.finish_reason, pb.FINISH_REASON_TOOL_CALLS)
+        self.assertEqual(len(done.tool_calls), 1)
+        call = done.tool_calls[0]
+        self.assertEqual(call.name, "get_weather")
+        self.assertTrue(call.id.startswith("call_"))
+        self.assertEqual(set(json.loads(call.arguments)), {"city"})
+        # The call's text is not streamed as deltas.
+        self.assertEqual("".join(e.delta.text for e in events[:-1]), "")
+
+    def test_out_of_range_extras_are_invalid_arguments(self):
+        pb = self.pb
+        for sampling, name in [
+            (pb.Sampling(presence_penalty=2.5), "presence_penalty"),
+            (pb.Sampling(min_p=1.5), "min_p"),
+            (pb.Sampling(logit_bias={99999: 1.0}), "logit_bias"),
+        ]:
+            request = pb.ChatRequest(prompt="x", sampling=sampling)
+            with self.assertRaises(grpc.RpcError) as cm:
+                list(self.qins.Chat(request, timeout=CALL_TIMEOUT))
+            self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+            self.assertIn(name, cm.exception.details())
 
     def test_the_daemon_replaced_the_socket_path_authority(self):
         # Proof that this client sends an authority h2 would refuse: the

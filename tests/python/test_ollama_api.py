@@ -67,7 +67,7 @@ class OllamaApiTest(unittest.TestCase):
             self.assertEqual(r.modelinfo["general.architecture"], "phi3")
             self.assertGreater(r.modelinfo["general.parameter_count"], 0)
             self.assertEqual(r.modelinfo["phi3.context_length"], 4096)
-            self.assertEqual(r.capabilities, ["completion"])
+            self.assertEqual(r.capabilities, ["completion", "tools"])
             self.assertEqual(r.details.family, "phi3")
         with self.assertRaises(ollama.ResponseError) as cm:
             self.client.show("missing")
@@ -147,6 +147,65 @@ class OllamaApiTest(unittest.TestCase):
         loaded = self.client.generate(model=MODEL)
         self.assertEqual(loaded.done_reason, "load")
 
+    def test_raw_generate_skips_the_template_and_penalties_apply(self):
+        templated = self.client.generate(
+            model=MODEL, prompt="Once upon a time", options={"num_predict": 1})
+        raw = self.client.generate(
+            model=MODEL, prompt="Once upon a time", raw=True, options={"num_predict": 1})
+        self.assertLess(raw.prompt_eval_count, templated.prompt_eval_count)
+        greedy = {"temperature": 0, "num_predict": 12}
+        plain = self.client.generate(model=MODEL, prompt="Hi", raw=True, options=greedy)
+        # min_p 1 keeps only the most likely token: hot sampling turns greedy.
+        hot = self.client.generate(
+            model=MODEL, prompt="Hi", raw=True,
+            options={"temperature": 1.5, "seed": 3, "num_predict": 12, "min_p": 1.0})
+        self.assertEqual(hot.response, plain.response)
+        penalised = self.client.generate(
+            model=MODEL, prompt="Hi", raw=True,
+            options={**greedy, "presence_penalty": 2.0, "frequency_penalty": 2.0})
+        # Accepted now (refused before qinsd had these samplers).
+        self.assertTrue(penalised.done)
+        self.assertGreaterEqual(penalised.eval_count, 1)
+
+    def test_format_schema_gives_valid_json(self):
+        schema = {
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}},
+            "required": ["ok", "n"],
+            "additionalProperties": False,
+        }
+        for seed in (1, 2):
+            reply = self.chat(stream=False, format=schema,
+                              options={"temperature": 1.0, "seed": seed, "num_predict": 100})
+            self.assertEqual(reply.done_reason, "stop")
+            value = json.loads(reply.message.content)
+            self.assertIsInstance(value["ok"], bool)
+            self.assertIn(value["n"], (1, 2, 3))
+            self.assertEqual(len(value), 2)
+
+    def test_tools_are_accepted_and_results_go_back(self):
+        tools = [{"type": "function", "function": {
+            "name": "get_weather", "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string",
+                                                                     "maxLength": 10}},
+                           "required": ["city"], "additionalProperties": False}}}]
+        messages = [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "",
+             "tool_calls": [{"function": {"name": "get_weather",
+                                          "arguments": {"city": "Paris"}}}]},
+            {"role": "tool", "content": "18 C", "tool_name": "get_weather"},
+        ]
+        opts = {"num_predict": 60, "temperature": 1.0, "seed": 4}
+        short = self.client.chat(model=MODEL, messages=messages[:1], tools=tools, options=opts)
+        full = self.client.chat(model=MODEL, messages=messages, tools=tools, options=opts)
+        self.assertGreater(full.prompt_eval_count, short.prompt_eval_count + 10)
+        # The tiny model chooses at random; whatever it chose is well formed.
+        for reply in (short, full):
+            for call in reply.message.tool_calls or []:
+                self.assertEqual(call.function.name, "get_weather")
+                self.assertEqual(set(call.function.arguments), {"city"})
+
     def refusal(self, status, call):
         with self.assertRaises(ollama.ResponseError) as cm:
             call()
@@ -155,13 +214,12 @@ class OllamaApiTest(unittest.TestCase):
 
     def test_what_qinsd_cannot_do_is_refused_by_name(self):
         cases = [
-            ("format", lambda: self.chat(stream=False, format="json")),
-            ("format", lambda: self.chat(stream=False, format={"type": "object"})),
             ("num_gpu", lambda: self.chat(stream=False, options={"num_gpu": 1})),
             ("mirostat", lambda: self.chat(stream=False, options={"mirostat": 2})),
-            ("min_p", lambda: self.chat(stream=False, options={"min_p": 0.1})),
+            ("min_p", lambda: self.chat(stream=False, options={"min_p": 2.0})),
             ("think", lambda: self.chat(stream=False, think=True)),
-            ("raw", lambda: self.client.generate(model=MODEL, prompt="x", raw=True)),
+            ("system", lambda: self.client.generate(
+                model=MODEL, prompt="x", system="y", raw=True)),
         ]
         for name, call in cases:
             with self.subTest(name):

@@ -56,6 +56,7 @@ pub async fn chat(
             .collect(),
         session_id: body.session_id.unwrap_or_default(),
         sampling: Some(sampling.into()),
+        ..ChatRequest::default()
     };
     let stream = state.daemon.chat(request).await?;
     Ok(Sse::new(events(stream))

@@ -2,10 +2,14 @@
 //! and the translation into qinsd's `ChatRequest`.
 
 pub mod chat;
+pub mod completions;
 pub mod health;
 pub mod metrics;
 pub mod ollama;
 pub mod openai;
+pub mod openai_logprobs;
+pub mod openai_params;
+pub mod openai_tools;
 pub mod page;
 pub mod stats;
 
@@ -82,6 +86,7 @@ impl From<SamplingParams> for Sampling {
             seed: p.seed,
             repetition_penalty: None,
             stop: p.stop,
+            ..Sampling::default()
         }
     }
 }
@@ -90,6 +95,7 @@ pub fn message(role: impl Into<String>, content: impl Into<String>) -> Message {
     Message {
         role: role.into(),
         content: content.into(),
+        ..Message::default()
     }
 }
 
@@ -99,6 +105,7 @@ pub fn finish_reason_name(raw: i32) -> &'static str {
         Ok(FinishReason::Stop) => "stop",
         Ok(FinishReason::Length) => "length",
         Ok(FinishReason::Cancelled) => "cancelled",
+        Ok(FinishReason::ToolCalls) => "tool_calls",
         _ => "unspecified",
     }
 }

@@ -7,6 +7,7 @@ mod convert;
 mod models;
 mod stats;
 mod status;
+mod tool_reply;
 
 use std::path::PathBuf;
 use std::pin::Pin;

@@ -43,9 +43,10 @@ fn engine_reason(error: &EngineError) -> Reason {
         | EngineError::InvalidRequest(_)
         | EngineError::Template(_) => Reason::BadArgument,
         EngineError::Cancelled => Reason::Cancelled,
-        EngineError::LogitsSize { .. } | EngineError::Tokenizer(_) | EngineError::Model(_) => {
-            Reason::Internal
-        }
+        EngineError::LogitsSize { .. }
+        | EngineError::Tokenizer(_)
+        | EngineError::Grammar(_)
+        | EngineError::Model(_) => Reason::Internal,
     }
 }
 

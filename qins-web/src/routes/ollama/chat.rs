@@ -3,11 +3,13 @@
 //! `"done": true` with the counts and durations), or one object with
 //! `"stream": false`.
 //!
-//! Refused with a 400 naming the field, since qinsd cannot do them yet:
-//! `format` (JSON mode and schemas need grammar-constrained decoding),
-//! `tools`, `think`, `logprobs`, images, generate's `suffix`, `template`,
-//! `raw` and `context`. Accepted and ignored: `keep_alive` (qinsd keeps its
-//! model resident until `qins unload`). Unknown fields are refused too.
+//! `format` (`"json"` or a JSON schema) goes to qinsd's grammar-constrained
+//! decoding, `tools` to qinsd's tool calls (calls come in the last object's
+//! `message.tool_calls`). Refused with a 400 naming the field, since qinsd
+//! cannot do them yet: `think`, `logprobs`, images, generate's `suffix`,
+//! `template` and `context`. Accepted and ignored: `keep_alive` (qinsd keeps its model
+//! resident until `qins unload`). Unknown fields are refused too. Generate's
+//! `raw: true` sends the prompt as is, without the chat template.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,7 +20,10 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use qins_proto::v1::{ChatDone, ChatRequest, FinishReason, Message, Sampling, chat_event};
+use qins_proto::v1::{
+    ChatDone, ChatRequest, FinishReason, Message, ResponseFormat, Sampling, Tool, ToolCall,
+    chat_event, response_format,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -26,7 +31,7 @@ use super::{OllamaError, now, options, tagged, untagged};
 use crate::app::AppState;
 use crate::daemon::ChatStream;
 use crate::error::ApiError;
-use crate::routes::{ApiJson, message};
+use crate::routes::{ApiJson, message, openai_tools};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +97,11 @@ enum Shape {
 struct Turn {
     model: String,
     messages: Vec<Message>,
+    /// Generate's `raw: true`: the prompt without the chat template.
+    raw_prompt: Option<String>,
+    tools: Vec<Tool>,
+    /// `format`: JSON output through qinsd's grammar-constrained decoding.
+    format: Option<ResponseFormat>,
     sampling: Sampling,
     stream: bool,
     shape: Shape,
@@ -117,15 +127,14 @@ pub async fn generate(
 
 impl ChatBody {
     fn into_turn(self) -> Result<Turn, ApiError> {
-        refuse_unsupported(
-            self.format.as_ref(),
-            self.think.as_ref(),
-            self.logprobs,
-            self.top_logprobs,
-        )?;
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(unsupported("tools", "tool calling is not supported yet"));
-        }
+        refuse_unsupported(self.think.as_ref(), self.logprobs, self.top_logprobs)?;
+        let format = output_format(self.format)?;
+        // ollama's tools have OpenAI's shape; ollama has no tool_choice
+        // (qinsd's `auto`).
+        let tools = match self.tools {
+            Some(tools) => openai_tools::tools(&Value::Array(tools))?,
+            None => Vec::new(),
+        };
         let messages = self
             .messages
             .into_iter()
@@ -134,6 +143,9 @@ impl ChatBody {
         Ok(Turn {
             model: self.model,
             messages,
+            raw_prompt: None,
+            tools,
+            format,
             sampling: options::sampling(self.options)?,
             stream: self.stream.unwrap_or(true),
             shape: Shape::Chat,
@@ -149,27 +161,44 @@ impl ChatMessage {
                 "the models qinsd runs read text only",
             ));
         }
-        if self.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) || self.tool_name.is_some() {
-            return Err(unsupported(
-                "tool_calls",
-                "tool calling is not supported yet",
-            ));
-        }
+        // ollama's calls carry arguments as an object, and no id: a result
+        // names its tool instead.
+        let tool_calls = self
+            .tool_calls
+            .unwrap_or_default()
+            .iter()
+            .map(|call| {
+                let function = call.get("function");
+                let name = function.and_then(|f| f.get("name")).and_then(Value::as_str);
+                let arguments = function.and_then(|f| f.get("arguments"));
+                match (name, arguments) {
+                    (Some(name), Some(arguments @ Value::Object(_))) => Ok(ToolCall {
+                        id: String::new(),
+                        name: name.to_string(),
+                        arguments: arguments.to_string(),
+                    }),
+                    _ => Err(ApiError::BadRequest(
+                        "tool_calls: each needs function.name and function.arguments (an object)"
+                            .into(),
+                    )),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if self.thinking.as_ref().is_some_and(|t| !t.is_empty()) {
             return Err(unsupported("thinking", "qinsd runs no thinking models"));
         }
-        Ok(message(self.role, self.content))
+        Ok(Message {
+            tool_calls,
+            tool_call_id: self.tool_name.unwrap_or_default(),
+            ..message(self.role, self.content)
+        })
     }
 }
 
 impl GenerateBody {
     fn into_turn(self) -> Result<Turn, ApiError> {
-        refuse_unsupported(
-            self.format.as_ref(),
-            self.think.as_ref(),
-            self.logprobs,
-            self.top_logprobs,
-        )?;
+        refuse_unsupported(self.think.as_ref(), self.logprobs, self.top_logprobs)?;
+        let format = output_format(self.format)?;
         if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(unsupported("suffix", "fill-in-the-middle is not supported"));
         }
@@ -179,10 +208,11 @@ impl GenerateBody {
                 "the model's own chat template (stored in its .qins file) is always used",
             ));
         }
-        if self.raw == Some(true) {
+        let raw = self.raw == Some(true);
+        if raw && self.system.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(unsupported(
-                "raw",
-                "prompts always go through the model's chat template",
+                "system",
+                "with raw: true the prompt is sent as is, with no place for a system message",
             ));
         }
         if self.context.as_ref().is_some_and(|c| !c.is_empty()) {
@@ -199,7 +229,10 @@ impl GenerateBody {
         }
         // An empty prompt only asks for the model to be loaded (ollama).
         let mut messages = Vec::new();
-        if !self.prompt.is_empty() {
+        let mut raw_prompt = None;
+        if raw {
+            raw_prompt = Some(self.prompt).filter(|p| !p.is_empty());
+        } else if !self.prompt.is_empty() {
             if let Some(system) = self.system.filter(|s| !s.is_empty()) {
                 messages.push(message("system", system));
             }
@@ -208,6 +241,9 @@ impl GenerateBody {
         Ok(Turn {
             model: self.model,
             messages,
+            raw_prompt,
+            tools: Vec::new(),
+            format,
             sampling: options::sampling(self.options)?,
             stream: self.stream.unwrap_or(true),
             shape: Shape::Generate,
@@ -219,10 +255,28 @@ fn unsupported(field: &str, why: &str) -> ApiError {
     ApiError::BadRequest(format!("{field} is not supported: {why}"))
 }
 
+/// `format`: `"json"` (a JSON object, as ollama's JSON mode) or a JSON
+/// schema; `""` or null is free text.
+fn output_format(format: Option<Value>) -> Result<Option<ResponseFormat>, ApiError> {
+    let format = match format {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s.is_empty() => return Ok(None),
+        Some(Value::String(s)) if s == "json" => response_format::Format::JsonObject(true),
+        Some(schema @ Value::Object(_)) => response_format::Format::JsonSchema(schema.to_string()),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "format must be \"json\" or a JSON schema object (got {other})"
+            )));
+        }
+    };
+    Ok(Some(ResponseFormat {
+        format: Some(format),
+    }))
+}
+
 /// The fields both routes share that qinsd cannot honour yet. Their "off"
-/// values (`format: ""`, `think: false`, `logprobs: false`) are accepted.
+/// values (`think: false`, `logprobs: false`) are accepted.
 fn refuse_unsupported(
-    format: Option<&Value>,
     think: Option<&Value>,
     logprobs: Option<bool>,
     top_logprobs: Option<u32>,
@@ -233,13 +287,6 @@ fn refuse_unsupported(
         Some(Value::Bool(b)) => !b,
         Some(_) => false,
     };
-    if !off(format) {
-        return Err(unsupported(
-            "format",
-            "JSON mode and JSON-schema output need grammar-constrained decoding, which qinsd \
-             does not have yet",
-        ));
-    }
     if !off(think) {
         return Err(unsupported("think", "qinsd runs no thinking models"));
     }
@@ -255,15 +302,19 @@ fn refuse_unsupported(
 async fn run(state: &AppState, turn: Turn) -> Result<Response, ApiError> {
     let stats = state.daemon.stats().await?;
     check_model(&stats.model, &turn.model)?;
-    if turn.messages.is_empty() {
+    if turn.messages.is_empty() && turn.raw_prompt.is_none() {
         return Ok(Json(loaded(&turn)).into_response());
     }
     let request = ChatRequest {
         messages: turn.messages,
+        prompt: turn.raw_prompt.unwrap_or_default(),
+        tools: turn.tools,
+        response_format: turn.format,
         // ollama clients resend the conversation each turn without an id;
         // qinsd prefills the whole prompt for each.
         session_id: String::new(),
         sampling: Some(turn.sampling),
+        ..ChatRequest::default()
     };
     let grpc = state.daemon.chat(request).await?;
     let reply = Reply {
@@ -346,6 +397,17 @@ impl Reply {
         body["prompt_eval_duration"] = json!(nanos(timings.time_to_first_token_ms));
         body["eval_count"] = json!(usage.completion_tokens);
         body["eval_duration"] = json!(nanos(timings.total_ms - timings.time_to_first_token_ms));
+        if !done.tool_calls.is_empty() {
+            body["message"]["tool_calls"] = done
+                .tool_calls
+                .iter()
+                .map(|call| {
+                    let arguments: Value =
+                        serde_json::from_str(&call.arguments).unwrap_or(Value::Null);
+                    json!({ "function": { "name": call.name, "arguments": arguments } })
+                })
+                .collect();
+        }
         body
     }
 }
@@ -430,11 +492,10 @@ mod tests {
     #[test]
     fn unsupported_fields_are_refused_by_name() {
         for (extra, name) in [
-            (json!({ "format": "json" }), "format"),
-            (json!({ "format": { "type": "object" } }), "format"),
+            (json!({ "format": "yaml" }), "format"),
+            (json!({ "format": 5 }), "format"),
             (json!({ "think": true }), "think"),
             (json!({ "logprobs": true }), "logprobs"),
-            (json!({ "tools": [{ "type": "function" }] }), "tools"),
             (json!({ "options": { "mirostat": 1 } }), "mirostat"),
         ] {
             let message = refusal(chat_body(extra).into_turn());
@@ -445,6 +506,50 @@ mod tests {
         assert!(refusal(chat_body(images).into_turn()).contains("images"));
         let unknown = serde_json::from_value::<ChatBody>(json!({ "model": "m", "frob": 1 }));
         assert!(unknown.expect_err("refused").to_string().contains("frob"));
+    }
+
+    #[test]
+    fn tools_and_their_turns_reach_qinsd() {
+        let body = chat_body(json!({
+            "tools": [{ "type": "function", "function": {
+                "name": "get_weather", "parameters": { "type": "object" } } }],
+            "messages": [
+                { "role": "user", "content": "Weather?" },
+                { "role": "assistant", "content": "", "tool_calls": [
+                    { "function": { "name": "get_weather", "arguments": { "city": "Paris" } } }] },
+                { "role": "tool", "content": "18 C", "tool_name": "get_weather" }],
+        }));
+        let turn = body.into_turn().expect("accepted");
+        assert_eq!(turn.tools[0].name, "get_weather");
+        assert_eq!(
+            turn.messages[1].tool_calls[0].arguments,
+            r#"{"city":"Paris"}"#
+        );
+        assert_eq!(turn.messages[2].tool_call_id, "get_weather");
+        let bad = chat_body(json!({ "tools": [{ "type": "function" }] }));
+        assert!(matches!(bad.into_turn(), Err(ApiError::Param { .. })));
+    }
+
+    #[test]
+    fn format_asks_for_json() {
+        let format = |f: Value| {
+            chat_body(json!({ "format": f }))
+                .into_turn()
+                .expect("accepted")
+                .format
+                .and_then(|f| f.format)
+        };
+        assert_eq!(
+            format(json!("json")),
+            Some(response_format::Format::JsonObject(true))
+        );
+        assert_eq!(
+            format(json!({ "type": "integer" })),
+            Some(response_format::Format::JsonSchema(
+                r#"{"type":"integer"}"#.into()
+            ))
+        );
+        assert_eq!(format(json!("")), None);
     }
 
     #[test]
@@ -476,8 +581,14 @@ mod tests {
         let empty: GenerateBody =
             serde_json::from_value(json!({ "model": "tiny" })).expect("parses");
         assert!(empty.into_turn().expect("load only").messages.is_empty());
+        let raw: GenerateBody =
+            serde_json::from_value(json!({ "model": "tiny", "prompt": "Once", "raw": true }))
+                .expect("parses");
+        let turn = raw.into_turn().expect("accepted");
+        assert!(turn.messages.is_empty());
+        assert_eq!(turn.raw_prompt.as_deref(), Some("Once"));
         for (extra, name) in [
-            (json!({ "raw": true }), "raw"),
+            (json!({ "raw": true, "system": "Be brief." }), "system"),
             (json!({ "suffix": "end" }), "suffix"),
             (json!({ "template": "{{ .Prompt }}" }), "template"),
             (json!({ "context": [1, 2] }), "context"),
@@ -519,6 +630,7 @@ mod tests {
                 tokens_per_second: 87.5,
             }),
             model: "tiny".into(),
+            ..ChatDone::default()
         };
         let reply = Reply {
             model: "tiny:latest".into(),

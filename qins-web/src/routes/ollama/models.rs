@@ -72,7 +72,8 @@ pub async fn show(
     let mut show = json!({
         "details": details(architecture, model.parameters),
         "model_info": info,
-        "capabilities": ["completion"],
+        // Tool calls work for every model (qinsd's tool prompt format).
+        "capabilities": ["completion", "tools"],
     });
     if let Some(modified) = from_unix_seconds(model.modified_unix_seconds) {
         show["modified_at"] = json!(modified);

@@ -89,7 +89,10 @@ pub fn sampling(options: Option<Map<String, Value>>) -> Result<Sampling, ApiErro
                 float(name, &value)?;
             }
             "typical_p" | "tfs_z" => neutral(name, &value, 1.0)?,
-            "min_p" | "presence_penalty" | "frequency_penalty" => neutral(name, &value, 0.0)?,
+            // Ranges are qinsd's to check.
+            "min_p" => sampling.min_p = Some(float(name, &value)?),
+            "presence_penalty" => sampling.presence_penalty = Some(float(name, &value)?),
+            "frequency_penalty" => sampling.frequency_penalty = Some(float(name, &value)?),
             "num_keep" => {
                 return Err(refused(
                     name,
@@ -211,10 +214,13 @@ mod tests {
             "num_predict": 12, "stop": ["\n", "user:"], "repeat_penalty": 1.1,
             "num_ctx": 2048, "repeat_last_n": -1, "penalize_newline": true,
             "mirostat": 0, "mirostat_tau": 5.0, "typical_p": 1.0, "tfs_z": 1.0,
-            "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+            "min_p": 0.05, "presence_penalty": 0.5, "frequency_penalty": 0.25,
             "numa": null,
         }))
         .expect("accepted");
+        assert_eq!(s.min_p, Some(0.05));
+        assert_eq!(s.presence_penalty, Some(0.5));
+        assert_eq!(s.frequency_penalty, Some(0.25));
         assert_eq!(s.temperature, Some(0.5));
         assert_eq!(s.top_p, Some(0.9));
         assert_eq!(s.top_k, Some(40));
@@ -242,9 +248,7 @@ mod tests {
         for (options, name) in [
             (json!({ "mirostat": 2 }), "mirostat"),
             (json!({ "typical_p": 0.7 }), "typical_p"),
-            (json!({ "min_p": 0.05 }), "min_p"),
-            (json!({ "presence_penalty": 1.5 }), "presence_penalty"),
-            (json!({ "frequency_penalty": 1.0 }), "frequency_penalty"),
+            (json!({ "min_p": "high" }), "min_p"),
             (json!({ "repeat_last_n": 64 }), "repeat_last_n"),
             (json!({ "penalize_newline": false }), "penalize_newline"),
             (json!({ "num_keep": 5 }), "num_keep"),

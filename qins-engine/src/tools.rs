@@ -1,0 +1,271 @@
+//! Tool calling in qins's own prompt format, for chat templates that have
+//! no tool syntax (Phi-3.5's, SmolLM2's):
+//!
+//! - the tools are described in the system message (appended to the
+//!   conversation's own, or a new first one): their names, descriptions
+//!   and argument schemas, and how to call one;
+//! - a call is the whole reply, one JSON object
+//!   `{"name": "<tool>", "arguments": {...}}`, drawn within a grammar built
+//!   from the tools' schemas (`required`, a named tool), or within "a call
+//!   or text that does not start with `{`" (`auto`);
+//! - earlier calls in the conversation are that JSON as the assistant's
+//!   content, one per line; a tool's result is a user message
+//!   `Result of tool call <id>: <content>`.
+
+use serde_json::{Value, json};
+
+use super::EngineError;
+use super::constraint::{OutputFormat, json_options};
+use super::template::ChatMessage;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// JSON schema of the arguments.
+    pub parameters: Value,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToolChoice {
+    Auto,
+    None,
+    Required,
+    Named(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolCall {
+    pub name: String,
+    pub arguments: Value,
+}
+
+impl ToolCall {
+    /// The call as the model writes it.
+    pub fn to_json(&self) -> String {
+        json!({ "name": self.name, "arguments": self.arguments }).to_string()
+    }
+}
+
+/// The request's tools, checked: names unique and non-empty, a named
+/// choice among them, schemas objects.
+pub fn check(tools: &[ToolSpec], choice: &ToolChoice) -> Result<(), EngineError> {
+    for (i, tool) in tools.iter().enumerate() {
+        if tool.name.is_empty() {
+            return Err(invalid("tools: a tool has no name"));
+        }
+        if tools[..i].iter().any(|t| t.name == tool.name) {
+            return Err(invalid(&format!("tools: {:?} is listed twice", tool.name)));
+        }
+        if !tool.parameters.is_object() {
+            return Err(invalid(&format!(
+                "tools: the parameters of {:?} must be a JSON schema object",
+                tool.name
+            )));
+        }
+    }
+    match choice {
+        ToolChoice::Named(name) if !tools.iter().any(|t| &t.name == name) => Err(invalid(
+            &format!("tool_choice: {name:?} is not one of the tools"),
+        )),
+        ToolChoice::Required | ToolChoice::Named(_) if tools.is_empty() => Err(invalid(
+            "tool_choice: a call was asked for but no tools were given",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn invalid(message: &str) -> EngineError {
+    EngineError::InvalidRequest(message.to_string())
+}
+
+/// The system text that describes the tools.
+pub fn describe(tools: &[ToolSpec], choice: &ToolChoice) -> String {
+    let listed: Vec<Value> = tools
+        .iter()
+        .map(
+            |t| json!({ "name": t.name, "description": t.description, "parameters": t.parameters }),
+        )
+        .collect();
+    let when = match choice {
+        ToolChoice::Required => "You must call one of them.".to_string(),
+        ToolChoice::Named(name) => format!("You must call {name}."),
+        ToolChoice::Auto | ToolChoice::None => {
+            "Call one when it helps to answer; otherwise answer normally.".to_string()
+        }
+    };
+    format!(
+        "You can call these tools:\n{}\n{when} To call a tool, reply with only a JSON object \
+         {{\"name\": <tool name>, \"arguments\": <its arguments>}}. The result comes back in \
+         the next message.",
+        Value::Array(listed)
+    )
+}
+
+/// The conversation with the tools described in its system message.
+pub fn with_tools(
+    mut messages: Vec<ChatMessage>,
+    tools: &[ToolSpec],
+    choice: &ToolChoice,
+) -> Vec<ChatMessage> {
+    if tools.is_empty() || *choice == ToolChoice::None {
+        return messages;
+    }
+    let text = describe(tools, choice);
+    match messages.first_mut() {
+        Some(first) if first.role == "system" => {
+            first.content = format!("{}\n\n{text}", first.content);
+        }
+        _ => messages.insert(0, ChatMessage::new("system", &text)),
+    }
+    messages
+}
+
+/// An assistant turn that made calls, as the model would have written it.
+pub fn assistant_turn(content: &str, calls: &[ToolCall]) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    if !content.is_empty() {
+        lines.push(content.to_string());
+    }
+    lines.extend(calls.iter().map(ToolCall::to_json));
+    lines.join("\n")
+}
+
+/// A tool's result, as a user message.
+pub fn tool_result(call_id: &str, content: &str) -> ChatMessage {
+    ChatMessage::new("user", &format!("Result of tool call {call_id}: {content}"))
+}
+
+/// The JSON schema of one call of `tool`.
+fn call_schema(tool: &ToolSpec) -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "name": { "const": tool.name },
+            "arguments": tool.parameters,
+        },
+        "required": ["name", "arguments"],
+        "additionalProperties": false,
+    })
+}
+
+/// What the reply is drawn within; None: free text.
+pub fn output_format(tools: &[ToolSpec], choice: &ToolChoice) -> Option<OutputFormat> {
+    let calls: Vec<Value> = match choice {
+        ToolChoice::None => return None,
+        ToolChoice::Named(name) => tools
+            .iter()
+            .filter(|t| &t.name == name)
+            .map(call_schema)
+            .collect(),
+        ToolChoice::Auto | ToolChoice::Required => tools.iter().map(call_schema).collect(),
+    };
+    if calls.is_empty() {
+        return None;
+    }
+    let mut schema = json!({ "anyOf": calls });
+    schema["x-guidance"] = json_options();
+    match choice {
+        ToolChoice::Auto => Some(OutputFormat::Lark(format!(
+            "start: call | TEXT\ncall: %json {schema}\nTEXT: /[^{{](?s:.)*/\n"
+        ))),
+        _ => Some(OutputFormat::JsonSchema(schema)),
+    }
+}
+
+/// A reply that is a call of one of `tools`, parsed; None: a text reply.
+pub fn parse_call(text: &str, tools: &[ToolSpec]) -> Option<ToolCall> {
+    let value: Value = serde_json::from_str(text.trim()).ok()?;
+    let name = value.get("name")?.as_str()?;
+    let arguments = value.get("arguments")?;
+    if !arguments.is_object() || !tools.iter().any(|t| t.name == name) {
+        return None;
+    }
+    Some(ToolCall {
+        name: name.to_string(),
+        arguments: arguments.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weather() -> ToolSpec {
+        ToolSpec {
+            name: "get_weather".into(),
+            description: "The weather in a city".into(),
+            parameters: json!({
+                "type": "object",
+                "properties": { "city": { "type": "string" } },
+                "required": ["city"],
+            }),
+        }
+    }
+
+    #[test]
+    fn tools_are_described_in_the_system_message() {
+        let tools = [weather()];
+        let asked = vec![ChatMessage::new("user", "Weather in Paris?")];
+        let out = with_tools(asked.clone(), &tools, &ToolChoice::Auto);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].role, "system");
+        assert!(out[0].content.contains("get_weather"));
+        assert!(out[0].content.contains("\"city\""));
+        let with_system = vec![ChatMessage::new("system", "Be brief."), asked[0].clone()];
+        let out = with_tools(with_system, &tools, &ToolChoice::Required);
+        assert_eq!(out.len(), 2);
+        assert!(out[0].content.starts_with("Be brief.\n\n"));
+        assert!(out[0].content.contains("must call"));
+        assert_eq!(with_tools(asked.clone(), &tools, &ToolChoice::None), asked);
+    }
+
+    #[test]
+    fn calls_parse_only_for_known_tools_with_object_arguments() {
+        let tools = [weather()];
+        let call = parse_call(
+            r#" {"name": "get_weather", "arguments": {"city": "Paris"}} "#,
+            &tools,
+        )
+        .expect("a call");
+        assert_eq!(call.arguments, json!({ "city": "Paris" }));
+        assert!(parse_call(r#"{"name": "other", "arguments": {}}"#, &tools).is_none());
+        assert!(parse_call(r#"{"name": "get_weather", "arguments": 1}"#, &tools).is_none());
+        assert!(parse_call("It is sunny.", &tools).is_none());
+        assert_eq!(
+            assistant_turn("", std::slice::from_ref(&call)),
+            call.to_json()
+        );
+        assert_eq!(
+            assistant_turn("Checking.", &[call.clone(), call.clone()]),
+            format!("Checking.\n{}\n{}", call.to_json(), call.to_json())
+        );
+        assert_eq!(
+            tool_result("call_1", "18 C").content,
+            "Result of tool call call_1: 18 C"
+        );
+    }
+
+    #[test]
+    fn choices_are_checked_against_the_tools() {
+        let tools = [weather()];
+        assert!(check(&tools, &ToolChoice::Named("get_weather".into())).is_ok());
+        assert!(check(&tools, &ToolChoice::Named("nope".into())).is_err());
+        assert!(check(&[], &ToolChoice::Required).is_err());
+        assert!(check(&[weather(), weather()], &ToolChoice::Auto).is_err());
+        let bad = ToolSpec {
+            parameters: json!(5),
+            ..weather()
+        };
+        assert!(check(&[bad], &ToolChoice::Auto).is_err());
+        assert!(output_format(&tools, &ToolChoice::None).is_none());
+        assert!(matches!(
+            output_format(&tools, &ToolChoice::Required),
+            Some(OutputFormat::JsonSchema(_))
+        ));
+        assert!(matches!(
+            output_format(&tools, &ToolChoice::Auto),
+            Some(OutputFormat::Lark(_))
+        ));
+    }
+}
