@@ -19,9 +19,11 @@ cd "$(dirname "$0")/.."
 # shellcheck source=aarch64-env.sh
 source scripts/aarch64-env.sh
 
-# The crate that holds kernels/ and model/, and its tests that run here.
-CRATE=qinsd
-LIB_TESTS=(kernels:: model::tests::smollm2_greedily_names_the_capital_of_france)
+# The crate that holds kernels/ and model/, and its tests that run here:
+# its unit tests of the kernels and the model, the golden tests of the tiny
+# models, SmolLM2 ("Paris", and prefill against token-by-token).
+CRATE=qins-core
+LIB_TESTS=(kernels:: model::)
 GOLDEN_TESTS=(tiny_)
 
 cargo_aarch64() {
@@ -30,7 +32,7 @@ cargo_aarch64() {
 
 echo "== cargo build (aarch64 tests of $CRATE)"
 started=$SECONDS
-cargo_aarch64 --lib --test golden --no-run
+cargo_aarch64 --lib --test golden --test smollm2 --no-run
 echo "aarch64 test build: $((SECONDS - started)) s"
 
 # qemu CPU model -> the kernel the dispatch must choose on it.
@@ -41,5 +43,6 @@ for run in "max neon-bf16" "cortex-a72 neon"; do
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L $AARCH64_SYSROOT -cpu $cpu"
     QINS_EXPECT_KERNEL="$kernel" cargo_aarch64 --lib -- "${LIB_TESTS[@]}"
     QINS_EXPECT_KERNEL="$kernel" cargo_aarch64 --test golden -- "${GOLDEN_TESTS[@]}"
+    QINS_EXPECT_KERNEL="$kernel" cargo_aarch64 --test smollm2
     echo "aarch64 tests under qemu -cpu $cpu: $((SECONDS - started)) s"
 done

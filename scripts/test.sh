@@ -4,7 +4,8 @@
 # when missing), then runs every test of the workspace in the release
 # profile (the numeric code is too slow unoptimized), the Python checks and
 # the browser test of the qins-web page (which installs Chromium and
-# playwright-core when missing).
+# playwright-core when missing), and the aarch64 kernels and model under
+# qemu-user (scripts/test-aarch64.sh, which installs the cross toolchain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,11 @@ if [ -d tests/python ]; then
     echo "== python tests"
     bash tests/python/run.sh 2>&1 | tee -a "$LOG"
 fi
+
+# The aarch64 (Apple Silicon) kernels and model, cross-built and run under
+# qemu-user with and without BF16/I8MM.
+echo "== aarch64 under qemu"
+bash scripts/test-aarch64.sh 2>&1 | tee -a "$LOG"
 
 if [ -f qins-web/tests/browser/run.sh ]; then
     echo "== browser tests"

@@ -3,6 +3,7 @@
 //! in Hugging Face layout, a Phi-3.5-shaped one in QINS form), and the one
 //! harness that runs a real `qinsd` for end-to-end tests ([`daemon`]).
 
+#[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod paths;
 pub mod phi35;
