@@ -114,6 +114,7 @@ async fn two_chats_run_at_once_and_a_full_queue_is_refused() {
     .await
     .expect_err("no slot and no queue");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(reason_of(&refused), Some(Reason::Busy));
     assert!(refused.message().contains("busy"), "{}", refused.message());
     // A finishes normally once read.
     let mut finished = false;
@@ -343,6 +344,17 @@ async fn models_can_be_unloaded_and_loaded_again() {
     assert_eq!(unknown.code(), Code::NotFound);
     assert_eq!(reason_of(&unknown), Some(Reason::UnknownModel));
     assert!(unknown.message().contains("no-such-model"));
+    // A file that is there but is no model: load-failed, naming the file.
+    std::fs::write(daemon.models_dir.join("broken.qins"), b"not a model").expect("write");
+    let broken = client
+        .load_model(LoadModelRequest {
+            model: "broken".into(),
+        })
+        .await
+        .expect_err("a broken file");
+    assert_eq!(broken.code(), Code::FailedPrecondition);
+    assert_eq!(reason_of(&broken), Some(Reason::LoadFailed));
+    assert!(broken.message().contains("broken.qins"), "{broken:?}");
     let loaded = client
         .load_model(LoadModelRequest {
             model: "tiny".into(),

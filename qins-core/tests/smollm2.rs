@@ -1,8 +1,15 @@
 //! The real SmolLM2-135M-Instruct, converted from its GGUF, answers a
 //! greedy question through the bare model (no engine): the model layer's
 //! end-to-end check on real weights.
+//!
+//! The conversion is made once per test binary. `QINS_TEST_SMOLLM2_QINS`
+//! names a file converted beforehand instead: the aarch64 run under qemu
+//! (`scripts/test-aarch64.sh`) passes the host's conversion, since the file
+//! format is the same everywhere and emulated conversion takes minutes.
 
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 
 use qins_core::container::QinsFile;
@@ -10,12 +17,26 @@ use qins_core::model::Model;
 use qins_test_support::convert_with_defaults;
 use qins_test_support::paths::{require, smollm2_gguf};
 
+/// SmolLM2 as .qins: the file named by `QINS_TEST_SMOLLM2_QINS`, or the
+/// fixture GGUF converted once for this test binary.
+fn smollm2_qins() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(path) = std::env::var_os("QINS_TEST_SMOLLM2_QINS") {
+            return require(PathBuf::from(path));
+        }
+        let gguf = require(smollm2_gguf());
+        // One fixed name under the target's scratch directory: each run
+        // replaces the last (atomically), nothing piles up in /tmp.
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("smollm2-model-test.qins");
+        convert_with_defaults(&gguf, &path).unwrap();
+        path
+    })
+}
+
 #[test]
 fn smollm2_greedily_names_the_capital_of_france() {
-    let gguf = require(smollm2_gguf());
-    let path = std::env::temp_dir().join(format!("qins-model-test-{}.qins", std::process::id()));
-    convert_with_defaults(&gguf, &path).unwrap();
-    let file = QinsFile::open(&path).unwrap();
+    let file = QinsFile::open(smollm2_qins()).unwrap();
     let tokenizer = tokenizers::Tokenizer::from_str(&file.header.tokenizer_json).unwrap();
     let model = Model::load(&file.header.config, file.load().unwrap()).unwrap();
     let prompt =
@@ -41,7 +62,6 @@ fn smollm2_greedily_names_the_capital_of_france() {
         logits = model.forward(&[next], &mut cache, &no).unwrap();
     }
     let text = tokenizer.decode(&reply, true).unwrap();
-    let _ = std::fs::remove_file(&path);
     assert!(text.contains("Paris"), "reply: {text:?}");
 }
 
@@ -52,12 +72,8 @@ fn smollm2_greedily_names_the_capital_of_france() {
 /// a wrong attention or product moves them by whole units.
 #[test]
 fn smollm2_prefill_equals_token_by_token() {
-    let gguf = require(smollm2_gguf());
-    let path = std::env::temp_dir().join(format!("qins-prefill-test-{}.qins", std::process::id()));
-    convert_with_defaults(&gguf, &path).unwrap();
-    let file = QinsFile::open(&path).unwrap();
+    let file = QinsFile::open(smollm2_qins()).unwrap();
     let model = Model::load(&file.header.config, file.load().unwrap()).unwrap();
-    let _ = std::fs::remove_file(&path);
     let tokens: Vec<u32> = (0..40u32).map(|i| 100 + i * 37).collect();
     let no = AtomicBool::new(false);
     let mut cache = model.new_cache(64);
