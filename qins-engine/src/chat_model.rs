@@ -9,11 +9,13 @@ use std::time::SystemTime;
 use tokenizers::Tokenizer;
 
 use super::EngineError;
+use super::backend::{Backend, Device};
 use super::generate::GenerationRequest;
 use super::sampling::SamplingParams;
 use super::template::{ChatMessage, ChatTemplate, TemplateError};
 use qins_core::container::{ContainerError, GenerationDefaults, ModelHeader, QinsFile};
 use qins_core::model::{Model, ModelError};
+use qins_gpu::GpuError;
 use qins_core::weights::ResidentBytes;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,12 @@ pub enum ChatModelError {
         path: PathBuf,
         #[source]
         source: ModelError,
+    },
+    #[error("{path}: cannot put the model on the GPU: {source}")]
+    Gpu {
+        path: PathBuf,
+        #[source]
+        source: GpuError,
     },
     #[error("{path}: the stored tokenizer does not load: {message}")]
     Tokenizer { path: PathBuf, message: String },
@@ -41,7 +49,7 @@ pub enum ChatModelError {
 pub struct ChatModel {
     path: PathBuf,
     header: ModelHeader,
-    model: Model,
+    model: Backend,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     stop_token_ids: Vec<u32>,
@@ -63,14 +71,26 @@ pub struct RequestOptions {
 }
 
 impl ChatModel {
-    /// Opens and loads `path` (memory-mapped: uncompressed codes are used in place).
+    /// Opens and loads `path` on the CPU (memory-mapped: uncompressed codes
+    /// are used in place).
     pub fn open(path: &Path) -> Result<Self, ChatModelError> {
+        Self::open_on(path, &Device::Cpu)
+    }
+
+    /// Opens and loads `path` onto `device` (see [`Device::place`]).
+    pub fn open_on(path: &Path, device: &Device) -> Result<Self, ChatModelError> {
         let file = QinsFile::open(path)?;
         let weights = file.load()?;
         let resident = weights.resident_bytes();
         let header = file.header.clone();
         let model =
             Model::load(&header.config, weights).map_err(|source| ChatModelError::Model {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let model = device
+            .place(model)
+            .map_err(|source| ChatModelError::Gpu {
                 path: path.to_path_buf(),
                 source,
             })?;
@@ -105,7 +125,8 @@ impl ChatModel {
         &self.header
     }
 
-    pub fn model(&self) -> &Model {
+    /// The model, on the device it was loaded onto.
+    pub fn model(&self) -> &Backend {
         &self.model
     }
 

@@ -7,7 +7,9 @@
 //! held back across delta boundaries).
 //!
 //! The engine never names the concrete model: it runs any [`LanguageModel`].
+//! [`Backend`] is the one the daemon runs: the model on the CPU or the GPU.
 
+mod backend;
 mod chat_model;
 pub mod detokenize;
 pub mod eval;
@@ -23,6 +25,7 @@ pub(crate) mod testing;
 
 use std::sync::atomic::AtomicBool;
 
+pub use backend::{Backend, BackendCache, Device};
 pub use chat_model::{ChatModel, ChatModelError, RequestOptions, resolve_options};
 pub use detokenize::StreamDecoder;
 pub use generate::{
