@@ -79,7 +79,8 @@ impl From<DeviceChoice> for qins_gpu::DeviceChoice {
 /// Settles the device once, before anything is served; the adapter, if
 /// any, is logged.
 fn resolve_device(choice: DeviceChoice) -> Result<Device> {
-    let device = Device::open(choice.into()).context("--device")?;
+    // The error already names the flag to change: one line, no chain.
+    let device = Device::open(choice.into()).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(gpu) = device.gpu() {
         tracing::info!(adapter = %gpu.adapter(), "running models on the GPU");
     }
