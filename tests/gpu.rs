@@ -213,3 +213,48 @@ fn gpu_without_an_adapter_fails_at_startup_with_one_clear_line() {
     assert!(stderr.contains("no GPU found"), "{stderr}");
     assert!(stderr.contains("--device cpu"), "{stderr}");
 }
+
+/// The real-model check on the GPU: SmolLM2-135M greedy answers
+/// "Paris". On lavapipe (~0.1 GB/s) this takes seconds per token; the
+/// reply is capped to keep it inside the test budget.
+#[tokio::test]
+async fn smollm2_on_the_gpu_answers_paris() {
+    if !has_gpu() {
+        return;
+    }
+    let gguf = fixtures_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        gguf.is_file(),
+        "{} is missing: run scripts/fetch-fixtures.sh",
+        gguf.display()
+    );
+    let daemon = Daemon::start(&["--device", "gpu", "--context", "256"]).await;
+    run_ok(
+        Command::new(binary("qinsd"))
+            .arg("convert")
+            .arg(&gguf)
+            .arg("-o")
+            .arg(daemon.models_dir.join("smollm2.qins")),
+    );
+    let mut client = daemon.client().await;
+    let started = Instant::now();
+    client
+        .load_model(LoadModelRequest {
+            model: "smollm2".into(),
+        })
+        .await
+        .expect("LoadModel");
+    eprintln!("lavapipe: SmolLM2 upload {:?}", started.elapsed());
+    assert_on_gpu(&daemon.stats().await);
+    let started = Instant::now();
+    let question = user("What is the capital of France?");
+    let reply = chat(&mut client, chat_request(vec![question], 8, ""))
+        .await
+        .expect("chat");
+    eprintln!(
+        "lavapipe: SmolLM2 8-token greedy reply in {:?}: {:?}",
+        started.elapsed(),
+        reply.text
+    );
+    assert!(reply.text.contains("Paris"), "{:?}", reply.text);
+}
