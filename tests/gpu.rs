@@ -258,3 +258,48 @@ async fn smollm2_on_the_gpu_answers_paris() {
     );
     assert!(reply.text.contains("Paris"), "{:?}", reply.text);
 }
+
+/// `qinsd bench --device gpu MODEL`: the one command Mac users run and report.
+#[test]
+fn bench_on_the_gpu_reports_the_adapter_and_speeds() {
+    if !has_gpu() {
+        return;
+    }
+    let model = &tiny_model().qins;
+    let output = run_ok(Command::new(binary("qinsd")).args([
+        "bench",
+        "--device",
+        "gpu",
+        "--prompt",
+        "8",
+        "--decode",
+        "3",
+        "--json",
+        model.to_str().expect("a UTF-8 temp path"),
+    ]));
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the report is JSON");
+    assert!(
+        !report["adapter"].as_str().unwrap_or("").is_empty(),
+        "{report}"
+    );
+    assert_eq!(report["prompt_tokens"], 8, "{report}");
+    assert_eq!(report["decode_steps"], 3, "{report}");
+    assert!(report["decode_tok_s"].as_f64().unwrap_or(0.0) > 0.0, "{report}");
+    assert!(report["weight_bytes_per_token"].as_u64().unwrap_or(0) > 0);
+    let table = run_ok(Command::new(binary("qinsd")).args([
+        "bench",
+        "--device",
+        "gpu",
+        "--prompt",
+        "4",
+        "--decode",
+        "2",
+        model.to_str().expect("a UTF-8 temp path"),
+    ]));
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("decode") && table.contains("GB/s"),
+        "{table}"
+    );
+}
