@@ -55,7 +55,10 @@ async fn chat_on_the_gpu_is_greedy_reproducible_and_reported_in_stats() {
     let reply = chat(&mut client, chat_request(vec![user("Hello there")], 12, ""))
         .await
         .expect("chat on the GPU");
-    eprintln!("lavapipe: 12-token tiny phi3 chat in {:?}", started.elapsed());
+    eprintln!(
+        "lavapipe: 12-token tiny phi3 chat in {:?}",
+        started.elapsed()
+    );
     let usage = reply.done.usage.expect("usage");
     assert!((1..=12).contains(&usage.completion_tokens), "{usage:?}");
     assert!(reply.deltas >= 1 && !reply.text.is_empty(), "{reply:?}");
@@ -92,9 +95,12 @@ async fn prefix_reuse_on_the_gpu_gives_the_reply_of_a_fresh_run() {
     let mut second_turn = first_turn;
     second_turn.push(message("assistant", &first.text));
     second_turn.push(user("And another?"));
-    let reused = chat(&mut client, chat_request(second_turn.clone(), 8, "conv-gpu"))
-        .await
-        .expect("turn 2");
+    let reused = chat(
+        &mut client,
+        chat_request(second_turn.clone(), 8, "conv-gpu"),
+    )
+    .await
+    .expect("turn 2");
     let usage = reused.done.usage.expect("usage");
     assert!(usage.cached_prompt_tokens > 0, "{usage:?}");
     let fresh = chat(&mut client, chat_request(second_turn, 8, ""))
@@ -285,7 +291,10 @@ fn bench_on_the_gpu_reports_the_adapter_and_speeds() {
     );
     assert_eq!(report["prompt_tokens"], 8, "{report}");
     assert_eq!(report["decode_steps"], 3, "{report}");
-    assert!(report["decode_tok_s"].as_f64().unwrap_or(0.0) > 0.0, "{report}");
+    assert!(
+        report["decode_tok_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{report}"
+    );
     assert!(report["weight_bytes_per_token"].as_u64().unwrap_or(0) > 0);
     let table = run_ok(Command::new(binary("qinsd")).args([
         "bench",

@@ -106,6 +106,10 @@ impl Device {
 }
 
 /// A model on one device.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per loaded model, built once and never moved on a hot path"
+)]
 pub enum Backend {
     Cpu(Model),
     Gpu(GpuModel),

@@ -15,8 +15,8 @@ use super::sampling::SamplingParams;
 use super::template::{ChatMessage, ChatTemplate, TemplateError};
 use qins_core::container::{ContainerError, GenerationDefaults, ModelHeader, QinsFile};
 use qins_core::model::{Model, ModelError};
-use qins_gpu::GpuError;
 use qins_core::weights::ResidentBytes;
+use qins_gpu::GpuError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatModelError {
@@ -88,12 +88,10 @@ impl ChatModel {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let model = device
-            .place(model)
-            .map_err(|source| ChatModelError::Gpu {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let model = device.place(model).map_err(|source| ChatModelError::Gpu {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let tokenizer =
             Tokenizer::from_str(&header.tokenizer_json).map_err(|e| ChatModelError::Tokenizer {
                 path: path.to_path_buf(),

@@ -174,8 +174,7 @@ mod tests {
             "microsoft/Phi-3.5-mini-instruct",
             &Device::Cpu,
             &mut |_| {},
-        )
-        else {
+        ) else {
             panic!("a one-byte file loaded as a model");
         };
         let ModelStoreError::Load { path, .. } = err else {
@@ -187,7 +186,8 @@ mod tests {
     #[test]
     fn a_missing_file_that_is_no_hub_id_is_unknown() {
         let dir = tempfile::tempdir().unwrap();
-        let Err(err) = open_or_convert(dir.path(), "nothing-here", &Device::Cpu, &mut |_| {}) else {
+        let Err(err) = open_or_convert(dir.path(), "nothing-here", &Device::Cpu, &mut |_| {})
+        else {
             panic!("a missing model loaded");
         };
         assert!(matches!(err, ModelStoreError::Unknown { .. }), "{err}");

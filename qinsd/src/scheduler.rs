@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use qins_engine::{
-    Backend, ChatMessage, Device, ChatModel, EngineError, Finished, GenerationEvent, GenerationRequest,
-    RequestOptions, Session,
+    Backend, ChatMessage, ChatModel, Device, EngineError, Finished, GenerationEvent,
+    GenerationRequest, RequestOptions, Session,
 };
 
 #[derive(Clone, Debug)]

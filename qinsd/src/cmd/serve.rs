@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use qins_engine::Device;
 use qinsd::model_store;
 use qinsd::scheduler::{Scheduler, SchedulerConfig};
 use qinsd::server;
 use qinsd::service::DaemonInfo;
-use qins_engine::Device;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
