@@ -312,3 +312,29 @@ fn bench_on_the_gpu_reports_the_adapter_and_speeds() {
         "{table}"
     );
 }
+
+/// Two chats at once on the GPU: their decode steps share passes (the
+/// batcher), and each gets the reply it gets alone (greedy).
+#[tokio::test]
+async fn two_chats_at_once_on_the_gpu_reply_as_they_do_alone() {
+    if !has_gpu() {
+        return;
+    }
+    let daemon = Daemon::start(&["--device", "gpu", "--context", "512", "--max-active", "2"]).await;
+    let prompts = ["Tell me about the sea.", "Count to ten."];
+    let mut alone = Vec::new();
+    for prompt in prompts {
+        let mut client = daemon.client().await;
+        let reply = chat(&mut client, chat_request(vec![user(prompt)], 16, ""))
+            .await
+            .expect("chat alone");
+        alone.push(reply.text);
+    }
+    let (mut a, mut b) = (daemon.client().await, daemon.client().await);
+    let (first, second) = tokio::join!(
+        chat(&mut a, chat_request(vec![user(prompts[0])], 16, "")),
+        chat(&mut b, chat_request(vec![user(prompts[1])], 16, "")),
+    );
+    assert_eq!(first.expect("chat A").text, alone[0]);
+    assert_eq!(second.expect("chat B").text, alone[1]);
+}

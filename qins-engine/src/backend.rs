@@ -220,8 +220,8 @@ fn mismatch() -> EngineError {
     EngineError::Model("a K/V cache of one device was given to a model on the other".into())
 }
 
-/// The engine's view of [`GpuModel`]. Decode steps run one sequence per
-/// pass: the CPU's cross-request batcher is not used on the GPU yet.
+/// The engine's view of [`GpuModel`]: as on the CPU, concurrent decode
+/// steps of different chats share one pass.
 impl LanguageModel for GpuModel {
     type Cache = GpuCache;
 
@@ -248,6 +248,18 @@ impl LanguageModel for GpuModel {
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>, EngineError> {
         GpuModel::forward(self, tokens, cache, cancel).map_err(|error| match error {
+            GpuError::Cancelled => EngineError::Cancelled,
+            other => EngineError::Model(Box::new(other)),
+        })
+    }
+
+    fn decode_step(
+        &self,
+        token: u32,
+        cache: &mut GpuCache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f32>, EngineError> {
+        GpuModel::decode_step(self, token, cache, cancel).map_err(|error| match error {
             GpuError::Cancelled => EngineError::Cancelled,
             other => EngineError::Model(Box::new(other)),
         })
