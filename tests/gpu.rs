@@ -338,3 +338,22 @@ async fn two_chats_at_once_on_the_gpu_reply_as_they_do_alone() {
     assert_eq!(first.expect("chat A").text, alone[0]);
     assert_eq!(second.expect("chat B").text, alone[1]);
 }
+
+/// `qinsd generate --device gpu`: one chat turn on the GPU without the daemon.
+#[test]
+fn generate_runs_on_the_gpu_when_asked() {
+    if !has_gpu() {
+        return;
+    }
+    let model = tiny_model().qins.to_str().expect("a UTF-8 temp path");
+    let args = ["generate", "--device", "gpu", "--temperature", "0"];
+    let output =
+        run_ok(
+            Command::new(binary("qinsd"))
+                .args(args)
+                .args(["--max-tokens", "4", model, "Hi"]),
+        );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("[gpu, load"), "{stderr}");
+    assert!(!output.stdout.is_empty());
+}
