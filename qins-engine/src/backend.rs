@@ -46,7 +46,15 @@ impl Device {
     /// ones included, or an error when there is none; `auto` a real GPU,
     /// else the CPU with one log line saying why.
     pub fn open(choice: DeviceChoice) -> Result<Self, GpuError> {
-        match device::open(choice)? {
+        let opened = match device::open(choice) {
+            // A real GPU that `auto` found but could not open: the CPU.
+            Err(e) if choice == DeviceChoice::Auto => {
+                tracing::info!("the GPU did not open ({e}): running on the CPU");
+                return Ok(Device::Cpu);
+            }
+            other => other?,
+        };
+        match opened {
             Some(context) => Ok(Device::Gpu {
                 context: Arc::new(context),
                 required: choice == DeviceChoice::Gpu,
