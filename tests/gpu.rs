@@ -158,7 +158,13 @@ async fn load_model_puts_a_llama_on_the_same_gpu() {
     if !has_gpu() {
         return;
     }
-    let daemon = Daemon::start(&["--device", "gpu", "--context", "512"]).await;
+    // The device from the environment this time.
+    let mut daemon = Daemon::unstarted();
+    let mut command = daemon.command(&["--model", "tiny", "--context", "512"]);
+    command.env("QINS_DEVICE", "gpu");
+    daemon.spawn_command(command);
+    daemon.wait_ready().await;
+    assert_on_gpu(&daemon.stats().await);
     let hf_dir = daemon.dir.path().join("tinyllama-hf");
     write_tiny_model(&hf_dir, &TinySpec::llama()).expect("write the tiny llama");
     run_ok(
