@@ -28,7 +28,7 @@ fn table(s: &StatsReply, now: SystemTime) -> String {
     let row = [
         s.model.clone(),
         bytes(resident),
-        s.device.clone(),
+        device(s),
         s.context_limit.to_string(),
         loaded_ago(s.model_loaded_unix_seconds, now),
     ];
@@ -50,6 +50,15 @@ fn table(s: &StatsReply, now: SystemTime) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `cpu`, or `gpu (Apple M4, Metal)`.
+fn device(s: &StatsReply) -> String {
+    if s.gpu_adapter.is_empty() {
+        s.device.clone()
+    } else {
+        format!("{} ({}, {})", s.device, s.gpu_adapter, s.gpu_backend)
+    }
 }
 
 /// `5m 03s ago`; `-` when qinsd does not say (an older daemon sends 0).
@@ -85,6 +94,17 @@ mod tests {
         assert_eq!(lines[0], "NAME     SIZE    DEVICE  CONTEXT  LOADED");
         assert_eq!(lines[1], "smollm2  156 MB  cpu     4096     3m 03s ago");
         assert_eq!(lines.len(), 2);
+        let on_gpu = StatsReply {
+            device: "gpu".into(),
+            gpu_adapter: "Apple M4".into(),
+            gpu_backend: "Metal".into(),
+            ..s
+        };
+        assert!(
+            table(&on_gpu, now).contains("gpu (Apple M4, Metal)"),
+            "{}",
+            table(&on_gpu, now)
+        );
     }
 
     #[test]

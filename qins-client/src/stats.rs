@@ -39,9 +39,14 @@ pub fn table(s: &StatsReply) -> String {
         ),
         ("device", format!("{} · {} threads", s.device, s.threads)),
         ("process memory", bytes(s.process_rss_bytes)),
-        ("", String::new()),
-        ("model", model),
     ];
+    if !s.gpu_adapter.is_empty() {
+        rows.extend([
+            ("gpu", format!("{} ({})", s.gpu_adapter, s.gpu_backend)),
+            ("gpu memory", bytes(s.gpu_memory_bytes)),
+        ]);
+    }
+    rows.extend([("", String::new()), ("model", model)]);
     if !s.model.is_empty() {
         rows.extend([
             ("architecture", s.architecture.clone()),
@@ -150,5 +155,20 @@ mod tests {
             serde_json::to_value(&s).unwrap()["model_code_bytes"],
             134_000_000
         );
+        assert!(!t.contains("gpu memory"), "{t}");
+    }
+
+    #[test]
+    fn a_gpu_shows_its_adapter_backend_and_memory() {
+        let s = StatsReply {
+            device: "gpu".into(),
+            gpu_adapter: "Apple M4".into(),
+            gpu_backend: "Metal".into(),
+            gpu_memory_bytes: 2_500_000_000,
+            ..StatsReply::default()
+        };
+        let t = table(&s);
+        assert!(t.contains("Apple M4 (Metal)"), "{t}");
+        assert!(t.contains("gpu memory") && t.contains("2.50 GB"), "{t}");
     }
 }

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use tokenizers::Tokenizer;
 
+use super::backend::{Backend, Device};
 use super::constraint::{GrammarVocab, OutputFormat};
 use super::generate::GenerationRequest;
 use super::sampling::SamplingParams;
@@ -17,6 +18,7 @@ use super::{EngineError, LanguageModel};
 use qins_core::container::{ContainerError, GenerationDefaults, ModelHeader, QinsFile};
 use qins_core::model::{Model, ModelError};
 use qins_core::weights::ResidentBytes;
+use qins_gpu::GpuError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatModelError {
@@ -27,6 +29,12 @@ pub enum ChatModelError {
         path: PathBuf,
         #[source]
         source: ModelError,
+    },
+    #[error("{path}: cannot put the model on the GPU: {source}")]
+    Gpu {
+        path: PathBuf,
+        #[source]
+        source: GpuError,
     },
     #[error("{path}: the stored tokenizer does not load: {message}")]
     Tokenizer { path: PathBuf, message: String },
@@ -43,7 +51,7 @@ pub enum ChatModelError {
 pub struct ChatModel {
     path: PathBuf,
     header: ModelHeader,
-    model: Model,
+    model: Backend,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     stop_token_ids: Vec<u32>,
@@ -85,8 +93,14 @@ pub enum Prompt {
 }
 
 impl ChatModel {
-    /// Opens and loads `path` (memory-mapped: uncompressed codes are used in place).
+    /// Opens and loads `path` on the CPU (memory-mapped: uncompressed codes
+    /// are used in place).
     pub fn open(path: &Path) -> Result<Self, ChatModelError> {
+        Self::open_on(path, &Device::Cpu)
+    }
+
+    /// Opens and loads `path` onto `device` (see [`Device::place`]).
+    pub fn open_on(path: &Path, device: &Device) -> Result<Self, ChatModelError> {
         let file = QinsFile::open(path)?;
         let weights = file.load()?;
         let resident = weights.resident_bytes();
@@ -96,6 +110,10 @@ impl ChatModel {
                 path: path.to_path_buf(),
                 source,
             })?;
+        let model = device.place(model).map_err(|source| ChatModelError::Gpu {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let tokenizer =
             Tokenizer::from_str(&header.tokenizer_json).map_err(|e| ChatModelError::Tokenizer {
                 path: path.to_path_buf(),
@@ -128,7 +146,8 @@ impl ChatModel {
         &self.header
     }
 
-    pub fn model(&self) -> &Model {
+    /// The model, on the device it was loaded onto.
+    pub fn model(&self) -> &Backend {
         &self.model
     }
 

@@ -7,7 +7,9 @@
 //! held back across delta boundaries).
 //!
 //! The engine never names the concrete model: it runs any [`LanguageModel`].
+//! [`Backend`] is the one the daemon runs: the model on the CPU or the GPU.
 
+mod backend;
 mod chat_model;
 pub mod constraint;
 pub mod detokenize;
@@ -26,6 +28,7 @@ pub(crate) mod testing;
 
 use std::sync::atomic::AtomicBool;
 
+pub use backend::{Backend, BackendCache, Device};
 pub use chat_model::{ChatModel, ChatModelError, Prompt, RequestOptions, resolve_options};
 pub use constraint::OutputFormat;
 pub use detokenize::StreamDecoder;

@@ -34,7 +34,7 @@ fn smollm2_gguf_path() -> PathBuf {
 
 /// Runs one request in `session`, returning the streamed text and the end.
 fn run(
-    session: &mut Session<qins_core::model::Model>,
+    session: &mut Session<qins_engine::Backend>,
     messages: &[ChatMessage],
     options: &RequestOptions,
     cancel: &AtomicBool,

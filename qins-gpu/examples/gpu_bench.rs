@@ -1,5 +1,6 @@
 //! Prefill and decode speed of a .qins model on the GPU (the best adapter,
-//! software ones included), until `qinsd bench --device gpu` takes over:
+//! software ones included), without the daemon (`qinsd bench --device gpu
+//! MODEL` is the same measurement from the installed binary):
 //!
 //!     cargo run --release -p qins-gpu --example gpu_bench -- MODEL.qins [PROMPT] [DECODE] [f16|f32]
 //!

@@ -1,7 +1,7 @@
 //! Prefill and decode speed of a model on the GPU, and the weight traffic
-//! that bounds decode: the GPU half of `qinsd bench` (wired into the
-//! daemon's command with the device flag; `examples/gpu_bench.rs` runs it
-//! on a .qins file meanwhile).
+//! that bounds decode: the GPU half of `qinsd bench` (`qinsd bench
+//! --device gpu MODEL`; `examples/gpu_bench.rs` runs it without the daemon,
+//! with a choice of cache type).
 //!
 //! A decode step reads every matrix's codes, sign bits and tables once
 //! (the embedding is one row per token), so `bytes/token x tokens/s` is

@@ -38,4 +38,6 @@ pub enum GpuError {
     TokenOutOfRange(u32),
     #[error("no tokens to run")]
     NoTokens,
+    #[error("batched decode step: {0}")]
+    Batch(String),
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use qins_core::model::layers::Linear;
 use qins_core::model::rope::Rope;
-use qins_core::model::{LayerView, Model, ModelConfig};
+use qins_core::model::{BatchStep, DecodeBatcher, LayerView, Model, ModelConfig};
 
 use crate::GpuError;
 use crate::device::{GpuContext, TrackedBuffer};
@@ -59,6 +59,16 @@ impl GpuCache {
         self.len = self.len.min(len);
     }
 
+    /// A cache with no room, holding no GPU memory (the placeholder while
+    /// a sequence's cache is lent to a batched pass).
+    pub fn empty() -> Self {
+        Self {
+            layers: Vec::new(),
+            capacity: 0,
+            len: 0,
+        }
+    }
+
     /// Bytes the cache holds on the GPU.
     pub fn bytes(&self) -> u64 {
         self.layers
@@ -79,6 +89,8 @@ pub struct GpuModel {
     /// `None` when tied to the embedding.
     lm_head: Option<GpuMatrix>,
     rope: Rope,
+    /// Concurrent decode steps of different sequences share one pass.
+    batcher: DecodeBatcher<GpuCache, GpuError>,
 }
 
 /// One sequence's share of a forward pass.
@@ -141,6 +153,7 @@ impl GpuModel {
             norm,
             lm_head,
             rope: model.rope().clone(),
+            batcher: DecodeBatcher::default(),
             config,
             ctx,
         })
@@ -211,6 +224,23 @@ impl GpuModel {
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>, GpuError> {
         self.run(tokens, &mut [(cache, tokens.len())], cancel, true)
+    }
+
+    /// Runs one generated token, batched with whatever other sequences
+    /// step at the same time (qins-core's [`DecodeBatcher`], as on the CPU).
+    pub fn decode_step(
+        &self,
+        token: u32,
+        cache: &mut GpuCache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f32>, GpuError> {
+        self.batcher.step(self, token, cache, cancel)
+    }
+
+    /// Forward passes [`GpuModel::decode_step`] has run and the steps they
+    /// served (more steps than passes: steps were batched).
+    pub fn decode_pass_counts(&self) -> (u64, u64) {
+        self.batcher.counts()
     }
 
     /// One new token for each of several sequences in one pass (the
@@ -552,6 +582,44 @@ impl GpuModel {
                 self.matmul.encode(&self.ctx, encoder, w, x, n, out, view)
             })
             .collect()
+    }
+}
+
+impl BatchStep for GpuModel {
+    type Cache = GpuCache;
+    type Error = GpuError;
+
+    fn check_step(&self, token: u32, cache: &GpuCache) -> Result<(), GpuError> {
+        if token as usize >= self.config.vocab_size {
+            return Err(GpuError::TokenOutOfRange(token));
+        }
+        if cache.len + 1 > cache.capacity {
+            return Err(GpuError::ContextFull {
+                needed: cache.len + 1,
+                capacity: cache.capacity,
+            });
+        }
+        Ok(())
+    }
+
+    fn forward_batch(
+        &self,
+        steps: &mut [(u32, &mut GpuCache)],
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Vec<f32>>, GpuError> {
+        GpuModel::forward_batch(self, steps, cancel)
+    }
+
+    fn empty_cache() -> GpuCache {
+        GpuCache::empty()
+    }
+
+    fn batch_error(message: String) -> GpuError {
+        GpuError::Batch(message)
+    }
+
+    fn cancelled() -> GpuError {
+        GpuError::Cancelled
     }
 }
 

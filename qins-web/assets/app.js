@@ -261,7 +261,9 @@ async function refreshStats() {
     const resident = s.model_code_bytes + s.model_sign_bytes + s.model_other_bytes;
     $("model-name").textContent = s.model ? s.model + " (" + s.architecture + ")" : "no model loaded";
     $("stat-model").textContent = s.model || "none";
-    $("stat-device").textContent = s.device + " · " + s.threads + " threads";
+    $("stat-device").textContent = s.gpu_adapter
+      ? s.device + " · " + s.gpu_adapter + " (" + s.gpu_backend + ") · " + fmtBytes(s.gpu_memory_bytes)
+      : s.device + " · " + s.threads + " threads";
     $("stat-rss").textContent = fmtBytes(s.process_rss_bytes);
     $("stat-resident").textContent = fmtBytes(resident);
     $("stat-bf16").textContent = fmtBytes(s.bf16_equivalent_bytes);

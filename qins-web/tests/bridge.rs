@@ -402,6 +402,9 @@ async fn ui_stats_reports_every_field() {
         "threads",
         "model_loaded_unix_seconds",
         "defaults",
+        "gpu_adapter",
+        "gpu_backend",
+        "gpu_memory_bytes",
     ];
     for f in fields {
         assert!(v.get(f).is_some(), "missing {f}: {v}");

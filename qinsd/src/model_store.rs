@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use qins_convert::{ConvertError, ConvertEvent, ConvertOptions};
-use qins_engine::{ChatModel, ChatModelError};
+use qins_engine::{ChatModel, ChatModelError, Device};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -67,11 +67,13 @@ pub fn resolve_model_path(models_dir: &Path, model: &str) -> Result<PathBuf, Mod
     })
 }
 
-/// Resolves `model` (converting a Hub id on first use) and loads it.
-/// Blocking: downloads, conversion and the load are all CPU or disk work.
+/// Resolves `model` (converting a Hub id on first use) and loads it onto
+/// `device`. Blocking: downloads, conversion and the load (with the GPU
+/// upload) are all CPU, disk or device work.
 pub fn open_or_convert(
     models_dir: &Path,
     model: &str,
+    device: &Device,
     progress: &mut dyn FnMut(ConvertEvent),
 ) -> Result<(PathBuf, ChatModel), ModelStoreError> {
     let path = match resolve_model_path(models_dir, model) {
@@ -90,7 +92,7 @@ pub fn open_or_convert(
         }
         Err(unknown) => return Err(unknown),
     };
-    let chat = ChatModel::open(&path).map_err(|source| ModelStoreError::Load {
+    let chat = ChatModel::open_on(&path, device).map_err(|source| ModelStoreError::Load {
         path: path.clone(),
         source: Box::new(source),
     })?;
@@ -167,8 +169,12 @@ mod tests {
         // Not a real model: found, then refused by the loader, proving no
         // download was attempted.
         std::fs::write(dir.path().join("Phi-3.5-mini-instruct.qins"), b"x").unwrap();
-        let Err(err) = open_or_convert(dir.path(), "microsoft/Phi-3.5-mini-instruct", &mut |_| {})
-        else {
+        let Err(err) = open_or_convert(
+            dir.path(),
+            "microsoft/Phi-3.5-mini-instruct",
+            &Device::Cpu,
+            &mut |_| {},
+        ) else {
             panic!("a one-byte file loaded as a model");
         };
         let ModelStoreError::Load { path, .. } = err else {
@@ -180,7 +186,8 @@ mod tests {
     #[test]
     fn a_missing_file_that_is_no_hub_id_is_unknown() {
         let dir = tempfile::tempdir().unwrap();
-        let Err(err) = open_or_convert(dir.path(), "nothing-here", &mut |_| {}) else {
+        let Err(err) = open_or_convert(dir.path(), "nothing-here", &Device::Cpu, &mut |_| {})
+        else {
             panic!("a missing model loaded");
         };
         assert!(matches!(err, ModelStoreError::Unknown { .. }), "{err}");

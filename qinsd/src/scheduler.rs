@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use qins_core::model::Model;
 use qins_engine::{
-    ChatModel, EngineError, Finished, GenerationEvent, GenerationRequest, Prompt, RequestOptions,
-    Session,
+    Backend, ChatModel, Device, EngineError, Finished, GenerationEvent, GenerationRequest, Prompt,
+    RequestOptions, Session,
 };
 
 #[derive(Clone, Debug)]
@@ -33,6 +32,8 @@ pub struct SchedulerConfig {
     /// used ones are dropped first).
     pub max_sessions: usize,
     pub models_dir: PathBuf,
+    /// Where models load, at startup and through LoadModel (`--device`).
+    pub device: Device,
 }
 
 impl Default for SchedulerConfig {
@@ -43,6 +44,7 @@ impl Default for SchedulerConfig {
             max_queued: 8,
             max_sessions: 4,
             models_dir: PathBuf::from("models"),
+            device: Device::Cpu,
         }
     }
 }
@@ -116,7 +118,7 @@ struct Throughput {
 }
 
 struct StoredSession {
-    session: Session<Model>,
+    session: Session<Backend>,
     model_epoch: u64,
     last_used: Instant,
 }
@@ -315,7 +317,7 @@ impl Scheduler {
         }
     }
 
-    fn take_session(&self, chat: &PreparedChat) -> Session<Model> {
+    fn take_session(&self, chat: &PreparedChat) -> Session<Backend> {
         let stored = chat
             .session_id
             .as_ref()
@@ -334,7 +336,7 @@ impl Scheduler {
         }
     }
 
-    fn keep_spare(&self, session: Session<Model>, model_epoch: u64) {
+    fn keep_spare(&self, session: Session<Backend>, model_epoch: u64) {
         let mut spare = self.lock_spare();
         if spare.len() < self.config.max_active
             && model_epoch == self.model_epoch.load(Ordering::SeqCst)
@@ -347,7 +349,7 @@ impl Scheduler {
         }
     }
 
-    fn store_session(&self, id: String, session: Session<Model>, model_epoch: u64) {
+    fn store_session(&self, id: String, session: Session<Backend>, model_epoch: u64) {
         if self.config.max_sessions == 0 || model_epoch != self.model_epoch.load(Ordering::SeqCst) {
             return;
         }

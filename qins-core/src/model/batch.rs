@@ -8,6 +8,9 @@
 //! [`Model::forward_batch`] on its own thread and hands each caller its
 //! logits and cache back. A lone sequence never waits. Callers are told
 //! apart by thread: the engine runs each generation on its own thread.
+//!
+//! The batcher is generic over the model ([`BatchStep`]): the CPU
+//! [`Model`] and qins-gpu's GPU model share it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +19,57 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use super::{KvCache, Model, ModelError};
+
+/// What the batcher needs from a model: a check that one step can run,
+/// the batched pass, and a placeholder cache for the time a sequence's
+/// cache is lent to the pass.
+pub trait BatchStep: Sync {
+    type Cache: Send;
+    type Error: std::fmt::Display + Send;
+    /// Whether one more `token` fits `cache` (checked before the pass, so
+    /// one bad step does not fail the others).
+    fn check_step(&self, token: u32, cache: &Self::Cache) -> Result<(), Self::Error>;
+    /// One new token for each sequence in one pass; each one's logits.
+    fn forward_batch(
+        &self,
+        steps: &mut [(u32, &mut Self::Cache)],
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Vec<f32>>, Self::Error>;
+    /// A cache with no room, holding no memory.
+    fn empty_cache() -> Self::Cache;
+    /// The error every caller of a failed (or panicked) pass gets.
+    fn batch_error(message: String) -> Self::Error;
+    fn cancelled() -> Self::Error;
+}
+
+impl BatchStep for Model {
+    type Cache = KvCache;
+    type Error = ModelError;
+
+    fn check_step(&self, token: u32, cache: &KvCache) -> Result<(), ModelError> {
+        Model::check_step(self, token, cache)
+    }
+
+    fn forward_batch(
+        &self,
+        steps: &mut [(u32, &mut KvCache)],
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        Model::forward_batch(self, steps, cancel)
+    }
+
+    fn empty_cache() -> KvCache {
+        KvCache::empty()
+    }
+
+    fn batch_error(message: String) -> ModelError {
+        ModelError::Batch(message)
+    }
+
+    fn cancelled() -> ModelError {
+        ModelError::Cancelled
+    }
+}
 
 /// The longest a leader waits for the other recent sequences' steps. Between
 /// two steps a sequence only samples and streams (well under a millisecond),
@@ -26,23 +80,23 @@ const GATHER_WINDOW: Duration = Duration::from_millis(4);
 /// backstop: one missed window already drops it).
 const RECENT: Duration = Duration::from_millis(500);
 
-pub(super) struct DecodeBatcher {
-    state: Mutex<State>,
+/// Batches the decode steps of a model whose caches are `C` and errors `E`.
+pub struct DecodeBatcher<C, E> {
+    state: Mutex<State<C, E>>,
     changed: Condvar,
     window: Duration,
 }
 
-impl Default for DecodeBatcher {
+impl<C, E> Default for DecodeBatcher<C, E> {
     fn default() -> Self {
         Self::with_window(GATHER_WINDOW)
     }
 }
 
-#[derive(Default)]
-struct State {
-    waiting: Vec<Step>,
+struct State<C, E> {
+    waiting: Vec<Step<C>>,
     leading: bool,
-    finished: HashMap<u64, Outcome>,
+    finished: HashMap<u64, Outcome<C, E>>,
     next_ticket: u64,
     /// Last step time of each recent caller thread.
     recent: HashMap<ThreadId, Instant>,
@@ -51,37 +105,53 @@ struct State {
     steps: u64,
 }
 
-struct Step {
+impl<C, E> Default for State<C, E> {
+    fn default() -> Self {
+        Self {
+            waiting: Vec::new(),
+            leading: false,
+            finished: HashMap::new(),
+            next_ticket: 0,
+            recent: HashMap::new(),
+            passes: 0,
+            steps: 0,
+        }
+    }
+}
+
+struct Step<C> {
     ticket: u64,
     thread: ThreadId,
     token: u32,
-    cache: KvCache,
+    cache: C,
 }
 
-type Outcome = (KvCache, Result<Vec<f32>, ModelError>);
+type Outcome<C, E> = (C, Result<Vec<f32>, E>);
 
-impl DecodeBatcher {
+impl<C, E> DecodeBatcher<C, E> {
     /// A batcher whose leaders wait at most `window` for recent sequences
     /// (tests use a long one to make batching deterministic).
-    pub(super) fn with_window(window: Duration) -> Self {
+    pub fn with_window(window: Duration) -> Self {
         Self {
             state: Mutex::default(),
             changed: Condvar::new(),
             window,
         }
     }
+}
 
+impl<C: Send, E: std::fmt::Display + Send> DecodeBatcher<C, E> {
     /// Runs `token` after `cache`'s tokens, batched with whatever other
     /// sequences step at the same time; returns its logits.
-    pub(super) fn step(
+    pub fn step<M: BatchStep<Cache = C, Error = E>>(
         &self,
-        model: &Model,
+        model: &M,
         token: u32,
-        cache: &mut KvCache,
+        cache: &mut C,
         cancel: &AtomicBool,
-    ) -> Result<Vec<f32>, ModelError> {
+    ) -> Result<Vec<f32>, E> {
         if cancel.load(Ordering::Relaxed) {
-            return Err(ModelError::Cancelled);
+            return Err(M::cancelled());
         }
         let mut state = self.lock();
         let ticket = state.next_ticket;
@@ -91,7 +161,7 @@ impl DecodeBatcher {
             ticket,
             thread,
             token,
-            cache: std::mem::replace(cache, KvCache::empty()),
+            cache: std::mem::replace(cache, M::empty_cache()),
         });
         state.recent.insert(thread, Instant::now());
         self.changed.notify_all();
@@ -101,7 +171,7 @@ impl DecodeBatcher {
                 // The pass itself ignores cancels (it serves several callers);
                 // honour ours now that it is done.
                 if cancel.load(Ordering::Relaxed) {
-                    return Err(ModelError::Cancelled);
+                    return Err(M::cancelled());
                 }
                 return result;
             }
@@ -130,7 +200,7 @@ impl DecodeBatcher {
     /// ends; the sequences that missed it stop counting as recent (they
     /// ended, or their client reads slowly) until they step again, so an
     /// ended sequence costs its partners one window, not one per step.
-    fn gather<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+    fn gather<'a>(&'a self, mut state: MutexGuard<'a, State<C, E>>) -> MutexGuard<'a, State<C, E>> {
         let now = Instant::now();
         state.recent.retain(|_, last| now - *last < RECENT);
         let deadline = now + self.window;
@@ -154,7 +224,11 @@ impl DecodeBatcher {
 
     /// One pass over every step that can run; steps that cannot (a full
     /// context, a bad token) get their own error without failing the rest.
-    fn run(&self, model: &Model, steps: Vec<Step>) -> Vec<(u64, Outcome)> {
+    fn run<M: BatchStep<Cache = C, Error = E>>(
+        &self,
+        model: &M,
+        steps: Vec<Step<C>>,
+    ) -> Vec<(u64, Outcome<C, E>)> {
         let mut outcomes = Vec::with_capacity(steps.len());
         let mut runnable = Vec::with_capacity(steps.len());
         for step in steps {
@@ -166,12 +240,13 @@ impl DecodeBatcher {
         if runnable.is_empty() {
             return outcomes;
         }
-        let guard = PanicGuard {
+        let guard = PanicGuard::<C, E, M> {
             batcher: self,
+            model: std::marker::PhantomData,
             tickets: runnable.iter().map(|step| step.ticket).collect(),
         };
         let never = AtomicBool::new(false);
-        let mut batch: Vec<(u32, &mut KvCache)> = runnable
+        let mut batch: Vec<(u32, &mut C)> = runnable
             .iter_mut()
             .map(|step| (step.token, &mut step.cache))
             .collect();
@@ -188,7 +263,7 @@ impl DecodeBatcher {
             Err(e) => {
                 let message = e.to_string();
                 outcomes.extend(runnable.into_iter().map(|step| {
-                    let error = ModelError::Batch(message.clone());
+                    let error = M::batch_error(message.clone());
                     (step.ticket, (step.cache, Err(error)))
                 }));
             }
@@ -197,12 +272,12 @@ impl DecodeBatcher {
     }
 
     /// Forward passes run so far and the steps they served.
-    pub(super) fn counts(&self) -> (u64, u64) {
+    pub fn counts(&self) -> (u64, u64) {
         let state = self.lock();
         (state.passes, state.steps)
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State<C, E>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -210,19 +285,22 @@ impl DecodeBatcher {
 /// Should the pass panic, releases the round: every caller of it gets an
 /// error (and an empty cache, its own being lost with the pass) instead of
 /// waiting forever, and the next caller can lead.
-struct PanicGuard<'a> {
-    batcher: &'a DecodeBatcher,
+struct PanicGuard<'a, C: Send, E: std::fmt::Display + Send, M: BatchStep<Cache = C, Error = E>> {
+    batcher: &'a DecodeBatcher<C, E>,
+    model: std::marker::PhantomData<&'a M>,
     tickets: Vec<u64>,
 }
 
-impl Drop for PanicGuard<'_> {
+impl<C: Send, E: std::fmt::Display + Send, M: BatchStep<Cache = C, Error = E>> Drop
+    for PanicGuard<'_, C, E, M>
+{
     fn drop(&mut self) {
         let mut state = self.batcher.lock();
         for &ticket in &self.tickets {
-            let error = ModelError::Batch("the batched forward pass panicked".into());
+            let error = M::batch_error("the batched forward pass panicked".into());
             state
                 .finished
-                .insert(ticket, (KvCache::empty(), Err(error)));
+                .insert(ticket, (M::empty_cache(), Err(error)));
         }
         state.leading = false;
         self.batcher.changed.notify_all();

@@ -22,7 +22,7 @@ use thiserror::Error;
 
 pub use crate::container::config::{Architecture, ModelConfig};
 use attention::{attention, attention_one};
-use batch::DecodeBatcher;
+pub use batch::{BatchStep, DecodeBatcher};
 pub use kv_cache::{KvCache, KvPrecision};
 use layers::{Linear, rms_norm, swiglu};
 use profile::Stage;
@@ -79,7 +79,7 @@ pub struct Model {
     lm_head: Linear,
     rope: Rope,
     kernel: KernelKind,
-    batcher: DecodeBatcher,
+    batcher: DecodeBatcher<KvCache, ModelError>,
 }
 
 impl Model {

@@ -179,3 +179,74 @@ fn tiny_llama_on_the_gpu_matches_the_cpu() {
         check_model(ctx, &model, kv, &[9, 40], tolerance);
     }
 }
+
+/// Two sequences stepping at once through `decode_step` share passes
+/// (qins-core's batcher, as on the CPU) and get the logits they get alone.
+#[test]
+fn concurrent_decode_steps_share_gpu_passes_and_keep_their_results() {
+    let Some(ctx) = gpu() else { return };
+    let model = tiny_model(TinySpec::llama());
+    let mut gpu_model = GpuModel::upload(ctx.clone(), &model, KvType::F32).expect("uploads");
+    // A window far longer than any scheduling delay (see the CPU test,
+    // qins-core's concurrent_decode_steps_share_passes_and_keep_their_results).
+    gpu_model.batcher = DecodeBatcher::with_window(std::time::Duration::from_secs(2));
+    let vocab = model.config().vocab_size;
+    let no = AtomicBool::new(false);
+    let prompts: [&[u32]; 2] = [&[3, 1, 4, 1, 5], &[2, 7, 1, 8]];
+    let steps = 6;
+    let greedy = |step: &dyn Fn(u32, &mut GpuCache) -> Vec<f32>, prompt: &[u32]| {
+        let mut cache = gpu_model.new_cache(32);
+        let mut logits = gpu_model.forward(prompt, &mut cache, &no).expect("prompt");
+        (0..steps)
+            .map(|_| {
+                logits = step(argmax(&logits) as u32, &mut cache);
+                logits.clone()
+            })
+            .collect::<Vec<_>>()
+    };
+    let alone: Vec<Vec<Vec<f32>>> = prompts
+        .iter()
+        .map(|prompt| {
+            greedy(
+                &|t, c| gpu_model.forward(&[t], c, &no).expect("step"),
+                prompt,
+            )
+        })
+        .collect();
+    let ready = std::sync::Barrier::new(prompts.len());
+    let together: Vec<Vec<Vec<f32>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|prompt| {
+                let (gpu_model, no, ready, greedy) = (&gpu_model, &no, &ready, &greedy);
+                scope.spawn(move || {
+                    greedy(
+                        &|t, c| {
+                            if c.len() == prompt.len() {
+                                ready.wait();
+                            }
+                            gpu_model.decode_step(t, c, no).expect("batched step")
+                        },
+                        prompt,
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("joins"))
+            .collect()
+    });
+    for (s, (a, t)) in alone.iter().zip(&together).enumerate() {
+        for (step, (a, t)) in a.iter().zip(t).enumerate() {
+            compare(t, a, vocab, 2e-5, &format!("sequence {s} step {step}"));
+        }
+    }
+    let (passes, served) = gpu_model.decode_pass_counts();
+    assert_eq!(served, 2 * steps as u64);
+    assert!(
+        passes <= steps as u64 + 2,
+        "{passes} passes for {served} steps"
+    );
+    eprintln!("GPU: {served} steps in {passes} passes");
+}

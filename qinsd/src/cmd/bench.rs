@@ -1,5 +1,6 @@
 //! `qinsd bench MODEL.qins [--threads 1,2] [--prompt 512] [--decode 128]
-//! [--batch 2] [--json]`: load time, memory, prefill and decode speed.
+//! [--batch 2] [--json]`: load time, memory, prefill and decode speed;
+//! `--device gpu` measures the GPU instead (qins-gpu's bench).
 
 use std::path::PathBuf;
 
@@ -34,9 +35,22 @@ pub struct Args {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// cpu: the CPU kernels at each --threads count; gpu: the best GPU
+    /// adapter (software ones included), prefill --prompt then --decode steps.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: BenchDevice,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchDevice {
+    Cpu,
+    Gpu,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.device == BenchDevice::Gpu {
+        return run_gpu(&args);
+    }
     anyhow::ensure!(
         !args.threads.is_empty() && args.threads.iter().all(|&t| t > 0),
         "--threads needs positive counts, e.g. 1,2"
@@ -56,6 +70,58 @@ pub fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report);
+    }
+    Ok(())
+}
+
+/// The GPU bench: upload, prefill and greedy decode on the best adapter,
+/// the cache f16 where the GPU has shader-f16 (as the daemon runs it).
+fn run_gpu(args: &Args) -> Result<()> {
+    use qins_gpu::device::{DeviceChoice, open};
+    use qins_gpu::shaders::KvType;
+    let file = qins_core::container::QinsFile::open(&args.model)
+        .with_context(|| format!("opening {}", args.model.display()))?;
+    let weights = file
+        .load()
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let model = qins_core::model::Model::load(&file.header.config, weights)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let context = open(DeviceChoice::Gpu)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .context("no GPU adapter")?;
+    let kv = if context.has_shader_f16() {
+        KvType::F16
+    } else {
+        KvType::F32
+    };
+    let report = qins_gpu::bench::bench(
+        std::sync::Arc::new(context),
+        &model,
+        kv,
+        args.prompt,
+        args.decode,
+        args.seed,
+    )
+    .with_context(|| format!("benchmarking {} on the GPU", args.model.display()))?;
+    if args.json {
+        let value = serde_json::json!({
+            "model": args.model,
+            "adapter": report.adapter,
+            "backend": report.backend,
+            "kv": format!("{:?}", report.kv),
+            "upload_s": report.upload_s,
+            "gpu_bytes": report.gpu_bytes,
+            "prompt_tokens": report.prompt_tokens,
+            "prefill_tok_s": report.prefill_tok_s,
+            "decode_steps": report.decode_steps,
+            "decode_tok_s": report.decode_tok_s,
+            "weight_bytes_per_token": report.weight_bytes_per_token,
+            "effective_gb_s": report.effective_gb_s,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("model         {}", args.model.display());
+        println!("{report}");
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use qins_engine::{self, ChatMessage, ChatModel, GenerationEvent, RequestOptions, Session};
+use qins_engine::{self, ChatMessage, ChatModel, Device, GenerationEvent, RequestOptions, Session};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,11 +30,15 @@ pub struct Args {
     pub seed: Option<u64>,
     #[arg(long, default_value_t = 2048)]
     pub context: usize,
+    /// Compute device (as `qinsd --device`; the CPU unless asked).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: super::serve::DeviceChoice,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
-    let chat = ChatModel::open(&args.model)
+    let device = Device::open(args.device.into()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let chat = ChatModel::open_on(&args.model, &device)
         .with_context(|| format!("cannot load {}", args.model.display()))?;
     let loaded = started.elapsed();
     let mut messages = Vec::new();
@@ -73,7 +77,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     writeln!(out)?;
     eprintln!(
-        "[load {:.2} s, prompt {} tokens, first token after {:.2} s, {} tokens at {:.1} tok/s, finish: {:?}]",
+        "[{}, load {:.2} s, prompt {} tokens, first token after {:.2} s, {} tokens at {:.1} tok/s, finish: {:?}]",
+        chat.model().kind(),
         loaded.as_secs_f64(),
         finished.usage.prompt_tokens,
         finished.timings.time_to_first_token.as_secs_f64(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use qins_engine::Device;
 use qinsd::model_store;
 use qinsd::scheduler::{Scheduler, SchedulerConfig};
 use qinsd::server;
@@ -31,8 +32,8 @@ pub struct Args {
     /// Context limit per conversation, in tokens.
     #[arg(long, default_value_t = 4096)]
     pub context: usize,
-    /// Compute device.
-    #[arg(long, value_enum, default_value = "auto")]
+    /// Compute device, for the startup model and every LoadModel.
+    #[arg(long, env = "QINS_DEVICE", value_enum, default_value = "auto")]
     pub device: DeviceChoice,
     /// Replies generated at once; further requests wait in the queue.
     #[arg(long, default_value_t = 2)]
@@ -56,20 +57,37 @@ pub struct Args {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceChoice {
-    /// The best device present (the CPU in this version).
+    /// A real GPU (never a software one such as lavapipe), else the CPU.
     Auto,
+    /// The CPU kernels.
     Cpu,
+    /// The GPU (Metal, Vulkan or DX12), software adapters included; fails
+    /// at startup when there is none.
+    Gpu,
 }
 
-/// Settles the device. The QINS kernels run on the CPU in this version.
-fn resolve_device(choice: DeviceChoice) -> Result<&'static str> {
-    match choice {
-        DeviceChoice::Auto | DeviceChoice::Cpu => Ok("cpu"),
+impl From<DeviceChoice> for qins_gpu::DeviceChoice {
+    fn from(choice: DeviceChoice) -> Self {
+        match choice {
+            DeviceChoice::Auto => qins_gpu::DeviceChoice::Auto,
+            DeviceChoice::Cpu => qins_gpu::DeviceChoice::Cpu,
+            DeviceChoice::Gpu => qins_gpu::DeviceChoice::Gpu,
+        }
     }
 }
 
+/// Settles the device once, before anything is served; the adapter, if
+/// any, is logged.
+fn resolve_device(choice: DeviceChoice) -> Result<Device> {
+    // The error already names the flag to change: one line, no chain.
+    let device = Device::open(choice.into()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(gpu) = device.gpu() {
+        tracing::info!(adapter = %gpu.adapter(), "running models on the GPU");
+    }
+    Ok(device)
+}
+
 pub fn run(args: Args) -> Result<()> {
-    let device = resolve_device(args.device)?;
     let socket = match &args.socket {
         Some(path) => absolute(path)?,
         None => qins_proto::default_socket_path(),
@@ -85,6 +103,8 @@ pub fn run(args: Args) -> Result<()> {
         }
         daemonize(&args, &run_dir)?;
     }
+    // After the fork: a GPU device does not survive one.
+    let device = resolve_device(args.device)?;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -110,6 +130,7 @@ pub fn run(args: Args) -> Result<()> {
             max_queued: args.max_queued,
             max_sessions: args.max_sessions,
             models_dir: models_dir.clone(),
+            device: device.clone(),
         });
         if let Some(model) = &args.model {
             // Connections wait in the listen backlog while the model loads.
@@ -120,7 +141,7 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
         let info = DaemonInfo {
-            device: device.to_string(),
+            device: device.kind().to_string(),
             threads,
             started: Instant::now(),
         };
@@ -137,8 +158,9 @@ async fn load_startup_model(
 ) -> Result<()> {
     let started = Instant::now();
     let (model, dir) = (model.to_string(), models_dir.to_path_buf());
+    let device = scheduler.config().device.clone();
     let (path, chat) = tokio::task::spawn_blocking(move || {
-        model_store::open_or_convert(&dir, &model, &mut model_store::log_progress)
+        model_store::open_or_convert(&dir, &model, &device, &mut model_store::log_progress)
     })
     .await??;
     tracing::info!(
@@ -146,6 +168,7 @@ async fn load_startup_model(
         path = %path.display(),
         seconds = started.elapsed().as_secs_f64(),
         resident_mb = chat.resident_bytes().total() as f64 / 1e6,
+        device = chat.model().kind(),
         "model loaded"
     );
     scheduler.set_model(Some(Arc::new(chat)));

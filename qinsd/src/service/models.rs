@@ -67,6 +67,7 @@ pub async fn load(
         let (path, model) = model_store::open_or_convert(
             models_dir,
             &request.model,
+            &scheduler.config().device,
             &mut model_store::log_progress,
         )
         .map_err(status::from_model_store)?;

@@ -3,6 +3,8 @@
 
 use qins_proto::v1::StatsReply;
 
+use qins_gpu::device::backend_name;
+
 use super::DaemonInfo;
 use crate::scheduler::Scheduler;
 
@@ -37,6 +39,15 @@ pub fn stats(scheduler: &Scheduler, info: &DaemonInfo) -> StatsReply {
         reply.compression_vs_f32 = (bytes.parameters * 4) as f64 / bytes.total().max(1) as f64;
         reply.model_loaded_unix_seconds = unix_seconds(model.loaded_at());
         reply.defaults = Some(super::generation_defaults(model.defaults()));
+        // `auto` may have kept a model the GPU refused on the CPU.
+        reply.device = model.model().kind().to_string();
+    }
+    if let Some(gpu) = scheduler.config().device.gpu()
+        && (reply.model.is_empty() || reply.device == "gpu")
+    {
+        reply.gpu_adapter = gpu.adapter().name.clone();
+        reply.gpu_backend = backend_name(gpu.adapter().backend).to_string();
+        reply.gpu_memory_bytes = gpu.allocated_bytes();
     }
     reply
 }
