@@ -127,42 +127,7 @@ async fn two_chats_run_at_once_and_a_full_queue_is_refused() {
 #[tokio::test]
 async fn a_client_that_drops_its_stream_cancels_its_generation() {
     let daemon = Daemon::start(&["--context", "4096"]).await;
-    let mut client = daemon.client().await;
-    // Dropped after the first delta.
-    let mut stream = client
-        .chat(chat_request(vec![user("Go on and on.")], 3000, ""))
-        .await
-        .expect("chat")
-        .into_inner();
-    stream.message().await.expect("streams").expect("an event");
-    drop(stream);
-    let idle = eventually(Duration::from_secs(10), || async {
-        daemon.stats().await.active_requests == 0
-    })
-    .await;
-    assert!(idle, "the generation was not cancelled");
-    // Dropped during a long prefill (~2800 tokens).
-    let long_prompt = "word ".repeat(700);
-    let stream = client
-        .chat(chat_request(vec![user(&long_prompt)], 50, ""))
-        .await
-        .expect("chat");
-    drop(stream);
-    let idle = eventually(Duration::from_secs(10), || async {
-        daemon.stats().await.active_requests == 0
-    })
-    .await;
-    assert!(idle, "the prefill was not cancelled");
-    assert!(
-        daemon.log().contains("finish=Cancelled"),
-        "{}",
-        daemon.log()
-    );
-    // The daemon still serves.
-    let reply = chat(&mut client, chat_request(vec![user("Still there?")], 4, ""))
-        .await
-        .expect("chat after cancels");
-    assert!(reply.done.usage.expect("usage").completion_tokens >= 1);
+    dropped_clients_cancel(&daemon, Duration::from_secs(10), "CPU").await;
 }
 
 #[tokio::test]

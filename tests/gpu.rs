@@ -116,41 +116,7 @@ async fn a_dropped_client_cancels_its_gpu_generation() {
         return;
     }
     let daemon = Daemon::start(&["--device", "gpu", "--context", "4096"]).await;
-    let mut client = daemon.client().await;
-    // Dropped after the first delta, mid-decode.
-    let mut stream = client
-        .chat(chat_request(vec![user("Go on and on.")], 3000, ""))
-        .await
-        .expect("chat")
-        .into_inner();
-    stream.message().await.expect("streams").expect("an event");
-    drop(stream);
-    let idle = eventually(Duration::from_secs(20), || async {
-        daemon.stats().await.active_requests == 0
-    })
-    .await;
-    assert!(idle, "the GPU generation was not cancelled");
-    // Dropped during a long prefill (~2800 tokens).
-    let long_prompt = "word ".repeat(700);
-    let stream = client
-        .chat(chat_request(vec![user(&long_prompt)], 50, ""))
-        .await
-        .expect("chat");
-    drop(stream);
-    let idle = eventually(Duration::from_secs(20), || async {
-        daemon.stats().await.active_requests == 0
-    })
-    .await;
-    assert!(idle, "the GPU prefill was not cancelled");
-    assert!(
-        daemon.log().contains("finish=Cancelled"),
-        "{}",
-        daemon.log()
-    );
-    let reply = chat(&mut client, chat_request(vec![user("Still there?")], 4, ""))
-        .await
-        .expect("chat after cancels");
-    assert!(reply.done.usage.expect("usage").completion_tokens >= 1);
+    dropped_clients_cancel(&daemon, Duration::from_secs(20), "GPU").await;
 }
 
 #[tokio::test]

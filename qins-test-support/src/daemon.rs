@@ -379,3 +379,44 @@ pub fn fixtures_dir() -> PathBuf {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/qins/fixtures")
         })
 }
+
+/// A client dropping its stream cancels its reply, both mid-decode (after
+/// the first delta) and during a long prefill (~2800 tokens); the daemon
+/// logs `finish=Cancelled` and still serves. `daemon` must run with a
+/// context of at least 4096 tokens; `within` bounds each wait for the slot
+/// to free; `what` names the device in failure messages.
+pub async fn dropped_clients_cancel(daemon: &Daemon, within: Duration, what: &str) {
+    let mut client = daemon.client().await;
+    let mut stream = client
+        .chat(chat_request(vec![user("Go on and on.")], 3000, ""))
+        .await
+        .expect("chat")
+        .into_inner();
+    stream.message().await.expect("streams").expect("an event");
+    drop(stream);
+    let idle = eventually(within, || async {
+        daemon.stats().await.active_requests == 0
+    })
+    .await;
+    assert!(idle, "the {what} generation was not cancelled");
+    let long_prompt = "word ".repeat(700);
+    let stream = client
+        .chat(chat_request(vec![user(&long_prompt)], 50, ""))
+        .await
+        .expect("chat");
+    drop(stream);
+    let idle = eventually(within, || async {
+        daemon.stats().await.active_requests == 0
+    })
+    .await;
+    assert!(idle, "the {what} prefill was not cancelled");
+    assert!(
+        daemon.log().contains("finish=Cancelled"),
+        "{}",
+        daemon.log()
+    );
+    let reply = chat(&mut client, chat_request(vec![user("Still there?")], 4, ""))
+        .await
+        .expect("chat after cancels");
+    assert!(reply.done.usage.expect("usage").completion_tokens >= 1);
+}

@@ -55,9 +55,11 @@ fn engine_reason(error: &EngineError) -> Reason {
 /// file (which the writer has removed by now): RESOURCE_EXHAUSTED when out
 /// of space, FAILED_PRECONDITION when read-only.
 pub fn from_convert(error: &ConvertError, output: &Path) -> Status {
-    if let Some((path, io)) = io_failure(error)
-        && writes_output(path, output)
-    {
+    // An OS error on the output's path: its disk or directory is the problem.
+    let output_io = io_failure(error)
+        .filter(|(path, _)| writes_output(path, output))
+        .map(|(_, io)| io);
+    if let Some(io) = output_io {
         let disk = match io.kind() {
             ErrorKind::StorageFull => Some((
                 Reason::NoSpace,
@@ -94,9 +96,7 @@ pub fn from_convert(error: &ConvertError, output: &Path) -> Status {
         ConvertError::Cancelled => Reason::Cancelled,
         ConvertError::UnknownSource(_) => Reason::BadArgument,
         ConvertError::OutputExists(_) => Reason::Exists,
-        _ if io_failure(error).is_some_and(|(path, _)| writes_output(path, output)) => {
-            Reason::ModelsDir
-        }
+        _ if output_io.is_some() => Reason::ModelsDir,
         _ => Reason::ConvertFailed,
     };
     with_reason(reason, error.to_string())
