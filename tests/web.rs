@@ -28,6 +28,18 @@ fn web_log(args: &[&str], marker: &str) -> (Option<i32>, String) {
         }
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
         if text.contains(marker) || started.elapsed() > Duration::from_secs(20) {
+            // A refusal is written just before the exit: give it a moment,
+            // so that an exiting process is not taken for a serving one.
+            let grace = Instant::now();
+            while grace.elapsed() < Duration::from_secs(1) {
+                if let Some(status) = child.try_wait().expect("wait") {
+                    return (
+                        status.code(),
+                        std::fs::read_to_string(&log_path).unwrap_or_default(),
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
             break None;
