@@ -99,7 +99,7 @@ fn check_against_golden(mut model: Model, file: &str) {
 
 fn check_kernel_against_golden(model: &Model, file: &str) {
     let kernel = model.kernel();
-    let tolerance = if kernel.rounds_to_bf16() {
+    let tolerance = if kernel.rounds_operands() {
         BF16_TOLERANCE
     } else {
         TOLERANCE
@@ -132,7 +132,7 @@ fn check_kernel_against_golden(model: &Model, file: &str) {
                 prompt.name,
                 kernel.name()
             );
-            if !kernel.rounds_to_bf16() {
+            if !kernel.rounds_operands() {
                 assert_eq!(
                     argmax(actual),
                     argmax(expected),

@@ -508,7 +508,7 @@ mod tests {
         assert_eq!(report.runs.len(), 2);
         for r in &report.runs {
             assert!(r.decode_tok_s > 0.0 && r.prefill_tok_s > 0.0);
-            let entry = if selected_kernel().rounds_to_bf16() {
+            let entry = if selected_kernel().rounds_operands() {
                 2
             } else {
                 4

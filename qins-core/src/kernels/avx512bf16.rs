@@ -35,7 +35,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::{NibbleTables, for_each_row_task, padded, round_to_bf16, row_tables};
+use super::{NibbleTables, for_each_row_task, padded, prefetch_ahead, round_to_bf16, row_tables};
 use crate::weights::QinsMatrix;
 
 /// Columns per block: one 64-byte register of codes.
@@ -387,6 +387,7 @@ fn decode_dots<const T: usize>(
     let (whole, tail) = codes.as_chunks::<BLOCK>();
     let (sign_words, _) = signs.as_chunks::<8>();
     for (block, (codes, signs)) in whole.iter().zip(sign_words).enumerate() {
+        prefetch_ahead(codes, signs);
         step(block, codes, u64::from_le_bytes(*signs));
     }
     if !tail.is_empty() {

@@ -24,6 +24,8 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512bf16;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512vnni;
 pub mod dispatch;
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -109,6 +111,20 @@ fn powers(base: f64) -> [f64; 16] {
     out
 }
 
+/// What a kernel's multiplications see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arithmetic {
+    /// The f32 decode of every weight times the f32 input, summed in f32.
+    F32,
+    /// Weights and inputs rounded once to bf16 (8 significant bits), exact
+    /// products summed in f32.
+    Bf16,
+    /// Weights as 15-bit integers of their row's largest magnitude, inputs
+    /// as 15-bit integers of their 64-column block's largest, products
+    /// summed exactly in i32 per block, then in f32.
+    Fixed16,
+}
+
 /// One weight row against a batch of input rows.
 pub struct RowJob<'a> {
     /// Decode tables of the row's range.
@@ -128,6 +144,9 @@ pub type RowKernel = fn(job: &RowJob<'_>, out: &mut [f32]);
 /// The kernels this crate has, best first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelKind {
+    /// 15-bit fixed-point weights and inputs, integer dot products
+    /// (`vpdpwssd`).
+    Avx512Vnni,
     /// bf16 products (`vdpbf16ps`) of bf16-rounded weights and inputs.
     Avx512Bf16,
     Avx512,
@@ -139,7 +158,8 @@ pub enum KernelKind {
 }
 
 impl KernelKind {
-    pub const ALL: [KernelKind; 6] = [
+    pub const ALL: [KernelKind; 7] = [
+        KernelKind::Avx512Vnni,
         KernelKind::Avx512Bf16,
         KernelKind::Avx512,
         KernelKind::Avx2,
@@ -151,6 +171,7 @@ impl KernelKind {
     /// The name `QINS_KERNEL` takes.
     pub fn name(self) -> &'static str {
         match self {
+            KernelKind::Avx512Vnni => "avx512-vnni",
             KernelKind::Avx512Bf16 => "avx512-bf16",
             KernelKind::Avx512 => "avx512",
             KernelKind::Avx2 => "avx2",
@@ -169,16 +190,30 @@ impl KernelKind {
         match self {
             #[cfg(target_arch = "x86_64")]
             KernelKind::Avx512Bf16 => avx512bf16::is_available(),
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx512Vnni => avx512vnni::is_available(),
             #[cfg(target_arch = "aarch64")]
             KernelKind::NeonBf16 => neon_bf16::is_available(),
             _ => self.row_kernel().is_some(),
         }
     }
 
-    /// Whether the kernel rounds weights and inputs to bf16 before they
-    /// multiply (the others multiply the f32 decode of every weight).
-    pub fn rounds_to_bf16(self) -> bool {
-        matches!(self, KernelKind::Avx512Bf16 | KernelKind::NeonBf16)
+    /// The numbers the kernel multiplies.
+    pub fn arithmetic(self) -> Arithmetic {
+        match self {
+            KernelKind::Avx512Bf16 | KernelKind::NeonBf16 => Arithmetic::Bf16,
+            KernelKind::Avx512Vnni => Arithmetic::Fixed16,
+            KernelKind::Avx512 | KernelKind::Avx2 | KernelKind::Neon | KernelKind::Scalar => {
+                Arithmetic::F32
+            }
+        }
+    }
+
+    /// Whether the kernel rounds weights and inputs before they multiply
+    /// (to bf16 or to fixed point) rather than multiplying the f32 decode
+    /// of every weight by the f32 input.
+    pub fn rounds_operands(self) -> bool {
+        self.arithmetic() != Arithmetic::F32
     }
 
     /// The f32 row kernel of the shared driver, if this is one and this
@@ -232,6 +267,8 @@ pub fn qins_matmul_with(kind: KernelKind, x: &[f32], n: usize, w: &QinsMatrix, o
     match kind {
         #[cfg(target_arch = "x86_64")]
         KernelKind::Avx512Bf16 => avx512bf16::matmul(x, n, w, out),
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx512Vnni => avx512vnni::matmul(x, n, w, out),
         #[cfg(target_arch = "aarch64")]
         KernelKind::NeonBf16 => neon_bf16::matmul(x, n, w, out),
         _ => {
@@ -370,6 +407,32 @@ fn row_tables(w: &QinsMatrix) -> impl Fn(usize) -> NibbleTables + Sync + '_ {
         Some(tables) => *tables,
         None => NibbleTables::from_factors(w.row_factors(row)),
     }
+}
+
+/// How far ahead of the codes being decoded a decode step asks for them
+/// (and for their signs, as many columns ahead). On issue 12's Xeon the
+/// hardware's stream prefetch alone left a Phi-3.5 decode step reading
+/// weights at ~16 GB/s of the machine's ~35 (2 threads); asking 4-16 KiB
+/// ahead for every line gave ~26, one line in two ~21 (measured with
+/// `qinsd bench`, avx512-vnni).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_DISTANCE: usize = 8192;
+
+/// Prefetches the cache lines [`PREFETCH_DISTANCE`] bytes past the `N`
+/// codes being decoded, and the line of their signs as far ahead.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_ahead<const N: usize, const S: usize>(codes: &[u8; N], signs: &[u8; S]) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    let (codes, signs) = (codes.as_ptr(), signs.as_ptr());
+    for line in (0..N).step_by(64) {
+        // SAFETY: a prefetch reads nothing the program sees and never
+        // faults, whatever the address (hence `wrapping_add`: it may lie
+        // past the matrix).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(PREFETCH_DISTANCE + line).cast()) };
+    }
+    // SAFETY: as above.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(signs.wrapping_add(PREFETCH_DISTANCE / 8).cast()) };
 }
 
 /// Zero-padded copy of a row's last partial SIMD group (codes, signs or

@@ -62,16 +62,12 @@ fn assert_matches_reference(rows: usize, cols: usize, n: usize, granularity: Gra
     let mut out = vec![f32::NAN; n * rows];
     qins_matmul(&x, n, &w, &mut out);
     let (expected, magnitude) = reference(&x, n, &w);
+    // f32 accumulation error bound, with slack: ~ √cols * eps * Σ|x||w|,
+    // plus what the selected kernel's rounding of its operands may cost.
+    let rounding = operand_rounding(selected_kernel(), &x, n, &w);
     for i in 0..n * rows {
         let err = (f64::from(out[i]) - expected[i]).abs();
-        // f32 accumulation error bound, with slack: ~ cols * eps * Σ|x||w|,
-        // plus 2^-7 of it where the selected kernel rounds to bf16.
-        let rounding = if selected_kernel().rounds_to_bf16() {
-            2f64.powi(-7)
-        } else {
-            0.0
-        };
-        let tolerance = (1e-6 * (cols as f64).sqrt() + rounding) * magnitude[i] + 1e-30;
+        let tolerance = 1e-6 * (cols as f64).sqrt() * magnitude[i] + rounding[i] + 1e-30;
         assert!(
             err <= tolerance,
             "{rows}x{cols} n={n} {granularity:?} out[{i}] = {} expected {} (err {err:e})",
@@ -113,25 +109,34 @@ fn matmul_is_exact_on_small_integers_and_zero_rows() {
     // Rows 1 and 3 stay all-zero (the empty range).
     let w = qins(&weights, rows, cols, Granularity::PerRow);
     let x: Vec<f32> = (0..2 * cols).map(|i| i as f32).collect();
-    let mut out = vec![f32::NAN; 2 * rows];
-    qins_matmul(&x, 2, &w, &mut out);
-    for t in 0..2 {
-        let xs = &x[t * cols..(t + 1) * cols];
-        let alternating: f32 = xs
-            .iter()
-            .enumerate()
-            .map(|(c, v)| if c % 2 == 0 { *v } else { -*v })
-            .sum();
-        let skip_thirds: f32 = xs
-            .iter()
-            .enumerate()
-            .filter(|(c, _)| c % 3 != 0)
-            .map(|(_, v)| v)
-            .sum();
-        assert_eq!(out[t * rows], alternating);
-        assert_eq!(out[t * rows + 1], 0.0);
-        assert_eq!(out[t * rows + 2], skip_thirds);
-        assert_eq!(out[t * rows + 3], 0.0);
+    for kind in available_kernels() {
+        let mut out = vec![f32::NAN; 2 * rows];
+        qins_matmul_with(kind, &x, 2, &w, &mut out);
+        for t in 0..2 {
+            let xs = &x[t * cols..(t + 1) * cols];
+            let alternating: f32 = xs
+                .iter()
+                .enumerate()
+                .map(|(c, v)| if c % 2 == 0 { *v } else { -*v })
+                .sum();
+            let skip_thirds: f32 = xs
+                .iter()
+                .enumerate()
+                .filter(|(c, _)| c % 3 != 0)
+                .map(|(_, v)| v)
+                .sum();
+            // Integers below 256 are exact in bf16; fixed point keeps 15
+            // bits of each operand, so it is exact only where it is zero.
+            let close = |actual: f32, expected: f32| match kind.arithmetic() {
+                Arithmetic::F32 | Arithmetic::Bf16 => actual == expected,
+                Arithmetic::Fixed16 => (actual - expected).abs() <= 1e-3 * expected.abs().max(1.0),
+            };
+            let name = kind.name();
+            assert!(close(out[t * rows], alternating), "{name}: {out:?}");
+            assert_eq!(out[t * rows + 1], 0.0, "{name}");
+            assert!(close(out[t * rows + 2], skip_thirds), "{name}: {out:?}");
+            assert_eq!(out[t * rows + 3], 0.0, "{name}");
+        }
     }
 }
 
@@ -319,6 +324,96 @@ fn bf16_reference(x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
     out
 }
 
+/// What the fixed-point kernel computes, in f64: its integer weights and
+/// inputs (the kernel's own [`avx512vnni::FixedTables`] and
+/// [`avx512vnni::quantize_block`]), exact sums, then the scales.
+#[cfg(target_arch = "x86_64")]
+fn fixed16_reference(x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
+    use avx512vnni::{FixedTables, first_code, quantize_group};
+    let groups = w.cols.div_ceil(128);
+    let mut out = vec![0.0; n * w.rows];
+    for t in 0..n {
+        let row_x = &x[t * w.cols..(t + 1) * w.cols];
+        let quantized: Vec<(f64, [i16; 128])> = (0..groups)
+            .map(|g| {
+                let mut group = [0.0f32; 128];
+                let end = w.cols.min(128 * (g + 1));
+                group[..end - 128 * g].copy_from_slice(&row_x[128 * g..end]);
+                let mut values = [0i16; 128];
+                let scale = quantize_group(&group, &mut values);
+                (f64::from(scale), values)
+            })
+            .collect();
+        for r in 0..w.rows {
+            let tables = if w.ranges().len() == 1 && w.rows > 1 {
+                FixedTables::new(w.row_factors(r), first_code(w.row_codes(r)))
+            } else {
+                FixedTables::new(w.row_factors(r), 1)
+            };
+            let (codes, signs) = (w.row_codes(r), w.row_signs(r));
+            let mut dot = 0.0;
+            for (b, (scale, values)) in quantized.iter().enumerate() {
+                let mut sum = 0i64;
+                for c in 128 * b..w.cols.min(128 * (b + 1)) {
+                    let negative = signs[c / 8] >> (c % 8) & 1 == 1;
+                    let q = tables.weight(codes[c], negative);
+                    sum += i64::from(q) * i64::from(values[c - 128 * b]);
+                }
+                dot += scale * sum as f64;
+            }
+            out[t * w.rows + r] = dot * f64::from(tables.dequant);
+        }
+    }
+    out
+}
+
+/// How far a kernel's rounding of its operands may move each output from
+/// the exact dot of the f32 decode with the f32 inputs:
+/// - f32: nothing;
+/// - bf16: 2^-7 of Σ|w·x| (each operand keeps 8 significant bits);
+/// - fixed point: 1.5 units of the row's largest magnitude / 32767 per
+///   weight (table rounding and the truncating multiply) times |x|, plus
+///   half a unit of the group's largest input / 8191 per input times |w|
+///   (groups of 128 columns).
+fn operand_rounding(kind: KernelKind, x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
+    match kind.arithmetic() {
+        Arithmetic::F32 => vec![0.0; n * w.rows],
+        Arithmetic::Bf16 => magnitudes(x, n, w)
+            .into_iter()
+            .map(|m| 2f64.powi(-7) * m)
+            .collect(),
+        Arithmetic::Fixed16 => {
+            let decoded = w.decode();
+            let mut out = vec![0.0; n * w.rows];
+            for r in 0..w.rows {
+                let row = &decoded[r * w.cols..(r + 1) * w.cols];
+                // Per-row ranges scale by the range's largest magnitude
+                // (code 1), shared ones by the row's largest.
+                let largest = if w.ranges().len() == 1 && w.rows > 1 {
+                    row.iter().fold(0.0f64, |m, v| m.max(f64::from(v.abs())))
+                } else {
+                    f64::from(w.row_range(r).log_max).exp()
+                };
+                for t in 0..n {
+                    let xs = &x[t * w.cols..(t + 1) * w.cols];
+                    let mut bound = 0.0;
+                    for (group_x, group_w) in xs.chunks(128).zip(row.chunks(128)) {
+                        let group_max = group_x
+                            .iter()
+                            .fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
+                        for (&xv, &wv) in group_x.iter().zip(group_w) {
+                            bound += 1.5 * largest / 32767.0 * f64::from(xv.abs())
+                                + 0.5 * group_max / 8191.0 * f64::from(wv.abs());
+                        }
+                    }
+                    out[t * w.rows + r] = bound;
+                }
+            }
+            out
+        }
+    }
+}
+
 /// Runs every available kernel on one case and compares it with scalar.
 ///
 /// Tolerance: all kernels decode bit-identical f32 weights (the same nibble
@@ -333,44 +428,43 @@ fn assert_kernels_match_scalar(w: &QinsMatrix, n: usize, seed: u64, what: &str) 
     let mut expected = vec![f32::NAN; n * w.rows];
     qins_matmul_with(KernelKind::Scalar, &x, n, w, &mut expected);
     let bound = magnitudes(&x, n, w);
-    let expected_bf16 = bf16_reference(&x, n, w);
     for kind in available_kernels() {
         let mut out = vec![f32::NAN; n * w.rows];
         qins_matmul_with(kind, &x, n, w, &mut out);
+        // A rounding kernel is held to the same summation tolerance against
+        // the same sum over its rounded operands, computed in f64; and its
+        // rounding may cost at most `operand_rounding` against scalar.
+        // (neon-bf16's BFDOT/BFMMLA round their sums to odd, not to
+        // nearest: at most twice f32's rounding error, inside the margin of
+        // this tolerance.)
+        let model = match kind.arithmetic() {
+            Arithmetic::F32 => None,
+            Arithmetic::Bf16 => Some(bf16_reference(&x, n, w)),
+            #[cfg(target_arch = "x86_64")]
+            Arithmetic::Fixed16 => Some(fixed16_reference(&x, n, w)),
+            #[cfg(not(target_arch = "x86_64"))]
+            Arithmetic::Fixed16 => unreachable!("fixed-point kernels are x86-64 only"),
+        };
+        let rounding = operand_rounding(kind, &x, n, w);
         for i in 0..out.len() {
-            // A bf16 kernel is held to the same summation tolerance, against
-            // the same sum over bf16-rounded operands; and its rounding may
-            // cost at most 2^-7 of Σ|w·x| against scalar (bf16 keeps 8
-            // significant bits: each operand is off by at most 2^-8).
-            // (neon-bf16's BFDOT/BFMMLA round their sums to odd, not to
-            // nearest: at most twice f32's rounding error, inside the
-            // margin of this tolerance.)
-            if kind.rounds_to_bf16() {
-                let err = (f64::from(out[i]) - expected_bf16[i]).abs();
+            if let Some(model) = &model {
+                let err = (f64::from(out[i]) - model[i]).abs();
                 assert!(
                     err <= 1e-5 * bound[i] + 1e-30,
-                    "{} {what} {}x{} n={n} out[{i}] = {} bf16 reference {} (err {err:e}, Σ|wx| {:e})",
+                    "{} {what} {}x{} n={n} out[{i}] = {} model of its arithmetic {} (err {err:e}, Σ|wx| {:e})",
                     kind.name(),
                     w.rows,
                     w.cols,
                     out[i],
-                    expected_bf16[i],
+                    model[i],
                     bound[i]
                 );
-                let rounding = (f64::from(out[i]) - f64::from(expected[i])).abs();
-                assert!(
-                    rounding <= (2f64.powi(-7) + 1e-5) * bound[i] + 1e-30,
-                    "{} {what}: bf16 rounding {rounding:e} over 2^-7 of Σ|wx| {:e}",
-                    kind.name(),
-                    bound[i]
-                );
-                continue;
             }
             let err = (f64::from(out[i]) - f64::from(expected[i])).abs();
-            let tolerance = 1e-5 * bound[i] + 1e-30;
+            let tolerance = 1e-5 * bound[i] + rounding[i] + 1e-30;
             assert!(
                 err <= tolerance,
-                "{} {what} {}x{} n={n} out[{i}] = {} scalar {} (err {err:e}, Σ|wx| {:e})",
+                "{} {what} {}x{} n={n} out[{i}] = {} scalar {} (err {err:e}, allowed {tolerance:e}, Σ|wx| {:e})",
                 kind.name(),
                 w.rows,
                 w.cols,
@@ -446,6 +540,12 @@ fn kernel_selection_lists_and_names() {
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vbmi")
                 && is_x86_feature_detected!("avx512bf16")
+        );
+        assert_eq!(
+            available.contains(&KernelKind::Avx512Vnni),
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
         );
         assert_eq!(
             available.contains(&KernelKind::Avx2),

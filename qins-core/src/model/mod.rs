@@ -135,13 +135,14 @@ impl Model {
     }
 
     /// A cache for `capacity` tokens, in the precision that goes with the
-    /// kernel: bf16 for a QINS model on the bf16 kernel (which rounds every
-    /// activation to bf16 anyway), f32 otherwise.
+    /// kernel: bf16 for a QINS model on a kernel that rounds its operands
+    /// (bf16 or fixed point: activations are rounded there anyway), f32
+    /// otherwise.
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let c = &self.config;
         // A float reference model (quality baselines) keeps an exact cache.
         let quantized = matches!(self.lm_head, Linear::Qins(_));
-        let precision = if quantized && self.kernel.rounds_to_bf16() {
+        let precision = if quantized && self.kernel.rounds_operands() {
             KvPrecision::Bf16
         } else {
             KvPrecision::F32
