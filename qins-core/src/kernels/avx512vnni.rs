@@ -53,7 +53,7 @@ use crate::weights::QinsMatrix;
 /// 32 fixed-point weights.
 const GROUP: usize = 128;
 /// The largest fixed-point weight magnitude (15 bits).
-const WEIGHT_UNIT: f64 = 32767.0;
+const WEIGHT_UNIT: f32 = 32767.0;
 /// The largest fixed-point input magnitude: an i32 lane sums 8 products of
 /// a group, `8 · 32767 · 8191 < 2^31`, so it cannot overflow.
 const INPUT_UNIT: f32 = 8191.0;
@@ -95,42 +95,38 @@ pub struct FixedTables {
 
 impl FixedTables {
     /// The tables of a range whose largest magnitude in the row is code
-    /// `first` (1 for a per-row range), from its factors (no `exp`): powers
-    /// of `ρ` by short f64 product chains (relative drift ~1e-15, far below
-    /// the tables' 2^-16), each rounded once to the nearest integer.
+    /// `first` (1 for a per-row range): the scalar model of what
+    /// [`Registers::new`] builds in registers, operation for operation (the
+    /// tests hold them equal bit for bit).
     pub fn new(factors: RangeFactors, first: u8) -> Self {
-        let first = first.max(1);
-        let rho = 1.0 / factors.ratio;
-        // ρ^k = large[k / 32] · eighths[k / 8 % 4] · small[k % 8].
-        let mut small = [1.0f64; 8];
-        for j in 1..8 {
-            small[j] = small[j - 1] * rho;
-        }
-        let rho8 = small[7] * rho;
-        let rho16 = rho8 * rho8;
-        let eighths = [1.0, rho8, rho16, rho16 * rho8];
-        let rho32 = rho16 * rho16;
-        let mut large = [1.0f64; 8];
-        for k in 1..8 {
-            large[k] = large[k - 1] * rho32;
-        }
-        let power = |k: usize| large[k / 32] * eighths[k / 8 % 4] * small[k % 8];
+        let p = Powers::new(factors, first);
+        // Lane j of the register: ρ^j built from ρ, ρ², ρ⁴, ρ⁸ by the
+        // multiplies whose bit j has; ρ^(32k) likewise from ρ^32.. ρ^128.
+        let chain = |j: usize, factors: &[f32; 4]| {
+            let mut v = 1.0f32;
+            for (bit, f) in factors.iter().enumerate() {
+                if j >> bit & 1 == 1 {
+                    v *= f;
+                }
+            }
+            v
+        };
+        let unit = |v: f32| v.round_ties_even().clamp(0.0, 65535.0) as u16;
         let mut low = [0u16; 32];
-        for (b, slot) in low.iter_mut().enumerate() {
-            *slot = round_unit(65535.0 * power(b));
+        for j in 0..16 {
+            let v = chain(j, &p.small);
+            low[j] = unit(v * 65535.0);
+            low[16 + j] = unit(v * p.rho16 * 65535.0);
         }
         let mut high = [0u16; 32];
-        for a in 1..=8 {
-            high[a] = round_unit(WEIGHT_UNIT * large[a - 1]);
+        for (a, slot) in high.iter_mut().enumerate().take(9).skip(1) {
+            *slot = unit(chain(a - 1, &p.large) * WEIGHT_UNIT);
         }
-        // The magnitude of code `first`: scale · ratio^(255 - first).
-        let largest = factors.scale / power(255 - usize::from(first));
-        let dequant = largest * 65536.0 / (WEIGHT_UNIT * 65535.0);
         Self {
             high,
             low,
-            bias: 32 - u16::from(first),
-            dequant: dequant as f32,
+            bias: p.bias,
+            dequant: p.dequant,
         }
     }
 
@@ -146,19 +142,71 @@ impl FixedTables {
     }
 }
 
+/// What a row's tables are built from: powers of `ρ = 1/ratio` by squaring
+/// in f64, each rounded once to f32 (the tables need 16 bits; f32 products
+/// of at most four of them stay within ~2^-22), and the row's scales.
+struct Powers {
+    /// ρ, ρ², ρ⁴, ρ⁸.
+    small: [f32; 4],
+    rho16: f32,
+    /// ρ^32, ρ^64, ρ^128 (and 1: three are enough for 8 lanes).
+    large: [f32; 4],
+    bias: u16,
+    dequant: f32,
+}
+
+impl Powers {
+    #[inline]
+    fn new(factors: RangeFactors, first: u8) -> Self {
+        let first = first.max(1);
+        // squares[i] = ρ^(2^i), i in 0..8.
+        let mut squares = [1.0 / factors.ratio; 8];
+        for i in 1..8 {
+            squares[i] = squares[i - 1] * squares[i - 1];
+        }
+        // The magnitude of code `first`, scale · ratio^(255 - first): the
+        // largest of the row, which the tables map to WEIGHT_UNIT.
+        let steps = 255 - u32::from(first);
+        let rho_steps = (0..8)
+            .filter(|i| steps >> i & 1 == 1)
+            .fold(1.0, |p, i| p * squares[i]);
+        let largest = factors.scale / rho_steps;
+        Self {
+            small: [squares[0], squares[1], squares[2], squares[3]].map(|v| v as f32),
+            rho16: squares[4] as f32,
+            large: [squares[5], squares[6], squares[7], 1.0].map(|v| v as f32),
+            bias: 32 - u16::from(first),
+            dequant: (largest * 65536.0 / (f64::from(WEIGHT_UNIT) * 65535.0)) as f32,
+        }
+    }
+}
+
+/// The tables [`Registers::new`] builds, read back (for the tests).
+pub fn registers_of(factors: RangeFactors, first: u8) -> FixedTables {
+    assert!(is_available(), "avx512-vnni kernel needs AVX-512 F, BW and VNNI");
+    // SAFETY: the CPU has the features (asserted).
+    let (registers, dequant) = unsafe { Registers::new(factors, first) };
+    let mut tables = FixedTables {
+        high: [0; 32],
+        low: [0; 32],
+        bias: 0,
+        dequant,
+    };
+    // SAFETY: 32 writable u16 each; the bias register holds one value in
+    // every lane.
+    unsafe {
+        _mm512_storeu_si512(tables.high.as_mut_ptr().cast(), registers.high);
+        _mm512_storeu_si512(tables.low.as_mut_ptr().cast(), registers.low);
+        tables.bias = _mm_extract_epi16::<0>(_mm512_castsi512_si128(registers.bias)) as u16;
+    }
+    tables
+}
+
 /// The smallest non-zero code of a row (its largest magnitude), 1 for an
 /// all-zero row. Codes minus one, wrapping, put code 0 last.
 pub fn first_code(codes: &[u8]) -> u8 {
     let smallest = codes.iter().fold(u8::MAX, |m, &c| m.min(c.wrapping_sub(1)));
     smallest.wrapping_add(1).max(1)
-}
-
-/// A value in 0..=65535 rounded to the nearest u16, halves up. (An add and
-/// a truncating conversion: `round` and `round_ties_even` are library calls
-/// on baseline x86-64, which costs more than the rest of a row's tables.)
-#[inline]
-fn round_unit(v: f64) -> u16 {
-    (v + 0.5) as u16
 }
 
 /// The scale and fixed-point values of one group of an input row, as the
@@ -220,8 +268,8 @@ pub fn matmul(x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
     // small weights keeps its precision.
     let shared = (w.ranges().len() == 1 && w.rows > 1).then(|| w.ranges()[0].factors());
     let tables_of = |row: usize| match shared {
-        Some(factors) => FixedTables::new(factors, first_code(w.row_codes(row))),
-        None => FixedTables::new(w.row_factors(row), 1),
+        Some(factors) => (factors, first_code(w.row_codes(row))),
+        None => (w.row_factors(row), 1),
     };
     if n <= MAX_DIRECT_INPUTS {
         // SAFETY: the CPU has the features (asserted above).
@@ -298,16 +346,42 @@ struct Registers {
 }
 
 impl Registers {
+    /// The tables of a row (see [`FixedTables::new`], their scalar model)
+    /// built in registers, and the row's `dequant`: about 20 operations
+    /// where the scalar model costs more than decoding a short row.
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
-    fn new(tables: &FixedTables) -> Self {
-        // SAFETY: 32 readable u16 each.
-        unsafe {
-            Self {
-                high: _mm512_loadu_si512(tables.high.as_ptr().cast()),
-                low: _mm512_loadu_si512(tables.low.as_ptr().cast()),
-                bias: _mm512_set1_epi16(tables.bias as i16),
+    fn new(factors: RangeFactors, first: u8) -> (Self, f32) {
+        let p = Powers::new(factors, first);
+        let chain = |factors: &[f32; 4]| {
+            let mut v = _mm512_set1_ps(1.0);
+            for (bit, mask) in [0xAAAA, 0xCCCC, 0xF0F0, 0xFF00].into_iter().enumerate() {
+                v = _mm512_mask_mul_ps(v, mask, v, _mm512_set1_ps(factors[bit]));
             }
-        }
+            v
+        };
+        let units = _mm512_set1_ps(65535.0);
+        let small = chain(&p.small);
+        let low_half = _mm512_cvtusepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(small, units)));
+        let high_half = _mm512_cvtusepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(
+            _mm512_mul_ps(small, _mm512_set1_ps(p.rho16)),
+            units,
+        )));
+        let low = _mm512_inserti64x4::<1>(_mm512_zextsi256_si512(low_half), high_half);
+        // Lanes 0..8 hold ρ^(32k); they move up one lane (HIGH[0] = 0) and
+        // everything above HIGH[8] stays 0.
+        let large = _mm512_mul_ps(chain(&p.large), _mm512_set1_ps(WEIGHT_UNIT));
+        let large = _mm512_maskz_cvtps_epi32(0x00FF, large);
+        let shifted = _mm512_alignr_epi32::<15>(large, _mm512_setzero_si512());
+        let high = _mm512_zextsi256_si512(_mm512_cvtusepi32_epi16(shifted));
+        (
+            Self {
+                high,
+                low,
+                bias: _mm512_set1_epi16(p.bias as i16),
+            },
+            p.dequant,
+        )
     }
 
     /// The signed fixed-point weights of a group's 128 codes, 32 columns
@@ -404,17 +478,17 @@ fn decode_rows(
     w: &QinsMatrix,
     x: &Inputs<'_>,
     n: usize,
-    tables_of: &(impl Fn(usize) -> FixedTables + Sync),
+    tables_of: &(impl Fn(usize) -> (RangeFactors, u8) + Sync),
     out: &mut [f32],
 ) {
     for_each_row_task(out, n, w.rows, DECODE_TASK_ROWS, |task_rows, out| {
         for row in task_rows {
-            let tables = tables_of(row);
-            let registers = Registers::new(&tables);
+            let (factors, first) = tables_of(row);
+            let (registers, dequant) = Registers::new(factors, first);
             let (codes, signs) = (w.row_codes(row), w.row_signs(row));
             let store = |dots: &[f32]| {
                 for (t, &d) in dots.iter().enumerate() {
-                    out.write(t, row, d * tables.dequant);
+                    out.write(t, row, d * dequant);
                 }
             };
             match n {
@@ -462,7 +536,7 @@ fn multiply_rows(
     w: &QinsMatrix,
     x: &Inputs<'_>,
     n: usize,
-    tables_of: &(impl Fn(usize) -> FixedTables + Sync),
+    tables_of: &(impl Fn(usize) -> (RangeFactors, u8) + Sync),
     out: &mut [f32],
 ) {
     let cols = x.padded_cols;
@@ -478,9 +552,9 @@ fn multiply_rows(
             let mut dequant = [0.0f32; TASK_ROWS];
             for (i, dst) in decoded.chunks_mut(cols).enumerate() {
                 let row = first + i;
-                let tables = tables_of(row);
-                dequant[i] = tables.dequant;
-                let registers = Registers::new(&tables);
+                let (factors, first) = tables_of(row);
+                let (registers, row_dequant) = Registers::new(factors, first);
+                dequant[i] = row_dequant;
                 decode_row(&registers, w.row_codes(row), w.row_signs(row), dst);
             }
             for t0 in (0..n).step_by(TILE_INPUTS) {

@@ -367,6 +367,53 @@ fn fixed16_reference(x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
     out
 }
 
+/// The fixed-point kernel's tables, built in registers, equal their scalar
+/// model bit for bit, over ranges narrow and wide and every first code.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn fixed_point_tables_match_their_scalar_model() {
+    use avx512vnni::{FixedTables, registers_of};
+    if !KernelKind::Avx512Vnni.is_available() {
+        // Nothing to compare: this CPU cannot run the kernel at all, and
+        // no kernel list here includes it.
+        eprintln!("avx512-vnni is not available on this CPU: its tables are not built here");
+        return;
+    }
+    let mut rng = SplitMix64::new(5);
+    for i in 0..3000 {
+        let log_max = (rng.next_f64() * 8.0 - 6.0) as f32;
+        let range = match i {
+            0 => LogRange::EMPTY,
+            1 => LogRange {
+                log_min: log_max,
+                log_max,
+            },
+            _ => LogRange {
+                log_min: log_max - (rng.next_f64() * 40.0) as f32,
+                log_max,
+            },
+        };
+        let first = if i % 3 == 0 {
+            1
+        } else {
+            (rng.next_u64() % 256) as u8
+        };
+        let model = FixedTables::new(range.factors(), first);
+        assert_eq!(registers_of(range.factors(), first), model, "{range:?}, first {first}");
+        // The largest magnitude maps to the top of the scale, code 0 to 0.
+        let first = first.max(1);
+        assert_eq!(model.weight(0, false), 0);
+        let top = model.weight(first, false);
+        assert!((32760..=32767).contains(&top), "{range:?} first {first}: {top}");
+        let expected = f64::from(range.decode(first));
+        let decoded = f64::from(top) * f64::from(model.dequant);
+        assert!(
+            (decoded - expected).abs() <= 2e-4 * expected,
+            "{range:?} first {first}: {decoded} vs {expected}"
+        );
+    }
+}
+
 /// How far a kernel's rounding of its operands may move each output from
 /// the exact dot of the f32 decode with the f32 inputs:
 /// - f32: nothing;

@@ -53,13 +53,23 @@ fn incremental_decoding_equals_one_shot() {
     assert_eq!(cache.len(), 12);
     let mut cache = model.new_cache(32);
     model.forward(&tokens[..5], &mut cache, &no).unwrap();
+    // The two orders sum the same products differently; a kernel that
+    // rounds its inputs (to bf16, or to 15-bit steps of a group's largest)
+    // can turn such a difference into a whole rounding step. A cache bug
+    // moves logits by far more than either bound.
+    let tolerance = if model.kernel().rounds_operands() {
+        1e-3
+    } else {
+        1e-4
+    };
     for (i, &t) in tokens.iter().enumerate().skip(5) {
         let step = model.forward(&[t], &mut cache, &no).unwrap();
         let expected = &all[i * 50..(i + 1) * 50];
         for (a, b) in step.iter().zip(expected) {
             assert!(
-                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
-                "position {i}: {a} vs {b}"
+                (a - b).abs() <= tolerance * b.abs().max(1.0),
+                "position {i} ({}): {a} vs {b}",
+                model.kernel().name()
             );
         }
     }
