@@ -183,7 +183,10 @@ impl Powers {
 
 /// The tables [`Registers::new`] builds, read back (for the tests).
 pub fn registers_of(factors: RangeFactors, first: u8) -> FixedTables {
-    assert!(is_available(), "avx512-vnni kernel needs AVX-512 F, BW and VNNI");
+    assert!(
+        is_available(),
+        "avx512-vnni kernel needs AVX-512 F, BW and VNNI"
+    );
     // SAFETY: the CPU has the features (asserted).
     let (registers, dequant) = unsafe { Registers::new(factors, first) };
     let mut tables = FixedTables {

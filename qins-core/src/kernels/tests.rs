@@ -399,12 +399,19 @@ fn fixed_point_tables_match_their_scalar_model() {
             (rng.next_u64() % 256) as u8
         };
         let model = FixedTables::new(range.factors(), first);
-        assert_eq!(registers_of(range.factors(), first), model, "{range:?}, first {first}");
+        assert_eq!(
+            registers_of(range.factors(), first),
+            model,
+            "{range:?}, first {first}"
+        );
         // The largest magnitude maps to the top of the scale, code 0 to 0.
         let first = first.max(1);
         assert_eq!(model.weight(0, false), 0);
         let top = model.weight(first, false);
-        assert!((32760..=32767).contains(&top), "{range:?} first {first}: {top}");
+        assert!(
+            (32760..=32767).contains(&top),
+            "{range:?} first {first}: {top}"
+        );
         let expected = f64::from(range.decode(first));
         let decoded = f64::from(top) * f64::from(model.dequant);
         assert!(
