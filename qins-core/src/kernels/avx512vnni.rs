@@ -3,12 +3,13 @@
 //! inputs in integer dot products (`vpmaddwd`, `vpdpwssd`), 32 products
 //! per instruction summed exactly in i32.
 //!
-//! **Why.** On Intel cores the bf16 kernel ([`super::avx512bf16`]) is bound
-//! by its execution ports, not by memory: its two-source byte permutes
-//! (`vpermt2b`, ~2.8 cycles each there) and `vdpbf16ps` (~2.3) dominate.
+//! **Why.** On Intel cores the bf16 kernel's two-source byte permutes
+//! (`vpermt2b`, ~2.8 cycles each there) and `vdpbf16ps` (~2.3) are slow.
 //! This kernel spends one-source word permutes (`vpermw`, ~1 cycle) and
-//! integer dot products (~0.75): about 27 port-slots per 64 weights where
-//! the bf16 kernel needs about 39 (figures measured on issue 12's Xeon).
+//! integer dot products (~0.75): in L1 it decodes and dots 64 weights in
+//! 3.2 ns where the bf16 kernel takes 3.85, and its prefill micro-kernel
+//! is ~1.45x the bf16 one (measured on issue 12's Xeon; TECHNICAL_SPEC,
+//! Performance).
 //!
 //! **Decoding.** A code `c` in 1..=255 has magnitude `M·ρ^(c-1)`, `M` the
 //! row's largest magnitude and `ρ = 1/ratio` (see [`crate::codec`]). With
@@ -19,28 +20,28 @@
 //! from one register each (it looks at the index's low 5 bits only, so `b`
 //! needs no mask). `vpmulhuw` keeps the top 16 bits of their product: the
 //! weight as a signed 15-bit integer `q ≈ 32767·(65535/65536)·|w|/M`, which
-//! a masked subtract negates where the row's sign bit is set.
+//! a subtract negates under the 32 sign bits, loaded straight into a mask
+//! register. 32 codes are zero-extended to words per register, so weights
+//! and inputs stay in column order. A row's tables are built in registers
+//! ([`Registers::new`]); [`FixedTables::new`] is their scalar model.
 //!
-//! **Inputs.** Each input row is cut into blocks of 64 columns; a block is
-//! scaled by its largest magnitude to integers in ±16383 (one f32 scale per
-//! block). Two such products summed in pairs four times stay below 2^31,
-//! so one block's 64 products sum exactly in i32 lanes before they are
-//! converted and scaled into f32 accumulators.
-//!
-//! **Order.** A 64-byte register of codes holds 32 words; the low bytes
-//! are the even columns, the high bytes the odd ones. Inputs are stored in
-//! that order (even columns of a block, then odd), once per call.
+//! **Inputs.** Each input row is cut into groups of 128 columns; a group is
+//! scaled by its largest magnitude to integers in ±8191 (one f32 scale per
+//! group). An i32 lane then sums 8 products below 2^31, so a group's 128
+//! products sum exactly in i32 before one conversion and one FMA into f32.
 //!
 //! **Accuracy.** A weight is off by at most ~1.5 units of `M/32767` (the
 //! tables' rounding and `vpmulhuw`'s truncation), an input by half a unit
-//! of its block's `max|x|/16383`; sums are exact in i32, then f32. Unlike
+//! of its group's `max|x|/8191`; sums are exact in i32, then f32. Unlike
 //! bf16 the error is absolute per row, not relative per weight: a weight of
-//! `M/100` keeps ~8 significant bits, one of `M/2` keeps ~15.
+//! `M/100` keeps ~8 significant bits, one of `M/2` keeps ~15. On SmolLM2
+//! its perplexity equals the f32 kernel's (TECHNICAL_SPEC).
 //!
 //! **Threading.** As in the bf16 kernel: up to [`MAX_DIRECT_INPUTS`] input
-//! rows decode each block into registers and dot it there; more decode a
-//! task's rows once into a thread-local buffer and run a register-blocked
-//! micro-kernel of 4 weight rows x 4 input rows over it.
+//! rows decode each group into registers and dot it there, reading ahead of
+//! the stream ([`super::prefetch_ahead`]); more decode a task's rows once
+//! into a thread-local buffer and run a register-blocked micro-kernel of 4
+//! weight rows x 3 input rows over it.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;

@@ -12,10 +12,10 @@
 //! The f32 kernels share the driver here, which owns the threading (rayon
 //! over output rows), the tables and the output layout; a [`RowKernel`]
 //! computes the dot products of one weight row with a batch of input rows.
-//! [`scalar`] is the portable reference. [`avx512bf16`] and
-//! [`neon_bf16`] have their own drivers: they round weights and inputs to
-//! bf16 and, for several input rows, run a register-blocked micro-kernel
-//! over decoded rows. The kernel is picked at run time by
+//! [`scalar`] is the portable reference. [`avx512vnni`], [`avx512bf16`]
+//! and [`neon_bf16`] have their own drivers: they round weights and inputs
+//! (to 15-bit fixed point or to bf16, see [`Arithmetic`]) and, for several
+//! input rows, run a register-blocked micro-kernel over decoded rows. The kernel is picked at run time by
 //! [`selected_kernel`], from the CPU's family ([`dispatch`]).
 
 #[cfg(target_arch = "x86_64")]
