@@ -61,6 +61,19 @@ pub enum Granularity {
     PerTensor,
 }
 
+impl Granularity {
+    /// The granularity of a matrix of `rows` rows with `ranges` ranges: one
+    /// range over several rows is per-tensor (a one-row matrix is per-row
+    /// either way).
+    pub fn of(rows: usize, ranges: usize) -> Self {
+        if ranges == 1 && rows != 1 {
+            Granularity::PerTensor
+        } else {
+            Granularity::PerRow
+        }
+    }
+}
+
 impl std::fmt::Display for Granularity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -216,11 +229,7 @@ pub struct EncodedMatrix {
 
 impl EncodedMatrix {
     pub fn granularity(&self) -> Granularity {
-        if self.ranges.len() == 1 && self.rows != 1 {
-            Granularity::PerTensor
-        } else {
-            Granularity::PerRow
-        }
+        Granularity::of(self.rows, self.ranges.len())
     }
 
     /// Decodes the whole matrix to f32 (tests, export and quality reports only;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 use thiserror::Error;
 
-use crate::codec::{self, LogRange, RangeFactors};
+use crate::codec::{self, Granularity, LogRange, RangeFactors};
 
 #[derive(Debug, Error)]
 pub enum WeightsError {
@@ -124,6 +124,11 @@ impl QinsMatrix {
 
     pub fn signs(&self) -> &[u8] {
         &self.signs
+    }
+
+    /// Whether the rows share one range (see [`Granularity::of`]).
+    pub fn granularity(&self) -> Granularity {
+        Granularity::of(self.rows, self.ranges.len())
     }
 
     pub fn ranges(&self) -> &[LogRange] {

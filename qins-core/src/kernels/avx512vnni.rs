@@ -47,7 +47,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use super::{for_each_row_task, padded, prefetch_ahead};
-use crate::codec::RangeFactors;
+use crate::codec::{Granularity, RangeFactors};
 use crate::weights::QinsMatrix;
 
 /// Columns per input scale: two words of sign bits, four registers of
@@ -183,6 +183,7 @@ impl Powers {
 }
 
 /// The tables [`Registers::new`] builds, read back (for the tests).
+#[cfg(test)]
 pub fn registers_of(factors: RangeFactors, first: u8) -> FixedTables {
     assert!(
         is_available(),
@@ -206,9 +207,22 @@ pub fn registers_of(factors: RangeFactors, first: u8) -> FixedTables {
     tables
 }
 
+/// What row `row`'s tables are built from: its range's factors and the
+/// code of its largest magnitude (see [`FixedTables::new`]). A per-row
+/// range's largest magnitude is its code 1; rows sharing one range are
+/// scaled by their own smallest code instead, so that a row of small
+/// weights keeps its precision (at the cost of a pass over its codes).
+pub fn row_scale(w: &QinsMatrix, row: usize) -> (RangeFactors, u8) {
+    let first = match w.granularity() {
+        Granularity::PerRow => 1,
+        Granularity::PerTensor => first_code(w.row_codes(row)),
+    };
+    (w.row_factors(row), first)
+}
+
 /// The smallest non-zero code of a row (its largest magnitude), 1 for an
 /// all-zero row. Codes minus one, wrapping, put code 0 last.
-pub fn first_code(codes: &[u8]) -> u8 {
+fn first_code(codes: &[u8]) -> u8 {
     let smallest = codes.iter().fold(u8::MAX, |m, &c| m.min(c.wrapping_sub(1)));
     smallest.wrapping_add(1).max(1)
 }
@@ -226,7 +240,7 @@ pub fn quantize_group(x: &[f32; GROUP], out: &mut [i16]) -> f32 {
     let inverse = INPUT_UNIT / largest;
     for (q, &v) in out.iter_mut().zip(x) {
         // Halves away from zero, by an add and a truncating conversion
-        // (see `round_unit`).
+        // (`round` is a library call on baseline x86-64).
         let scaled = v * inverse;
         *q = (scaled + 0.5f32.copysign(scaled)) as i16;
     }
@@ -267,14 +281,7 @@ pub fn matmul(x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
         padded_cols,
         groups,
     };
-    // A per-row range's largest magnitude is its code 1; rows sharing one
-    // range are scaled by their own largest code instead, so that a row of
-    // small weights keeps its precision.
-    let shared = (w.ranges().len() == 1 && w.rows > 1).then(|| w.ranges()[0].factors());
-    let tables_of = |row: usize| match shared {
-        Some(factors) => (factors, first_code(w.row_codes(row))),
-        None => (w.row_factors(row), 1),
-    };
+    let tables_of = |row: usize| row_scale(w, row);
     if n <= MAX_DIRECT_INPUTS {
         // SAFETY: the CPU has the features (asserted above).
         unsafe { decode_rows(w, &inputs_of, n, &tables_of, out) }
@@ -556,8 +563,8 @@ fn multiply_rows(
             let mut dequant = [0.0f32; TASK_ROWS];
             for (i, dst) in decoded.chunks_mut(cols).enumerate() {
                 let row = first + i;
-                let (factors, first) = tables_of(row);
-                let (registers, row_dequant) = Registers::new(factors, first);
+                let (factors, first_code) = tables_of(row);
+                let (registers, row_dequant) = Registers::new(factors, first_code);
                 dequant[i] = row_dequant;
                 decode_row(&registers, w.row_codes(row), w.row_signs(row), dst);
             }

@@ -329,7 +329,7 @@ fn bf16_reference(x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
 /// [`avx512vnni::quantize_block`]), exact sums, then the scales.
 #[cfg(target_arch = "x86_64")]
 fn fixed16_reference(x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
-    use avx512vnni::{FixedTables, first_code, quantize_group};
+    use avx512vnni::{FixedTables, quantize_group, row_scale};
     let groups = w.cols.div_ceil(128);
     let mut out = vec![0.0; n * w.rows];
     for t in 0..n {
@@ -345,11 +345,8 @@ fn fixed16_reference(x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
             })
             .collect();
         for r in 0..w.rows {
-            let tables = if w.ranges().len() == 1 && w.rows > 1 {
-                FixedTables::new(w.row_factors(r), first_code(w.row_codes(r)))
-            } else {
-                FixedTables::new(w.row_factors(r), 1)
-            };
+            let (factors, first) = row_scale(w, r);
+            let tables = FixedTables::new(factors, first);
             let (codes, signs) = (w.row_codes(r), w.row_signs(r));
             let mut dot = 0.0;
             for (b, (scale, values)) in quantized.iter().enumerate() {
@@ -373,10 +370,10 @@ fn fixed16_reference(x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
 #[test]
 fn fixed_point_tables_match_their_scalar_model() {
     use avx512vnni::{FixedTables, registers_of};
-    if !KernelKind::Avx512Vnni.is_available() {
-        // Nothing to compare: this CPU cannot run the kernel at all, and
-        // no kernel list here includes it.
-        eprintln!("avx512-vnni is not available on this CPU: its tables are not built here");
+    if !qins_test_support::can_run(
+        KernelKind::Avx512Vnni.is_available(),
+        "a CPU with AVX-512 VNNI (the avx512-vnni kernel)",
+    ) {
         return;
     }
     let mut rng = SplitMix64::new(5);
@@ -443,10 +440,11 @@ fn operand_rounding(kind: KernelKind, x: &[f32], n: usize, w: &QinsMatrix) -> Ve
                 let row = &decoded[r * w.cols..(r + 1) * w.cols];
                 // Per-row ranges scale by the range's largest magnitude
                 // (code 1), shared ones by the row's largest.
-                let largest = if w.ranges().len() == 1 && w.rows > 1 {
-                    row.iter().fold(0.0f64, |m, v| m.max(f64::from(v.abs())))
-                } else {
-                    f64::from(w.row_range(r).log_max).exp()
+                let largest = match w.granularity() {
+                    Granularity::PerTensor => {
+                        row.iter().fold(0.0f64, |m, v| m.max(f64::from(v.abs())))
+                    }
+                    Granularity::PerRow => f64::from(w.row_range(r).log_max).exp(),
                 };
                 for t in 0..n {
                     let xs = &x[t * w.cols..(t + 1) * w.cols];
