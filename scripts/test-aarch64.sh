@@ -8,7 +8,7 @@
 #     transformers' logits),
 #   - the SmolLM2 "Paris" test (the real model on the chosen kernel),
 # twice: with `-cpu max` (BF16 and I8MM: the dispatch must choose
-# neon-bf16) and with `-cpu cortex-a72` (neither: neon). qemu timings mean
+# neon-bf16) and with `-cpu cortex-a72` (neither: neon-int). qemu timings mean
 # nothing; this checks results only.
 #
 # Called by scripts/test.sh; its `test result:` lines count in the total.
@@ -48,7 +48,7 @@ FIXTURES="${QINS_FIXTURES:-$HOME/.cache/qins/fixtures}"
 export QINS_TEST_SMOLLM2_QINS="$SCRATCH/smollm2.qins"
 
 # qemu CPU model -> the kernel the dispatch must choose on it.
-for run in "max neon-bf16" "cortex-a72 neon"; do
+for run in "max neon-bf16" "cortex-a72 neon-int"; do
     read -r cpu kernel <<<"$run"
     echo "== aarch64 tests under qemu -cpu $cpu (expects kernel $kernel)"
     started=$SECONDS

@@ -19,7 +19,9 @@ use super::{NibbleTables, RowJob, padded};
 const BLOCK: usize = 512;
 
 pub fn is_available() -> bool {
-    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+    super::dispatch::allows(super::dispatch::Isa::Avx512)
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
 }
 
 /// Row kernel (see [`super::RowKernel`]).

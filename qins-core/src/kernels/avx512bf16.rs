@@ -25,81 +25,93 @@
 //! operands ([`super::round_to_bf16`]), with the f32-summation tolerance of
 //! the other kernels.
 //!
-//! **Threading.** Up to 4 input rows (a decode step, batched or not):
-//! each weight block is decoded into registers and dotted with every input
-//! row there, no buffer. More (prefill): a task decodes its rows once into
-//! a thread-local bf16 buffer and runs a register-blocked micro-kernel of
-//! up to 4 weight rows x 6 input rows (24 accumulators) over it, so each
-//! decoded weight serves every input row from registers.
+//! **Threading.** The shared frame ([`super::driver`]): up to 4 input rows
+//! (a decode step, batched or not) decode each weight block into registers
+//! and dot it with every input row there, no buffer. More (prefill): a
+//! task decodes its rows once into a worker's bf16 buffer and runs a
+//! register-blocked micro-kernel of up to 4 weight rows x 6 input rows (24
+//! accumulators) over it, so each decoded weight serves every input row
+//! from registers.
 
 use std::arch::x86_64::*;
-use std::cell::RefCell;
+use std::ops::Range;
 
-use super::{NibbleTables, for_each_row_task, padded, prefetch_ahead, round_to_bf16, row_tables};
+use super::driver::{Inputs, Kernel, Prepared, TileDots};
+use super::{NibbleTables, for_each_group, padded, prefetch_ahead, round_to_bf16};
 use crate::weights::QinsMatrix;
 
 /// Columns per block: one 64-byte register of codes.
 const BLOCK: usize = 64;
-/// Rows decoded together by one task of a multi-row call (the buffer holds
-/// `TASK_ROWS x cols` bf16 weights: 256 KiB at 8192 columns, inside L2).
-const TASK_ROWS: usize = 16;
-/// Input rows up to which each weight row is decoded into registers and
-/// dotted there (decode steps, batched or not); more go through the
-/// buffered micro-kernel.
-const MAX_DIRECT_INPUTS: usize = 4;
-/// Rows of one task of such a call: enough work to amortize rayon's
-/// scheduling, few enough to balance the narrowest matrices.
-const DECODE_TASK_ROWS: usize = 8;
-/// Micro-kernel tile: weight rows x input rows.
-const TILE_ROWS: usize = 4;
-const TILE_INPUTS: usize = 6;
+
+/// The `avx512-bf16` kernel.
+pub struct Avx512Bf16;
 
 pub fn is_available() -> bool {
-    is_x86_feature_detected!("avx512f")
+    super::dispatch::allows(super::dispatch::Isa::Avx512)
+        && is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vbmi")
         && is_x86_feature_detected!("avx512bf16")
 }
 
-/// `out[n x rows] = x[n x cols] · Wᵀ` (see [`super::qins_matmul`]).
-pub fn matmul(x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
-    // A fn pointer to this can be called anywhere: refuse rather than fault.
-    assert!(
-        is_available(),
-        "avx512-bf16 kernel needs AVX-512 F, BW, VBMI and BF16"
-    );
-    let padded_cols = w.cols.div_ceil(BLOCK) * BLOCK;
-    // Taken, not borrowed: a rayon worker waiting inside this call may run
-    // another matmul (e.g. the other side of a `rayon::join`), which then
-    // finds an empty buffer instead of a borrowed one.
-    let mut inputs = INPUTS.take();
-    // Every element is written below: grow, never clear.
-    if inputs.len() < n * padded_cols {
-        inputs.resize(n * padded_cols, 0);
-    }
-    let inputs_len = n * padded_cols;
-    for (row, dst) in x
-        .chunks(w.cols)
-        .zip(inputs[..inputs_len].chunks_mut(padded_cols))
-    {
-        interleave(row, dst);
-    }
-    let tables_of = row_tables(w);
-    if n <= MAX_DIRECT_INPUTS {
-        // SAFETY: the CPU has the features (asserted above).
-        unsafe { decode_rows(w, &inputs[..inputs_len], n, padded_cols, &tables_of, out) }
-    } else {
-        // SAFETY: the CPU has the features (asserted above).
-        unsafe { multiply_rows(w, &inputs[..inputs_len], n, padded_cols, &tables_of, out) }
-    }
-    INPUTS.set(inputs);
-}
+impl Kernel for Avx512Bf16 {
+    type Input = u16;
+    type Weight = u16;
+    const NAME: &'static str = "avx512-bf16";
+    /// Blocks of 64 columns; bf16 inputs need no scale.
+    const GROUP: usize = BLOCK;
+    /// 24 accumulators, 4 weight registers.
+    const TILE_ROWS: usize = 4;
+    const TILE_INPUTS: usize = 6;
 
-thread_local! {
-    /// The calling thread's bf16 copy of the inputs, reused across calls.
-    static INPUTS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
-    /// A rayon worker's decoded rows, reused across tasks and calls.
-    static DECODED: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    fn is_available() -> bool {
+        is_available()
+    }
+
+    unsafe fn prepare(x: &[f32], cols: usize, _direct: bool, inputs: &mut Prepared<'_, u16>) {
+        for (row, dst) in x
+            .chunks(cols)
+            .zip(inputs.values.chunks_mut(inputs.padded_cols))
+        {
+            interleave(row, dst);
+        }
+    }
+
+    unsafe fn direct_dots(w: &QinsMatrix, row: usize, x: &Inputs<'_, u16>, out: &mut [f32]) {
+        // SAFETY: the CPU has the kernel's instructions (the caller's
+        // contract).
+        unsafe { direct_dots(w, row, x, out) }
+    }
+
+    unsafe fn decode_task(
+        w: &QinsMatrix,
+        rows: Range<usize>,
+        padded_cols: usize,
+        decoded: &mut [u16],
+        scales: &mut [f32],
+    ) {
+        for ((row, out), scale) in rows.zip(decoded.chunks_mut(padded_cols)).zip(scales) {
+            // SAFETY: as above.
+            let tables = unsafe { Tables::new(&NibbleTables::from_factors(w.row_factors(row))) };
+            // SAFETY: as above.
+            unsafe { decode_row(&tables, w.row_codes(row), w.row_signs(row), out) };
+            *scale = 1.0;
+        }
+    }
+
+    unsafe fn tile(
+        decoded: &[u16],
+        rows: Range<usize>,
+        x: &Inputs<'_, u16>,
+        inputs: Range<usize>,
+        dots: &mut TileDots,
+    ) {
+        let cols = x.padded_cols;
+        let w = &decoded[rows.start * cols..rows.end * cols];
+        let x = &x.values[inputs.start * cols..inputs.end * cols];
+        // SAFETY: as above.
+        unsafe { micro_kernel(w, x, cols, dots) }
+    }
 }
 
 /// The column whose weight lands at position `i` of a decoded 64-block:
@@ -139,85 +151,25 @@ fn interleave(x: &[f32], out: &mut [u16]) {
     }
 }
 
-/// Up to [`MAX_DIRECT_INPUTS`] input rows: every weight row is decoded into
-/// registers and dotted with each input row there, no buffer.
+/// Direct path: decodes row `row` block by block into registers and dots
+/// it with each of `out.len()` input rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
-fn decode_rows(
-    w: &QinsMatrix,
-    x: &[u16],
-    n: usize,
-    padded_cols: usize,
-    tables_of: &(impl Fn(usize) -> NibbleTables + Sync),
-    out: &mut [f32],
-) {
-    for_each_row_task(out, n, w.rows, DECODE_TASK_ROWS, |task_rows, out| {
-        for row in task_rows {
-            // (Closures inherit this function's target features.)
-            let tables = Tables::new(&tables_of(row));
-            let (codes, signs) = (w.row_codes(row), w.row_signs(row));
-            let store = |dots: &[f32]| {
-                for (t, &d) in dots.iter().enumerate() {
-                    out.write(t, row, d);
-                }
-            };
-            match n {
-                1 => store(&decode_dots::<1>(&tables, codes, signs, x, padded_cols)),
-                2 => store(&decode_dots::<2>(&tables, codes, signs, x, padded_cols)),
-                3 => store(&decode_dots::<3>(&tables, codes, signs, x, padded_cols)),
-                _ => store(&decode_dots::<4>(&tables, codes, signs, x, padded_cols)),
-            }
-        }
-    });
-}
-
-/// Several input rows: tasks of [`TASK_ROWS`] rows, each decoded once and
-/// multiplied by every input row with the micro-kernel.
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
-fn multiply_rows(
-    w: &QinsMatrix,
-    x: &[u16],
-    n: usize,
-    padded_cols: usize,
-    tables_of: &(impl Fn(usize) -> NibbleTables + Sync),
-    out: &mut [f32],
-) {
-    for_each_row_task(out, n, w.rows, TASK_ROWS, |task_rows, out| {
-        let first = task_rows.start;
-        let task_rows = task_rows.len();
-        DECODED.with_borrow_mut(|decoded| {
-            // Every element is written by `decode_row`: grow, never clear.
-            if decoded.len() < task_rows * padded_cols {
-                decoded.resize(task_rows * padded_cols, 0);
-            }
-            let decoded = &mut decoded[..task_rows * padded_cols];
-            for (i, dst) in decoded.chunks_mut(padded_cols).enumerate() {
-                let row = first + i;
-                let tables = Tables::new(&tables_of(row));
-                decode_row(&tables, w.row_codes(row), w.row_signs(row), dst);
-            }
-            for t0 in (0..n).step_by(TILE_INPUTS) {
-                let inputs = TILE_INPUTS.min(n - t0);
-                let x_tile = &x[t0 * padded_cols..(t0 + inputs) * padded_cols];
-                for r0 in (0..task_rows).step_by(TILE_ROWS) {
-                    let tile_rows = TILE_ROWS.min(task_rows - r0);
-                    let w_tile = &decoded[r0 * padded_cols..(r0 + tile_rows) * padded_cols];
-                    let mut dots = [[0.0f32; TILE_INPUTS]; TILE_ROWS];
-                    micro_kernel(w_tile, x_tile, padded_cols, &mut dots);
-                    for (r, row_dots) in dots.iter().enumerate().take(tile_rows) {
-                        for (t, &d) in row_dots.iter().enumerate().take(inputs) {
-                            out.write(t0 + t, first + r0 + r, d);
-                        }
-                    }
-                }
-            }
-        });
-    });
+fn direct_dots(w: &QinsMatrix, row: usize, x: &Inputs<'_, u16>, out: &mut [f32]) {
+    let tables = Tables::new(&NibbleTables::from_factors(w.row_factors(row)));
+    let (codes, signs) = (w.row_codes(row), w.row_signs(row));
+    let (x, cols) = (x.values, x.padded_cols);
+    match out.len() {
+        1 => out.copy_from_slice(&decode_dots::<1>(&tables, codes, signs, x, cols)),
+        2 => out.copy_from_slice(&decode_dots::<2>(&tables, codes, signs, x, cols)),
+        3 => out.copy_from_slice(&decode_dots::<3>(&tables, codes, signs, x, cols)),
+        _ => out.copy_from_slice(&decode_dots::<4>(&tables, codes, signs, x, cols)),
+    }
 }
 
 /// Dots of up to 4 decoded weight rows with up to 6 input rows (both
 /// `cols`-strided bf16, sliced to the tile), into `dots[row][input]`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-fn micro_kernel(w: &[u16], x: &[u16], cols: usize, dots: &mut [[f32; TILE_INPUTS]; TILE_ROWS]) {
+fn micro_kernel(w: &[u16], x: &[u16], cols: usize, dots: &mut TileDots) {
     match (w.len() / cols, x.len() / cols) {
         (4, 6) => tile::<4, 6>(w, x, cols, dots),
         (4, 5) => tile::<4, 5>(w, x, cols, dots),
@@ -225,9 +177,9 @@ fn micro_kernel(w: &[u16], x: &[u16], cols: usize, dots: &mut [[f32; TILE_INPUTS
         (4, 3) => tile::<4, 3>(w, x, cols, dots),
         (4, 2) => tile::<4, 2>(w, x, cols, dots),
         (4, _) => tile::<4, 1>(w, x, cols, dots),
-        (3, _) => tile::<3, TILE_INPUTS>(w, x, cols, dots),
-        (2, _) => tile::<2, TILE_INPUTS>(w, x, cols, dots),
-        _ => tile::<1, TILE_INPUTS>(w, x, cols, dots),
+        (3, _) => tile::<3, 6>(w, x, cols, dots),
+        (2, _) => tile::<2, 6>(w, x, cols, dots),
+        _ => tile::<1, 6>(w, x, cols, dots),
     }
 }
 
@@ -237,12 +189,7 @@ fn micro_kernel(w: &[u16], x: &[u16], cols: usize, dots: &mut [[f32; TILE_INPUTS
 // Indexing (not iterators) keeps the register tile explicit for the compiler.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-fn tile<const R: usize, const T: usize>(
-    w: &[u16],
-    x: &[u16],
-    cols: usize,
-    dots: &mut [[f32; TILE_INPUTS]; TILE_ROWS],
-) {
+fn tile<const R: usize, const T: usize>(w: &[u16], x: &[u16], cols: usize, dots: &mut TileDots) {
     let inputs = (x.len() / cols).min(T);
     assert!(w.len() >= R * cols && x.len() >= inputs * cols && cols.is_multiple_of(32));
     let mut acc = [[_mm512_setzero_ps(); T]; R];
@@ -337,24 +284,6 @@ fn byte_indices(offset: u8) -> __m512i {
     unsafe { _mm512_loadu_si512(indices.as_ptr().cast()) }
 }
 
-/// Calls `f(block, codes, sign_word)` for each 64-code block of a row, in
-/// order; the last partial block comes zero-padded (code 0 decodes to 0).
-#[inline(always)]
-fn for_each_block(codes: &[u8], signs: &[u8], mut f: impl FnMut(usize, &[u8; BLOCK], u64)) {
-    let (whole, tail) = codes.as_chunks::<BLOCK>();
-    let (sign_words, _) = signs.as_chunks::<8>();
-    for (block, (codes, signs)) in whole.iter().zip(sign_words).enumerate() {
-        f(block, codes, u64::from_le_bytes(*signs));
-    }
-    if !tail.is_empty() {
-        // Not the remainder of `as_chunks`: a tail of 57..63 codes has 8
-        // whole sign bytes.
-        let sign_tail = &signs[whole.len() * 8..];
-        let negative = u64::from_le_bytes(padded::<u8, 8>(sign_tail));
-        f(whole.len(), &padded::<u8, BLOCK>(tail), negative);
-    }
-}
-
 /// `Σ w[c] * x_t[c]` over one row for `T` input rows (`padded_cols`
 /// apart in `x`), decoding each block once into registers.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
@@ -404,8 +333,8 @@ fn decode_dots<const T: usize>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 fn decode_row(tables: &Tables, codes: &[u8], signs: &[u8], out: &mut [u16]) {
     assert!(out.len() >= codes.len().div_ceil(BLOCK) * BLOCK);
-    for_each_block(codes, signs, |block, codes, negative| {
-        let w = tables.decode64(codes, negative);
+    for_each_group::<BLOCK, 8>(codes, signs, |block, codes, signs| {
+        let w = tables.decode64(codes, u64::from_le_bytes(*signs));
         // SAFETY: block `block` of out is 64 writable u16 (asserted),
         // written as two halves.
         unsafe {

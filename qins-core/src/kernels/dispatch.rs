@@ -3,11 +3,64 @@
 //! wider instruction set does not pay can be given a narrower kernel.
 //! `QINS_KERNEL` overrides the table. The choice and its reason are made
 //! once per process, logged at model load and shown by `qinsd bench`.
+//!
+//! `QINS_ISA_LIMIT` hides instruction sets from every kernel and from this
+//! table ([`allows`]), so that one machine runs (and CI tests) the code
+//! paths of a smaller CPU: `avx2` hides AVX-512 and AVX-VNNI (an AMD Zen
+//! 1-3 or an Intel core before Alder Lake), `avx-vnni` hides AVX-512 (an
+//! Intel hybrid client core), `neon` hides BF16 (an Apple M1).
 
 use std::sync::OnceLock;
 
 use super::KernelKind;
-use KernelKind::{Avx2, Avx512, Avx512Bf16, Avx512Vnni, Neon, NeonBf16, Scalar};
+use KernelKind::{
+    Avx2, Avx2Int, Avx512, Avx512Bf16, Avx512Vnni, AvxVnni, Neon, NeonBf16, NeonInt, Scalar,
+};
+
+/// An instruction set that `QINS_ISA_LIMIT` can hide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512 (every `avx512*` kernel, and AVX-512 code elsewhere).
+    Avx512,
+    /// AVX-VNNI (the 256-bit `vpdpwssd` of the `avx-vnni` kernel).
+    AvxVnni,
+    /// aarch64 BF16 (the `neon-bf16` kernel).
+    ArmBf16,
+}
+
+/// The values `QINS_ISA_LIMIT` takes and what each hides.
+const ISA_LIMITS: [(&str, &[Isa]); 3] = [
+    ("avx2", &[Isa::Avx512, Isa::AvxVnni]),
+    ("avx-vnni", &[Isa::Avx512]),
+    ("neon", &[Isa::ArmBf16]),
+];
+
+/// The instruction sets this process hides (`QINS_ISA_LIMIT`, read once;
+/// an unknown value hides nothing and says so).
+fn hidden() -> &'static [Isa] {
+    static HIDDEN: OnceLock<&'static [Isa]> = OnceLock::new();
+    HIDDEN.get_or_init(|| {
+        let Ok(limit) = std::env::var("QINS_ISA_LIMIT") else {
+            return &[];
+        };
+        match ISA_LIMITS.iter().find(|(name, _)| *name == limit) {
+            Some((_, hidden)) => hidden,
+            None => {
+                tracing::warn!(
+                    "QINS_ISA_LIMIT={limit} is unknown (expected one of {}); no instruction set is hidden",
+                    ISA_LIMITS.map(|(name, _)| name).join(", ")
+                );
+                &[]
+            }
+        }
+    })
+}
+
+/// Whether kernels may use `isa` (where the CPU has it): false when
+/// `QINS_ISA_LIMIT` hides it.
+pub fn allows(isa: Isa) -> bool {
+    !hidden().contains(&isa)
+}
 
 /// The CPU families the table tells apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +99,7 @@ const TABLE: [Preference; 7] = [
     Preference {
         family: CpuFamily::IntelAvx512,
         label: "Intel AVX-512 core",
-        order: &[Avx512Vnni, Avx512Bf16, Avx512, Avx2],
+        order: &[Avx512Vnni, Avx512Bf16, Avx512, AvxVnni, Avx2Int, Avx2],
         why: "two-source byte permutes and vdpbf16ps are slow there; avx512-vnni's word \
               permutes and integer dot products beat avx512-bf16 on every figure (Phi-3.5 \
               shape, 2 threads, both reading ahead of the stream): decode 7.0 against 6.6 \
@@ -56,7 +109,7 @@ const TABLE: [Preference; 7] = [
     Preference {
         family: CpuFamily::AmdZen4Plus,
         label: "AMD Zen 4/5",
-        order: &[Avx512Bf16, Avx512Vnni, Avx512, Avx2],
+        order: &[Avx512Bf16, Avx512Vnni, Avx512, AvxVnni, Avx2Int, Avx2],
         why: "Zen 4 spreads 512-bit shuffles over two ports: avx512-bf16 streams weights at \
               27-37 GB/s on 2 threads against 16-20 for the f32 avx512 kernel, and does \
               194-278 against 58-72 GFLOP/s at 64 input rows (measured on Zen 4; avx512-vnni \
@@ -65,8 +118,11 @@ const TABLE: [Preference; 7] = [
     Preference {
         family: CpuFamily::X86Avx2,
         label: "AVX2-only x86-64",
-        order: &[Avx2],
-        why: "no AVX-512: avx2 (8 f32 lanes, vpermps nibble lookups, FMA) is the widest kernel",
+        order: &[AvxVnni, Avx2Int, Avx2],
+        why: "no AVX-512: the integer kernels (15-bit weights from vpshufb nibble tables, \
+              integer dot products, all within 128-bit lanes) decode 32 weights in ~26 \
+              instructions where the f32 avx2 kernel needs ~64; avx-vnni where the CPU has \
+              AVX-VNNI",
     },
     Preference {
         family: CpuFamily::X86Baseline,
@@ -77,16 +133,18 @@ const TABLE: [Preference; 7] = [
     Preference {
         family: CpuFamily::Arm64Bf16,
         label: "aarch64 with BF16",
-        order: &[NeonBf16, Neon],
-        why: "both NEON kernels decode weights the same way (in-register f32 nibble tables); \
-              BFDOT does 8 and BFMMLA 16 multiply-adds per instruction against 4 for an f32 \
-              FMA, which pays for prefill and batched steps (run under qemu only: not timed)",
+        order: &[NeonBf16, NeonInt, Neon],
+        why: "BFDOT does 8 and BFMMLA 16 multiply-adds per instruction against 4 for \
+              neon-int's smlal, which pays for prefill and batched steps; neon-int decodes \
+              16 weights in ~26 instructions against ~38 (run under qemu only: not timed)",
     },
     Preference {
         family: CpuFamily::Arm64,
         label: "aarch64 without BF16",
-        order: &[Neon],
-        why: "neon: in-register f32 nibble decode and f32 FMA (run under qemu only: not timed)",
+        order: &[NeonInt, Neon],
+        why: "neon-int decodes 16 weights to 15-bit integers in ~26 instructions (4 tbl, 4 \
+              zips, 2 sqrdmulh) where the f32 neon kernel needs ~38, and multiplies 4 \
+              lanes per instruction like it (run under qemu only: not timed)",
     },
     Preference {
         family: CpuFamily::Other,
@@ -188,13 +246,15 @@ pub fn kernel_choice() -> &'static KernelChoice {
 pub fn this_cpu_family() -> CpuFamily {
     #[cfg(target_arch = "x86_64")]
     {
-        let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
+        let avx512 = allows(Isa::Avx512)
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw");
         let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
         x86_family(&x86::vendor(), avx512, avx2)
     }
     #[cfg(target_arch = "aarch64")]
     {
-        if std::arch::is_aarch64_feature_detected!("bf16") {
+        if allows(Isa::ArmBf16) && std::arch::is_aarch64_feature_detected!("bf16") {
             CpuFamily::Arm64Bf16
         } else {
             CpuFamily::Arm64
@@ -221,6 +281,14 @@ pub fn x86_family(vendor: &str, avx512: bool, avx2: bool) -> CpuFamily {
 /// A short name of this CPU for the reason line: the brand string and
 /// family/model on x86, the features that decide on aarch64.
 pub fn this_cpu_name() -> String {
+    let name = cpu_description();
+    match std::env::var("QINS_ISA_LIMIT") {
+        Ok(limit) if !hidden().is_empty() => format!("{name}, limited to {limit} (QINS_ISA_LIMIT)"),
+        _ => name,
+    }
+}
+
+fn cpu_description() -> String {
     #[cfg(target_arch = "x86_64")]
     {
         x86::describe()
@@ -309,7 +377,9 @@ mod tests {
 
     #[test]
     fn every_family_gets_its_first_preference_when_everything_is_available() {
-        let expected = [Avx512Vnni, Avx512Bf16, Avx2, Scalar, NeonBf16, Neon, Scalar];
+        let expected = [
+            Avx512Vnni, Avx512Bf16, AvxVnni, Scalar, NeonBf16, NeonInt, Scalar,
+        ];
         for (family, kernel) in FAMILIES.into_iter().zip(expected) {
             let choice = choose(family, "test cpu", &KernelKind::ALL, None);
             assert_eq!(choice.kernel, kernel, "{family:?}");
@@ -342,6 +412,16 @@ mod tests {
             None,
         );
         assert_eq!(choice.kernel, Avx512Vnni);
+        // AMD Zen 1-3: AVX2 without AVX-VNNI.
+        let choice = choose(CpuFamily::X86Avx2, "x", &[Avx2Int, Avx2, Scalar], None);
+        assert_eq!(choice.kernel, Avx2Int);
+        assert!(
+            choice
+                .reason
+                .contains("avx-vnni is not available on this CPU, avx2-int is next"),
+            "{}",
+            choice.reason
+        );
         for family in FAMILIES {
             assert_eq!(choose(family, "x", &[Scalar], None).kernel, Scalar);
         }
@@ -349,22 +429,25 @@ mod tests {
 
     #[test]
     fn qins_kernel_overrides_the_table_when_it_can() {
-        let available = [Avx2, Scalar];
+        let available = [Avx2Int, Avx2, Scalar];
         let forced = choose(CpuFamily::X86Avx2, "x", &available, Some("scalar"));
         assert_eq!(forced.kernel, Scalar);
-        assert_eq!(forced.reason, "QINS_KERNEL=scalar (the table says avx2)");
+        assert_eq!(
+            forced.reason,
+            "QINS_KERNEL=scalar (the table says avx2-int)"
+        );
         let missing = choose(CpuFamily::X86Avx2, "x", &available, Some("neon"));
-        assert_eq!(missing.kernel, Avx2);
+        assert_eq!(missing.kernel, Avx2Int);
         assert!(
             missing
                 .reason
                 .starts_with("QINS_KERNEL=neon is not supported on this machine; x: AVX2-only")
         );
         let unknown = choose(CpuFamily::X86Avx2, "x", &available, Some("sse9"));
-        assert_eq!(unknown.kernel, Avx2);
+        assert_eq!(unknown.kernel, Avx2Int);
         assert!(
             unknown.reason.contains(
-                "is unknown (expected one of avx512-vnni, avx512-bf16, avx512, avx2, neon-bf16, neon, scalar)"
+                "is unknown (expected one of avx512-vnni, avx512-bf16, avx512, avx-vnni, avx2-int, avx2, neon-bf16, neon-int, neon, scalar)"
             ),
             "{}",
             unknown.reason

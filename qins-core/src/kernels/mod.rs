@@ -21,16 +21,22 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
+pub mod avx2int;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512bf16;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512vnni;
 pub mod dispatch;
+mod driver;
+pub mod fixed_point;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 #[cfg(target_arch = "aarch64")]
 pub mod neon_bf16;
+#[cfg(target_arch = "aarch64")]
+pub mod neon_int;
 pub mod scalar;
 
 use rayon::prelude::*;
@@ -120,8 +126,9 @@ pub enum Arithmetic {
     /// products summed in f32.
     Bf16,
     /// Weights as 15-bit integers of their row's largest magnitude, inputs
-    /// as 15-bit integers of their 64-column block's largest, products
-    /// summed exactly in i32 per block, then in f32.
+    /// as integers of their 128-column group's largest (13 bits for
+    /// avx512-vnni, 12 for the nibble kernels), products summed exactly in
+    /// i32 per group, then in f32 (see [`fixed_point`]).
     Fixed16,
 }
 
@@ -150,20 +157,31 @@ pub enum KernelKind {
     /// bf16 products (`vdpbf16ps`) of bf16-rounded weights and inputs.
     Avx512Bf16,
     Avx512,
+    /// 15-bit fixed-point weights from nibble tables (`vpshufb`), 12-bit
+    /// inputs, integer dot products with AVX-VNNI's 256-bit `vpdpwssd`.
+    AvxVnni,
+    /// The same with `vpmaddwd` + `vpaddd` (AVX2 only).
+    Avx2Int,
     Avx2,
     /// bf16 products (`BFDOT`, `BFMMLA`) of bf16-rounded weights and inputs.
     NeonBf16,
+    /// 15-bit fixed-point weights from nibble tables (`tbl`), 12-bit
+    /// inputs, widening integer multiply-adds (`smlal`).
+    NeonInt,
     Neon,
     Scalar,
 }
 
 impl KernelKind {
-    pub const ALL: [KernelKind; 7] = [
+    pub const ALL: [KernelKind; 10] = [
         KernelKind::Avx512Vnni,
         KernelKind::Avx512Bf16,
         KernelKind::Avx512,
+        KernelKind::AvxVnni,
+        KernelKind::Avx2Int,
         KernelKind::Avx2,
         KernelKind::NeonBf16,
+        KernelKind::NeonInt,
         KernelKind::Neon,
         KernelKind::Scalar,
     ];
@@ -174,8 +192,11 @@ impl KernelKind {
             KernelKind::Avx512Vnni => "avx512-vnni",
             KernelKind::Avx512Bf16 => "avx512-bf16",
             KernelKind::Avx512 => "avx512",
+            KernelKind::AvxVnni => "avx-vnni",
+            KernelKind::Avx2Int => "avx2-int",
             KernelKind::Avx2 => "avx2",
             KernelKind::NeonBf16 => "neon-bf16",
+            KernelKind::NeonInt => "neon-int",
             KernelKind::Neon => "neon",
             KernelKind::Scalar => "scalar",
         }
@@ -185,6 +206,22 @@ impl KernelKind {
         Self::ALL.into_iter().find(|k| k.name() == name)
     }
 
+    /// Whether this build has the kernel (it is for this architecture).
+    pub fn is_built(self) -> bool {
+        match self {
+            KernelKind::Avx512Vnni
+            | KernelKind::Avx512Bf16
+            | KernelKind::Avx512
+            | KernelKind::AvxVnni
+            | KernelKind::Avx2Int
+            | KernelKind::Avx2 => cfg!(target_arch = "x86_64"),
+            KernelKind::NeonBf16 | KernelKind::NeonInt | KernelKind::Neon => {
+                cfg!(target_arch = "aarch64")
+            }
+            KernelKind::Scalar => true,
+        }
+    }
+
     /// Whether this build and this CPU can run the kernel.
     pub fn is_available(self) -> bool {
         match self {
@@ -192,8 +229,14 @@ impl KernelKind {
             KernelKind::Avx512Bf16 => avx512bf16::is_available(),
             #[cfg(target_arch = "x86_64")]
             KernelKind::Avx512Vnni => avx512vnni::is_available(),
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::AvxVnni => <avx2int::AvxVnni as driver::Kernel>::is_available(),
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx2Int => <avx2int::Avx2Int as driver::Kernel>::is_available(),
             #[cfg(target_arch = "aarch64")]
             KernelKind::NeonBf16 => neon_bf16::is_available(),
+            #[cfg(target_arch = "aarch64")]
+            KernelKind::NeonInt => <neon_int::NeonInt as driver::Kernel>::is_available(),
             _ => self.row_kernel().is_some(),
         }
     }
@@ -202,7 +245,10 @@ impl KernelKind {
     pub fn arithmetic(self) -> Arithmetic {
         match self {
             KernelKind::Avx512Bf16 | KernelKind::NeonBf16 => Arithmetic::Bf16,
-            KernelKind::Avx512Vnni => Arithmetic::Fixed16,
+            KernelKind::Avx512Vnni
+            | KernelKind::AvxVnni
+            | KernelKind::Avx2Int
+            | KernelKind::NeonInt => Arithmetic::Fixed16,
             KernelKind::Avx512 | KernelKind::Avx2 | KernelKind::Neon | KernelKind::Scalar => {
                 Arithmetic::F32
             }
@@ -266,11 +312,17 @@ pub fn qins_matmul_with(kind: KernelKind, x: &[f32], n: usize, w: &QinsMatrix, o
     }
     match kind {
         #[cfg(target_arch = "x86_64")]
-        KernelKind::Avx512Bf16 => avx512bf16::matmul(x, n, w, out),
+        KernelKind::Avx512Bf16 => driver::matmul::<avx512bf16::Avx512Bf16>(x, n, w, out),
         #[cfg(target_arch = "x86_64")]
-        KernelKind::Avx512Vnni => avx512vnni::matmul(x, n, w, out),
+        KernelKind::Avx512Vnni => driver::matmul::<avx512vnni::Avx512Vnni>(x, n, w, out),
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::AvxVnni => driver::matmul::<avx2int::AvxVnni>(x, n, w, out),
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx2Int => driver::matmul::<avx2int::Avx2Int>(x, n, w, out),
         #[cfg(target_arch = "aarch64")]
-        KernelKind::NeonBf16 => neon_bf16::matmul(x, n, w, out),
+        KernelKind::NeonBf16 => driver::matmul::<neon_bf16::NeonBf16>(x, n, w, out),
+        #[cfg(target_arch = "aarch64")]
+        KernelKind::NeonInt => driver::matmul::<neon_int::NeonInt>(x, n, w, out),
         _ => {
             let kernel = kind.row_kernel().unwrap_or_else(|| {
                 panic!("kernel {} is not available on this machine", kind.name())
@@ -433,6 +485,37 @@ fn prefetch_ahead<const N: usize, const S: usize>(codes: &[u8; N], signs: &[u8; 
     }
     // SAFETY: as above.
     unsafe { _mm_prefetch::<_MM_HINT_T0>(signs.wrapping_add(PREFETCH_DISTANCE / 8).cast()) };
+}
+
+/// Calls `f(group, codes, signs)` for each group of `G` codes of a row
+/// (and its `S = G / 8` sign bytes), in order; the last partial group comes
+/// zero-padded (code 0 decodes to 0).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+#[inline(always)]
+fn for_each_group<const G: usize, const S: usize>(
+    codes: &[u8],
+    signs: &[u8],
+    mut f: impl FnMut(usize, &[u8; G], &[u8; S]),
+) {
+    debug_assert_eq!(G, 8 * S);
+    let (whole, tail) = codes.as_chunks::<G>();
+    let (sign_groups, _) = signs.as_chunks::<S>();
+    for (group, (codes, signs)) in whole.iter().zip(sign_groups).enumerate() {
+        f(group, codes, signs);
+    }
+    if !tail.is_empty() {
+        // Not the remainder of `as_chunks`: the sign bytes of a partial
+        // group may be whole.
+        let sign_tail = &signs[whole.len() * S..];
+        f(
+            whole.len(),
+            &padded::<u8, G>(tail),
+            &padded::<u8, S>(sign_tail),
+        );
+    }
 }
 
 /// Zero-padded copy of a row's last partial SIMD group (codes, signs or

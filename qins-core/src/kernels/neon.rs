@@ -22,7 +22,7 @@
 
 use std::arch::aarch64::*;
 
-use super::{NibbleTables, RowJob, padded};
+use super::{NibbleTables, RowJob, for_each_group, padded};
 
 /// Weights decoded per block for a batch: 2 KiB, which stays in L1 (a
 /// multiple of 16).
@@ -146,30 +146,13 @@ fn assemble(planes: [uint8x16_t; 4]) -> [float32x4_t; 4] {
 /// Bit `i % 8` for lane `i`: tests the sign bit of column `i` in its byte.
 const LANE_BITS: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
 
-/// Calls `f(block, codes, signs)` for each 16-code block of a row, in
-/// order; the last partial block comes zero-padded (code 0 decodes to 0).
-#[inline(always)]
-pub fn for_each_block16(codes: &[u8], signs: &[u8], mut f: impl FnMut(usize, &[u8; 16], [u8; 2])) {
-    let (whole, tail) = codes.as_chunks::<16>();
-    let (sign_pairs, _) = signs.as_chunks::<2>();
-    for (block, (codes, signs)) in whole.iter().zip(sign_pairs).enumerate() {
-        f(block, codes, *signs);
-    }
-    if !tail.is_empty() {
-        // Not the remainder of `as_chunks`: a tail of 9..15 codes has 2
-        // whole sign bytes.
-        let sign_tail = &signs[whole.len() * 2..];
-        f(whole.len(), &padded(tail), padded(sign_tail));
-    }
-}
-
 /// `Σ w[c] * x[c]` over one weight row, decoding as it goes (no buffer).
 #[target_feature(enable = "neon")]
 fn decode_dot(decoder: &Decoder, codes: &[u8], signs: &[u8], x: &[f32]) -> f32 {
     let mut acc = [zeros(); 4];
     let (x_blocks, x_tail) = x.as_chunks::<16>();
     let padded_tail: [f32; 16] = padded(x_tail);
-    for_each_block16(codes, signs, |block, codes, negative| {
+    for_each_group::<16, 2>(codes, signs, |block, codes, &negative| {
         let x = x_blocks.get(block).unwrap_or(&padded_tail);
         fma16(&mut acc, decoder.decode16(codes, negative), x);
     });
@@ -180,7 +163,7 @@ fn decode_dot(decoder: &Decoder, codes: &[u8], signs: &[u8], x: &[f32]) -> f32 {
 #[target_feature(enable = "neon")]
 fn decode_block(decoder: &Decoder, codes: &[u8], signs: &[u8], out: &mut [f32; BLOCK]) {
     let (out_blocks, _) = out.as_chunks_mut::<16>();
-    for_each_block16(codes, signs, |block, codes, negative| {
+    for_each_group::<16, 2>(codes, signs, |block, codes, &negative| {
         store16(&mut out_blocks[block], decoder.decode16(codes, negative));
     });
 }

@@ -21,11 +21,12 @@
 //! one; the gain is in the multiply-adds: `BFDOT` does 8 per instruction,
 //! `BFMMLA` 16, against 4 for an f32 FMA.)
 //!
-//! **Threading and layout.** Up to 4 input rows (a decode step, batched or
-//! not): each row is decoded 16 weights at a time into registers and dotted
-//! there with every input row (`BFDOT`), no buffer; inputs are rounded to
-//! bf16 once per call, in column order. More (prefill): a task decodes 16
-//! weight rows once into a thread-local buffer and runs a `BFMMLA`
+//! **Threading and layout.** The shared frame ([`super::driver`]). Up to 4
+//! input rows (a decode step, batched or not): each row is decoded 16
+//! weights at a time into registers and dotted there with every input row
+//! (`BFDOT`), no buffer; inputs are rounded to bf16 once per call, in
+//! column order. More (prefill): a task decodes 16 weight rows once into a
+//! worker's buffer and runs a `BFMMLA`
 //! micro-kernel of 4 weight rows x 8 input rows over it. `BFMMLA` takes two
 //! rows of 4 columns per operand, so both the decoded rows and the inputs
 //! are stored pair-interleaved: for rows `2p, 2p + 1` and columns
@@ -34,81 +35,127 @@
 
 use std::arch::aarch64::*;
 use std::arch::asm;
-use std::cell::RefCell;
+use std::ops::Range;
 
-use super::neon::{Decoder, for_each_block16};
-use super::{NibbleTables, for_each_row_task, padded, row_tables};
+use super::driver::{Inputs, Kernel, Prepared, TileDots};
+use super::neon::Decoder;
+use super::{NibbleTables, for_each_group, padded};
 use crate::weights::QinsMatrix;
 
 /// Columns per decode step: one register of codes.
 const BLOCK: usize = 16;
-/// Input rows up to which each weight row is decoded into registers and
-/// dotted there; more go through the buffered micro-kernel.
-const MAX_DIRECT_INPUTS: usize = 4;
-/// Rows of one task of a decode-step call.
-const DECODE_TASK_ROWS: usize = 8;
-/// Rows decoded together by one task of a prefill call (the buffer holds
-/// `TASK_ROWS x cols` bf16: 256 KiB at 8192 columns, inside L2). Even.
-const TASK_ROWS: usize = 16;
-/// Micro-kernel tile in row pairs (weights) x input pairs: 4 x 8 rows, 8
-/// accumulators and 6 operand registers of the 32.
-const TILE_ROW_PAIRS: usize = 2;
-const TILE_INPUT_PAIRS: usize = 4;
+
+/// The `neon-bf16` kernel.
+pub struct NeonBf16;
 
 pub fn is_available() -> bool {
-    std::arch::is_aarch64_feature_detected!("bf16")
+    super::dispatch::allows(super::dispatch::Isa::ArmBf16)
+        && std::arch::is_aarch64_feature_detected!("bf16")
 }
 
-/// `out[n x rows] = x[n x cols] · Wᵀ` (see [`super::qins_matmul`]).
-pub fn matmul(x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
-    // A fn pointer to this can be called anywhere: refuse rather than fault.
-    assert!(is_available(), "neon-bf16 kernel needs FEAT_BF16");
-    let padded_cols = w.cols.div_ceil(BLOCK) * BLOCK;
-    let tables_of = row_tables(w);
-    // Taken, not borrowed: a rayon worker waiting inside this call may run
-    // another matmul, which then finds an empty buffer instead of a
-    // borrowed one.
-    let mut inputs = INPUTS.take();
-    // SAFETY (all four calls): the CPU has BF16 (asserted above).
-    if n <= MAX_DIRECT_INPUTS {
-        let len = n * padded_cols;
-        // Every element is written below: grow, never clear.
-        if inputs.len() < len {
-            inputs.resize(len, 0);
-        }
-        for (row, dst) in x.chunks(w.cols).zip(inputs[..len].chunks_mut(padded_cols)) {
-            unsafe { convert_in_order(row, dst) };
-        }
-        unsafe { decode_rows(w, &inputs[..len], n, padded_cols, &tables_of, out) };
-    } else {
-        let len = n.div_ceil(2) * 2 * padded_cols;
-        if inputs.len() < len {
-            inputs.resize(len, 0);
+impl Kernel for NeonBf16 {
+    type Input = u16;
+    type Weight = u16;
+    const NAME: &'static str = "neon-bf16";
+    /// Blocks of 16 columns; bf16 inputs need no scale.
+    const GROUP: usize = BLOCK;
+    /// 4 x 8 rows: 2 row pairs x 4 input pairs, 8 accumulators and 6
+    /// operand registers of the 32.
+    const TILE_ROWS: usize = 4;
+    const TILE_INPUTS: usize = 8;
+    /// `BFMMLA` takes rows in pairs.
+    const ROW_GROUP: usize = 2;
+
+    fn is_available() -> bool {
+        is_available()
+    }
+
+    unsafe fn prepare(x: &[f32], cols: usize, direct: bool, inputs: &mut Prepared<'_, u16>) {
+        let padded_cols = inputs.padded_cols;
+        if direct {
+            for (row, dst) in x.chunks(cols).zip(inputs.values.chunks_mut(padded_cols)) {
+                // SAFETY: the CPU has BF16 (the caller's contract).
+                unsafe { convert_in_order(row, dst) };
+            }
+            return;
         }
         for (pair, dst) in x
-            .chunks(2 * w.cols)
-            .zip(inputs[..len].chunks_mut(2 * padded_cols))
+            .chunks(2 * cols)
+            .zip(inputs.values.chunks_mut(2 * padded_cols))
         {
-            let mut rows = pair.chunks(w.cols);
+            let mut rows = pair.chunks(cols);
             for half in 0..2 {
                 match rows.next() {
+                    // SAFETY: as above.
                     Some(row) => unsafe { convert_half(row, half, dst) },
                     // The second row of an odd count: zeros.
                     None => zero_half(dst, half),
                 }
             }
         }
-        unsafe { multiply_rows(w, &inputs[..len], n, padded_cols, &tables_of, out) };
     }
-    INPUTS.set(inputs);
+
+    unsafe fn direct_dots(w: &QinsMatrix, row: usize, x: &Inputs<'_, u16>, out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { direct_dots(w, row, x, out) }
+    }
+
+    unsafe fn decode_task(
+        w: &QinsMatrix,
+        rows: Range<usize>,
+        padded_cols: usize,
+        decoded: &mut [u16],
+        scales: &mut [f32],
+    ) {
+        scales.fill(1.0);
+        let pair_len = 2 * padded_cols;
+        for (p, dst) in decoded
+            .chunks_mut(pair_len)
+            .enumerate()
+            .take(rows.len().div_ceil(2))
+        {
+            for half in 0..2 {
+                let row = rows.start + 2 * p + half;
+                if row < rows.end {
+                    // SAFETY: as above.
+                    unsafe { decode_half(w, row, half, dst) };
+                } else {
+                    // The second row of an odd count: zeros.
+                    zero_half(dst, half);
+                }
+            }
+        }
+    }
+
+    unsafe fn tile(
+        decoded: &[u16],
+        rows: Range<usize>,
+        x: &Inputs<'_, u16>,
+        inputs: Range<usize>,
+        dots: &mut TileDots,
+    ) {
+        // Rows and inputs start on pairs (the tile sizes are even).
+        let pair_len = 2 * x.padded_cols;
+        let (p0, p_count) = (rows.start / 2, rows.len().div_ceil(2));
+        let (q0, q_count) = (inputs.start / 2, inputs.len().div_ceil(2));
+        let w_tile = &decoded[p0 * pair_len..(p0 + p_count) * pair_len];
+        let x_tile = &x.values[q0 * pair_len..(q0 + q_count) * pair_len];
+        // SAFETY: as above.
+        let blocks = unsafe { micro_kernel(w_tile, x_tile, pair_len) };
+        // Lane 2i + j of a 2x2 block is (row 2p + i, input 2q + j).
+        for (p, blocks) in blocks.iter().enumerate().take(p_count) {
+            for (q, block) in blocks.iter().enumerate().take(q_count) {
+                for (lane, &d) in block.iter().enumerate() {
+                    dots[2 * p + lane / 2][2 * q + lane % 2] = d;
+                }
+            }
+        }
+    }
 }
 
-thread_local! {
-    /// The calling thread's bf16 copy of the inputs, reused across calls.
-    static INPUTS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
-    /// A rayon worker's decoded rows, reused across tasks and calls.
-    static DECODED: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
-}
+/// Row pairs x input pairs of the micro-kernel.
+const TILE_ROW_PAIRS: usize = 2;
+const TILE_INPUT_PAIRS: usize = 4;
 
 /// `x` (one input row) as bf16 in column order, zero-padded to whole
 /// blocks (`out` is that long).
@@ -135,35 +182,19 @@ fn convert_half(x: &[f32], half: usize, out: &mut [u16]) {
     }
 }
 
-/// Up to [`MAX_DIRECT_INPUTS`] input rows: every weight row is decoded into
-/// registers and dotted with each input row there, no buffer.
+/// Direct path: decodes row `row` 16 weights at a time into registers and
+/// dots it with each of `out.len()` input rows.
 #[target_feature(enable = "neon,bf16")]
-fn decode_rows(
-    w: &QinsMatrix,
-    x: &[u16],
-    n: usize,
-    padded_cols: usize,
-    tables_of: &(impl Fn(usize) -> NibbleTables + Sync),
-    out: &mut [f32],
-) {
-    for_each_row_task(out, n, w.rows, DECODE_TASK_ROWS, |task_rows, out| {
-        for row in task_rows {
-            // (Closures inherit this function's target features.)
-            let decoder = Decoder::new(&tables_of(row));
-            let (codes, signs) = (w.row_codes(row), w.row_signs(row));
-            let store = |dots: &[f32]| {
-                for (t, &d) in dots.iter().enumerate() {
-                    out.write(t, row, d);
-                }
-            };
-            match n {
-                1 => store(&decode_dots::<1>(&decoder, codes, signs, x, padded_cols)),
-                2 => store(&decode_dots::<2>(&decoder, codes, signs, x, padded_cols)),
-                3 => store(&decode_dots::<3>(&decoder, codes, signs, x, padded_cols)),
-                _ => store(&decode_dots::<4>(&decoder, codes, signs, x, padded_cols)),
-            }
-        }
-    });
+fn direct_dots(w: &QinsMatrix, row: usize, x: &Inputs<'_, u16>, out: &mut [f32]) {
+    let decoder = Decoder::new(&NibbleTables::from_factors(w.row_factors(row)));
+    let (codes, signs) = (w.row_codes(row), w.row_signs(row));
+    let (x, cols) = (x.values, x.padded_cols);
+    match out.len() {
+        1 => out.copy_from_slice(&decode_dots::<1>(&decoder, codes, signs, x, cols)),
+        2 => out.copy_from_slice(&decode_dots::<2>(&decoder, codes, signs, x, cols)),
+        3 => out.copy_from_slice(&decode_dots::<3>(&decoder, codes, signs, x, cols)),
+        _ => out.copy_from_slice(&decode_dots::<4>(&decoder, codes, signs, x, cols)),
+    }
 }
 
 /// `Σ w[c] * x_t[c]` over one row for `T` input rows (`padded_cols` apart
@@ -178,7 +209,7 @@ fn decode_dots<const T: usize>(
 ) -> [f32; T] {
     assert!(x.len() >= T * padded_cols && codes.len() <= padded_cols);
     let mut acc = [[zeros(); 2]; T];
-    for_each_block16(codes, signs, |block, codes, negative| {
+    for_each_group::<16, 2>(codes, signs, |block, codes, &negative| {
         let w = in_order(decoder.decode16(codes, negative));
         for (t, acc) in acc.iter_mut().enumerate() {
             // SAFETY: block `block` of input row `t` is 16 readable u16
@@ -194,72 +225,13 @@ fn decode_dots<const T: usize>(
     std::array::from_fn(|t| vaddvq_f32(vaddq_f32(acc[t][0], acc[t][1])))
 }
 
-/// Several input rows: tasks of [`TASK_ROWS`] rows, each decoded once
-/// (pair-interleaved) and multiplied by every input pair with the
-/// micro-kernel.
-#[target_feature(enable = "neon,bf16")]
-fn multiply_rows(
-    w: &QinsMatrix,
-    x: &[u16],
-    n: usize,
-    padded_cols: usize,
-    tables_of: &(impl Fn(usize) -> NibbleTables + Sync),
-    out: &mut [f32],
-) {
-    let pair_len = 2 * padded_cols;
-    let input_pairs = n.div_ceil(2);
-    for_each_row_task(out, n, w.rows, TASK_ROWS, |task_rows, out| {
-        let first = task_rows.start;
-        let rows = task_rows.len();
-        let row_pairs = rows.div_ceil(2);
-        DECODED.with_borrow_mut(|decoded| {
-            // Every element is written below: grow, never clear.
-            if decoded.len() < row_pairs * pair_len {
-                decoded.resize(row_pairs * pair_len, 0);
-            }
-            let decoded = &mut decoded[..row_pairs * pair_len];
-            for (p, dst) in decoded.chunks_mut(pair_len).enumerate() {
-                for half in 0..2 {
-                    let row = first + 2 * p + half;
-                    if row < first + rows {
-                        let decoder = Decoder::new(&tables_of(row));
-                        decode_half(&decoder, w.row_codes(row), w.row_signs(row), half, dst);
-                    } else {
-                        // The second row of an odd count: zeros.
-                        zero_half(dst, half);
-                    }
-                }
-            }
-            for q0 in (0..input_pairs).step_by(TILE_INPUT_PAIRS) {
-                let q_count = TILE_INPUT_PAIRS.min(input_pairs - q0);
-                let x_tile = &x[q0 * pair_len..(q0 + q_count) * pair_len];
-                for p0 in (0..row_pairs).step_by(TILE_ROW_PAIRS) {
-                    let p_count = TILE_ROW_PAIRS.min(row_pairs - p0);
-                    let w_tile = &decoded[p0 * pair_len..(p0 + p_count) * pair_len];
-                    let dots = micro_kernel(w_tile, x_tile, pair_len);
-                    // Lane 2i + j of a 2x2 block is (row 2p + i, input 2q + j).
-                    for (p, blocks) in dots.iter().enumerate().take(p_count) {
-                        for (q, block) in blocks.iter().enumerate().take(q_count) {
-                            for (lane, &d) in block.iter().enumerate() {
-                                let row = 2 * (p0 + p) + lane / 2;
-                                let t = 2 * (q0 + q) + lane % 2;
-                                if row < rows && t < n {
-                                    out.write(t, first + row, d);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        });
-    });
-}
-
 /// Decodes one row into its half (0 or 1) of a pair-interleaved buffer
 /// (see [`store_half`]); the last partial block is zero-padded.
 #[target_feature(enable = "neon,bf16")]
-fn decode_half(decoder: &Decoder, codes: &[u8], signs: &[u8], half: usize, out: &mut [u16]) {
-    for_each_block16(codes, signs, |block, codes, negative| {
+fn decode_half(w: &QinsMatrix, row: usize, half: usize, out: &mut [u16]) {
+    let decoder = Decoder::new(&NibbleTables::from_factors(w.row_factors(row)));
+    let (codes, signs) = (w.row_codes(row), w.row_signs(row));
+    for_each_group::<16, 2>(codes, signs, |block, codes, &negative| {
         store_half(out, block, half, decoder.decode16(codes, negative));
     });
 }

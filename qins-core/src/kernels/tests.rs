@@ -2,9 +2,60 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::codec::{EncodeOptions, Granularity, encode_matrix};
+use crate::codec::{EncodeOptions, Granularity, RangeFactors, encode_matrix};
 use crate::rng::SplitMix64;
 use crate::weights::Bytes;
+
+/// The kernels this build has for this architecture that the CPU can run
+/// (every one of them runs in the tests), after saying once per process
+/// which ones ran and which the CPU cannot run, so that a CI log on a
+/// smaller CPU shows what was not exercised.
+fn kernels_under_test() -> Vec<KernelKind> {
+    static REPORTED: std::sync::Once = std::sync::Once::new();
+    let (run, not_run): (Vec<_>, Vec<_>) = KernelKind::ALL
+        .into_iter()
+        .filter(|k| k.is_built())
+        .partition(|k| k.is_available());
+    REPORTED.call_once(|| {
+        let names = |kinds: &[KernelKind]| {
+            kinds
+                .iter()
+                .map(|k| k.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut line = format!("kernel tests run: {}", names(&run));
+        if !not_run.is_empty() {
+            line += &format!(
+                "; not run, this CPU (or QINS_ISA_LIMIT) lacks their instructions: {}",
+                names(&not_run)
+            );
+        }
+        report(&line);
+    });
+    run
+}
+
+/// Whether a test of one kernel can run here; says why not otherwise. An
+/// instruction set is not something CI can provide: a missing one is
+/// reported, not failed.
+fn kernel_can_run(kind: KernelKind) -> bool {
+    let available = kind.is_available();
+    if !available {
+        report(&format!(
+            "not run: the {} kernel needs instructions this CPU (or QINS_ISA_LIMIT) lacks",
+            kind.name()
+        ));
+    }
+    available
+}
+
+/// A line on the test log whether or not the harness captures output
+/// (straight to the process's stderr, which it does not capture).
+fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
 
 /// Gaussian weights with some exact zeros and a few rows of very different scale.
 fn random_matrix(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
@@ -109,9 +160,10 @@ fn matmul_is_exact_on_small_integers_and_zero_rows() {
     // Rows 1 and 3 stay all-zero (the empty range).
     let w = qins(&weights, rows, cols, Granularity::PerRow);
     let x: Vec<f32> = (0..2 * cols).map(|i| i as f32).collect();
-    for kind in available_kernels() {
+    for kind in kernels_under_test() {
         let mut out = vec![f32::NAN; 2 * rows];
         qins_matmul_with(kind, &x, 2, &w, &mut out);
+        let rounding = operand_rounding(kind, &x, 2, &w);
         for t in 0..2 {
             let xs = &x[t * cols..(t + 1) * cols];
             let alternating: f32 = xs
@@ -125,16 +177,19 @@ fn matmul_is_exact_on_small_integers_and_zero_rows() {
                 .filter(|(c, _)| c % 3 != 0)
                 .map(|(_, v)| v)
                 .sum();
-            // Integers below 256 are exact in bf16; fixed point keeps 15
-            // bits of each operand, so it is exact only where it is zero.
-            let close = |actual: f32, expected: f32| match kind.arithmetic() {
+            // Integers below 256 are exact in bf16; fixed point rounds its
+            // operands (within `operand_rounding`), so it is exact only
+            // where it is zero.
+            let close = |actual: f32, expected: f32, row: usize| match kind.arithmetic() {
                 Arithmetic::F32 | Arithmetic::Bf16 => actual == expected,
-                Arithmetic::Fixed16 => (actual - expected).abs() <= 1e-3 * expected.abs().max(1.0),
+                Arithmetic::Fixed16 => {
+                    f64::from((actual - expected).abs()) <= rounding[t * rows + row] + 1e-5
+                }
             };
             let name = kind.name();
-            assert!(close(out[t * rows], alternating), "{name}: {out:?}");
+            assert!(close(out[t * rows], alternating, 0), "{name}: {out:?}");
             assert_eq!(out[t * rows + 1], 0.0, "{name}");
-            assert!(close(out[t * rows + 2], skip_thirds), "{name}: {out:?}");
+            assert!(close(out[t * rows + 2], skip_thirds, 2), "{name}: {out:?}");
             assert_eq!(out[t * rows + 3], 0.0, "{name}");
         }
     }
@@ -324,12 +379,55 @@ fn bf16_reference(x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
     out
 }
 
-/// What the fixed-point kernel computes, in f64: its integer weights and
-/// inputs (the kernel's own [`avx512vnni::FixedTables`] and
-/// [`avx512vnni::quantize_block`]), exact sums, then the scales.
-#[cfg(target_arch = "x86_64")]
-fn fixed16_reference(x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
-    use avx512vnni::{FixedTables, quantize_group, row_scale};
+/// The fixed-point arithmetic of a [`Arithmetic::Fixed16`] kernel, as its
+/// scalar model: the input unit, the bound of a weight's error in units of
+/// its row's largest magnitude / 32767, and per row the integer weights and
+/// their dequant.
+struct FixedModel {
+    input_unit: f32,
+    weight_error_units: f64,
+    row: fn(&QinsMatrix, usize) -> (Vec<i16>, f32),
+}
+
+fn fixed_model(kind: KernelKind) -> FixedModel {
+    use fixed_point::{NIBBLE_INPUT_UNIT, NibbleFixed, row_scale};
+    fn signed(w: &QinsMatrix, r: usize, weight: impl Fn(u8, bool) -> i16) -> Vec<i16> {
+        let (codes, signs) = (w.row_codes(r), w.row_signs(r));
+        (0..w.cols)
+            .map(|c| weight(codes[c], signs[c / 8] >> (c % 8) & 1 == 1))
+            .collect()
+    }
+    match kind {
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx512Vnni => FixedModel {
+            input_unit: avx512vnni::INPUT_UNIT,
+            weight_error_units: 1.5,
+            row: |w, r| {
+                let (factors, first) = row_scale(w, r);
+                let tables = avx512vnni::FixedTables::new(factors, first);
+                (signed(w, r, |c, n| tables.weight(c, n)), tables.dequant)
+            },
+        },
+        _ => {
+            assert_eq!(kind.arithmetic(), Arithmetic::Fixed16, "{kind:?}");
+            FixedModel {
+                input_unit: NIBBLE_INPUT_UNIT,
+                weight_error_units: 2.0,
+                row: |w, r| {
+                    let (factors, first) = row_scale(w, r);
+                    let (tables, dequant) = NibbleFixed::new(factors, first);
+                    (signed(w, r, |c, n| tables.weight(c, n)), dequant)
+                },
+            }
+        }
+    }
+}
+
+/// What a fixed-point kernel computes, in f64: its integer weights and
+/// inputs (its scalar model, [`fixed_model`], and the shared
+/// [`fixed_point::quantize_group`]), exact sums per group, then the scales.
+fn fixed16_reference(kind: KernelKind, x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
+    let model = fixed_model(kind);
     let groups = w.cols.div_ceil(128);
     let mut out = vec![0.0; n * w.rows];
     for t in 0..n {
@@ -340,61 +438,64 @@ fn fixed16_reference(x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
                 let end = w.cols.min(128 * (g + 1));
                 group[..end - 128 * g].copy_from_slice(&row_x[128 * g..end]);
                 let mut values = [0i16; 128];
-                let scale = quantize_group(&group, &mut values);
+                let scale = fixed_point::quantize_group(&group, model.input_unit, &mut values);
                 (f64::from(scale), values)
             })
             .collect();
         for r in 0..w.rows {
-            let (factors, first) = row_scale(w, r);
-            let tables = FixedTables::new(factors, first);
-            let (codes, signs) = (w.row_codes(r), w.row_signs(r));
+            let (weights, dequant) = (model.row)(w, r);
             let mut dot = 0.0;
-            for (b, (scale, values)) in quantized.iter().enumerate() {
-                let mut sum = 0i64;
-                for c in 128 * b..w.cols.min(128 * (b + 1)) {
-                    let negative = signs[c / 8] >> (c % 8) & 1 == 1;
-                    let q = tables.weight(codes[c], negative);
-                    sum += i64::from(q) * i64::from(values[c - 128 * b]);
-                }
+            for (g, (scale, values)) in quantized.iter().enumerate() {
+                let sum: i64 = (128 * g..w.cols.min(128 * (g + 1)))
+                    .map(|c| i64::from(weights[c]) * i64::from(values[c - 128 * g]))
+                    .sum();
                 dot += scale * sum as f64;
             }
-            out[t * w.rows + r] = dot * f64::from(tables.dequant);
+            out[t * w.rows + r] = dot * f64::from(dequant);
         }
     }
     out
 }
 
-/// The fixed-point kernel's tables, built in registers, equal their scalar
-/// model bit for bit, over ranges narrow and wide and every first code.
+/// Ranges narrow and wide, the degenerate ones, and first codes (1 for a
+/// per-row range, any for a row of a shared one): what the table tests
+/// sweep.
+fn table_cases(count: usize, seed: u64) -> Vec<(LogRange, u8)> {
+    let mut rng = SplitMix64::new(seed);
+    (0..count)
+        .map(|i| {
+            let log_max = (rng.next_f64() * 8.0 - 6.0) as f32;
+            let range = match i {
+                0 => LogRange::EMPTY,
+                1 => LogRange {
+                    log_min: log_max,
+                    log_max,
+                },
+                _ => LogRange {
+                    log_min: log_max - (rng.next_f64() * 40.0) as f32,
+                    log_max,
+                },
+            };
+            let first = if i % 3 == 0 {
+                1
+            } else {
+                (rng.next_u64() % 256) as u8
+            };
+            (range, first)
+        })
+        .collect()
+}
+
+/// The vnni kernel's tables, built in registers, equal their scalar model
+/// bit for bit, over ranges narrow and wide and every first code.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn fixed_point_tables_match_their_scalar_model() {
     use avx512vnni::{FixedTables, registers_of};
-    if !qins_test_support::can_run(
-        KernelKind::Avx512Vnni.is_available(),
-        "a CPU with AVX-512 VNNI (the avx512-vnni kernel)",
-    ) {
+    if !kernel_can_run(KernelKind::Avx512Vnni) {
         return;
     }
-    let mut rng = SplitMix64::new(5);
-    for i in 0..3000 {
-        let log_max = (rng.next_f64() * 8.0 - 6.0) as f32;
-        let range = match i {
-            0 => LogRange::EMPTY,
-            1 => LogRange {
-                log_min: log_max,
-                log_max,
-            },
-            _ => LogRange {
-                log_min: log_max - (rng.next_f64() * 40.0) as f32,
-                log_max,
-            },
-        };
-        let first = if i % 3 == 0 {
-            1
-        } else {
-            (rng.next_u64() % 256) as u8
-        };
+    for (range, first) in table_cases(3000, 5) {
         let model = FixedTables::new(range.factors(), first);
         assert_eq!(
             registers_of(range.factors(), first),
@@ -418,14 +519,65 @@ fn fixed_point_tables_match_their_scalar_model() {
     }
 }
 
+/// What a kernel's table test reads back: its tables built in registers.
+type TablesInRegisters = fn(RangeFactors, u8) -> (fixed_point::NibbleFixed, f32);
+
+/// The nibble tables of the AVX2 and NEON integer kernels, built in registers, equal
+/// their scalar model bit for bit; the model decodes every code within its
+/// error bound, both signs alike (but for ties), code 0 to 0.
+#[test]
+fn nibble_tables_match_their_scalar_model() {
+    use fixed_point::NibbleFixed;
+    #[cfg(target_arch = "x86_64")]
+    let registers: Option<TablesInRegisters> =
+        kernel_can_run(KernelKind::Avx2Int).then_some(avx2int::registers_of);
+    #[cfg(target_arch = "aarch64")]
+    let registers: Option<TablesInRegisters> =
+        kernel_can_run(KernelKind::NeonInt).then_some(neon_int::registers_of);
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let registers: Option<TablesInRegisters> = None;
+    for (range, first) in table_cases(3000, 6) {
+        let model = NibbleFixed::new(range.factors(), first);
+        if let Some(registers) = registers {
+            assert_eq!(
+                registers(range.factors(), first),
+                model,
+                "{range:?}, first {first}"
+            );
+        }
+        let (tables, dequant) = model;
+        assert!(tables.high.iter().all(|h| h % 2 == 1), "{tables:?}");
+        let first = first.max(1);
+        assert_eq!(tables.weight(0, false), 0);
+        assert_eq!(tables.weight(0, true), 0);
+        let largest = f64::from(range.decode(first));
+        let unit = largest / 32767.0;
+        for code in first..=255 {
+            let (positive, negative) = (tables.weight(code, false), tables.weight(code, true));
+            // `vpmulhrsw` rounds ties up, so a tie is one unit smaller in
+            // magnitude when negative.
+            assert!(
+                (i32::from(positive) + i32::from(negative)).abs() <= 1,
+                "{range:?} first {first} code {code}: {positive} {negative}"
+            );
+            let decoded = f64::from(positive) * f64::from(dequant);
+            let expected = f64::from(range.decode(code));
+            assert!(
+                (decoded - expected).abs() <= 2.0 * unit + 1e-6 * expected,
+                "{range:?} first {first} code {code}: {decoded} vs {expected}"
+            );
+        }
+    }
+}
+
 /// How far a kernel's rounding of its operands may move each output from
 /// the exact dot of the f32 decode with the f32 inputs:
 /// - f32: nothing;
 /// - bf16: 2^-7 of Σ|w·x| (each operand keeps 8 significant bits);
-/// - fixed point: 1.5 units of the row's largest magnitude / 32767 per
-///   weight (table rounding and the truncating multiply) times |x|, plus
-///   half a unit of the group's largest input / 8191 per input times |w|
-///   (groups of 128 columns).
+/// - fixed point: the model's weight error (1.5 or 2 units of the row's
+///   largest magnitude / 32767) times |x|, plus half a unit of the group's
+///   largest input / the input unit per input times |w| (groups of 128
+///   columns).
 fn operand_rounding(kind: KernelKind, x: &[f32], n: usize, w: &QinsMatrix) -> Vec<f64> {
     match kind.arithmetic() {
         Arithmetic::F32 => vec![0.0; n * w.rows],
@@ -434,6 +586,7 @@ fn operand_rounding(kind: KernelKind, x: &[f32], n: usize, w: &QinsMatrix) -> Ve
             .map(|m| 2f64.powi(-7) * m)
             .collect(),
         Arithmetic::Fixed16 => {
+            let model = fixed_model(kind);
             let decoded = w.decode();
             let mut out = vec![0.0; n * w.rows];
             for r in 0..w.rows {
@@ -454,8 +607,10 @@ fn operand_rounding(kind: KernelKind, x: &[f32], n: usize, w: &QinsMatrix) -> Ve
                             .iter()
                             .fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
                         for (&xv, &wv) in group_x.iter().zip(group_w) {
-                            bound += 1.5 * largest / 32767.0 * f64::from(xv.abs())
-                                + 0.5 * group_max / 8191.0 * f64::from(wv.abs());
+                            bound += model.weight_error_units * largest / 32767.0
+                                * f64::from(xv.abs())
+                                + 0.5 * group_max / f64::from(model.input_unit)
+                                    * f64::from(wv.abs());
                         }
                     }
                     out[t * w.rows + r] = bound;
@@ -480,7 +635,7 @@ fn assert_kernels_match_scalar(w: &QinsMatrix, n: usize, seed: u64, what: &str) 
     let mut expected = vec![f32::NAN; n * w.rows];
     qins_matmul_with(KernelKind::Scalar, &x, n, w, &mut expected);
     let bound = magnitudes(&x, n, w);
-    for kind in available_kernels() {
+    for kind in kernels_under_test() {
         let mut out = vec![f32::NAN; n * w.rows];
         qins_matmul_with(kind, &x, n, w, &mut out);
         // A rounding kernel is held to the same summation tolerance against
@@ -492,10 +647,7 @@ fn assert_kernels_match_scalar(w: &QinsMatrix, n: usize, seed: u64, what: &str) 
         let model = match kind.arithmetic() {
             Arithmetic::F32 => None,
             Arithmetic::Bf16 => Some(bf16_reference(&x, n, w)),
-            #[cfg(target_arch = "x86_64")]
-            Arithmetic::Fixed16 => Some(fixed16_reference(&x, n, w)),
-            #[cfg(not(target_arch = "x86_64"))]
-            Arithmetic::Fixed16 => unreachable!("fixed-point kernels are x86-64 only"),
+            Arithmetic::Fixed16 => Some(fixed16_reference(kind, &x, n, w)),
         };
         let rounding = operand_rounding(kind, &x, n, w);
         for i in 0..out.len() {
@@ -582,34 +734,37 @@ fn kernel_selection_lists_and_names() {
     assert_eq!(KernelKind::from_name("sse9"), None);
     #[cfg(target_arch = "x86_64")]
     {
-        assert_eq!(
-            available.contains(&KernelKind::Avx512),
-            is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
-        );
+        use dispatch::{Isa, allows};
+        let avx512 = allows(Isa::Avx512)
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw");
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        assert_eq!(available.contains(&KernelKind::Avx512), avx512);
         assert_eq!(
             available.contains(&KernelKind::Avx512Bf16),
-            is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
+            avx512
                 && is_x86_feature_detected!("avx512vbmi")
                 && is_x86_feature_detected!("avx512bf16")
         );
         assert_eq!(
             available.contains(&KernelKind::Avx512Vnni),
-            is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni")
+            avx512 && is_x86_feature_detected!("avx512vnni")
         );
+        assert_eq!(available.contains(&KernelKind::Avx2), avx2);
+        assert_eq!(available.contains(&KernelKind::Avx2Int), avx2);
         assert_eq!(
-            available.contains(&KernelKind::Avx2),
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+            available.contains(&KernelKind::AvxVnni),
+            avx2 && allows(Isa::AvxVnni) && is_x86_feature_detected!("avxvnni")
         );
     }
     #[cfg(target_arch = "aarch64")]
     {
         assert!(available.contains(&KernelKind::Neon));
+        assert!(available.contains(&KernelKind::NeonInt));
         assert_eq!(
             available.contains(&KernelKind::NeonBf16),
-            std::arch::is_aarch64_feature_detected!("bf16")
+            dispatch::allows(dispatch::Isa::ArmBf16)
+                && std::arch::is_aarch64_feature_detected!("bf16")
         );
     }
     println!(
@@ -621,22 +776,45 @@ fn kernel_selection_lists_and_names() {
 }
 
 /// Times `qins_matmul` per kernel, shape, batch and thread count:
-/// `cargo test --release -p qinsd --lib kernels::tests::bench -- --ignored --nocapture`
+/// `cargo test --release -p qins-core --lib kernels::tests::bench -- --ignored --nocapture`.
+/// `QINS_BENCH_KERNELS=avx2-int,avx2` and `QINS_BENCH_N=1,64` narrow it
+/// (every kernel and 1, 2, 64 input rows otherwise); `QINS_BENCH_THREADS`
+/// likewise (1 and 2).
 #[test]
 #[ignore]
 fn bench() {
+    let list = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .map(|v| v.split(',').map(str::to_owned).collect::<Vec<_>>())
+    };
+    let kernels: Vec<KernelKind> = match list("QINS_BENCH_KERNELS") {
+        Some(names) => names
+            .iter()
+            .map(|n| KernelKind::from_name(n).unwrap_or_else(|| panic!("unknown kernel {n}")))
+            .filter(|k| kernel_can_run(*k))
+            .collect(),
+        None => available_kernels(),
+    };
+    let numbers = |var: &str, default: &[usize]| -> Vec<usize> {
+        list(var).map_or(default.to_vec(), |v| {
+            v.iter().map(|n| n.parse().expect("a number")).collect()
+        })
+    };
+    let batches = numbers("QINS_BENCH_N", &[1, 2, 64]);
+    let thread_counts = numbers("QINS_BENCH_THREADS", &[1, 2]);
     for &(rows, cols) in &[(3072, 8192), (8192, 3072), (16384, 3072)] {
         for per_row in [true, false] {
             let w = random_codes_matrix(rows, cols, per_row, Signs::Random, 1);
             let weight_bytes = (w.code_bytes() + w.sign_bytes()) as f64;
-            for n in [1, 2, 64] {
-                if n == 64 && !per_row {
+            for &n in &batches {
+                if n > 4 && !per_row {
                     continue;
                 }
                 let x = random_inputs(n * cols, 2);
                 let mut out = vec![0.0f32; n * rows];
-                for kind in available_kernels() {
-                    for threads in [1, 2] {
+                for &kind in &kernels {
+                    for &threads in &thread_counts {
                         let pool = rayon::ThreadPoolBuilder::new()
                             .num_threads(threads)
                             .build()
@@ -653,7 +831,7 @@ fn bench() {
                         });
                         let flops = 2.0 * (n * rows * cols) as f64;
                         println!(
-                            "{rows:>5}x{cols:<5} {:<10} n={n:<3} {:<7} threads={threads}: {:8.3} ms  {:6.2} GB/s weights  {:7.2} GFLOP/s",
+                            "{rows:>5}x{cols:<5} {:<10} n={n:<3} {:<11} threads={threads}: {:8.3} ms  {:6.2} GB/s weights  {:7.2} GFLOP/s",
                             if per_row { "per-row" } else { "per-tensor" },
                             kind.name(),
                             seconds * 1e3,

@@ -59,9 +59,16 @@ impl Entry for u16 {
 /// One head: `out = Σ_j softmax(q·k_j * scale) v_j`.
 fn attend<E: Entry>(q: &[f32], keys: &[E], values: &[E], scale: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512 F.
-        return unsafe { attend_avx512(q, keys, values, scale, out) };
+    {
+        use crate::kernels::dispatch::{Isa, allows};
+        if allows(Isa::Avx512) && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512 F.
+            return unsafe { attend_avx512(q, keys, values, scale, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { attend_avx2(q, keys, values, scale, out) };
+        }
     }
     attend_portable(q, keys, values, scale, out);
 }
@@ -71,6 +78,14 @@ fn attend<E: Entry>(q: &[f32], keys: &[E], values: &[E], scale: f32, out: &mut [
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn attend_avx512<E: Entry>(q: &[f32], keys: &[E], values: &[E], scale: f32, out: &mut [f32]) {
+    attend_portable(q, keys, values, scale, out);
+}
+
+/// [`attend_portable`] compiled for AVX2 (x86-64 without AVX-512): 256-bit
+/// registers instead of baseline SSE2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn attend_avx2<E: Entry>(q: &[f32], keys: &[E], values: &[E], scale: f32, out: &mut [f32]) {
     attend_portable(q, keys, values, scale, out);
 }
 
