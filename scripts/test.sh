@@ -2,7 +2,8 @@
 # The test command: fetches the real fixtures (cached, idempotent), points
 # Vulkan at Mesa's software driver (scripts/vulkan-env.sh, which installs it
 # when missing), then runs every test of the workspace in the release
-# profile (the numeric code is too slow unoptimized), the Python checks and
+# profile (the numeric code is too slow unoptimized) and the x86 kernels
+# again as on smaller CPUs (QINS_ISA_LIMIT), the Python checks and
 # the browser test of the qins-web page (which installs Chromium and
 # playwright-core when missing), and the aarch64 kernels and model under
 # qemu-user (scripts/test-aarch64.sh, which installs the cross toolchain).
@@ -29,6 +30,29 @@ echo "== cargo test --release --workspace"
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT
 cargo test --release --workspace --locked 2>&1 | tee "$LOG"
+
+# The x86 code paths of smaller CPUs on this one: the kernel, model and
+# SmolLM2 tests again with the instruction sets that laptops lack hidden
+# (QINS_ISA_LIMIT, see qins-core/src/kernels/dispatch.rs), where this CPU has
+# them: an AVX-512 host then also runs what an AVX2-only CPU (AMD Zen 1-3,
+# Intel before Alder Lake) runs, and what an Intel hybrid client core (AVX2
+# with AVX-VNNI) runs. The dispatch must pick the kernel such a CPU gets.
+if [ "$(uname -m)" = x86_64 ]; then
+    flags=" $(grep -m1 '^flags' /proc/cpuinfo) "
+    has() { [[ "$flags" == *" $1 "* ]]; }
+    runs=()
+    if has avx512f || has avx_vnni; then runs+=("avx2 avx2-int"); fi
+    if has avx512f && has avx_vnni; then runs+=("avx-vnni avx-vnni"); fi
+    for run in "${runs[@]}"; do
+        read -r limit kernel <<<"$run"
+        echo "== kernels and models with QINS_ISA_LIMIT=$limit (expects kernel $kernel)"
+        for target in "--lib -- kernels:: model::" "--test golden -- tiny_" "--test smollm2"; do
+            # shellcheck disable=SC2086 # the target's words
+            QINS_ISA_LIMIT="$limit" QINS_EXPECT_KERNEL="$kernel" \
+                cargo test --release --locked -p qins-core $target 2>&1 | tee -a "$LOG"
+        done
+    done
+fi
 
 if [ -d tests/python ]; then
     echo "== python tests"

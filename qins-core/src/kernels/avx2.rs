@@ -1,66 +1,83 @@
-//! AVX2 + FMA row kernel, the x86-64 fallback without AVX-512.
+//! AVX2 + FMA f32 kernel, the exact reference on x86-64 without AVX-512
+//! (the integer [`super::avx2int`] kernels are the fast path there).
 //!
 //! 8 weights per register. A 16-entry nibble table is two registers: two
 //! `vpermps` (which read only the low 3 index bits) and a `vblendvps` on
 //! index bit 3 (shifted into the sign bit, which is what blendv tests).
 //! Code 0 is cleared with a compare; the 8 sign bits of one byte become lane
 //! sign bits with one variable shift (bit `i` shifted left by `31 - i`).
-//!
-//! Structure as in [`super::avx512`]: decode while dotting for one input
-//! row, decode a block once into a stack buffer for a batch.
+//! The frame (threading, decode steps, prefill) is [`super::float`]'s.
 
 use std::arch::x86_64::*;
 
-use super::{NibbleTables, RowJob, padded};
+use super::NibbleTables;
+use super::float::{FloatLanes, float_kernel};
 
-/// Weights decoded per block for a batch (a multiple of 32).
-const BLOCK: usize = 512;
+/// The `avx2` kernel.
+pub struct Avx2;
 
 pub fn is_available() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
-/// Row kernel (see [`super::RowKernel`]).
-pub fn row_dots(job: &RowJob<'_>, out: &mut [f32]) {
-    // A fn pointer to this can be called anywhere: refuse rather than fault.
-    assert!(is_available(), "avx2 kernel needs AVX2 and FMA");
-    // SAFETY: the CPU has the features `row_dots_avx2` enables.
-    unsafe { row_dots_avx2(job, out) }
+float_kernel!(Avx2, "avx2", is_available(), #[target_feature(enable = "avx2,fma")]);
+
+impl FloatLanes for Avx2 {
+    const LANES: usize = 8;
+    type V = __m256;
+    type Decoder = Decoder;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn decoder(tables: &NibbleTables) -> Decoder {
+        Decoder::new(tables)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn decode(decoder: &Decoder, codes: &[u8], signs: &[u8]) -> [__m256; 4] {
+        decoder.decode32(&codes.as_chunks::<32>().0[0], &signs.as_chunks::<4>().0[0])
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load(p: *const f32) -> __m256 {
+        // SAFETY: 8 readable f32 (the caller's contract).
+        unsafe { _mm256_loadu_ps(p) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        // SAFETY: 8 writable f32 (the caller's contract).
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn zero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn fma(acc: __m256, a: __m256, b: __m256) -> __m256 {
+        _mm256_fmadd_ps(a, b, acc)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sum(a: __m256, b: __m256) -> f32 {
+        let v = _mm256_add_ps(a, b);
+        let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
+    }
 }
 
-#[target_feature(enable = "avx2,fma")]
-fn row_dots_avx2(job: &RowJob<'_>, out: &mut [f32]) {
-    let cols = job.codes.len();
-    let signs = &job.signs[..cols.div_ceil(8)];
-    assert_eq!(job.x.len(), out.len() * cols, "x must be out.len() x cols");
-    let decoder = Decoder::new(job.tables);
-    if let [only] = out {
-        *only = decode_dot(decoder, job.codes, signs, job.x);
-        return;
-    }
-    out.fill(0.0);
-    let mut decoded = Aligned([0.0f32; BLOCK]);
-    for (block, (codes, signs)) in job
-        .codes
-        .chunks(BLOCK)
-        .zip(signs.chunks(BLOCK / 8))
-        .enumerate()
-    {
-        let len = codes.len();
-        decode_block(decoder, codes, signs, &mut decoded.0);
-        let w = &decoded.0[..len];
-        for (t, acc) in out.iter_mut().enumerate() {
-            let start = t * cols + block * BLOCK;
-            *acc += dot(w, &job.x[start..start + len]);
-        }
-    }
-}
-
-#[repr(align(32))]
-struct Aligned([f32; BLOCK]);
-
+/// A row's nibble tables in registers.
 #[derive(Clone, Copy)]
-struct Decoder {
+pub struct Decoder {
     hi: [__m256; 2],
     lo: [__m256; 2],
     /// `31 - lane`: moves sign bit `lane` of a byte to bit 31.
@@ -68,6 +85,7 @@ struct Decoder {
 }
 
 impl Decoder {
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn new(tables: &NibbleTables) -> Self {
         let (hi, lo) = (tables.hi.as_ptr(), tables.lo.as_ptr());
@@ -82,6 +100,7 @@ impl Decoder {
     }
 
     /// Entry `idx & 15` of a 16-entry table, per lane.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn lookup(table: [__m256; 2], idx: __m256i) -> __m256 {
         let low_half = _mm256_permutevar8x32_ps(table[0], idx);
@@ -91,6 +110,7 @@ impl Decoder {
     }
 
     /// 8 weights; bit `i` of `negative` is lane `i`'s sign.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn decode8(self, codes: &[u8; 8], negative: u8) -> __m256 {
         let idx = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(i64::from_le_bytes(*codes)));
@@ -104,6 +124,7 @@ impl Decoder {
     }
 
     /// 32 weights from 32 codes and their 4 sign bytes.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn decode32(self, codes: &[u8; 32], signs: &[u8; 4]) -> [__m256; 4] {
         let (parts, _) = codes.as_chunks::<8>();
@@ -114,102 +135,4 @@ impl Decoder {
             self.decode8(&parts[3], signs[3]),
         ]
     }
-}
-
-/// `Σ w[c] * x[c]` over one weight row, decoding as it goes (no buffer).
-#[target_feature(enable = "avx2,fma")]
-fn decode_dot(decoder: Decoder, codes: &[u8], signs: &[u8], x: &[f32]) -> f32 {
-    let (code_blocks, code_tail) = codes.as_chunks::<32>();
-    let (sign_blocks, _) = signs.as_chunks::<4>();
-    // Not the remainder of `as_chunks`: a tail of 25..31 codes has 4 whole sign bytes.
-    let sign_tail = &signs[code_blocks.len() * 4..];
-    let (x_blocks, x_tail) = x.as_chunks::<32>();
-    let mut acc = [_mm256_setzero_ps(); 4];
-    for ((codes, signs), x) in code_blocks.iter().zip(sign_blocks).zip(x_blocks) {
-        fma32(&mut acc, decoder.decode32(codes, signs), x);
-    }
-    if !code_tail.is_empty() {
-        let w = decoder.decode32(&padded(code_tail), &padded(sign_tail));
-        fma32(&mut acc, w, &padded(x_tail));
-    }
-    sum(acc)
-}
-
-/// Decodes up to [`BLOCK`] weights into `out` (rounded up to 32 with zeros).
-#[target_feature(enable = "avx2,fma")]
-fn decode_block(decoder: Decoder, codes: &[u8], signs: &[u8], out: &mut [f32; BLOCK]) {
-    let (code_blocks, code_tail) = codes.as_chunks::<32>();
-    let (sign_blocks, _) = signs.as_chunks::<4>();
-    // Not the remainder of `as_chunks`: a tail of 25..31 codes has 4 whole sign bytes.
-    let sign_tail = &signs[code_blocks.len() * 4..];
-    let (out_blocks, _) = out.as_chunks_mut::<32>();
-    let mut out_blocks = out_blocks.iter_mut();
-    for ((codes, signs), out) in code_blocks.iter().zip(sign_blocks).zip(&mut out_blocks) {
-        store32(out, decoder.decode32(codes, signs));
-    }
-    if !code_tail.is_empty() {
-        let out = out_blocks.next().expect("BLOCK is a multiple of 32");
-        store32(
-            out,
-            decoder.decode32(&padded(code_tail), &padded(sign_tail)),
-        );
-    }
-}
-
-/// `Σ w[c] * x[c]` of two f32 slices of equal length.
-#[target_feature(enable = "avx2,fma")]
-fn dot(w: &[f32], x: &[f32]) -> f32 {
-    let (w_blocks, w_tail) = w.as_chunks::<32>();
-    let (x_blocks, x_tail) = x.as_chunks::<32>();
-    let mut acc = [_mm256_setzero_ps(); 4];
-    for (w, x) in w_blocks.iter().zip(x_blocks) {
-        fma32(&mut acc, load32(w), x);
-    }
-    if !w_tail.is_empty() {
-        fma32(&mut acc, load32(&padded(w_tail)), &padded(x_tail));
-    }
-    sum(acc)
-}
-
-#[target_feature(enable = "avx2,fma")]
-fn fma32(acc: &mut [__m256; 4], w: [__m256; 4], x: &[f32; 32]) {
-    let x = load32(x);
-    for k in 0..4 {
-        acc[k] = _mm256_fmadd_ps(w[k], x[k], acc[k]);
-    }
-}
-
-#[target_feature(enable = "avx2,fma")]
-fn load32(v: &[f32; 32]) -> [__m256; 4] {
-    let p = v.as_ptr();
-    // SAFETY: 32 readable f32, read as four groups of 8.
-    unsafe {
-        [
-            _mm256_loadu_ps(p),
-            _mm256_loadu_ps(p.add(8)),
-            _mm256_loadu_ps(p.add(16)),
-            _mm256_loadu_ps(p.add(24)),
-        ]
-    }
-}
-
-#[target_feature(enable = "avx2,fma")]
-fn store32(out: &mut [f32; 32], v: [__m256; 4]) {
-    let p = out.as_mut_ptr();
-    // SAFETY: 32 writable f32, written as four groups of 8.
-    unsafe {
-        _mm256_storeu_ps(p, v[0]);
-        _mm256_storeu_ps(p.add(8), v[1]);
-        _mm256_storeu_ps(p.add(16), v[2]);
-        _mm256_storeu_ps(p.add(24), v[3]);
-    }
-}
-
-#[target_feature(enable = "avx2,fma")]
-fn sum(acc: [__m256; 4]) -> f32 {
-    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let pairs = _mm_add_ps(half, _mm_movehl_ps(half, half));
-    let total = _mm_add_ss(pairs, _mm_movehdup_ps(pairs));
-    _mm_cvtss_f32(total)
 }

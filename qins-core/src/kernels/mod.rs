@@ -9,14 +9,18 @@
 //! Every kernel decodes with exactly this product (code 0 forced to 0), so
 //! kernels differ only in the order they sum.
 //!
-//! The f32 kernels share the driver here, which owns the threading (rayon
-//! over output rows), the tables and the output layout; a [`RowKernel`]
-//! computes the dot products of one weight row with a batch of input rows.
-//! [`scalar`] is the portable reference. [`avx512vnni`], [`avx512bf16`]
-//! and [`neon_bf16`] have their own drivers: they round weights and inputs
-//! (to 15-bit fixed point or to bf16, see [`Arithmetic`]) and, for several
-//! input rows, run a register-blocked micro-kernel over decoded rows. The kernel is picked at run time by
-//! [`selected_kernel`], from the CPU's family ([`dispatch`]).
+//! Every kernel runs in one frame, [`driver`]: it owns the threading (rayon
+//! over output rows), the scratch buffers, the output layout and the two
+//! paths (a decode step decodes each weight row into registers and dots it
+//! there; a prefill decodes a task's rows once into a buffer and runs a
+//! register-blocked micro-kernel over them). A kernel supplies only its
+//! arithmetic ([`driver::Kernel`]): the f32 kernels through [`float`]
+//! (`avx512`, `avx2`, `neon` and the portable [`scalar`] reference), the
+//! kernels that round weights and inputs (to 15-bit fixed point or to bf16,
+//! see [`Arithmetic`]) directly: [`avx512vnni`], [`avx512bf16`],
+//! [`avx2int`] (`avx-vnni`, `avx2-int`), [`neon_int`], [`neon_bf16`]. The
+//! kernel is picked at run time by [`selected_kernel`], from the CPU's
+//! family ([`dispatch`]).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -31,6 +35,7 @@ pub mod avx512vnni;
 pub mod dispatch;
 mod driver;
 pub mod fixed_point;
+mod float;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 #[cfg(target_arch = "aarch64")]
@@ -43,18 +48,10 @@ use rayon::prelude::*;
 
 use crate::codec::{LogRange, RangeFactors};
 use crate::weights::QinsMatrix;
+use driver::Kernel;
 
 /// Code steps between the largest and the smallest magnitude (see [`crate::codec`]).
 const CODE_STEPS: f64 = 254.0;
-
-/// Output rows handed to one rayon task: enough work to amortize scheduling,
-/// small enough to balance across cores for the narrowest matrices.
-const ROWS_PER_TASK: usize = 8;
-
-/// Input rows handed to one kernel call. A kernel decodes each weight once
-/// per call, so prefill pays one decode per `BATCH` dot products; the dots
-/// of one call live in a stack buffer of this size.
-const BATCH: usize = 64;
 
 /// The magnitude of code `c != 0` is `hi[c >> 4] * lo[c & 15]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -131,22 +128,6 @@ pub enum Arithmetic {
     /// i32 per group, then in f32 (see [`fixed_point`]).
     Fixed16,
 }
-
-/// One weight row against a batch of input rows.
-pub struct RowJob<'a> {
-    /// Decode tables of the row's range.
-    pub tables: &'a NibbleTables,
-    /// The row's `cols` codes.
-    pub codes: &'a [u8],
-    /// The row's packed sign bits, LSB first, `cols.div_ceil(8)` bytes.
-    pub signs: &'a [u8],
-    /// `out.len() x cols` inputs, row-major.
-    pub x: &'a [f32],
-}
-
-/// Computes `out[t] = Σ_c decode(codes[c], signs[c]) * x[t * cols + c]` for
-/// every input row `t` (`out.len()` is the number of input rows).
-pub type RowKernel = fn(job: &RowJob<'_>, out: &mut [f32]);
 
 /// The kernels this crate has, best first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,18 +207,26 @@ impl KernelKind {
     pub fn is_available(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
-            KernelKind::Avx512Bf16 => avx512bf16::is_available(),
+            KernelKind::Avx512Vnni => avx512vnni::Avx512Vnni::is_available(),
             #[cfg(target_arch = "x86_64")]
-            KernelKind::Avx512Vnni => avx512vnni::is_available(),
+            KernelKind::Avx512Bf16 => avx512bf16::Avx512Bf16::is_available(),
             #[cfg(target_arch = "x86_64")]
-            KernelKind::AvxVnni => <avx2int::AvxVnni as driver::Kernel>::is_available(),
+            KernelKind::Avx512 => avx512::Avx512::is_available(),
             #[cfg(target_arch = "x86_64")]
-            KernelKind::Avx2Int => <avx2int::Avx2Int as driver::Kernel>::is_available(),
+            KernelKind::AvxVnni => avx2int::AvxVnni::is_available(),
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx2Int => avx2int::Avx2Int::is_available(),
+            #[cfg(target_arch = "x86_64")]
+            KernelKind::Avx2 => avx2::Avx2::is_available(),
             #[cfg(target_arch = "aarch64")]
-            KernelKind::NeonBf16 => neon_bf16::is_available(),
+            KernelKind::NeonBf16 => neon_bf16::NeonBf16::is_available(),
             #[cfg(target_arch = "aarch64")]
-            KernelKind::NeonInt => <neon_int::NeonInt as driver::Kernel>::is_available(),
-            _ => self.row_kernel().is_some(),
+            KernelKind::NeonInt => neon_int::NeonInt::is_available(),
+            #[cfg(target_arch = "aarch64")]
+            KernelKind::Neon => neon::Neon::is_available(),
+            KernelKind::Scalar => scalar::Scalar::is_available(),
+            #[allow(unreachable_patterns)]
+            _ => false,
         }
     }
 
@@ -260,21 +249,6 @@ impl KernelKind {
     /// of every weight by the f32 input.
     pub fn rounds_operands(self) -> bool {
         self.arithmetic() != Arithmetic::F32
-    }
-
-    /// The f32 row kernel of the shared driver, if this is one and this
-    /// build and CPU can run it.
-    pub fn row_kernel(self) -> Option<RowKernel> {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            KernelKind::Avx512 if avx512::is_available() => Some(avx512::row_dots),
-            #[cfg(target_arch = "x86_64")]
-            KernelKind::Avx2 if avx2::is_available() => Some(avx2::row_dots),
-            #[cfg(target_arch = "aarch64")]
-            KernelKind::Neon => Some(neon::row_dots),
-            KernelKind::Scalar => Some(scalar::row_dots),
-            _ => None,
-        }
     }
 }
 
@@ -312,76 +286,27 @@ pub fn qins_matmul_with(kind: KernelKind, x: &[f32], n: usize, w: &QinsMatrix, o
     }
     match kind {
         #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx512Vnni => driver::matmul::<avx512vnni::Avx512Vnni>(x, n, w, out),
+        #[cfg(target_arch = "x86_64")]
         KernelKind::Avx512Bf16 => driver::matmul::<avx512bf16::Avx512Bf16>(x, n, w, out),
         #[cfg(target_arch = "x86_64")]
-        KernelKind::Avx512Vnni => driver::matmul::<avx512vnni::Avx512Vnni>(x, n, w, out),
+        KernelKind::Avx512 => driver::matmul::<avx512::Avx512>(x, n, w, out),
         #[cfg(target_arch = "x86_64")]
         KernelKind::AvxVnni => driver::matmul::<avx2int::AvxVnni>(x, n, w, out),
         #[cfg(target_arch = "x86_64")]
         KernelKind::Avx2Int => driver::matmul::<avx2int::Avx2Int>(x, n, w, out),
+        #[cfg(target_arch = "x86_64")]
+        KernelKind::Avx2 => driver::matmul::<avx2::Avx2>(x, n, w, out),
         #[cfg(target_arch = "aarch64")]
         KernelKind::NeonBf16 => driver::matmul::<neon_bf16::NeonBf16>(x, n, w, out),
         #[cfg(target_arch = "aarch64")]
         KernelKind::NeonInt => driver::matmul::<neon_int::NeonInt>(x, n, w, out),
-        _ => {
-            let kernel = kind.row_kernel().unwrap_or_else(|| {
-                panic!("kernel {} is not available on this machine", kind.name())
-            });
-            row_matmul(kernel, x, n, w, out);
-        }
+        #[cfg(target_arch = "aarch64")]
+        KernelKind::Neon => driver::matmul::<neon::Neon>(x, n, w, out),
+        KernelKind::Scalar => driver::matmul::<scalar::Scalar>(x, n, w, out),
+        #[allow(unreachable_patterns)]
+        _ => panic!("kernel {} is not in this build", kind.name()),
     }
-}
-
-/// The shared driver of the f32 row kernels.
-fn row_matmul(kernel: RowKernel, x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
-    let tables_of = row_tables(w);
-    if n == 1 {
-        out.par_chunks_mut(ROWS_PER_TASK)
-            .enumerate()
-            .for_each(|(task, chunk)| {
-                for (i, slot) in chunk.iter_mut().enumerate() {
-                    let row = task * ROWS_PER_TASK + i;
-                    let tables = tables_of(row);
-                    let job = RowJob {
-                        tables: &tables,
-                        codes: w.row_codes(row),
-                        signs: w.row_signs(row),
-                        x,
-                    };
-                    kernel(&job, std::slice::from_mut(slot));
-                }
-            });
-        return;
-    }
-    let cols = w.cols;
-    for_each_row_task(out, n, w.rows, ROWS_PER_TASK, |task_rows, out| {
-        let mut tables = [NibbleTables {
-            hi: [0.0; 16],
-            lo: [0.0; 16],
-        }; ROWS_PER_TASK];
-        for (row, t) in task_rows.clone().zip(tables.iter_mut()) {
-            *t = tables_of(row);
-        }
-        let mut dots = [0.0f32; BATCH];
-        // Batches outside, rows inside: a batch of x stays in cache for
-        // all rows of the task.
-        for t0 in (0..n).step_by(BATCH) {
-            let batch = BATCH.min(n - t0);
-            let dots = &mut dots[..batch];
-            for (row, tables) in task_rows.clone().zip(&tables) {
-                let job = RowJob {
-                    tables,
-                    codes: w.row_codes(row),
-                    signs: w.row_signs(row),
-                    x: &x[t0 * cols..(t0 + batch) * cols],
-                };
-                kernel(&job, dots);
-                for (i, &d) in dots.iter().enumerate() {
-                    out.write(t0 + i, row, d);
-                }
-            }
-        }
-    });
 }
 
 /// Runs `task` in parallel over consecutive groups of `task_rows` output
@@ -449,16 +374,6 @@ pub fn round_to_bf16(v: f32) -> u16 {
 #[inline(always)]
 pub fn widen_bf16(v: u16) -> f32 {
     f32::from_bits(u32::from(v) << 16)
-}
-
-/// The decode tables of each row of `w`: built once for a per-tensor range,
-/// from the row's precomputed factors otherwise.
-fn row_tables(w: &QinsMatrix) -> impl Fn(usize) -> NibbleTables + Sync + '_ {
-    let shared = (w.ranges().len() == 1).then(|| NibbleTables::new(w.ranges()[0]));
-    move |row: usize| match &shared {
-        Some(tables) => *tables,
-        None => NibbleTables::from_factors(w.row_factors(row)),
-    }
 }
 
 /// How far ahead of the codes being decoded a decode step asks for them

@@ -1,6 +1,6 @@
-//! aarch64 NEON row kernel in f32: the plain path every aarch64 core runs
-//! (Apple M1, Cortex-A72/A76, Graviton 2), and the decoder that
-//! [`super::neon_bf16`] shares.
+//! aarch64 NEON f32 kernel: the exact reference every aarch64 core runs
+//! (the integer [`super::neon_int`] kernel is the fast path there), and the
+//! decoder that [`super::neon_bf16`] shares.
 //!
 //! **Decoding, 16 weights per step, in registers.** A nibble table is 16
 //! f32 = 64 bytes; `vld4q_u8` splits it into four byte planes (plane `k`
@@ -16,52 +16,69 @@
 //! sign, exactly as the reference's XOR of the sign bit). About 38
 //! instructions per 16 weights.
 //!
-//! **Structure** as in [`super::avx2`]: one input row (a decode step) is
-//! dotted while decoding, no buffer; a batch decodes a block of the row
-//! once into a stack buffer and dots it with every input row.
+//! **Structure**: the f32 frame of [`super::float`] (threading, decode
+//! steps, prefill).
 
 use std::arch::aarch64::*;
 
-use super::{NibbleTables, RowJob, for_each_group, padded};
+use super::NibbleTables;
+use super::float::{FloatLanes, float_kernel};
 
-/// Weights decoded per block for a batch: 2 KiB, which stays in L1 (a
-/// multiple of 16).
-const BLOCK: usize = 512;
+/// The `neon` kernel. NEON is part of every aarch64 target Rust supports,
+/// so it needs no run-time check; its functions still carry
+/// `#[target_feature(enable = "neon")]`, which is what lets them call the
+/// register-only intrinsics without `unsafe`.
+pub struct Neon;
 
-/// Row kernel (see [`super::RowKernel`]). NEON is part of every aarch64
-/// target Rust supports, so no run-time check is needed; the functions
-/// below still carry `#[target_feature(enable = "neon")]`, which is what
-/// lets them call the register-only intrinsics without `unsafe`.
-pub fn row_dots(job: &RowJob<'_>, out: &mut [f32]) {
-    // SAFETY: NEON is part of every aarch64 target (see above).
-    unsafe { row_dots_neon(job, out) }
-}
+float_kernel!(Neon, "neon", true, #[target_feature(enable = "neon")]);
 
-#[target_feature(enable = "neon")]
-fn row_dots_neon(job: &RowJob<'_>, out: &mut [f32]) {
-    let cols = job.codes.len();
-    let signs = &job.signs[..cols.div_ceil(8)];
-    assert_eq!(job.x.len(), out.len() * cols, "x must be out.len() x cols");
-    let decoder = Decoder::new(job.tables);
-    if let [only] = out {
-        *only = decode_dot(&decoder, job.codes, signs, job.x);
-        return;
+impl FloatLanes for Neon {
+    const LANES: usize = 4;
+    type V = float32x4_t;
+    type Decoder = Decoder;
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn decoder(tables: &NibbleTables) -> Decoder {
+        Decoder::new(tables)
     }
-    out.fill(0.0);
-    let mut decoded = [0.0f32; BLOCK];
-    for (block, (codes, signs)) in job
-        .codes
-        .chunks(BLOCK)
-        .zip(signs.chunks(BLOCK / 8))
-        .enumerate()
-    {
-        let len = codes.len();
-        decode_block(&decoder, codes, signs, &mut decoded);
-        let w = &decoded[..len];
-        for (t, acc) in out.iter_mut().enumerate() {
-            let start = t * cols + block * BLOCK;
-            *acc += dot(w, &job.x[start..start + len]);
-        }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn decode(decoder: &Decoder, codes: &[u8], signs: &[u8]) -> [float32x4_t; 4] {
+        decoder.decode16(&codes.as_chunks::<16>().0[0], [signs[0], signs[1]])
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn load(p: *const f32) -> float32x4_t {
+        // SAFETY: 4 readable f32 (the caller's contract).
+        unsafe { vld1q_f32(p) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn store(p: *mut f32, v: float32x4_t) {
+        // SAFETY: 4 writable f32 (the caller's contract).
+        unsafe { vst1q_f32(p, v) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn zero() -> float32x4_t {
+        vdupq_n_f32(0.0)
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn fma(acc: float32x4_t, a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        vfmaq_f32(acc, a, b)
+    }
+
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn sum(a: float32x4_t, b: float32x4_t) -> f32 {
+        vaddvq_f32(vaddq_f32(a, b))
     }
 }
 
@@ -145,91 +162,3 @@ fn assemble(planes: [uint8x16_t; 4]) -> [float32x4_t; 4] {
 
 /// Bit `i % 8` for lane `i`: tests the sign bit of column `i` in its byte.
 const LANE_BITS: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
-
-/// `Σ w[c] * x[c]` over one weight row, decoding as it goes (no buffer).
-#[target_feature(enable = "neon")]
-fn decode_dot(decoder: &Decoder, codes: &[u8], signs: &[u8], x: &[f32]) -> f32 {
-    let mut acc = [zeros(); 4];
-    let (x_blocks, x_tail) = x.as_chunks::<16>();
-    let padded_tail: [f32; 16] = padded(x_tail);
-    for_each_group::<16, 2>(codes, signs, |block, codes, &negative| {
-        let x = x_blocks.get(block).unwrap_or(&padded_tail);
-        fma16(&mut acc, decoder.decode16(codes, negative), x);
-    });
-    sum(acc)
-}
-
-/// Decodes up to [`BLOCK`] weights into `out` (rounded up to 16 with zeros).
-#[target_feature(enable = "neon")]
-fn decode_block(decoder: &Decoder, codes: &[u8], signs: &[u8], out: &mut [f32; BLOCK]) {
-    let (out_blocks, _) = out.as_chunks_mut::<16>();
-    for_each_group::<16, 2>(codes, signs, |block, codes, &negative| {
-        store16(&mut out_blocks[block], decoder.decode16(codes, negative));
-    });
-}
-
-/// `Σ w[c] * x[c]` of two f32 slices of equal length.
-#[target_feature(enable = "neon")]
-fn dot(w: &[f32], x: &[f32]) -> f32 {
-    let (w_blocks, w_tail) = w.as_chunks::<16>();
-    let (x_blocks, x_tail) = x.as_chunks::<16>();
-    let mut acc = [zeros(); 4];
-    for (w, x) in w_blocks.iter().zip(x_blocks) {
-        fma16(&mut acc, load16(w), x);
-    }
-    if !w_tail.is_empty() {
-        fma16(&mut acc, load16(&padded(w_tail)), &padded(x_tail));
-    }
-    sum(acc)
-}
-
-#[inline]
-#[target_feature(enable = "neon")]
-fn zeros() -> float32x4_t {
-    vdupq_n_f32(0.0)
-}
-
-#[inline]
-#[target_feature(enable = "neon")]
-fn fma16(acc: &mut [float32x4_t; 4], w: [float32x4_t; 4], x: &[f32; 16]) {
-    for ((acc, w), x) in acc.iter_mut().zip(w).zip(load16(x)) {
-        *acc = vfmaq_f32(*acc, w, x);
-    }
-}
-
-#[inline]
-#[target_feature(enable = "neon")]
-fn load16(v: &[f32; 16]) -> [float32x4_t; 4] {
-    let p = v.as_ptr();
-    // SAFETY: 16 readable f32, read as four groups of 4.
-    unsafe {
-        [
-            vld1q_f32(p),
-            vld1q_f32(p.add(4)),
-            vld1q_f32(p.add(8)),
-            vld1q_f32(p.add(12)),
-        ]
-    }
-}
-
-#[inline]
-#[target_feature(enable = "neon")]
-fn store16(out: &mut [f32; 16], v: [float32x4_t; 4]) {
-    let p = out.as_mut_ptr();
-    // SAFETY: 16 writable f32, written as four groups of 4.
-    unsafe {
-        vst1q_f32(p, v[0]);
-        vst1q_f32(p.add(4), v[1]);
-        vst1q_f32(p.add(8), v[2]);
-        vst1q_f32(p.add(12), v[3]);
-    }
-}
-
-#[inline]
-#[target_feature(enable = "neon")]
-fn sum(acc: [float32x4_t; 4]) -> f32 {
-    vaddvq_f32(vaddq_f32(
-        vaddq_f32(acc[0], acc[1]),
-        vaddq_f32(acc[2], acc[3]),
-    ))
-}
