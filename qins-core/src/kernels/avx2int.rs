@@ -33,7 +33,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::driver::{Inputs, Kernel, Prepared, TileDots};
+use super::driver::{Inputs, Kernel, Prepared, TileDots, exact_tile};
 #[cfg(test)]
 use super::fixed_point::NibbleFixed;
 use super::fixed_point::{
@@ -331,12 +331,10 @@ fn planes(factors: [f32; 4], odd: bool) -> [__m256i; 2] {
     ]
 }
 
-/// The four 32-code chunks of a group and their sign words.
+/// The 32-code chunks of a group (four, or fewer at a row's end) and their
+/// sign words.
 #[inline(always)]
-fn chunks<'a>(
-    codes: &'a [u8; GROUP],
-    signs: &'a [u8; GROUP / 8],
-) -> impl Iterator<Item = (&'a [u8; CHUNK], [u8; 4])> {
+fn chunks<'a>(codes: &'a [u8], signs: &'a [u8]) -> impl Iterator<Item = (&'a [u8; CHUNK], [u8; 4])> {
     let (codes, _) = codes.as_chunks::<CHUNK>();
     let (signs, _) = signs.as_chunks::<4>();
     codes.iter().zip(signs.iter().copied())
@@ -378,7 +376,7 @@ fn row_dots<D: DotWords, const T: usize>(
     );
     let mut acc = [_mm256_setzero_ps(); T];
     let values = x.values.as_ptr();
-    for_each_group::<GROUP, { GROUP / 8 }>(codes, signs, |group, codes, signs| {
+    for_each_group::<GROUP, { GROUP / 8 }, CHUNK>(codes, signs, |group, codes, signs| {
         prefetch_ahead(codes, signs);
         // Two sums per input row (the two halves of each chunk), so that
         // `vpdpwssd`'s latency is spread over two chains; each sums 8
@@ -423,7 +421,7 @@ fn decode_task(
         let (registers, dequant) = Registers::new(factors, first);
         *scale = dequant;
         assert!(out.len() >= w.cols.div_ceil(GROUP) * GROUP);
-        for_each_group::<GROUP, { GROUP / 8 }>(
+        for_each_group::<GROUP, { GROUP / 8 }, CHUNK>(
             w.row_codes(row),
             w.row_signs(row),
             |group, codes, signs| {
@@ -437,6 +435,9 @@ fn decode_task(
                         _mm256_storeu_si256(p.add(16).cast(), b);
                     }
                 }
+                // A short last group: zeros for the rest (the micro-kernel
+                // reads whole groups).
+                out[group * GROUP + codes.len()..(group + 1) * GROUP].fill(0);
             },
         );
     }
@@ -460,15 +461,9 @@ fn micro_kernel<D: DotWords>(
         padded_cols: cols,
         groups: x.groups,
     };
-    match (rows.len(), inputs.len()) {
-        (2, 3) => tile::<D, 2, 3>(w, &x_tile, dots),
-        (2, 2) => tile::<D, 2, 2>(w, &x_tile, dots),
-        (2, _) => tile::<D, 2, 1>(w, &x_tile, dots),
-        (_, 3) => tile::<D, 1, 3>(w, &x_tile, dots),
-        (_, 2) => tile::<D, 1, 2>(w, &x_tile, dots),
-        _ => tile::<D, 1, 1>(w, &x_tile, dots),
-    }
+    exact_tile!(tile[D], rows.len(), inputs.len(), rows: [1 2], inputs: [1 2 3], (w, &x_tile, dots));
 }
+
 
 /// The register-blocked core: `R x T` i32 group sums and f32 sums; per 16
 /// columns, each weight row's register meets every input row's.

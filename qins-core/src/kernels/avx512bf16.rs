@@ -36,7 +36,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::driver::{Inputs, Kernel, Prepared, TileDots};
+use super::driver::{Inputs, Kernel, Prepared, TileDots, exact_tile};
 use super::{NibbleTables, for_each_group, padded, prefetch_ahead, round_to_bf16};
 use crate::weights::QinsMatrix;
 
@@ -170,37 +170,26 @@ fn direct_dots(w: &QinsMatrix, row: usize, x: &Inputs<'_, u16>, out: &mut [f32])
 /// `cols`-strided bf16, sliced to the tile), into `dots[row][input]`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 fn micro_kernel(w: &[u16], x: &[u16], cols: usize, dots: &mut TileDots) {
-    match (w.len() / cols, x.len() / cols) {
-        (4, 6) => tile::<4, 6>(w, x, cols, dots),
-        (4, 5) => tile::<4, 5>(w, x, cols, dots),
-        (4, 4) => tile::<4, 4>(w, x, cols, dots),
-        (4, 3) => tile::<4, 3>(w, x, cols, dots),
-        (4, 2) => tile::<4, 2>(w, x, cols, dots),
-        (4, _) => tile::<4, 1>(w, x, cols, dots),
-        (3, _) => tile::<3, 6>(w, x, cols, dots),
-        (2, _) => tile::<2, 6>(w, x, cols, dots),
-        _ => tile::<1, 6>(w, x, cols, dots),
-    }
+    exact_tile!(tile[], w.len() / cols, x.len() / cols, rows: [1 2 3 4], inputs: [1 2 3 4 5 6], (w, x, cols, dots));
 }
 
+
 /// The register-blocked core: `R x T` accumulators, one weight register per
-/// row and one input register at a time, 32 columns per step. Missing input
-/// rows of a short tile (fewer than `T` in `x`) are skipped.
+/// row and one input register at a time, 32 columns per step.
 // Indexing (not iterators) keeps the register tile explicit for the compiler.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 fn tile<const R: usize, const T: usize>(w: &[u16], x: &[u16], cols: usize, dots: &mut TileDots) {
-    let inputs = (x.len() / cols).min(T);
-    assert!(w.len() >= R * cols && x.len() >= inputs * cols && cols.is_multiple_of(32));
+    assert!(w.len() >= R * cols && x.len() >= T * cols && cols.is_multiple_of(32));
     let mut acc = [[_mm512_setzero_ps(); T]; R];
     let (w, x) = (w.as_ptr(), x.as_ptr());
     for k in (0..cols).step_by(32) {
-        // SAFETY: rows `r < R` of `w` and `t < inputs` of `x` have `cols`
+        // SAFETY: rows `r < R` of `w` and `t < T` of `x` have `cols`
         // elements (asserted), and `k + 32 <= cols`.
         unsafe {
             let weights: [__m512bh; R] =
                 std::array::from_fn(|r| as_bf16(_mm512_loadu_si512(w.add(r * cols + k).cast())));
-            for t in 0..inputs {
+            for t in 0..T {
                 let input = as_bf16(_mm512_loadu_si512(x.add(t * cols + k).cast()));
                 for r in 0..R {
                     acc[r][t] = _mm512_dpbf16_ps(acc[r][t], weights[r], input);
@@ -209,7 +198,7 @@ fn tile<const R: usize, const T: usize>(w: &[u16], x: &[u16], cols: usize, dots:
         }
     }
     for r in 0..R {
-        for t in 0..inputs {
+        for t in 0..T {
             dots[r][t] = _mm512_reduce_add_ps(acc[r][t]);
         }
     }
@@ -333,7 +322,9 @@ fn decode_dots<const T: usize>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 fn decode_row(tables: &Tables, codes: &[u8], signs: &[u8], out: &mut [u16]) {
     assert!(out.len() >= codes.len().div_ceil(BLOCK) * BLOCK);
-    for_each_group::<BLOCK, 8>(codes, signs, |block, codes, signs| {
+    for_each_group::<BLOCK, 8, BLOCK>(codes, signs, |block, codes, signs| {
+        // Whole blocks: a partial one comes padded (the chunk is the block).
+        let (codes, signs) = (&codes.as_chunks::<BLOCK>().0[0], &signs.as_chunks::<8>().0[0]);
         let w = tables.decode64(codes, u64::from_le_bytes(*signs));
         // SAFETY: block `block` of out is 64 writable u16 (asserted),
         // written as two halves.

@@ -47,7 +47,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::driver::{Inputs, Kernel, Prepared, TileDots};
+use super::driver::{Inputs, Kernel, Prepared, TileDots, exact_tile};
 use super::fixed_point::{RowPowers, WEIGHT_UNIT, power_of_lane, quantize_group, row_scale};
 use super::{for_each_group, padded, prefetch_ahead};
 use crate::codec::RangeFactors;
@@ -283,14 +283,21 @@ impl Registers {
         )
     }
 
-    /// The signed fixed-point weights of a group's 128 codes, 32 columns
+    /// The signed fixed-point weights of a group's codes (128, or a
+    /// multiple of 32 at a row's end: zeros stand for the rest), 32 columns
     /// per register in column order.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
-    fn decode_group(&self, codes: &[u8; GROUP], signs: &[u8; GROUP / 8]) -> [__m512i; 4] {
+    fn decode_group(&self, codes: &[u8], signs: &[u8]) -> [__m512i; 4] {
+        // A group's leading chunks (all four but at a row's end).
+        let chunks = codes.len() / 32;
+        assert!(chunks <= 4 && signs.len() >= 4 * chunks);
         std::array::from_fn(|k| {
+            if k >= chunks {
+                return _mm512_setzero_si512();
+            }
             // SAFETY: 32 readable code bytes and 4 sign bytes at `32k` and
-            // `4k` (the arrays are 128 and 16 long).
+            // `4k` (asserted).
             let (codes, negative) = unsafe {
                 (
                     _mm256_loadu_si256(codes.as_ptr().add(32 * k).cast()),
@@ -379,7 +386,7 @@ fn decode_dots<const T: usize>(
             && codes.len() <= x.padded_cols
     );
     let mut acc = [_mm512_setzero_ps(); T];
-    for_each_group::<GROUP, { GROUP / 8 }>(codes, signs, |group, codes, signs| {
+    for_each_group::<GROUP, { GROUP / 8 }, 32>(codes, signs, |group, codes, signs| {
         prefetch_ahead(codes, signs);
         let weights = registers.decode_group(codes, signs);
         for (t, acc) in acc.iter_mut().enumerate() {
@@ -432,7 +439,7 @@ fn decode_task(
 #[target_feature(enable = "avx512f,avx512bw")]
 fn decode_row(registers: &Registers, codes: &[u8], signs: &[u8], out: &mut [i16]) {
     assert!(out.len() >= codes.len().div_ceil(GROUP) * GROUP);
-    for_each_group::<GROUP, { GROUP / 8 }>(codes, signs, |group, codes, signs| {
+    for_each_group::<GROUP, { GROUP / 8 }, 32>(codes, signs, |group, codes, signs| {
         let weights = registers.decode_group(codes, signs);
         for (k, w) in weights.iter().enumerate() {
             // SAFETY: group `group` of out is 128 writable i16 (asserted),
@@ -463,26 +470,23 @@ fn micro_kernel(
         padded_cols: cols,
         groups: x.groups,
     };
-    match (rows.len(), inputs.len()) {
-        (4, 3) => tile::<4, 3>(w, &x, dots),
-        (4, 2) => tile::<4, 2>(w, &x, dots),
-        (4, _) => tile::<4, 1>(w, &x, dots),
-        (3, _) => tile::<3, 3>(w, &x, dots),
-        (2, _) => tile::<2, 3>(w, &x, dots),
-        _ => tile::<1, 3>(w, &x, dots),
-    }
+    exact_tile!(tile[], rows.len(), inputs.len(), rows: [1 2 3 4], inputs: [1 2 3], (w, &x, dots));
 }
 
+
 /// The register-blocked core: `R x T` f32 accumulators; per group, each
-/// weight row's four registers meet every input row's. Missing input rows
-/// of a short tile (fewer than `T` in `x`) are skipped.
+/// weight row's four registers meet every input row's.
 // Indexing (not iterators) keeps the register tile explicit for the compiler.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn tile<const R: usize, const T: usize>(w: &[i16], x: &Inputs<'_, i16>, dots: &mut TileDots) {
     let cols = x.padded_cols;
-    let inputs = (x.values.len() / cols).min(T);
-    assert!(w.len() >= R * cols && x.scales.len() >= inputs * x.groups && cols == x.groups * GROUP);
+    assert!(
+        w.len() >= R * cols
+            && x.values.len() >= T * cols
+            && x.scales.len() >= T * x.groups
+            && cols == x.groups * GROUP
+    );
     let mut acc = [[_mm512_setzero_ps(); T]; R];
     let wp = w.as_ptr();
     for group in 0..x.groups {
@@ -492,15 +496,15 @@ fn tile<const R: usize, const T: usize>(w: &[i16], x: &Inputs<'_, i16>, dots: &m
             let weights: [__m512i; 4] = std::array::from_fn(|k| unsafe {
                 _mm512_loadu_si512(wp.add(r * cols + group * GROUP + 32 * k).cast())
             });
-            for t in 0..inputs {
-                // SAFETY: `t < inputs` rows of `groups` groups (asserted).
+            for t in 0..T {
+                // SAFETY: `t < T` rows of `groups` groups (asserted).
                 let (values, scale) = unsafe { group_of(x, t, group) };
                 acc[r][t] = accumulate_group(acc[r][t], &weights, &values, scale);
             }
         }
     }
     for r in 0..R {
-        for t in 0..inputs {
+        for t in 0..T {
             dots[r][t] = _mm512_reduce_add_ps(acc[r][t]);
         }
     }

@@ -26,14 +26,38 @@ use std::ops::Range;
 use std::thread::LocalKey;
 
 use bytemuck::Pod;
+use rayon::prelude::*;
 
-use super::for_each_row_task;
 use crate::weights::QinsMatrix;
 
 /// The largest micro-kernel tile of any kernel (rows x inputs): the size of
 /// the dots buffer the driver hands a tile.
 pub const MAX_TILE_ROWS: usize = 4;
 pub const MAX_TILE_INPUTS: usize = 8;
+
+/// Calls `$tile::<G.., R, T>(args)` (`$tile[G..]`, the leading generic
+/// arguments in brackets) with `R = $rows` and `T = $inputs` as
+/// constants, for each of the listed sizes: a micro-kernel compiled for
+/// its exact tile keeps its accumulators in registers (a loop to a run-time
+/// bound would index them, which puts them in memory).
+macro_rules! exact_tile {
+    ($tile:ident $generics:tt, $rows:expr, $inputs:expr, rows: [$($r:literal)+], inputs: $ts:tt, $args:tt) => {
+        match $rows {
+            $( $r => $crate::kernels::driver::exact_tile!(@inputs $tile $generics, $r, $inputs, $ts, $args), )+
+            rows => unreachable!("a tile of {rows} rows"),
+        }
+    };
+    (@inputs $tile:ident $generics:tt, $r:literal, $inputs:expr, [$($t:literal)+], $args:tt) => {
+        match $inputs {
+            $( $t => $crate::kernels::driver::exact_tile!(@call $tile $generics, $r, $t, $args), )+
+            inputs => unreachable!("a tile of {inputs} inputs"),
+        }
+    };
+    (@call $tile:ident [$($g:ty),*], $r:literal, $t:literal, ($($arg:expr),*)) => {
+        $tile::<$($g,)* $r, $t>($($arg),*)
+    };
+}
+pub(crate) use exact_tile;
 
 /// The dots of one micro-kernel tile, `[weight row][input row]`.
 pub type TileDots = [[f32; MAX_TILE_INPUTS]; MAX_TILE_ROWS];
@@ -166,9 +190,10 @@ fn with_scratch<T: Pod, R>(
     result
 }
 
-/// `out[n x rows] = x[n x cols] · Wᵀ` with kernel `K` (see
-/// [`super::qins_matmul`]).
-pub fn matmul<K: Kernel>(x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
+/// `out_i[n x rows_i] = x[n x cols] · W_iᵀ` with kernel `K` for every
+/// `(W_i, out_i)` of `parts` (of the same width; see
+/// [`super::qins_matmul_many_with`]), in one parallel section.
+pub fn matmul<K: Kernel>(x: &[f32], n: usize, parts: &mut [(&QinsMatrix, &mut [f32])]) {
     // Reachable from any caller through `qins_matmul_with`: refuse rather
     // than fault.
     assert!(
@@ -176,7 +201,12 @@ pub fn matmul<K: Kernel>(x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
         "the {} kernel needs instructions this CPU lacks",
         K::NAME
     );
-    let groups = w.cols.div_ceil(K::GROUP);
+    const { assert!(K::TASK_ROWS <= MAX_TASK_ROWS) };
+    let Some(cols) = parts.first().map(|(w, _)| w.cols) else {
+        return;
+    };
+    assert!(parts.iter().all(|(w, _)| w.cols == cols), "one input for matrices of one width");
+    let groups = cols.div_ceil(K::GROUP);
     let padded_cols = groups * K::GROUP;
     let direct = n <= K::MAX_DIRECT_INPUTS;
     let input_rows = if direct {
@@ -193,7 +223,7 @@ pub fn matmul<K: Kernel>(x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
                 groups,
             };
             // SAFETY: the CPU has the kernel's instructions (asserted).
-            unsafe { K::prepare(x, w.cols, direct, &mut prepared) };
+            unsafe { K::prepare(x, cols, direct, &mut prepared) };
             let inputs = Inputs {
                 values: prepared.values,
                 scales: prepared.scales,
@@ -201,18 +231,33 @@ pub fn matmul<K: Kernel>(x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
                 groups,
             };
             if direct {
-                direct_rows::<K>(w, &inputs, n, out);
+                direct_rows::<K>(parts, &inputs, n);
             } else {
-                multiply_rows::<K>(w, &inputs, n, out);
+                multiply_rows::<K>(parts, &inputs, n);
             }
         })
     });
 }
 
+/// The fewest codes a decode-step task reads: narrow matrices (small
+/// models) get more rows per task, so that a task's start (its first
+/// cache misses, its scheduling) is paid over at least 16 KiB.
+const MIN_DIRECT_TASK_CODES: usize = 16 * 1024;
+
+/// The most weight rows a prefill task of any kernel decodes.
+const MAX_TASK_ROWS: usize = 64;
+
 /// The decode-step path: every weight row decoded into registers and dotted
 /// there with each of the `n` input rows.
-fn direct_rows<K: Kernel>(w: &QinsMatrix, x: &Inputs<'_, K::Input>, n: usize, out: &mut [f32]) {
-    for_each_row_task(out, n, w.rows, K::DECODE_TASK_ROWS, |task_rows, out| {
+fn direct_rows<K: Kernel>(
+    parts: &mut [(&QinsMatrix, &mut [f32])],
+    x: &Inputs<'_, K::Input>,
+    n: usize,
+) {
+    let cols = parts.first().map_or(1, |(w, _)| w.cols.max(1));
+    let task_rows = K::DECODE_TASK_ROWS.max(MIN_DIRECT_TASK_CODES.div_ceil(cols));
+    for_each_row_task(parts, n, task_rows, |w, task_rows, out| {
+        super::prefetch_start(w, &task_rows);
         let mut dots = [0.0f32; MAX_TILE_INPUTS];
         let dots = &mut dots[..n];
         for row in task_rows {
@@ -227,15 +272,19 @@ fn direct_rows<K: Kernel>(w: &QinsMatrix, x: &Inputs<'_, K::Input>, n: usize, ou
 
 /// The prefill path: tasks of rows decoded once into a buffer, then the
 /// micro-kernel over every tile of input rows.
-fn multiply_rows<K: Kernel>(w: &QinsMatrix, x: &Inputs<'_, K::Input>, n: usize, out: &mut [f32]) {
+fn multiply_rows<K: Kernel>(
+    parts: &mut [(&QinsMatrix, &mut [f32])],
+    x: &Inputs<'_, K::Input>,
+    n: usize,
+) {
     debug_assert!(K::TILE_ROWS <= MAX_TILE_ROWS && K::TILE_INPUTS <= MAX_TILE_INPUTS);
     let cols = x.padded_cols;
-    for_each_row_task(out, n, w.rows, K::TASK_ROWS, |task_rows, out| {
+    for_each_row_task(parts, n, K::TASK_ROWS, |w, task_rows, out| {
         let first = task_rows.start;
         let rows = task_rows.len();
         let buffer_rows = rows.next_multiple_of(K::ROW_GROUP);
         with_scratch::<K::Weight, _>(&DECODED, buffer_rows * cols, |decoded| {
-            let mut scales = [0.0f32; 64];
+            let mut scales = [0.0f32; MAX_TASK_ROWS];
             let scales = &mut scales[..rows];
             // SAFETY: `matmul` checked the CPU.
             unsafe { K::decode_task(w, task_rows.clone(), cols, decoded, scales) };
@@ -255,4 +304,83 @@ fn multiply_rows<K: Kernel>(w: &QinsMatrix, x: &Inputs<'_, K::Input>, n: usize, 
             }
         })
     });
+}
+
+/// Runs `task(w, rows, writer)` in parallel over consecutive groups of
+/// `task_rows` rows of every matrix of `parts` (one parallel section for
+/// all of them). A row's dots lie in a strided column of its output
+/// (`out[t * rows + row]`, `n x rows`), so instead of a slice each task
+/// gets a [`RowWriter`] for its own rows.
+fn for_each_row_task(
+    parts: &mut [(&QinsMatrix, &mut [f32])],
+    n: usize,
+    task_rows: usize,
+    task: impl Fn(&QinsMatrix, Range<usize>, &RowWriter) + Sync,
+) {
+    let outputs: Vec<(&QinsMatrix, OutPtr)> = parts
+        .iter_mut()
+        .map(|(w, out)| {
+            assert_eq!(out.len(), n * w.rows, "out must be n x rows");
+            (*w, OutPtr(out.as_mut_ptr()))
+        })
+        .collect();
+    let tasks: Vec<(usize, Range<usize>)> = outputs
+        .iter()
+        .enumerate()
+        .flat_map(|(part, (w, _))| {
+            (0..w.rows.div_ceil(task_rows))
+                .map(move |i| (part, i * task_rows..w.rows.min((i + 1) * task_rows)))
+        })
+        .collect();
+    tasks.into_par_iter().for_each(|(part, own)| {
+        let (w, ptr) = outputs[part];
+        let writer = RowWriter {
+            ptr,
+            rows: w.rows,
+            n,
+            own: own.clone(),
+        };
+        task(w, own, &writer);
+    });
+}
+
+/// Writes the outputs of one task's rows (see [`for_each_row_task`]).
+struct RowWriter {
+    ptr: OutPtr,
+    rows: usize,
+    n: usize,
+    own: Range<usize>,
+}
+
+impl RowWriter {
+    /// `out[t * rows + row] = value`; panics for a row of another task.
+    #[inline]
+    fn write(&self, t: usize, row: usize, value: f32) {
+        assert!(
+            t < self.n && self.own.contains(&row),
+            "output ({t}, {row}) is not this task's"
+        );
+        // SAFETY: `t < n` and `row < rows` (own rows are), so the index is
+        // below `n * rows == out.len()`; only this task's writer covers
+        // `row`, so no other thread writes the element; `out` outlives the
+        // parallel loop that hands out the writers.
+        unsafe { self.ptr.get().add(t * self.rows + row).write(value) };
+    }
+}
+
+/// An output shared by a call's rayon tasks.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: tasks write disjoint elements through the pointer (see
+// `RowWriter::write`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above; nothing reads through it.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method (not field access) so closures capture the `Sync` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
 }

@@ -18,7 +18,7 @@
 use std::ops::Range;
 
 use super::NibbleTables;
-use super::driver::{Inputs, Prepared, TileDots};
+use super::driver::{Inputs, Prepared, TileDots, exact_tile};
 use crate::weights::QinsMatrix;
 
 /// The largest step of any f32 kernel (AVX-512: 4 x 16 weights).
@@ -218,16 +218,7 @@ pub unsafe fn tile<F: FloatLanes>(
     let x = &x.values[inputs.start * cols..inputs.end * cols];
     // SAFETY: every call here: as above.
     unsafe {
-        match (rows.len(), inputs.len()) {
-            (4, 2) => tile_of::<F, 4, 2>(w, x, cols, dots),
-            (4, _) => tile_of::<F, 4, 1>(w, x, cols, dots),
-            (3, 2) => tile_of::<F, 3, 2>(w, x, cols, dots),
-            (3, _) => tile_of::<F, 3, 1>(w, x, cols, dots),
-            (2, 2) => tile_of::<F, 2, 2>(w, x, cols, dots),
-            (2, _) => tile_of::<F, 2, 1>(w, x, cols, dots),
-            (_, 2) => tile_of::<F, 1, 2>(w, x, cols, dots),
-            _ => tile_of::<F, 1, 1>(w, x, cols, dots),
-        }
+        exact_tile!(tile_of[F], rows.len(), inputs.len(), rows: [1 2 3 4], inputs: [1 2], (w, x, cols, dots))
     }
 }
 

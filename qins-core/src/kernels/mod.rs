@@ -44,9 +44,7 @@ pub mod neon_bf16;
 pub mod neon_int;
 pub mod scalar;
 
-use rayon::prelude::*;
-
-use crate::codec::{LogRange, RangeFactors};
+use crate::codec::{self, LogRange, RangeFactors};
 use crate::weights::QinsMatrix;
 use driver::Kernel;
 
@@ -278,83 +276,52 @@ pub fn qins_matmul(x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
 /// [`qins_matmul`] with an explicit kernel (tests and benchmarks compare
 /// kernels with it). Panics if the kernel is not available here.
 pub fn qins_matmul_with(kind: KernelKind, x: &[f32], n: usize, w: &QinsMatrix, out: &mut [f32]) {
-    assert_eq!(x.len(), n * w.cols, "qins_matmul: x must be n x cols");
-    assert_eq!(out.len(), n * w.rows, "qins_matmul: out must be n x rows");
-    if n == 0 || w.rows == 0 || w.cols == 0 {
-        out.fill(0.0);
+    qins_matmul_many_with(kind, x, n, &mut [(w, out)]);
+}
+
+/// `out_i[n x rows_i] = x[n x cols] · W_iᵀ` for several matrices of the
+/// same width in one call: the inputs are prepared once and the threads
+/// share out all the matrices' rows in one parallel section, where one call
+/// per matrix would pay that twice per matrix (most of the cost of the
+/// narrow matrices of small models).
+pub fn qins_matmul_many_with(
+    kind: KernelKind,
+    x: &[f32],
+    n: usize,
+    parts: &mut [(&QinsMatrix, &mut [f32])],
+) {
+    for (w, out) in parts.iter_mut() {
+        assert_eq!(x.len(), n * w.cols, "qins_matmul: x must be n x cols");
+        assert_eq!(out.len(), n * w.rows, "qins_matmul: out must be n x rows");
+        if n == 0 || w.rows == 0 || w.cols == 0 {
+            out.fill(0.0);
+        }
+    }
+    if n == 0 || parts.iter().all(|(w, _)| w.rows == 0 || w.cols == 0) {
         return;
     }
     match kind {
         #[cfg(target_arch = "x86_64")]
-        KernelKind::Avx512Vnni => driver::matmul::<avx512vnni::Avx512Vnni>(x, n, w, out),
+        KernelKind::Avx512Vnni => driver::matmul::<avx512vnni::Avx512Vnni>(x, n, parts),
         #[cfg(target_arch = "x86_64")]
-        KernelKind::Avx512Bf16 => driver::matmul::<avx512bf16::Avx512Bf16>(x, n, w, out),
+        KernelKind::Avx512Bf16 => driver::matmul::<avx512bf16::Avx512Bf16>(x, n, parts),
         #[cfg(target_arch = "x86_64")]
-        KernelKind::Avx512 => driver::matmul::<avx512::Avx512>(x, n, w, out),
+        KernelKind::Avx512 => driver::matmul::<avx512::Avx512>(x, n, parts),
         #[cfg(target_arch = "x86_64")]
-        KernelKind::AvxVnni => driver::matmul::<avx2int::AvxVnni>(x, n, w, out),
+        KernelKind::AvxVnni => driver::matmul::<avx2int::AvxVnni>(x, n, parts),
         #[cfg(target_arch = "x86_64")]
-        KernelKind::Avx2Int => driver::matmul::<avx2int::Avx2Int>(x, n, w, out),
+        KernelKind::Avx2Int => driver::matmul::<avx2int::Avx2Int>(x, n, parts),
         #[cfg(target_arch = "x86_64")]
-        KernelKind::Avx2 => driver::matmul::<avx2::Avx2>(x, n, w, out),
+        KernelKind::Avx2 => driver::matmul::<avx2::Avx2>(x, n, parts),
         #[cfg(target_arch = "aarch64")]
-        KernelKind::NeonBf16 => driver::matmul::<neon_bf16::NeonBf16>(x, n, w, out),
+        KernelKind::NeonBf16 => driver::matmul::<neon_bf16::NeonBf16>(x, n, parts),
         #[cfg(target_arch = "aarch64")]
-        KernelKind::NeonInt => driver::matmul::<neon_int::NeonInt>(x, n, w, out),
+        KernelKind::NeonInt => driver::matmul::<neon_int::NeonInt>(x, n, parts),
         #[cfg(target_arch = "aarch64")]
-        KernelKind::Neon => driver::matmul::<neon::Neon>(x, n, w, out),
-        KernelKind::Scalar => driver::matmul::<scalar::Scalar>(x, n, w, out),
+        KernelKind::Neon => driver::matmul::<neon::Neon>(x, n, parts),
+        KernelKind::Scalar => driver::matmul::<scalar::Scalar>(x, n, parts),
         #[allow(unreachable_patterns)]
         _ => panic!("kernel {} is not in this build", kind.name()),
-    }
-}
-
-/// Runs `task` in parallel over consecutive groups of `task_rows` output
-/// rows of `out` (`n x rows`, row-major by input). A row's dots lie in a
-/// strided column (`out[t * rows + row]`), so instead of a slice each task
-/// gets a [`RowWriter`] for its own rows.
-fn for_each_row_task(
-    out: &mut [f32],
-    n: usize,
-    rows: usize,
-    task_rows: usize,
-    task: impl Fn(std::ops::Range<usize>, &RowWriter) + Sync,
-) {
-    assert_eq!(out.len(), n * rows, "out must be n x rows");
-    let ptr = OutPtr(out.as_mut_ptr());
-    (0..rows.div_ceil(task_rows)).into_par_iter().for_each(|i| {
-        let own = i * task_rows..rows.min((i + 1) * task_rows);
-        let writer = RowWriter {
-            ptr,
-            rows,
-            n,
-            own: own.clone(),
-        };
-        task(own, &writer);
-    });
-}
-
-/// Writes the outputs of one task's rows (see [`for_each_row_task`]).
-struct RowWriter {
-    ptr: OutPtr,
-    rows: usize,
-    n: usize,
-    own: std::ops::Range<usize>,
-}
-
-impl RowWriter {
-    /// `out[t * rows + row] = value`; panics for a row of another task.
-    #[inline]
-    fn write(&self, t: usize, row: usize, value: f32) {
-        assert!(
-            t < self.n && self.own.contains(&row),
-            "output ({t}, {row}) is not this task's"
-        );
-        // SAFETY: `t < n` and `row < rows` (own rows are), so the index is
-        // below `n * rows == out.len()`; only this task's writer covers
-        // `row`, so no other thread writes the element; `out` outlives the
-        // parallel loop that hands out the writers.
-        unsafe { self.ptr.get().add(t * self.rows + row).write(value) };
     }
 }
 
@@ -385,14 +352,15 @@ pub fn widen_bf16(v: u16) -> f32 {
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_DISTANCE: usize = 8192;
 
-/// Prefetches the cache lines [`PREFETCH_DISTANCE`] bytes past the `N`
-/// codes being decoded, and the line of their signs as far ahead.
+/// Prefetches the cache lines [`PREFETCH_DISTANCE`] bytes past the codes
+/// being decoded, and the line of their signs as far ahead.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn prefetch_ahead<const N: usize, const S: usize>(codes: &[u8; N], signs: &[u8; S]) {
+fn prefetch_ahead(codes: &[u8], signs: &[u8]) {
     use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-    let (codes, signs) = (codes.as_ptr(), signs.as_ptr());
-    for line in (0..N).step_by(64) {
+    let (lines, signs) = (codes.len(), signs.as_ptr());
+    let codes = codes.as_ptr();
+    for line in (0..lines).step_by(64) {
         // SAFETY: a prefetch reads nothing the program sees and never
         // faults, whatever the address (hence `wrapping_add`: it may lie
         // past the matrix).
@@ -403,34 +371,68 @@ fn prefetch_ahead<const N: usize, const S: usize>(codes: &[u8; N], signs: &[u8; 
 }
 
 /// Calls `f(group, codes, signs)` for each group of `G` codes of a row
-/// (and its `S = G / 8` sign bytes), in order; the last partial group comes
-/// zero-padded (code 0 decodes to 0).
+/// (and its `S = G / 8` sign bytes), in order. A last partial group comes
+/// as it is when its length is a multiple of `C` (the kernel's chunk: it
+/// then decodes fewer chunks, with no copy), zero-padded to `G` otherwise
+/// (code 0 decodes to 0).
 #[cfg_attr(
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
     allow(dead_code)
 )]
 #[inline(always)]
-fn for_each_group<const G: usize, const S: usize>(
+fn for_each_group<const G: usize, const S: usize, const C: usize>(
     codes: &[u8],
     signs: &[u8],
-    mut f: impl FnMut(usize, &[u8; G], &[u8; S]),
+    mut f: impl FnMut(usize, &[u8], &[u8]),
 ) {
-    debug_assert_eq!(G, 8 * S);
+    debug_assert!(G == 8 * S && G.is_multiple_of(C) && C.is_multiple_of(8));
     let (whole, tail) = codes.as_chunks::<G>();
     let (sign_groups, _) = signs.as_chunks::<S>();
     for (group, (codes, signs)) in whole.iter().zip(sign_groups).enumerate() {
         f(group, codes, signs);
     }
-    if !tail.is_empty() {
-        // Not the remainder of `as_chunks`: the sign bytes of a partial
-        // group may be whole.
-        let sign_tail = &signs[whole.len() * S..];
+    if tail.is_empty() {
+        return;
+    }
+    // Not the remainder of `as_chunks`: the sign bytes of a partial group
+    // may be whole.
+    let sign_tail = &signs[whole.len() * S..];
+    if tail.len().is_multiple_of(C) {
+        f(whole.len(), tail, &sign_tail[..tail.len() / 8]);
+    } else {
         f(
             whole.len(),
             &padded::<u8, G>(tail),
             &padded::<u8, S>(sign_tail),
         );
     }
+}
+
+
+/// Asks for the first [`PREFETCH_DISTANCE`] bytes of codes of `rows` (and
+/// their signs): the stretch a task's reading ahead ([`prefetch_ahead`])
+/// never covers because it starts behind it.
+#[inline]
+fn prefetch_start(w: &QinsMatrix, rows: &std::ops::Range<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        if rows.is_empty() {
+            return;
+        }
+        let codes = &w.codes()[rows.start * w.cols..rows.end * w.cols];
+        let codes = &codes[..codes.len().min(PREFETCH_DISTANCE)];
+        let sign_bytes = codec::sign_row_bytes(w.cols);
+        let signs = &w.signs()[rows.start * sign_bytes..rows.end * sign_bytes];
+        let signs = &signs[..signs.len().min(PREFETCH_DISTANCE / 8)];
+        for line in codes.chunks(64).chain(signs.chunks(64)) {
+            // SAFETY: a prefetch reads nothing the program sees and never
+            // faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (w, rows);
 }
 
 /// Zero-padded copy of a row's last partial SIMD group (codes, signs or
@@ -445,22 +447,6 @@ fn padded<T: Copy + Default, const N: usize>(tail: &[T]) -> [T; N] {
     out
 }
 
-/// The output of [`qins_matmul_with`] shared by its rayon tasks.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-
-// SAFETY: tasks write disjoint elements through the pointer (see
-// `RowWriter::write`).
-unsafe impl Send for OutPtr {}
-// SAFETY: as above; nothing reads through it.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// A method (not field access) so closures capture the `Sync` wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// The 256-entry decode table of a range, equal to [`LogRange::table`] within
 /// one f32 ulp but with two `exp` calls instead of 255: the magnitudes form a

@@ -209,7 +209,9 @@ fn decode_dots<const T: usize>(
 ) -> [f32; T] {
     assert!(x.len() >= T * padded_cols && codes.len() <= padded_cols);
     let mut acc = [[zeros(); 2]; T];
-    for_each_group::<16, 2>(codes, signs, |block, codes, &negative| {
+    for_each_group::<16, 2, 16>(codes, signs, |block, codes, signs| {
+        // Whole blocks: a partial one comes padded (the chunk is the block).
+        let (codes, negative) = (&codes.as_chunks::<16>().0[0], [signs[0], signs[1]]);
         let w = in_order(decoder.decode16(codes, negative));
         for (t, acc) in acc.iter_mut().enumerate() {
             // SAFETY: block `block` of input row `t` is 16 readable u16
@@ -231,7 +233,9 @@ fn decode_dots<const T: usize>(
 fn decode_half(w: &QinsMatrix, row: usize, half: usize, out: &mut [u16]) {
     let decoder = Decoder::new(&NibbleTables::from_factors(w.row_factors(row)));
     let (codes, signs) = (w.row_codes(row), w.row_signs(row));
-    for_each_group::<16, 2>(codes, signs, |block, codes, &negative| {
+    for_each_group::<16, 2, 16>(codes, signs, |block, codes, signs| {
+        // Whole blocks: a partial one comes padded (the chunk is the block).
+        let (codes, negative) = (&codes.as_chunks::<16>().0[0], [signs[0], signs[1]]);
         store_half(out, block, half, decoder.decode16(codes, negative));
     });
 }

@@ -34,7 +34,7 @@
 use std::arch::aarch64::*;
 use std::ops::Range;
 
-use super::driver::{Inputs, Kernel, Prepared, TileDots};
+use super::driver::{Inputs, Kernel, Prepared, TileDots, exact_tile};
 #[cfg(test)]
 use super::fixed_point::NibbleFixed;
 use super::fixed_point::{
@@ -237,6 +237,18 @@ fn planes(factors: [f32; 4], odd: bool) -> [uint8x16_t; 2] {
     ]
 }
 
+/// A group's sign bytes (16, or fewer at a row's end) in one register.
+#[inline]
+#[target_feature(enable = "neon")]
+fn load_signs(signs: &[u8]) -> uint8x16_t {
+    let whole: &[u8; 16] = match signs.first_chunk() {
+        Some(whole) => whole,
+        None => &padded(signs),
+    };
+    // SAFETY: 16 readable bytes.
+    unsafe { vld1q_u8(whole.as_ptr()) }
+}
+
 /// Direct path: decodes row `row` group by group into registers and dots
 /// it with each of `out.len()` input rows.
 #[target_feature(enable = "neon")]
@@ -273,9 +285,8 @@ fn row_dots<const T: usize>(
     );
     let mut acc = [vdupq_n_f32(0.0); T];
     let values = x.values.as_ptr();
-    for_each_group::<GROUP, { GROUP / 8 }>(codes, signs, |group, codes, signs| {
-        // SAFETY: 16 readable bytes.
-        let signs = unsafe { vld1q_u8(signs.as_ptr()) };
+    for_each_group::<GROUP, { GROUP / 8 }, CHUNK>(codes, signs, |group, codes, signs| {
+        let signs = load_signs(signs);
         let (chunks, _) = codes.as_chunks::<CHUNK>();
         // Two sums per input row (the chunk's two halves): each lane sums
         // 16 products of the group (exact).
@@ -319,12 +330,11 @@ fn decode_task(
         let (registers, dequant) = Registers::new(factors, first);
         *scale = dequant;
         assert!(out.len() >= w.cols.div_ceil(GROUP) * GROUP);
-        for_each_group::<GROUP, { GROUP / 8 }>(
+        for_each_group::<GROUP, { GROUP / 8 }, CHUNK>(
             w.row_codes(row),
             w.row_signs(row),
             |group, codes, signs| {
-                // SAFETY: 16 readable bytes.
-                let signs = unsafe { vld1q_u8(signs.as_ptr()) };
+                let signs = load_signs(signs);
                 let (chunks, _) = codes.as_chunks::<CHUNK>();
                 for (k, codes) in chunks.iter().enumerate() {
                     let [a, b] = registers.decode(codes, signs, k);
@@ -336,6 +346,9 @@ fn decode_task(
                         vst1q_s16(p.add(8), b);
                     }
                 }
+                // A short last group: zeros for the rest (the micro-kernel
+                // reads whole groups).
+                out[group * GROUP + codes.len()..(group + 1) * GROUP].fill(0);
             },
         );
     }
@@ -358,17 +371,9 @@ fn micro_kernel(
         padded_cols: cols,
         groups: x.groups,
     };
-    match (rows.len(), inputs.len()) {
-        (4, 2) => tile::<4, 2>(w, &x_tile, dots),
-        (4, _) => tile::<4, 1>(w, &x_tile, dots),
-        (3, 2) => tile::<3, 2>(w, &x_tile, dots),
-        (3, _) => tile::<3, 1>(w, &x_tile, dots),
-        (2, 2) => tile::<2, 2>(w, &x_tile, dots),
-        (2, _) => tile::<2, 1>(w, &x_tile, dots),
-        (_, 2) => tile::<1, 2>(w, &x_tile, dots),
-        _ => tile::<1, 1>(w, &x_tile, dots),
-    }
+    exact_tile!(tile[], rows.len(), inputs.len(), rows: [1 2 3 4], inputs: [1 2], (w, &x_tile, dots));
 }
+
 
 /// The register-blocked core: `R x T` pairs of i32 group sums and f32
 /// sums; per 8 columns, each weight row's register meets every input

@@ -779,7 +779,8 @@ fn kernel_selection_lists_and_names() {
 /// `cargo test --release -p qins-core --lib kernels::tests::bench -- --ignored --nocapture`.
 /// `QINS_BENCH_KERNELS=avx2-int,avx2` and `QINS_BENCH_N=1,64` narrow it
 /// (every kernel and 1, 2, 64 input rows otherwise); `QINS_BENCH_THREADS`
-/// likewise (1 and 2).
+/// likewise (1 and 2); `QINS_BENCH_SHAPES=3072x576,576x1536` sets the
+/// matrices (Phi-3.5's otherwise).
 #[test]
 #[ignore]
 fn bench() {
@@ -803,7 +804,19 @@ fn bench() {
     };
     let batches = numbers("QINS_BENCH_N", &[1, 2, 64]);
     let thread_counts = numbers("QINS_BENCH_THREADS", &[1, 2]);
-    for &(rows, cols) in &[(3072, 8192), (8192, 3072), (16384, 3072)] {
+    let shapes: Vec<(usize, usize)> = list("QINS_BENCH_SHAPES").map_or(
+        vec![(3072, 8192), (8192, 3072), (16384, 3072)],
+        |shapes| {
+            shapes
+                .iter()
+                .map(|s| {
+                    let (r, c) = s.split_once('x').expect("ROWSxCOLS");
+                    (r.parse().expect("rows"), c.parse().expect("cols"))
+                })
+                .collect()
+        },
+    );
+    for &(rows, cols) in &shapes {
         for per_row in [true, false] {
             let w = random_codes_matrix(rows, cols, per_row, Signs::Random, 1);
             let weight_bytes = (w.code_bytes() + w.sign_bytes()) as f64;
@@ -841,6 +854,39 @@ fn bench() {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Several matrices in one call give what one call each gives, on the
+/// direct path and the micro-kernel's, matrices of different heights.
+#[test]
+fn one_call_for_several_matrices_equals_one_call_each() {
+    let cols = 300;
+    let matrices = [
+        random_codes_matrix(24, cols, true, Signs::Random, 31),
+        random_codes_matrix(5, cols, false, Signs::Random, 32),
+        random_codes_matrix(17, cols, true, Signs::Random, 33),
+    ];
+    for kind in kernels_under_test() {
+        for n in [1, 3, 9] {
+            let x = random_inputs(n * cols, 34 + n as u64);
+            let expected: Vec<Vec<f32>> = matrices
+                .iter()
+                .map(|w| {
+                    let mut out = vec![f32::NAN; n * w.rows];
+                    qins_matmul_with(kind, &x, n, w, &mut out);
+                    out
+                })
+                .collect();
+            let mut outs: Vec<Vec<f32>> = matrices.iter().map(|w| vec![f32::NAN; n * w.rows]).collect();
+            let mut parts: Vec<(&QinsMatrix, &mut [f32])> = matrices
+                .iter()
+                .zip(outs.iter_mut())
+                .map(|(w, out)| (w, out.as_mut_slice()))
+                .collect();
+            qins_matmul_many_with(kind, &x, n, &mut parts);
+            assert_eq!(outs, expected, "{} n={n}", kind.name());
         }
     }
 }

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::ModelError;
 use super::gemm::{Rhs, matmul};
-use crate::kernels::{KernelKind, qins_matmul_with};
+use crate::kernels::{KernelKind, qins_matmul_many_with, qins_matmul_with};
 use crate::weights::{QinsMatrix, Weight};
 
 /// `y = x · Wᵀ` over a resident matrix.
@@ -70,6 +70,36 @@ impl Linear {
         Ok(out)
     }
 
+    /// [`Linear::forward`] of several matrices of the same width on the
+    /// same input (a layer's q, k and v, or gate and up): QINS matrices in
+    /// one kernel call ([`qins_matmul_many_with`]), so the small ones of
+    /// small models share one parallel section.
+    pub fn forward_many(
+        linears: &[&Linear],
+        x: &[f32],
+        n: usize,
+        kernel: KernelKind,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let matrices: Option<Vec<&QinsMatrix>> = linears
+            .iter()
+            .map(|l| match l {
+                Self::Qins(m) => Some(m),
+                Self::Dense { .. } => None,
+            })
+            .collect();
+        let Some(matrices) = matrices else {
+            return linears.iter().map(|l| l.forward(x, n, kernel)).collect();
+        };
+        let mut outs: Vec<Vec<f32>> = matrices.iter().map(|m| vec![0.0f32; n * m.rows]).collect();
+        let mut parts: Vec<(&QinsMatrix, &mut [f32])> = matrices
+            .iter()
+            .zip(outs.iter_mut())
+            .map(|(m, out)| (*m, out.as_mut_slice()))
+            .collect();
+        qins_matmul_many_with(kernel, x, n, &mut parts);
+        Ok(outs)
+    }
+
     /// One row of the matrix as f32 (embedding lookup).
     pub fn row(&self, row: usize, out: &mut [f32]) {
         match self {
@@ -104,11 +134,17 @@ pub fn swiglu(gate_up: &[f32], ff: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(gate_up.len() / 2);
     for row in gate_up.chunks(2 * ff) {
         let (gate, up) = row.split_at(ff);
-        out.extend(
-            gate.iter()
-                .zip(up)
-                .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u),
-        );
+        out.extend(gate.iter().zip(up).map(|(&g, &u)| silu(g) * u));
     }
     out
+}
+
+/// `silu(gate) * up` element by element, from separate gate and up rows.
+pub fn silu_times(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gate.iter().zip(up).map(|(&g, &u)| silu(g) * u).collect()
+}
+
+#[inline]
+fn silu(g: f32) -> f32 {
+    g / (1.0 + (-g).exp())
 }

@@ -24,7 +24,7 @@ pub use crate::container::config::{Architecture, ModelConfig};
 use attention::{attention, attention_one};
 pub use batch::{BatchStep, DecodeBatcher};
 pub use kv_cache::{KvCache, KvPrecision};
-use layers::{Linear, rms_norm, swiglu};
+use layers::{Linear, rms_norm, silu_times, swiglu};
 use profile::Stage;
 use rope::Rope;
 pub use view::LayerView;
@@ -269,7 +269,28 @@ impl Model {
 
     /// Runs `tokens`, split into consecutive segments of one sequence each,
     /// and returns the logits of every token (`all`) or of each segment's last.
+    ///
+    /// The pass runs on a worker of the kernels' thread pool (the global
+    /// one, or the pool the caller runs in): a pass makes ~7 matrix products
+    /// per layer, each split over the pool's threads, and from a worker
+    /// each one is a fork-join the caller takes part in, where from outside
+    /// the pool (the daemon's generation threads) each would be handed to
+    /// the pool and waited for.
     fn run_segments(
+        &self,
+        tokens: &[u32],
+        segments: &mut [Segment<'_>],
+        cancel: &AtomicBool,
+        all: bool,
+    ) -> Result<Vec<f32>, ModelError> {
+        if rayon::current_thread_index().is_some() {
+            return self.run_segments_here(tokens, segments, cancel, all);
+        }
+        rayon::scope(|_| self.run_segments_here(tokens, segments, cancel, all))
+    }
+
+    /// [`Model::run_segments`] on the calling thread.
+    fn run_segments_here(
         &self,
         tokens: &[u32],
         segments: &mut [Segment<'_>],
@@ -361,19 +382,12 @@ impl Model {
                 profile::time(Stage::Swiglu, || swiglu(&fused, c.intermediate_size))
             }
             GateUp::Separate { gate, up } => {
-                let (g, u) = profile::time(Stage::GateUp, || {
-                    rayon::join(
-                        || gate.forward(&normed, n, self.kernel),
-                        || up.forward(&normed, n, self.kernel),
-                    )
-                });
-                let (g, u) = (g?, u?);
-                profile::time(Stage::Swiglu, || {
-                    swiglu(
-                        &interleave_rows(&g, &u, c.intermediate_size),
-                        c.intermediate_size,
-                    )
-                })
+                let [g, u] = profile::time(Stage::GateUp, || {
+                    Linear::forward_many(&[gate, up], &normed, n, self.kernel)
+                })?
+                .try_into()
+                .expect("two matrices, two outputs");
+                profile::time(Stage::Swiglu, || silu_times(&g, &u))
             }
         };
         add_assign(
@@ -454,22 +468,15 @@ fn project_qkv(
             }
             Qkv3 { q, k, v }
         }
-        Qkv::Separate { q, k, v } => Qkv3 {
-            q: q.forward(x, n, kernel)?,
-            k: k.forward(x, n, kernel)?,
-            v: v.forward(x, n, kernel)?,
-        },
+        Qkv::Separate { q, k, v } => {
+            let [q, k, v] = Linear::forward_many(&[q, k, v], x, n, kernel)?
+                .try_into()
+                .expect("three matrices, three outputs");
+            Qkv3 { q, k, v }
+        }
     })
 }
 
-/// Rows `[a_i | b_i]` from two `n x width` matrices.
-fn interleave_rows(a: &[f32], b: &[f32], width: usize) -> Vec<f32> {
-    a.chunks(width)
-        .zip(b.chunks(width))
-        .flat_map(|(x, y)| x.iter().chain(y))
-        .copied()
-        .collect()
-}
 
 fn add_assign(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
