@@ -132,13 +132,55 @@ impl EncodeOptions {
 
 /// A range's magnitudes as a geometric series, in f64: code `c` in 1..=255
 /// has magnitude `scale * ratio^(255 - c)`. Kept per row by resident
-/// matrices, so kernels build their tables without calling `exp`.
+/// matrices, so kernels build their tables without calling `exp` (or
+/// dividing: `rho` and `largest` are what the integer kernels start from).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RangeFactors {
     /// The smallest magnitude, `exp(log_min)` (code 255).
     pub scale: f64,
     /// The step between neighbouring codes, `exp((log_max - log_min) / 254)`.
     pub ratio: f64,
+    /// `1 / ratio`.
+    pub rho: f64,
+    /// The largest magnitude (code 1), `scale / rho^254` as
+    /// [`RangeFactors::magnitude_of`] computes it.
+    pub largest: f64,
+}
+
+impl RangeFactors {
+    pub fn new(scale: f64, ratio: f64) -> Self {
+        let rho = 1.0 / ratio;
+        let mut factors = Self {
+            scale,
+            ratio,
+            rho,
+            largest: 0.0,
+        };
+        factors.largest = factors.magnitude_of(1);
+        factors
+    }
+
+    /// `rho^(2^k)` for `k` in 0..8, by squaring.
+    pub fn rho_squares(&self) -> [f64; 8] {
+        let mut squares = [self.rho; 8];
+        for k in 1..8 {
+            squares[k] = squares[k - 1] * squares[k - 1];
+        }
+        squares
+    }
+
+    /// The magnitude of code `code` in 1..=255, `scale / rho^(255 - code)`
+    /// with the power taken bit by bit from [`RangeFactors::rho_squares`]
+    /// (the integer kernels' rule; within ~1e-15 of `scale *
+    /// ratio^(255 - code)`).
+    pub fn magnitude_of(&self, code: u8) -> f64 {
+        let steps = 255 - u32::from(code.max(1));
+        let squares = self.rho_squares();
+        let power = (0..8)
+            .filter(|k| steps >> k & 1 == 1)
+            .fold(1.0, |p, k| p * squares[k]);
+        self.scale / power
+    }
 }
 
 /// The logarithmic bounds of one range.
@@ -159,10 +201,10 @@ impl LogRange {
     /// (see [`RangeFactors`]).
     pub fn factors(&self) -> RangeFactors {
         let log_min = f64::from(self.log_min);
-        RangeFactors {
-            scale: log_min.exp(),
-            ratio: ((f64::from(self.log_max) - log_min) / CODE_STEPS).exp(),
-        }
+        RangeFactors::new(
+            log_min.exp(),
+            ((f64::from(self.log_max) - log_min) / CODE_STEPS).exp(),
+        )
     }
 
     /// Code of a non-zero magnitude.

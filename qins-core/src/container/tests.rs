@@ -132,8 +132,8 @@ fn resident_bytes_count_codes_signs_and_other() {
         .resident_bytes();
     assert_eq!(bytes.codes, 40 * 16 + 7 * 13);
     assert_eq!(bytes.signs, 40 * 2 + 7 * 2);
-    // Per range: its bounds (2 x f32) and decode factors (2 x f64).
-    assert_eq!(bytes.other, (40 + 1) * (8 + 16) + 16 * 4);
+    // Per range: its bounds (2 x f32) and decode factors (4 x f64).
+    assert_eq!(bytes.other, (40 + 1) * (8 + 32) + 16 * 4);
     assert_eq!(bytes.parameters, 40 * 16 + 7 * 13 + 16);
 }
 

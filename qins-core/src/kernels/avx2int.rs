@@ -120,15 +120,24 @@ macro_rules! nibble_kernel {
                 prepare(x, cols, inputs);
             }
 
+            type Row = (Registers, f32);
+
+            unsafe fn row(w: &QinsMatrix, row: usize) -> (Registers, f32) {
+                let (factors, first) = row_scale(w, row);
+                // SAFETY: the CPU has the kernel's instructions (the
+                // caller's contract).
+                unsafe { Registers::new(factors, first) }
+            }
+
             unsafe fn direct_dots(
+                state: &(Registers, f32),
                 w: &QinsMatrix,
                 row: usize,
                 x: &Inputs<'_, i16>,
                 out: &mut [f32],
             ) {
-                // SAFETY: the CPU has the kernel's instructions (the
-                // caller's contract).
-                unsafe { direct_dots::<$kernel>(w, row, x, out) }
+                // SAFETY: as above.
+                unsafe { direct_dots::<$kernel>(state, w, row, x, out) }
             }
 
             unsafe fn decode_task(
@@ -203,7 +212,7 @@ fn prepare(x: &[f32], cols: usize, inputs: &mut Prepared<'_, i16>) {
 /// A row's tables in registers: the low and high byte planes of `HIGH` and
 /// `LOW` (16 bytes each, in both lanes) and `first` in every byte.
 #[derive(Clone, Copy)]
-struct Registers {
+pub struct Registers {
     high: [__m256i; 2],
     low: [__m256i; 2],
     first: __m256i,
@@ -334,7 +343,10 @@ fn planes(factors: [f32; 4], odd: bool) -> [__m256i; 2] {
 /// The 32-code chunks of a group (four, or fewer at a row's end) and their
 /// sign words.
 #[inline(always)]
-fn chunks<'a>(codes: &'a [u8], signs: &'a [u8]) -> impl Iterator<Item = (&'a [u8; CHUNK], [u8; 4])> {
+fn chunks<'a>(
+    codes: &'a [u8],
+    signs: &'a [u8],
+) -> impl Iterator<Item = (&'a [u8; CHUNK], [u8; 4])> {
     let (codes, _) = codes.as_chunks::<CHUNK>();
     let (signs, _) = signs.as_chunks::<4>();
     codes.iter().zip(signs.iter().copied())
@@ -343,9 +355,13 @@ fn chunks<'a>(codes: &'a [u8], signs: &'a [u8]) -> impl Iterator<Item = (&'a [u8
 /// Direct path: decodes row `row` group by group into registers and dots
 /// it with each of `out.len()` input rows.
 #[target_feature(enable = "avx2,fma")]
-fn direct_dots<D: DotWords>(w: &QinsMatrix, row: usize, x: &Inputs<'_, i16>, out: &mut [f32]) {
-    let (factors, first) = row_scale(w, row);
-    let (registers, dequant) = Registers::new(factors, first);
+fn direct_dots<D: DotWords>(
+    &(registers, dequant): &(Registers, f32),
+    w: &QinsMatrix,
+    row: usize,
+    x: &Inputs<'_, i16>,
+    out: &mut [f32],
+) {
     let (codes, signs) = (w.row_codes(row), w.row_signs(row));
     match out.len() {
         1 => out.copy_from_slice(&row_dots::<D, 1>(&registers, codes, signs, x)),
@@ -463,7 +479,6 @@ fn micro_kernel<D: DotWords>(
     };
     exact_tile!(tile[D], rows.len(), inputs.len(), rows: [1 2], inputs: [1 2 3], (w, &x_tile, dots));
 }
-
 
 /// The register-blocked core: `R x T` i32 group sums and f32 sums; per 16
 /// columns, each weight row's register meets every input row's.

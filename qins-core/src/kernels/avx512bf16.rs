@@ -77,10 +77,23 @@ impl Kernel for Avx512Bf16 {
         }
     }
 
-    unsafe fn direct_dots(w: &QinsMatrix, row: usize, x: &Inputs<'_, u16>, out: &mut [f32]) {
+    type Row = Tables;
+
+    unsafe fn row(w: &QinsMatrix, row: usize) -> Tables {
         // SAFETY: the CPU has the kernel's instructions (the caller's
         // contract).
-        unsafe { direct_dots(w, row, x, out) }
+        unsafe { Tables::new(&NibbleTables::from_factors(w.row_factors(row))) }
+    }
+
+    unsafe fn direct_dots(
+        tables: &Tables,
+        w: &QinsMatrix,
+        row: usize,
+        x: &Inputs<'_, u16>,
+        out: &mut [f32],
+    ) {
+        // SAFETY: as above.
+        unsafe { direct_dots(tables, w, row, x, out) }
     }
 
     unsafe fn decode_task(
@@ -154,15 +167,14 @@ fn interleave(x: &[f32], out: &mut [u16]) {
 /// Direct path: decodes row `row` block by block into registers and dots
 /// it with each of `out.len()` input rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
-fn direct_dots(w: &QinsMatrix, row: usize, x: &Inputs<'_, u16>, out: &mut [f32]) {
-    let tables = Tables::new(&NibbleTables::from_factors(w.row_factors(row)));
+fn direct_dots(tables: &Tables, w: &QinsMatrix, row: usize, x: &Inputs<'_, u16>, out: &mut [f32]) {
     let (codes, signs) = (w.row_codes(row), w.row_signs(row));
     let (x, cols) = (x.values, x.padded_cols);
     match out.len() {
-        1 => out.copy_from_slice(&decode_dots::<1>(&tables, codes, signs, x, cols)),
-        2 => out.copy_from_slice(&decode_dots::<2>(&tables, codes, signs, x, cols)),
-        3 => out.copy_from_slice(&decode_dots::<3>(&tables, codes, signs, x, cols)),
-        _ => out.copy_from_slice(&decode_dots::<4>(&tables, codes, signs, x, cols)),
+        1 => out.copy_from_slice(&decode_dots::<1>(tables, codes, signs, x, cols)),
+        2 => out.copy_from_slice(&decode_dots::<2>(tables, codes, signs, x, cols)),
+        3 => out.copy_from_slice(&decode_dots::<3>(tables, codes, signs, x, cols)),
+        _ => out.copy_from_slice(&decode_dots::<4>(tables, codes, signs, x, cols)),
     }
 }
 
@@ -172,7 +184,6 @@ fn direct_dots(w: &QinsMatrix, row: usize, x: &Inputs<'_, u16>, out: &mut [f32])
 fn micro_kernel(w: &[u16], x: &[u16], cols: usize, dots: &mut TileDots) {
     exact_tile!(tile[], w.len() / cols, x.len() / cols, rows: [1 2 3 4], inputs: [1 2 3 4 5 6], (w, x, cols, dots));
 }
-
 
 /// The register-blocked core: `R x T` accumulators, one weight register per
 /// row and one input register at a time, 32 columns per step.
@@ -207,7 +218,7 @@ fn tile<const R: usize, const T: usize>(w: &[u16], x: &[u16], cols: usize, dots:
 /// The decode tables of one range: the low and the high bytes of the 256
 /// bf16 magnitudes, 64 codes per register.
 #[derive(Clone, Copy)]
-struct Tables {
+pub struct Tables {
     low: [__m512i; 4],
     high: [__m512i; 4],
 }
@@ -324,7 +335,10 @@ fn decode_row(tables: &Tables, codes: &[u8], signs: &[u8], out: &mut [u16]) {
     assert!(out.len() >= codes.len().div_ceil(BLOCK) * BLOCK);
     for_each_group::<BLOCK, 8, BLOCK>(codes, signs, |block, codes, signs| {
         // Whole blocks: a partial one comes padded (the chunk is the block).
-        let (codes, signs) = (&codes.as_chunks::<BLOCK>().0[0], &signs.as_chunks::<8>().0[0]);
+        let (codes, signs) = (
+            &codes.as_chunks::<BLOCK>().0[0],
+            &signs.as_chunks::<8>().0[0],
+        );
         let w = tables.decode64(codes, u64::from_le_bytes(*signs));
         // SAFETY: block `block` of out is 64 writable u16 (asserted),
         // written as two halves.

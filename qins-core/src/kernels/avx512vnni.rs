@@ -98,10 +98,24 @@ impl Kernel for Avx512Vnni {
         }
     }
 
-    unsafe fn direct_dots(w: &QinsMatrix, row: usize, x: &Inputs<'_, i16>, out: &mut [f32]) {
+    type Row = (Registers, f32);
+
+    unsafe fn row(w: &QinsMatrix, row: usize) -> (Registers, f32) {
+        let (factors, first) = row_scale(w, row);
         // SAFETY: the CPU has the kernel's instructions (the caller's
         // contract).
-        unsafe { direct_dots(w, row, x, out) }
+        unsafe { Registers::new(factors, first) }
+    }
+
+    unsafe fn direct_dots(
+        state: &(Registers, f32),
+        w: &QinsMatrix,
+        row: usize,
+        x: &Inputs<'_, i16>,
+        out: &mut [f32],
+    ) {
+        // SAFETY: as above.
+        unsafe { direct_dots(state, w, row, x, out) }
     }
 
     unsafe fn decode_task(
@@ -182,6 +196,10 @@ impl FixedTables {
     }
 }
 
+/// `|w| ≈ q · largest · DEQUANT_PER_LARGEST`: the largest magnitude maps to
+/// `32767 · 65535 / 65536`.
+const DEQUANT_PER_LARGEST: f64 = 65536.0 / (32767.0 * 65535.0);
+
 /// The row's powers ([`RowPowers`]) as this kernel's tables use them.
 struct Powers {
     /// ρ, ρ², ρ⁴, ρ⁸.
@@ -205,7 +223,7 @@ impl Powers {
             rho16: s[4],
             large: [s[5], s[6], s[7], 1.0],
             bias: 32 - u16::from(first.max(1)),
-            dequant: (largest * 65536.0 / (f64::from(WEIGHT_UNIT) * 65535.0)) as f32,
+            dequant: (largest * DEQUANT_PER_LARGEST) as f32,
         }
     }
 }
@@ -237,7 +255,7 @@ pub fn registers_of(factors: RangeFactors, first: u8) -> FixedTables {
 
 /// The tables in registers.
 #[derive(Clone, Copy)]
-struct Registers {
+pub struct Registers {
     high: __m512i,
     low: __m512i,
     bias: __m512i,
@@ -355,9 +373,13 @@ fn dot_words(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
 /// Direct path: decodes row `row` group by group into registers and dots
 /// it with each of `out.len()` input rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn direct_dots(w: &QinsMatrix, row: usize, x: &Inputs<'_, i16>, out: &mut [f32]) {
-    let (factors, first) = row_scale(w, row);
-    let (registers, dequant) = Registers::new(factors, first);
+fn direct_dots(
+    &(registers, dequant): &(Registers, f32),
+    w: &QinsMatrix,
+    row: usize,
+    x: &Inputs<'_, i16>,
+    out: &mut [f32],
+) {
     let (codes, signs) = (w.row_codes(row), w.row_signs(row));
     match out.len() {
         1 => out.copy_from_slice(&decode_dots::<1>(&registers, codes, signs, x)),
@@ -472,7 +494,6 @@ fn micro_kernel(
     };
     exact_tile!(tile[], rows.len(), inputs.len(), rows: [1 2 3 4], inputs: [1 2 3], (w, &x, dots));
 }
-
 
 /// The register-blocked core: `R x T` f32 accumulators; per group, each
 /// weight row's four registers meet every input row's.

@@ -105,13 +105,33 @@ pub trait Kernel {
     /// [`Kernel::is_available`].
     unsafe fn prepare(x: &[f32], cols: usize, direct: bool, inputs: &mut Prepared<'_, Self::Input>);
 
-    /// `out[t]` = the dot of weight row `row` with input row `t`, for
-    /// `out.len()` (1 to [`Kernel::MAX_DIRECT_INPUTS`]) input rows, the
-    /// row decoded in registers.
+    /// What decoding one weight row starts from: its tables (in registers
+    /// where the kernel builds them there) and its output scale.
+    type Row: Copy;
+
+    /// Row `row`'s [`Kernel::Row`]. The driver asks for the next row's
+    /// while the current one decodes: building tables is a chain of
+    /// dependent multiplies whose latency would otherwise stall each row
+    /// of a narrow matrix.
     ///
     /// # Safety
     /// [`Kernel::is_available`].
-    unsafe fn direct_dots(w: &QinsMatrix, row: usize, x: &Inputs<'_, Self::Input>, out: &mut [f32]);
+    unsafe fn row(w: &QinsMatrix, row: usize) -> Self::Row;
+
+    /// `out[t]` = the dot of weight row `row` (its [`Kernel::Row`] is
+    /// `state`) with input row `t`, for `out.len()` (1 to
+    /// [`Kernel::MAX_DIRECT_INPUTS`]) input rows, the row decoded in
+    /// registers.
+    ///
+    /// # Safety
+    /// [`Kernel::is_available`].
+    unsafe fn direct_dots(
+        state: &Self::Row,
+        w: &QinsMatrix,
+        row: usize,
+        x: &Inputs<'_, Self::Input>,
+        out: &mut [f32],
+    );
 
     /// Decodes weight rows `rows` into `decoded` (`rows.len()` rows of
     /// `padded_cols`, rounded up to whole [`Kernel::ROW_GROUP`]s, in the
@@ -205,7 +225,10 @@ pub fn matmul<K: Kernel>(x: &[f32], n: usize, parts: &mut [(&QinsMatrix, &mut [f
     let Some(cols) = parts.first().map(|(w, _)| w.cols) else {
         return;
     };
-    assert!(parts.iter().all(|(w, _)| w.cols == cols), "one input for matrices of one width");
+    assert!(
+        parts.iter().all(|(w, _)| w.cols == cols),
+        "one input for matrices of one width"
+    );
     let groups = cols.div_ceil(K::GROUP);
     let padded_cols = groups * K::GROUP;
     let direct = n <= K::MAX_DIRECT_INPUTS;
@@ -258,11 +281,22 @@ fn direct_rows<K: Kernel>(
     let task_rows = K::DECODE_TASK_ROWS.max(MIN_DIRECT_TASK_CODES.div_ceil(cols));
     for_each_row_task(parts, n, task_rows, |w, task_rows, out| {
         super::prefetch_start(w, &task_rows);
+        if task_rows.is_empty() {
+            return;
+        }
         let mut dots = [0.0f32; MAX_TILE_INPUTS];
         let dots = &mut dots[..n];
+        let end = task_rows.end;
+        // SAFETY: `matmul` checked the CPU (all calls).
+        let mut next = unsafe { K::row(w, task_rows.start) };
         for row in task_rows {
-            // SAFETY: `matmul` checked the CPU.
-            unsafe { K::direct_dots(w, row, x, dots) };
+            let state = next;
+            if row + 1 < end {
+                // SAFETY: as above.
+                next = unsafe { K::row(w, row + 1) };
+            }
+            // SAFETY: as above.
+            unsafe { K::direct_dots(&state, w, row, x, dots) };
             for (t, &d) in dots.iter().enumerate() {
                 out.write(t, row, d);
             }

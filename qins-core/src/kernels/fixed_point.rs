@@ -90,9 +90,10 @@ fn first_code(codes: &[u8]) -> u8 {
 }
 
 /// What a row's tables are built from: `ρ^(2^k)` for `k` in 0..8 by
-/// squaring in f64, each rounded once to f32 (the tables need 15-16 bits;
-/// f32 products of at most four of them stay within ~2^-22), and the
-/// magnitude of code `first`, the row's largest.
+/// squaring in f64 ([`RangeFactors::rho_squares`]), each rounded once to
+/// f32 (the tables need 15-16 bits; f32 products of at most four of them
+/// stay within ~2^-22), and the magnitude of code `first`, the row's
+/// largest (precomputed for a per-row range's code 1).
 #[derive(Clone, Copy, Debug)]
 pub struct RowPowers {
     pub squares: [f32; 8],
@@ -102,19 +103,13 @@ pub struct RowPowers {
 impl RowPowers {
     #[inline]
     pub fn new(factors: RangeFactors, first: u8) -> Self {
-        let first = first.max(1);
-        let mut squares = [1.0 / factors.ratio; 8];
-        for i in 1..8 {
-            squares[i] = squares[i - 1] * squares[i - 1];
-        }
-        // scale · ratio^(255 - first) = scale / ρ^(255 - first).
-        let steps = 255 - u32::from(first);
-        let rho_steps = (0..8)
-            .filter(|i| steps >> i & 1 == 1)
-            .fold(1.0, |p, i| p * squares[i]);
         Self {
-            squares: squares.map(|v| v as f32),
-            largest: factors.scale / rho_steps,
+            squares: factors.rho_squares().map(|v| v as f32),
+            largest: if first <= 1 {
+                factors.largest
+            } else {
+                factors.magnitude_of(first)
+            },
         }
     }
 }
@@ -187,6 +182,6 @@ pub fn nearest_odd(v: f32) -> i16 {
 /// `|w| ≈ q · dequant`: code `first` decodes to `(32767² + 2^14) >> 15`,
 /// which stands for `largest`.
 pub fn nibble_dequant(largest: f64) -> f32 {
-    let unit = f64::from(WEIGHT_UNIT);
-    (largest * 32768.0 / (unit * unit)) as f32
+    const PER_UNIT: f64 = 32768.0 / (32767.0 * 32767.0);
+    (largest * PER_UNIT) as f32
 }

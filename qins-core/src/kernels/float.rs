@@ -33,7 +33,7 @@ pub trait FloatLanes {
     /// A register of `LANES` f32.
     type V: Copy;
     /// A row's tables, as the kernel keeps them.
-    type Decoder;
+    type Decoder: Copy;
 
     /// # Safety
     /// The CPU has the kernel's instructions.
@@ -110,6 +110,7 @@ pub fn prepare(x: &[f32], cols: usize, inputs: &mut Prepared<'_, f32>) {
 /// The CPU has `F`'s instructions.
 #[inline(always)]
 pub unsafe fn direct_dots<F: FloatLanes>(
+    decoder: &F::Decoder,
     w: &QinsMatrix,
     row: usize,
     x: &Inputs<'_, f32>,
@@ -117,15 +118,24 @@ pub unsafe fn direct_dots<F: FloatLanes>(
 ) {
     // SAFETY: every call here: the caller's contract.
     unsafe {
-        let decoder = F::decoder(&NibbleTables::from_factors(w.row_factors(row)));
         let (codes, signs) = (w.row_codes(row), w.row_signs(row));
         match out.len() {
-            1 => out.copy_from_slice(&dots::<F, 1>(&decoder, codes, signs, x)),
-            2 => out.copy_from_slice(&dots::<F, 2>(&decoder, codes, signs, x)),
-            3 => out.copy_from_slice(&dots::<F, 3>(&decoder, codes, signs, x)),
-            _ => out.copy_from_slice(&dots::<F, 4>(&decoder, codes, signs, x)),
+            1 => out.copy_from_slice(&dots::<F, 1>(decoder, codes, signs, x)),
+            2 => out.copy_from_slice(&dots::<F, 2>(decoder, codes, signs, x)),
+            3 => out.copy_from_slice(&dots::<F, 3>(decoder, codes, signs, x)),
+            _ => out.copy_from_slice(&dots::<F, 4>(decoder, codes, signs, x)),
         }
     }
+}
+
+/// A row's decoder.
+///
+/// # Safety
+/// As [`direct_dots`].
+#[inline(always)]
+pub unsafe fn row<F: FloatLanes>(w: &QinsMatrix, row: usize) -> F::Decoder {
+    // SAFETY: the caller's contract.
+    unsafe { F::decoder(&NibbleTables::from_factors(w.row_factors(row))) }
 }
 
 /// `Σ w[c] · x_t[c]` over one row for `T` input rows: two accumulators
@@ -286,7 +296,24 @@ macro_rules! float_kernel {
                 $crate::kernels::float::prepare(x, cols, inputs);
             }
 
+            type Row = <$kernel as $crate::kernels::float::FloatLanes>::Decoder;
+
+            unsafe fn row(w: &$crate::weights::QinsMatrix, row: usize) -> Self::Row {
+                $(#[$features])?
+                fn run(w: &$crate::weights::QinsMatrix, row: usize) -> <$kernel as $crate::kernels::float::FloatLanes>::Decoder {
+                    // SAFETY: compiled for the kernel's instructions, which
+                    // the CPU has (the caller of `run`'s contract).
+                    unsafe { $crate::kernels::float::row::<$kernel>(w, row) }
+                }
+                // SAFETY: the caller checked the CPU (the trait's contract).
+                #[allow(unused_unsafe)]
+                unsafe {
+                    run(w, row)
+                }
+            }
+
             unsafe fn direct_dots(
+                decoder: &Self::Row,
                 w: &$crate::weights::QinsMatrix,
                 row: usize,
                 x: &$crate::kernels::driver::Inputs<'_, f32>,
@@ -294,19 +321,19 @@ macro_rules! float_kernel {
             ) {
                 $(#[$features])?
                 fn run(
+                    decoder: &<$kernel as $crate::kernels::float::FloatLanes>::Decoder,
                     w: &$crate::weights::QinsMatrix,
                     row: usize,
                     x: &$crate::kernels::driver::Inputs<'_, f32>,
                     out: &mut [f32],
                 ) {
-                    // SAFETY: compiled for the kernel's instructions, which
-                    // the CPU has (the caller of `run`'s contract).
-                    unsafe { $crate::kernels::float::direct_dots::<$kernel>(w, row, x, out) }
+                    // SAFETY: as above.
+                    unsafe { $crate::kernels::float::direct_dots::<$kernel>(decoder, w, row, x, out) }
                 }
-                // SAFETY: the caller checked the CPU (the trait's contract).
+                // SAFETY: as above.
                 #[allow(unused_unsafe)]
                 unsafe {
-                    run(w, row, x, out)
+                    run(decoder, w, row, x, out)
                 }
             }
 

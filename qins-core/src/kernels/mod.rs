@@ -44,7 +44,7 @@ pub mod neon_bf16;
 pub mod neon_int;
 pub mod scalar;
 
-use crate::codec::{self, LogRange, RangeFactors};
+use crate::codec::{LogRange, RangeFactors};
 use crate::weights::QinsMatrix;
 use driver::Kernel;
 
@@ -70,7 +70,7 @@ impl NibbleTables {
     /// The tables from a range's precomputed factors (no `exp`): what the
     /// kernels build per row.
     pub fn from_factors(factors: RangeFactors) -> Self {
-        let RangeFactors { scale, ratio } = factors;
+        let RangeFactors { scale, ratio, .. } = factors;
         let small = powers(ratio); // r^0 ..= r^15
         let large = powers(small[15] * ratio); // r^0, r^16 ..= r^240
         let mut tables = NibbleTables {
@@ -408,7 +408,6 @@ fn for_each_group<const G: usize, const S: usize, const C: usize>(
     }
 }
 
-
 /// Asks for the first [`PREFETCH_DISTANCE`] bytes of codes of `rows` (and
 /// their signs): the stretch a task's reading ahead ([`prefetch_ahead`])
 /// never covers because it starts behind it.
@@ -422,7 +421,7 @@ fn prefetch_start(w: &QinsMatrix, rows: &std::ops::Range<usize>) {
         }
         let codes = &w.codes()[rows.start * w.cols..rows.end * w.cols];
         let codes = &codes[..codes.len().min(PREFETCH_DISTANCE)];
-        let sign_bytes = codec::sign_row_bytes(w.cols);
+        let sign_bytes = crate::codec::sign_row_bytes(w.cols);
         let signs = &w.signs()[rows.start * sign_bytes..rows.end * sign_bytes];
         let signs = &signs[..signs.len().min(PREFETCH_DISTANCE / 8)];
         for line in codes.chunks(64).chain(signs.chunks(64)) {
@@ -446,7 +445,6 @@ fn padded<T: Copy + Default, const N: usize>(tail: &[T]) -> [T; N] {
     out[..tail.len()].copy_from_slice(tail);
     out
 }
-
 
 /// The 256-entry decode table of a range, equal to [`LogRange::table`] within
 /// one f32 ulp but with two `exp` calls instead of 255: the magnitudes form a

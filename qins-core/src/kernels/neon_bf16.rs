@@ -95,9 +95,22 @@ impl Kernel for NeonBf16 {
         }
     }
 
-    unsafe fn direct_dots(w: &QinsMatrix, row: usize, x: &Inputs<'_, u16>, out: &mut [f32]) {
+    type Row = Decoder;
+
+    unsafe fn row(w: &QinsMatrix, row: usize) -> Decoder {
+        // SAFETY: NEON is part of every aarch64 target.
+        unsafe { Decoder::new(&NibbleTables::from_factors(w.row_factors(row))) }
+    }
+
+    unsafe fn direct_dots(
+        decoder: &Decoder,
+        w: &QinsMatrix,
+        row: usize,
+        x: &Inputs<'_, u16>,
+        out: &mut [f32],
+    ) {
         // SAFETY: as above.
-        unsafe { direct_dots(w, row, x, out) }
+        unsafe { direct_dots(decoder, w, row, x, out) }
     }
 
     unsafe fn decode_task(
@@ -185,15 +198,20 @@ fn convert_half(x: &[f32], half: usize, out: &mut [u16]) {
 /// Direct path: decodes row `row` 16 weights at a time into registers and
 /// dots it with each of `out.len()` input rows.
 #[target_feature(enable = "neon,bf16")]
-fn direct_dots(w: &QinsMatrix, row: usize, x: &Inputs<'_, u16>, out: &mut [f32]) {
-    let decoder = Decoder::new(&NibbleTables::from_factors(w.row_factors(row)));
+fn direct_dots(
+    decoder: &Decoder,
+    w: &QinsMatrix,
+    row: usize,
+    x: &Inputs<'_, u16>,
+    out: &mut [f32],
+) {
     let (codes, signs) = (w.row_codes(row), w.row_signs(row));
     let (x, cols) = (x.values, x.padded_cols);
     match out.len() {
-        1 => out.copy_from_slice(&decode_dots::<1>(&decoder, codes, signs, x, cols)),
-        2 => out.copy_from_slice(&decode_dots::<2>(&decoder, codes, signs, x, cols)),
-        3 => out.copy_from_slice(&decode_dots::<3>(&decoder, codes, signs, x, cols)),
-        _ => out.copy_from_slice(&decode_dots::<4>(&decoder, codes, signs, x, cols)),
+        1 => out.copy_from_slice(&decode_dots::<1>(decoder, codes, signs, x, cols)),
+        2 => out.copy_from_slice(&decode_dots::<2>(decoder, codes, signs, x, cols)),
+        3 => out.copy_from_slice(&decode_dots::<3>(decoder, codes, signs, x, cols)),
+        _ => out.copy_from_slice(&decode_dots::<4>(decoder, codes, signs, x, cols)),
     }
 }
 

@@ -79,9 +79,23 @@ impl Kernel for NeonInt {
         }
     }
 
-    unsafe fn direct_dots(w: &QinsMatrix, row: usize, x: &Inputs<'_, i16>, out: &mut [f32]) {
+    type Row = (Registers, f32);
+
+    unsafe fn row(w: &QinsMatrix, row: usize) -> (Registers, f32) {
+        let (factors, first) = row_scale(w, row);
         // SAFETY: NEON is part of every aarch64 target.
-        unsafe { direct_dots(w, row, x, out) }
+        unsafe { Registers::new(factors, first) }
+    }
+
+    unsafe fn direct_dots(
+        state: &(Registers, f32),
+        w: &QinsMatrix,
+        row: usize,
+        x: &Inputs<'_, i16>,
+        out: &mut [f32],
+    ) {
+        // SAFETY: as above.
+        unsafe { direct_dots(state, w, row, x, out) }
     }
 
     unsafe fn decode_task(
@@ -110,7 +124,7 @@ impl Kernel for NeonInt {
 /// A row's tables in registers: the low and high byte planes of `HIGH`
 /// and `LOW`, and `first` in every byte.
 #[derive(Clone, Copy)]
-struct Registers {
+pub struct Registers {
     high: [uint8x16_t; 2],
     low: [uint8x16_t; 2],
     first: uint8x16_t,
@@ -252,9 +266,13 @@ fn load_signs(signs: &[u8]) -> uint8x16_t {
 /// Direct path: decodes row `row` group by group into registers and dots
 /// it with each of `out.len()` input rows.
 #[target_feature(enable = "neon")]
-fn direct_dots(w: &QinsMatrix, row: usize, x: &Inputs<'_, i16>, out: &mut [f32]) {
-    let (factors, first) = row_scale(w, row);
-    let (registers, dequant) = Registers::new(factors, first);
+fn direct_dots(
+    &(registers, dequant): &(Registers, f32),
+    w: &QinsMatrix,
+    row: usize,
+    x: &Inputs<'_, i16>,
+    out: &mut [f32],
+) {
     let (codes, signs) = (w.row_codes(row), w.row_signs(row));
     match out.len() {
         1 => out.copy_from_slice(&row_dots::<1>(&registers, codes, signs, x)),
@@ -373,7 +391,6 @@ fn micro_kernel(
     };
     exact_tile!(tile[], rows.len(), inputs.len(), rows: [1 2 3 4], inputs: [1 2], (w, &x_tile, dots));
 }
-
 
 /// The register-blocked core: `R x T` pairs of i32 group sums and f32
 /// sums; per 8 columns, each weight row's register meets every input

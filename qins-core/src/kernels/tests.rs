@@ -879,7 +879,10 @@ fn one_call_for_several_matrices_equals_one_call_each() {
                     out
                 })
                 .collect();
-            let mut outs: Vec<Vec<f32>> = matrices.iter().map(|w| vec![f32::NAN; n * w.rows]).collect();
+            let mut outs: Vec<Vec<f32>> = matrices
+                .iter()
+                .map(|w| vec![f32::NAN; n * w.rows])
+                .collect();
             let mut parts: Vec<(&QinsMatrix, &mut [f32])> = matrices
                 .iter()
                 .zip(outs.iter_mut())

@@ -477,7 +477,6 @@ fn project_qkv(
     })
 }
 
-
 fn add_assign(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
