@@ -316,7 +316,7 @@ fn decode_dots<const T: usize>(
     let (whole, tail) = codes.as_chunks::<BLOCK>();
     let (sign_words, _) = signs.as_chunks::<8>();
     for (block, (codes, signs)) in whole.iter().zip(sign_words).enumerate() {
-        prefetch_ahead(codes, signs);
+        prefetch_ahead::<{ super::PREFETCH_DISTANCE }>(codes, signs);
         step(block, codes, u64::from_le_bytes(*signs));
     }
     if !tail.is_empty() {

@@ -409,7 +409,7 @@ fn decode_dots<const T: usize>(
     );
     let mut acc = [_mm512_setzero_ps(); T];
     for_each_group::<GROUP, { GROUP / 8 }, 32>(codes, signs, |group, codes, signs| {
-        prefetch_ahead(codes, signs);
+        prefetch_ahead::<{ super::PREFETCH_DISTANCE }>(codes, signs);
         let weights = registers.decode_group(codes, signs);
         for (t, acc) in acc.iter_mut().enumerate() {
             // SAFETY: `t < T` rows and `group` < the row's groups (asserted:

@@ -89,6 +89,9 @@ pub trait Kernel {
     /// Micro-kernel tile (at most [`MAX_TILE_ROWS`] x [`MAX_TILE_INPUTS`]).
     const TILE_ROWS: usize;
     const TILE_INPUTS: usize;
+    /// How far ahead of its decoding a decode step asks for codes (see
+    /// [`super::prefetch_ahead`]).
+    const PREFETCH_DISTANCE: usize = super::PREFETCH_DISTANCE;
     /// Rows come in groups of this many in the prefill buffers (2 for a
     /// kernel that interleaves pairs of rows): the driver sizes the input
     /// and decoded buffers for whole groups.
@@ -280,7 +283,7 @@ fn direct_rows<K: Kernel>(
     let cols = parts.first().map_or(1, |(w, _)| w.cols.max(1));
     let task_rows = K::DECODE_TASK_ROWS.max(MIN_DIRECT_TASK_CODES.div_ceil(cols));
     for_each_row_task(parts, n, task_rows, |w, task_rows, out| {
-        super::prefetch_start(w, &task_rows);
+        super::prefetch_start(w, &task_rows, K::PREFETCH_DISTANCE);
         if task_rows.is_empty() {
             return;
         }

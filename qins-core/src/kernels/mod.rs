@@ -344,19 +344,19 @@ pub fn widen_bf16(v: u16) -> f32 {
 }
 
 /// How far ahead of the codes being decoded a decode step asks for them
-/// (and for their signs, as many columns ahead). On issue 12's Xeon the
-/// hardware's stream prefetch alone left a Phi-3.5 decode step reading
-/// weights at ~16 GB/s of the machine's ~35 (2 threads); asking 4-16 KiB
-/// ahead for every line gave ~26, one line in two ~21 (measured with
-/// `qinsd bench`, avx512-vnni).
-#[cfg(target_arch = "x86_64")]
+/// (and for their signs, as many columns ahead), by default. On issue 12's
+/// Xeon the hardware's stream prefetch alone left a Phi-3.5 decode step
+/// reading weights at ~16 GB/s of the machine's ~35 (2 threads); asking
+/// 4-16 KiB ahead for every line gave ~26, one line in two ~21 (measured
+/// with `qinsd bench`, avx512-vnni). Kernels may ask further
+/// ([`driver::Kernel::PREFETCH_DISTANCE`]).
 const PREFETCH_DISTANCE: usize = 8192;
 
-/// Prefetches the cache lines [`PREFETCH_DISTANCE`] bytes past the codes
-/// being decoded, and the line of their signs as far ahead.
+/// Prefetches the cache lines `D` bytes past the codes being decoded, and
+/// the line of their signs as far ahead.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn prefetch_ahead(codes: &[u8], signs: &[u8]) {
+fn prefetch_ahead<const D: usize>(codes: &[u8], signs: &[u8]) {
     use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
     let (lines, signs) = (codes.len(), signs.as_ptr());
     let codes = codes.as_ptr();
@@ -364,10 +364,10 @@ fn prefetch_ahead(codes: &[u8], signs: &[u8]) {
         // SAFETY: a prefetch reads nothing the program sees and never
         // faults, whatever the address (hence `wrapping_add`: it may lie
         // past the matrix).
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(PREFETCH_DISTANCE + line).cast()) };
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(codes.wrapping_add(D + line).cast()) };
     }
     // SAFETY: as above.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>(signs.wrapping_add(PREFETCH_DISTANCE / 8).cast()) };
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(signs.wrapping_add(D / 8).cast()) };
 }
 
 /// Calls `f(group, codes, signs)` for each group of `G` codes of a row
@@ -408,11 +408,11 @@ fn for_each_group<const G: usize, const S: usize, const C: usize>(
     }
 }
 
-/// Asks for the first [`PREFETCH_DISTANCE`] bytes of codes of `rows` (and
-/// their signs): the stretch a task's reading ahead ([`prefetch_ahead`])
-/// never covers because it starts behind it.
+/// Asks for the first `distance` bytes of codes of `rows` (and their
+/// signs): the stretch a task's reading ahead ([`prefetch_ahead`]) never
+/// covers because it starts behind it.
 #[inline]
-fn prefetch_start(w: &QinsMatrix, rows: &std::ops::Range<usize>) {
+fn prefetch_start(w: &QinsMatrix, rows: &std::ops::Range<usize>, distance: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
@@ -420,10 +420,10 @@ fn prefetch_start(w: &QinsMatrix, rows: &std::ops::Range<usize>) {
             return;
         }
         let codes = &w.codes()[rows.start * w.cols..rows.end * w.cols];
-        let codes = &codes[..codes.len().min(PREFETCH_DISTANCE)];
+        let codes = &codes[..codes.len().min(distance)];
         let sign_bytes = crate::codec::sign_row_bytes(w.cols);
         let signs = &w.signs()[rows.start * sign_bytes..rows.end * sign_bytes];
-        let signs = &signs[..signs.len().min(PREFETCH_DISTANCE / 8)];
+        let signs = &signs[..signs.len().min(distance / 8)];
         for line in codes.chunks(64).chain(signs.chunks(64)) {
             // SAFETY: a prefetch reads nothing the program sees and never
             // faults.
@@ -431,7 +431,7 @@ fn prefetch_start(w: &QinsMatrix, rows: &std::ops::Range<usize>) {
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (w, rows);
+    let _ = (w, rows, distance);
 }
 
 /// Zero-padded copy of a row's last partial SIMD group (codes, signs or
