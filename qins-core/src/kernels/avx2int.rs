@@ -37,10 +37,9 @@ use super::driver::{Inputs, Kernel, Prepared, TileDots, exact_tile};
 #[cfg(test)]
 use super::fixed_point::NibbleFixed;
 use super::fixed_point::{
-    NIBBLE_GROUP as GROUP, NIBBLE_INPUT_UNIT, RowPowers, WEIGHT_UNIT, nibble_dequant,
-    quantize_group, row_scale,
+    GROUP, NIBBLE_INPUT_UNIT, RowPowers, WEIGHT_UNIT, nibble_dequant, quantize_rows, row_scale,
 };
-use super::{for_each_group, padded, prefetch_ahead};
+use super::{for_each_group, prefetch_ahead};
 use crate::codec::RangeFactors;
 use crate::weights::QinsMatrix;
 
@@ -198,22 +197,12 @@ pub const fn position_of_column(c: usize) -> usize {
 
 /// Quantizes each input row group by group, into the decoded order.
 fn prepare(x: &[f32], cols: usize, inputs: &mut Prepared<'_, i16>) {
-    let (padded_cols, groups) = (inputs.padded_cols, inputs.groups);
-    let rows = x
-        .chunks(cols)
-        .zip(inputs.values.chunks_mut(padded_cols))
-        .zip(inputs.scales.chunks_mut(groups));
-    for ((row, values), scales) in rows {
-        for ((group, dst), scale) in values.chunks_mut(GROUP).enumerate().zip(scales) {
-            let start = group * GROUP;
-            let src = padded::<f32, GROUP>(&row[start..cols.min(start + GROUP)]);
-            let mut natural = [0i16; GROUP];
-            *scale = quantize_group(&src, NIBBLE_INPUT_UNIT, &mut natural);
-            for (c, &q) in natural.iter().enumerate() {
-                dst[c / CHUNK * CHUNK + position_of_column(c % CHUNK)] = q;
-            }
-        }
-    }
+    quantize_rows(x, cols, inputs, NIBBLE_INPUT_UNIT, Some(position_in_group));
+}
+
+/// The position of column `c` of a group in its decoded order.
+fn position_in_group(c: usize) -> usize {
+    c / CHUNK * CHUNK + position_of_column(c % CHUNK)
 }
 
 /// A row's tables in registers: the low and high byte planes of `HIGH` and

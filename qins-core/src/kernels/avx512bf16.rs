@@ -36,7 +36,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::driver::{Inputs, Kernel, Prepared, TileDots, exact_tile};
+use super::driver::{Inputs, Kernel, Prepared, TileDots, exact_tile, for_each_input_row};
 use super::{NibbleTables, for_each_group, padded, prefetch_ahead, round_to_bf16};
 use crate::weights::QinsMatrix;
 
@@ -69,12 +69,7 @@ impl Kernel for Avx512Bf16 {
     }
 
     unsafe fn prepare(x: &[f32], cols: usize, _direct: bool, inputs: &mut Prepared<'_, u16>) {
-        for (row, dst) in x
-            .chunks(cols)
-            .zip(inputs.values.chunks_mut(inputs.padded_cols))
-        {
-            interleave(row, dst);
-        }
+        for_each_input_row(x, cols, inputs, |row, values, _| interleave(row, values));
     }
 
     type Row = Tables;

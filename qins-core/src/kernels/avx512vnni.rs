@@ -48,14 +48,11 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::driver::{Inputs, Kernel, Prepared, TileDots, exact_tile};
-use super::fixed_point::{RowPowers, WEIGHT_UNIT, power_of_lane, quantize_group, row_scale};
-use super::{for_each_group, padded, prefetch_ahead};
+use super::fixed_point::{GROUP, RowPowers, WEIGHT_UNIT, power_of_lane, quantize_rows, row_scale};
+use super::{for_each_group, prefetch_ahead};
 use crate::codec::RangeFactors;
 use crate::weights::QinsMatrix;
 
-/// Columns per input scale: two words of sign bits, four registers of
-/// 32 fixed-point weights.
-pub const GROUP: usize = 128;
 /// The largest fixed-point input magnitude: an i32 lane sums 8 products of
 /// a group, `8 · 32767 · 8191 < 2^31`, so it cannot overflow.
 pub const INPUT_UNIT: f32 = 8191.0;
@@ -84,18 +81,7 @@ impl Kernel for Avx512Vnni {
     }
 
     unsafe fn prepare(x: &[f32], cols: usize, _direct: bool, inputs: &mut Prepared<'_, i16>) {
-        let (padded_cols, groups) = (inputs.padded_cols, inputs.groups);
-        let rows = x
-            .chunks(cols)
-            .zip(inputs.values.chunks_mut(padded_cols))
-            .zip(inputs.scales.chunks_mut(groups));
-        for ((row, values), scales) in rows {
-            for ((group, dst), scale) in values.chunks_mut(GROUP).enumerate().zip(scales) {
-                let start = group * GROUP;
-                let src = padded::<f32, GROUP>(&row[start..cols.min(start + GROUP)]);
-                *scale = quantize_group(&src, INPUT_UNIT, dst);
-            }
-        }
+        quantize_rows(x, cols, inputs, INPUT_UNIT, None);
     }
 
     type Row = (Registers, f32);

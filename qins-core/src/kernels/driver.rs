@@ -166,6 +166,34 @@ pub trait Kernel {
     );
 }
 
+/// Input rows from which [`for_each_input_row`] splits the work over the
+/// thread pool (a prefill; a decode step's few rows are not worth a fork).
+const PARALLEL_INPUT_ROWS: usize = 16;
+
+/// Calls `prepare(row, values, scales)` for each input row of `x` (`cols`
+/// each) with its share of the prepared buffers, in parallel for a
+/// prefill's many rows.
+pub fn for_each_input_row<T: Send>(
+    x: &[f32],
+    cols: usize,
+    inputs: &mut Prepared<'_, T>,
+    prepare: impl Fn(&[f32], &mut [T], &mut [f32]) + Sync,
+) {
+    let (padded_cols, groups) = (inputs.padded_cols, inputs.groups);
+    let n = x.len() / cols.max(1);
+    if n >= PARALLEL_INPUT_ROWS {
+        x.par_chunks(cols)
+            .zip(inputs.values.par_chunks_mut(padded_cols))
+            .zip(inputs.scales.par_chunks_mut(groups))
+            .for_each(|((row, values), scales)| prepare(row, values, scales));
+    } else {
+        x.chunks(cols)
+            .zip(inputs.values.chunks_mut(padded_cols))
+            .zip(inputs.scales.chunks_mut(groups))
+            .for_each(|((row, values), scales)| prepare(row, values, scales));
+    }
+}
+
 /// The prepared input rows of one call, being written.
 pub struct Prepared<'a, T> {
     /// `n x padded_cols` values, in the kernel's layout.

@@ -34,19 +34,55 @@
 //! per group, then in f32. The error is absolute per row, not relative per
 //! weight, and the same for both signs.
 
+use super::driver::{Prepared, for_each_input_row};
+use super::padded;
 use crate::codec::{Granularity, RangeFactors};
 use crate::weights::QinsMatrix;
 
 /// The largest fixed-point weight magnitude (15 bits).
 pub const WEIGHT_UNIT: f32 = 32767.0;
 
-/// Columns per input scale of the nibble kernels.
-pub const NIBBLE_GROUP: usize = 128;
-
 /// The largest fixed-point input of the nibble kernels: an i32 lane of an
 /// 8-lane register sums 16 products of a 128-column group,
 /// `16 · 32767 · 4095 < 2^31`, so it cannot overflow.
 pub const NIBBLE_INPUT_UNIT: f32 = 4095.0;
+
+/// Columns per input group of every integer kernel.
+pub const GROUP: usize = 128;
+
+/// The input rows of `x` (`cols` each) as groups of [`GROUP`] columns
+/// scaled to ±`unit` ([`quantize_group`]), into `inputs` (each row padded
+/// to whole groups); column `c` of a group goes to position `position(c)`
+/// (the kernel's decoded order; the identity for column order). A
+/// prefill's rows are quantized in parallel.
+pub fn quantize_rows(
+    x: &[f32],
+    cols: usize,
+    inputs: &mut Prepared<'_, i16>,
+    unit: f32,
+    position: Option<fn(usize) -> usize>,
+) {
+    for_each_input_row(x, cols, inputs, |row, values, scales| {
+        for ((group, dst), scale) in values.chunks_mut(GROUP).enumerate().zip(scales) {
+            let start = group * GROUP;
+            let src = &row[start..cols.min(start + GROUP)];
+            let src = match src.first_chunk::<GROUP>() {
+                Some(whole) => *whole,
+                None => padded::<f32, GROUP>(src),
+            };
+            match position {
+                None => *scale = quantize_group(&src, unit, dst),
+                Some(position) => {
+                    let mut natural = [0i16; GROUP];
+                    *scale = quantize_group(&src, unit, &mut natural);
+                    for (c, &q) in natural.iter().enumerate() {
+                        dst[position(c)] = q;
+                    }
+                }
+            }
+        }
+    });
+}
 
 /// Scales `x` (one group of an input row, zero-padded by the caller) to
 /// integers in ±`unit` into `out`, returning the scale: `x ≈ q · scale`.

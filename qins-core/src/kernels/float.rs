@@ -18,7 +18,7 @@
 use std::ops::Range;
 
 use super::NibbleTables;
-use super::driver::{Inputs, Prepared, TileDots, exact_tile};
+use super::driver::{Inputs, Prepared, TileDots, exact_tile, for_each_input_row};
 use crate::weights::QinsMatrix;
 
 /// The largest step of any f32 kernel (AVX-512: 4 x 16 weights).
@@ -94,13 +94,10 @@ fn for_each_step(codes: &[u8], signs: &[u8], step: usize, mut f: impl FnMut(usiz
 
 /// Inputs as they are, zero-padded to whole steps.
 pub fn prepare(x: &[f32], cols: usize, inputs: &mut Prepared<'_, f32>) {
-    for (row, dst) in x
-        .chunks(cols)
-        .zip(inputs.values.chunks_mut(inputs.padded_cols))
-    {
-        dst[..cols].copy_from_slice(row);
-        dst[cols..].fill(0.0);
-    }
+    for_each_input_row(x, cols, inputs, |row, values, _| {
+        values[..cols].copy_from_slice(row);
+        values[cols..].fill(0.0);
+    });
 }
 
 /// Dots of weight row `row` with each of `out.len()` input rows, decoding

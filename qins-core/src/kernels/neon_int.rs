@@ -38,8 +38,7 @@ use super::driver::{Inputs, Kernel, Prepared, TileDots, exact_tile};
 #[cfg(test)]
 use super::fixed_point::NibbleFixed;
 use super::fixed_point::{
-    NIBBLE_GROUP as GROUP, NIBBLE_INPUT_UNIT, RowPowers, WEIGHT_UNIT, nibble_dequant,
-    quantize_group, row_scale,
+    GROUP, NIBBLE_INPUT_UNIT, RowPowers, WEIGHT_UNIT, nibble_dequant, quantize_rows, row_scale,
 };
 use super::{for_each_group, padded};
 use crate::codec::RangeFactors;
@@ -65,18 +64,7 @@ impl Kernel for NeonInt {
     }
 
     unsafe fn prepare(x: &[f32], cols: usize, _direct: bool, inputs: &mut Prepared<'_, i16>) {
-        let (padded_cols, groups) = (inputs.padded_cols, inputs.groups);
-        let rows = x
-            .chunks(cols)
-            .zip(inputs.values.chunks_mut(padded_cols))
-            .zip(inputs.scales.chunks_mut(groups));
-        for ((row, values), scales) in rows {
-            for ((group, dst), scale) in values.chunks_mut(GROUP).enumerate().zip(scales) {
-                let start = group * GROUP;
-                let src = padded::<f32, GROUP>(&row[start..cols.min(start + GROUP)]);
-                *scale = quantize_group(&src, NIBBLE_INPUT_UNIT, dst);
-            }
-        }
+        quantize_rows(x, cols, inputs, NIBBLE_INPUT_UNIT, None);
     }
 
     type Row = (Registers, f32);
