@@ -1,14 +1,15 @@
-//! The one frame every prepared-input kernel runs in: the threading, the
-//! scratch buffers and the two ways through a matmul. A kernel ([`Kernel`])
-//! supplies only its arithmetic: how it prepares the inputs, how it decodes
-//! and dots one weight row in registers, how it decodes a task's rows into
-//! a buffer, and its register-blocked micro-kernel.
+//! The one frame every kernel runs in: the threading, the scratch buffers
+//! and the two ways through a matmul. A kernel ([`Kernel`]) supplies only
+//! its arithmetic: how it prepares the inputs, a row's tables, how it
+//! decodes and dots one weight row in registers, how it decodes a task's
+//! rows into a buffer, and its register-blocked micro-kernel.
 //!
 //! **Decode steps** (up to [`Kernel::MAX_DIRECT_INPUTS`] input rows, a
-//! single chat or a batch of them): tasks of [`Kernel::DECODE_TASK_ROWS`]
-//! weight rows; each row is decoded into registers and dotted there with
-//! every input row, reading ahead of the stream. No buffer: the weights are
-//! read once and used once per input row.
+//! single chat or a batch of them): tasks of at least
+//! [`Kernel::DECODE_TASK_ROWS`] weight rows and 16 KiB of codes; each row
+//! is decoded into registers and dotted there with every input row, reading
+//! ahead of the stream, while the next row's tables are built ([`Kernel::row`]).
+//! No buffer: the weights are read once and used once per input row.
 //!
 //! **Prefill** (more input rows): tasks of [`Kernel::TASK_ROWS`] weight
 //! rows, decoded once into a worker's buffer (in the kernel's layout), then
@@ -16,10 +17,12 @@
 //! over them for every tile of input rows, so each decoded weight serves
 //! every input row from registers.
 //!
-//! The inputs are prepared once per call by the calling thread into its
-//! scratch buffer (rounded to bf16, quantized to fixed point, reordered to
-//! match the decoded weights: the kernel decides), padded to whole groups
-//! of [`Kernel::GROUP`] columns with one scale per group.
+//! The inputs are prepared once per call into the calling thread's scratch
+//! buffer (rounded to bf16, quantized to fixed point, reordered to match the
+//! decoded weights: the kernel decides; a prefill's rows in parallel,
+//! [`for_each_input_row`]), padded to whole groups of [`Kernel::GROUP`]
+//! columns with one scale per group. Several matrices of the same width
+//! share one call and one parallel section ([`matmul`]).
 
 use std::cell::Cell;
 use std::ops::Range;
