@@ -246,9 +246,12 @@ async fn stats_report_memory_model_and_throughput() {
     let resident = before.model_code_bytes + before.model_sign_bytes + before.model_other_bytes;
     let ratio = before.f32_equivalent_bytes as f64 / resident as f64;
     assert!((before.compression_vs_f32 - ratio).abs() < 1e-9);
+    // ~3.5x for real models; the tiny model's rows are 64 columns (64
+    // codes and 8 sign bytes), so its 40 bytes of range data per row (the
+    // bounds and the kernels' decode factors) bring it to ~2.3x.
     assert!(
-        ratio > 2.5,
-        "QINS is ~3.5x smaller than f32 (norms stay f32): {ratio}"
+        ratio > 2.2,
+        "QINS is ~3.5x smaller than f32 (norms stay f32; ~2.3x for the tiny model's 64-column rows): {ratio}"
     );
     assert_eq!((before.requests_served, before.tokens_generated), (0, 0));
     let defaults = before.defaults.clone().expect("the model's chat defaults");
