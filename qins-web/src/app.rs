@@ -1,4 +1,5 @@
-//! The router and its shared state.
+//! The router: routes, their middleware, and the state they share
+//! ([`AppState`], built here from [`Config`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,8 +14,9 @@ use axum::routing::{get, post};
 use crate::daemon::Daemon;
 use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
-use crate::routes::{chat, completions, health, ollama, openai, page, stats};
+use crate::routes::{chat, health, ollama, openai, page, stats};
 use crate::security;
+use crate::state::AppState;
 
 /// What `router` needs; `main` fills it from the flags. No `Debug`: it
 /// holds the API key, which must not end up in logs.
@@ -29,14 +31,6 @@ pub struct Config {
     /// Origins that get CORS headers; empty: none do.
     pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
-}
-
-pub struct AppState {
-    pub daemon: Daemon,
-    pub metrics: Arc<Metrics>,
-    pub api_key: Option<String>,
-    pub allowed_hosts: Vec<String>,
-    pub cors_origins: Vec<String>,
 }
 
 pub fn router(config: Config) -> Router {
@@ -61,7 +55,7 @@ pub fn router(config: Config) -> Router {
         .route("/health", get(health::health))
         .route("/metrics", get(crate::routes::metrics::metrics))
         .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/completions", post(completions::completions))
+        .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
         .route("/api/version", get(ollama::version))
         .route("/api/tags", get(ollama::tags))

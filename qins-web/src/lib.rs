@@ -7,7 +7,9 @@
 
 pub mod app;
 pub mod daemon;
+pub mod edge;
 pub mod error;
 pub mod metrics;
 pub mod routes;
 pub mod security;
+pub mod state;

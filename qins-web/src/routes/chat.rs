@@ -1,6 +1,10 @@
 //! `POST /ui/chat`: the page's streaming chat. Replies as server-sent
 //! events: `delta` `{"text"}` repeatedly, then one `done` with the finish
-//! reason, usage and timings; a failure mid-reply is one `error` event.
+//! reason (`stop`, `length` or `tool_calls`), usage and timings; a failure
+//! mid-reply, a reply qinsd cancelled included, is one `error` event.
+//!
+//! The body is `messages`, `session_id` and the sampling fields of
+//! [`SAMPLING`]; anything else is refused by name, as in the other dialects.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,27 +12,26 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
-use qins_proto::v1::{ChatDone, ChatRequest, chat_event};
+use futures_util::{Stream, stream};
+use qins_proto::v1::{ChatRequest, Sampling};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiJson, SamplingParams, Stop, finish_reason_name, message};
-use crate::app::AppState;
-use crate::daemon::ChatStream;
+use crate::edge::params::{self, SamplingField, SamplingTable};
+use crate::edge::reply::{Finish, Finished, Reply, ReplyEvent};
+use crate::edge::{ApiJson, message};
 use crate::error::ApiError;
+use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
-pub struct ChatBody {
-    messages: Vec<ChatMessage>,
-    session_id: Option<String>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<u32>,
-    max_tokens: Option<u32>,
-    seed: Option<u64>,
-    stop: Option<Stop>,
-}
+/// The page's sampling fields, under qinsd's names.
+const SAMPLING: &SamplingTable = &[
+    ("temperature", SamplingField::Temperature),
+    ("top_p", SamplingField::TopP),
+    ("top_k", SamplingField::TopK),
+    ("max_tokens", SamplingField::MaxTokens),
+    ("seed", SamplingField::Seed),
+    ("stop", SamplingField::Stop),
+];
 
 #[derive(Debug, Deserialize)]
 struct ChatMessage {
@@ -38,58 +41,54 @@ struct ChatMessage {
 
 pub async fn chat(
     State(state): State<Arc<AppState>>,
-    ApiJson(body): ApiJson<ChatBody>,
+    ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let sampling = SamplingParams {
-        temperature: body.temperature,
-        top_p: body.top_p,
-        top_k: body.top_k,
-        max_tokens: body.max_tokens,
-        seed: body.seed,
-        stop: Stop::into_vec(body.stop),
-    };
-    let request = ChatRequest {
-        messages: body
-            .messages
-            .into_iter()
-            .map(|m| message(m.role, m.content))
-            .collect(),
-        session_id: body.session_id.unwrap_or_default(),
-        sampling: Some(sampling.into()),
-        ..ChatRequest::default()
-    };
-    let stream = state.daemon.chat(request).await?;
-    Ok(Sse::new(events(stream))
+    let request = parse(body)?;
+    let reply = Reply::new(state.daemon.chat(request).await?);
+    Ok(Sse::new(events(reply))
         .keep_alive(KeepAlive::default())
         .into_response())
 }
 
-/// The SSE events of one reply. The gRPC stream lives inside this stream:
-/// when the browser goes away (Stop, closed tab) axum drops it, and with it
-/// the gRPC call, which makes qinsd stop generating.
-fn events(grpc: ChatStream) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures_util::stream::unfold(Some(grpc), |grpc| async move {
-        let mut grpc = grpc?;
-        loop {
-            let (event, more) = match grpc.message().await {
-                Ok(Some(ev)) => match ev.event {
-                    Some(chat_event::Event::Delta(d)) => {
-                        (json_event("delta", &json!({ "text": d.text })), true)
-                    }
-                    Some(chat_event::Event::Done(done)) => {
-                        (json_event("done", &done_json(&done)), false)
-                    }
-                    None => continue,
-                },
-                Ok(None) => {
-                    let e = ApiError::Upstream("the reply ended without a done event".into());
-                    (json_event("error", &e.body()), false)
-                }
-                Err(status) => (json_event("error", &ApiError::from(status).body()), false),
-            };
-            // After `done` or an error the stream ends (and the call is dropped).
-            return Some((Ok(event), more.then_some(grpc)));
+fn parse(body: Value) -> Result<ChatRequest, ApiError> {
+    let mut sampling = Sampling::default();
+    let mut request = ChatRequest::default();
+    let mut messages = None;
+    for (name, value) in params::object(body)? {
+        if params::read_sampling(SAMPLING, &mut sampling, &name, &value)? {
+            continue;
         }
+        match name.as_str() {
+            "messages" => {
+                let list: Vec<ChatMessage> = serde_json::from_value(value).map_err(|_| {
+                    params::invalid("messages", "must be a list of {role, content} strings")
+                })?;
+                messages = Some(
+                    list.into_iter()
+                        .map(|m| message(m.role, m.content))
+                        .collect(),
+                );
+            }
+            "session_id" => request.session_id = params::string(&name, value)?,
+            _ => return Err(params::refused(&name, "it is not a field of /ui/chat")),
+        }
+    }
+    request.messages = messages.ok_or_else(|| params::invalid("messages", "is required"))?;
+    request.sampling = Some(sampling);
+    Ok(request)
+}
+
+/// The SSE events of one reply. The reply (and its gRPC call) lives inside
+/// this stream: when the browser goes away (Stop, closed tab) axum drops
+/// it, which makes qinsd stop generating.
+fn events(reply: Reply) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(reply, |mut reply| async move {
+        let event = match reply.next().await? {
+            ReplyEvent::Delta(delta) => json_event("delta", &json!({ "text": delta.text })),
+            ReplyEvent::Done(finished) => json_event("done", &done_json(&finished)),
+            ReplyEvent::Error(error) => json_event("error", &error.body()),
+        };
+        Some((Ok(event), reply))
     })
 }
 
@@ -97,12 +96,20 @@ fn json_event(name: &str, data: &Value) -> Event {
     Event::default().event(name).data(data.to_string())
 }
 
-fn done_json(done: &ChatDone) -> Value {
-    let usage = done.usage.unwrap_or_default();
-    let timings = done.timings.unwrap_or_default();
+/// The page's name for a finish reason.
+fn finish_reason(finish: Finish) -> &'static str {
+    match finish {
+        Finish::Stop => "stop",
+        Finish::Length => "length",
+        Finish::ToolCalls => "tool_calls",
+    }
+}
+
+fn done_json(finished: &Finished) -> Value {
+    let (usage, timings) = (&finished.usage, &finished.timings);
     json!({
-        "finish_reason": finish_reason_name(done.finish_reason),
-        "model": done.model,
+        "finish_reason": finish_reason(finished.finish),
+        "model": finished.model,
         "usage": {
             "prompt_tokens": usage.prompt_tokens,
             "cached_prompt_tokens": usage.cached_prompt_tokens,
@@ -115,4 +122,62 @@ fn done_json(done: &ChatDone) -> Value {
             "tokens_per_second": timings.tokens_per_second,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::reply::testing::{delta, done, reply, unknown};
+    use futures_util::StreamExt;
+    use qins_proto::v1::FinishReason;
+
+    fn param(body: Value) -> String {
+        match parse(body) {
+            Err(ApiError::Param { param, .. }) => param,
+            other => panic!("expected a parameter error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_page_s_fields_reach_the_request_and_others_are_refused() {
+        let request = parse(json!({
+            "messages": [{ "role": "user", "content": "hi" }], "session_id": "s",
+            "temperature": 0.5, "top_k": -1, "seed": -1, "max_tokens": 8, "stop": "x",
+        }))
+        .expect("accepted");
+        assert_eq!(request.session_id, "s");
+        let sampling = request.sampling.expect("sampling");
+        assert_eq!(sampling.top_k, Some(0), "negative: no limit");
+        assert_eq!(sampling.seed, None, "-1: a fresh seed");
+        assert_eq!(sampling.max_tokens, Some(8));
+        let user = json!([{ "role": "user", "content": "hi" }]);
+        assert_eq!(
+            param(json!({ "messages": user, "frobnicate": 1 })),
+            "frobnicate"
+        );
+        assert_eq!(param(json!({ "messages": user, "seed": -2 })), "seed");
+        assert_eq!(param(json!({ "messages": 5 })), "messages");
+        assert_eq!(param(json!({})), "messages");
+    }
+
+    async fn names(events: Vec<Result<qins_proto::v1::ChatEvent, tonic::Status>>) -> Vec<String> {
+        let events: Vec<_> = super::events(reply(events)).collect().await;
+        let response = Sse::new(stream::iter(events)).into_response();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter_map(|line| line.strip_prefix("event: "))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn events_without_payload_are_skipped_and_cancelled_is_an_error() {
+        let finished = names(vec![delta("a"), unknown(), done(FinishReason::Stop)]).await;
+        assert_eq!(finished, ["delta", "done"]);
+        let cancelled = names(vec![delta("a"), done(FinishReason::Cancelled)]).await;
+        assert_eq!(cancelled, ["delta", "error"]);
+    }
 }

@@ -6,8 +6,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::app::AppState;
 use crate::metrics::CONTENT_TYPE;
+use crate::state::AppState;
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     // qinsd down is a value to report (qinsd_up 0), not a failed scrape.

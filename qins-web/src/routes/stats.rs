@@ -6,8 +6,8 @@ use axum::Json;
 use axum::extract::State;
 use qins_proto::v1::StatsReply;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub async fn stats(State(state): State<Arc<AppState>>) -> Result<Json<StatsReply>, ApiError> {
     Ok(Json(state.daemon.stats().await?))

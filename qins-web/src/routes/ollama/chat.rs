@@ -21,17 +21,17 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use qins_proto::v1::{
-    ChatDone, ChatRequest, FinishReason, Message, ResponseFormat, Sampling, Tool, ToolCall,
-    chat_event, response_format,
+    ChatRequest, Message, ResponseFormat, Sampling, Tool, ToolCall, response_format,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{OllamaError, now, options, tagged, untagged};
-use crate::app::AppState;
-use crate::daemon::ChatStream;
+use crate::edge::reply::{Finish, Finished, Reply, ReplyEvent};
+use crate::edge::{ApiJson, message};
 use crate::error::ApiError;
-use crate::routes::{ApiJson, message, openai_tools};
+use crate::routes::openai::tools as openai_tools;
+use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -316,16 +316,17 @@ async fn run(state: &AppState, turn: Turn) -> Result<Response, ApiError> {
         sampling: Some(turn.sampling),
         ..ChatRequest::default()
     };
-    let grpc = state.daemon.chat(request).await?;
-    let reply = Reply {
+    let reply = Reply::new(state.daemon.chat(request).await?);
+    let objects = Objects {
         model: turn.model,
         shape: turn.shape,
     };
     if turn.stream {
-        let body = Body::from_stream(ndjson(grpc, reply));
+        let body = Body::from_stream(ndjson(reply, objects));
         Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
     } else {
-        Ok(Json(collect(grpc, &reply).await?).into_response())
+        let whole = reply.collect().await?;
+        Ok(Json(objects.last(&whole.text, &whole.finished)).into_response())
     }
 }
 
@@ -352,7 +353,7 @@ fn check_model(resident: &str, requested: &str) -> Result<(), ApiError> {
 /// ollama's answer to a request with nothing to generate: the model is
 /// resident (qinsd always keeps it so).
 fn loaded(turn: &Turn) -> Value {
-    let reply = Reply {
+    let reply = Objects {
         model: turn.model.clone(),
         shape: turn.shape,
     };
@@ -363,13 +364,13 @@ fn loaded(turn: &Turn) -> Value {
 }
 
 /// What every object of one reply shares.
-struct Reply {
+struct Objects {
     /// As the request named it (ollama echoes it).
     model: String,
     shape: Shape,
 }
 
-impl Reply {
+impl Objects {
     /// An object carrying `text`, not yet done.
     fn object(&self, text: &str) -> Value {
         let mut body = json!({ "model": self.model, "created_at": now() });
@@ -383,13 +384,12 @@ impl Reply {
 
     /// The last object: `text` (empty when the reply was streamed), the
     /// finish reason, token counts and durations in nanoseconds.
-    fn last(&self, text: &str, done: &ChatDone) -> Value {
+    fn last(&self, text: &str, finished: &Finished) -> Value {
         let mut body = self.object(text);
-        let usage = done.usage.unwrap_or_default();
-        let timings = done.timings.unwrap_or_default();
+        let (usage, timings) = (&finished.usage, &finished.timings);
         let nanos = |ms: f64| (ms.max(0.0) * 1e6).round() as u64;
         body["done"] = json!(true);
-        body["done_reason"] = json!(done_reason(done));
+        body["done_reason"] = json!(done_reason(finished.finish));
         body["total_duration"] = json!(nanos(timings.queue_ms + timings.total_ms));
         // The model is resident: nothing is loaded for a request.
         body["load_duration"] = json!(0);
@@ -397,8 +397,8 @@ impl Reply {
         body["prompt_eval_duration"] = json!(nanos(timings.time_to_first_token_ms));
         body["eval_count"] = json!(usage.completion_tokens);
         body["eval_duration"] = json!(nanos(timings.total_ms - timings.time_to_first_token_ms));
-        if !done.tool_calls.is_empty() {
-            body["message"]["tool_calls"] = done
+        if !finished.tool_calls.is_empty() {
+            body["message"]["tool_calls"] = finished
                 .tool_calls
                 .iter()
                 .map(|call| {
@@ -412,27 +412,12 @@ impl Reply {
     }
 }
 
-/// A cancelled reply reports `stop`: only a client that left cancels, so
-/// nobody reads it.
-fn done_reason(done: &ChatDone) -> &'static str {
-    match FinishReason::try_from(done.finish_reason) {
-        Ok(FinishReason::Length) => "length",
-        _ => "stop",
-    }
-}
-
-async fn collect(mut grpc: ChatStream, reply: &Reply) -> Result<Value, ApiError> {
-    let mut text = String::new();
-    loop {
-        match grpc.message().await?.and_then(|e| e.event) {
-            Some(chat_event::Event::Delta(d)) => text.push_str(&d.text),
-            Some(chat_event::Event::Done(done)) => return Ok(reply.last(&text, &done)),
-            None => {
-                return Err(ApiError::Upstream(
-                    "the reply ended without a done event".into(),
-                ));
-            }
-        }
+/// ollama's name for a finish reason: a tool call is `stop`, as ollama
+/// reports it.
+fn done_reason(finish: Finish) -> &'static str {
+    match finish {
+        Finish::Length => "length",
+        Finish::Stop | Finish::ToolCalls => "stop",
     }
 }
 
@@ -442,27 +427,20 @@ fn line(value: &Value) -> String {
     line
 }
 
-/// The NDJSON lines of one reply. As in the page's stream, the gRPC call
-/// lives inside: a client that disconnects drops it, and qinsd stops.
-fn ndjson(grpc: ChatStream, reply: Reply) -> impl Stream<Item = Result<String, Infallible>> {
-    futures_util::stream::unfold(Some((grpc, reply)), |state| async move {
-        let (mut grpc, reply) = state?;
+/// The NDJSON lines of one reply. As in the page's stream, the reply (and
+/// its gRPC call) lives inside: a client that disconnects drops it, and
+/// qinsd stops.
+fn ndjson(reply: Reply, objects: Objects) -> impl Stream<Item = Result<String, Infallible>> {
+    futures_util::stream::unfold((reply, objects), |(mut reply, objects)| async move {
         loop {
-            let (value, more) = match grpc.message().await {
-                Ok(Some(event)) => match event.event {
-                    Some(chat_event::Event::Delta(d)) if !d.text.is_empty() => {
-                        (reply.object(&d.text), true)
-                    }
-                    Some(chat_event::Event::Done(done)) => (reply.last("", &done), false),
-                    Some(chat_event::Event::Delta(_)) | None => continue,
-                },
-                Ok(None) => {
-                    let e = ApiError::Upstream("the reply ended without a done event".into());
-                    (e.ollama_body(), false)
-                }
-                Err(status) => (ApiError::from(status).ollama_body(), false),
+            let value = match reply.next().await? {
+                // ollama's objects carry text only.
+                ReplyEvent::Delta(delta) if delta.text.is_empty() => continue,
+                ReplyEvent::Delta(delta) => objects.object(&delta.text),
+                ReplyEvent::Done(finished) => objects.last("", &finished),
+                ReplyEvent::Error(error) => error.ollama_body(),
             };
-            return Some((Ok(line(&value)), more.then_some((grpc, reply))));
+            return Some((Ok(line(&value)), (reply, objects)));
         }
     })
 }
@@ -470,11 +448,14 @@ fn ndjson(grpc: ChatStream, reply: Reply) -> impl Stream<Item = Result<String, I
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qins_proto::v1::{Timings, Usage};
+    use crate::edge::reply::Usage;
+    use crate::edge::reply::testing::{delta, done, reply, unknown};
+    use futures_util::StreamExt;
+    use qins_proto::v1::{FinishReason, Timings};
 
     fn refusal(result: Result<Turn, ApiError>) -> String {
         match result {
-            Err(ApiError::BadRequest(message)) => message,
+            Err(error) if error.status().as_u16() == 400 => error.to_string(),
             Err(other) => panic!("expected a 400, got {other:?}"),
             Ok(_) => panic!("expected a 400, got a turn"),
         }
@@ -616,23 +597,23 @@ mod tests {
 
     #[test]
     fn the_last_object_carries_counts_and_nanosecond_durations() {
-        let done = ChatDone {
-            finish_reason: FinishReason::Length as i32,
-            usage: Some(Usage {
+        let done = Finished {
+            finish: Finish::Length,
+            usage: Usage {
                 prompt_tokens: 26,
                 cached_prompt_tokens: 0,
                 completion_tokens: 8,
-            }),
-            timings: Some(Timings {
+            },
+            timings: Timings {
                 queue_ms: 1.0,
                 time_to_first_token_ms: 20.0,
                 total_ms: 100.0,
                 tokens_per_second: 87.5,
-            }),
+            },
             model: "tiny".into(),
-            ..ChatDone::default()
+            tool_calls: Vec::new(),
         };
-        let reply = Reply {
+        let reply = Objects {
             model: "tiny:latest".into(),
             shape: Shape::Generate,
         };
@@ -645,11 +626,33 @@ mod tests {
         assert_eq!(last["prompt_eval_duration"], 20_000_000);
         assert_eq!(last["eval_count"], 8);
         assert_eq!(last["eval_duration"], 80_000_000);
-        let chat = Reply {
+        let chat = Objects {
             model: "tiny".into(),
             shape: Shape::Chat,
         };
         assert_eq!(chat.object("Hi")["message"]["content"], "Hi");
         assert_eq!(chat.object("Hi")["done"], false);
+    }
+
+    async fn lines(events: Vec<Result<qins_proto::v1::ChatEvent, tonic::Status>>) -> Vec<Value> {
+        let objects = Objects {
+            model: "tiny:latest".into(),
+            shape: Shape::Chat,
+        };
+        ndjson(reply(events), objects)
+            .map(|line| serde_json::from_str(&line.expect("a line")).expect("JSON"))
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn events_without_payload_are_skipped_and_cancelled_is_an_error() {
+        let finished = lines(vec![delta("a"), unknown(), done(FinishReason::ToolCalls)]).await;
+        assert_eq!(finished.len(), 2);
+        assert_eq!(finished[1]["done_reason"], "stop", "a tool call is stop");
+        let cancelled = lines(vec![delta("a"), done(FinishReason::Cancelled)]).await;
+        assert_eq!(cancelled.len(), 2);
+        assert!(cancelled[1]["error"].is_string(), "{}", cancelled[1]);
+        assert!(cancelled[1].get("done_reason").is_none());
     }
 }

@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{OllamaError, from_unix_seconds, parameter_size, tagged, untagged};
-use crate::app::AppState;
+use crate::edge::ApiJson;
 use crate::error::ApiError;
-use crate::routes::ApiJson;
+use crate::state::AppState;
 
 /// The ollama release whose API these routes follow. Clients gate on it
 /// (VS Code's Copilot refuses servers older than 0.6.4), so it is ollama's

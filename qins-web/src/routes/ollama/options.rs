@@ -10,12 +10,29 @@
 //!   samplers qinsd does not have, and any option not in ollama's list.
 //!
 //! Unset options take the model's defaults (its generation config), not
-//! ollama's built-in ones.
+//! ollama's built-in ones. The honoured ones are read through the edge's
+//! parameter table ([`SAMPLING`]), as in every dialect; errors name them
+//! `options.NAME`.
 
 use qins_proto::v1::Sampling;
 use serde_json::{Map, Value};
 
+use crate::edge::params::{self, SamplingField, SamplingTable};
 use crate::error::ApiError;
+
+/// ollama's names for the sampling fields it honours as they are;
+/// `num_predict` (max_tokens) has ollama's own special values.
+const SAMPLING: &SamplingTable = &[
+    ("temperature", SamplingField::Temperature),
+    ("top_p", SamplingField::TopP),
+    ("top_k", SamplingField::TopK),
+    ("seed", SamplingField::Seed),
+    ("stop", SamplingField::Stop),
+    ("repeat_penalty", SamplingField::RepetitionPenalty),
+    ("min_p", SamplingField::MinP),
+    ("presence_penalty", SamplingField::PresencePenalty),
+    ("frequency_penalty", SamplingField::FrequencyPenalty),
+];
 
 /// Settings ollama's runner takes when it loads a model; qinsd decides
 /// them itself when it starts (threads, memory mapping, device).
@@ -45,17 +62,12 @@ pub fn sampling(options: Option<Map<String, Value>>) -> Result<Sampling, ApiErro
             continue;
         }
         let name = name.as_str();
+        if let Some(&(_, field)) = SAMPLING.iter().find(|(known, _)| *known == name) {
+            field.read(&mut sampling, &format!("options.{name}"), &value)?;
+            continue;
+        }
         match name {
-            "temperature" => sampling.temperature = Some(float(name, &value)?),
-            "top_p" => sampling.top_p = Some(float(name, &value)?),
-            // <= 0 means no limit in ollama (llama.cpp), 0 in qinsd.
-            "top_k" => sampling.top_k = Some(clamp_u32(int(name, &value)?.max(0))),
-            // A negative seed (ollama's -1) asks for a fresh one each time,
-            // which is what an unset seed does in qinsd.
-            "seed" => sampling.seed = u64::try_from(int(name, &value)?).ok(),
             "num_predict" => sampling.max_tokens = Some(num_predict(int(name, &value)?)?),
-            "stop" => sampling.stop = stop(&value)?,
-            "repeat_penalty" => sampling.repetition_penalty = Some(float(name, &value)?),
             "repeat_last_n" => match int(name, &value)? {
                 // qinsd's penalty looks at the whole context: ollama's -1.
                 -1 => {}
@@ -89,10 +101,6 @@ pub fn sampling(options: Option<Map<String, Value>>) -> Result<Sampling, ApiErro
                 float(name, &value)?;
             }
             "typical_p" | "tfs_z" => neutral(name, &value, 1.0)?,
-            // Ranges are qinsd's to check.
-            "min_p" => sampling.min_p = Some(float(name, &value)?),
-            "presence_penalty" => sampling.presence_penalty = Some(float(name, &value)?),
-            "frequency_penalty" => sampling.frequency_penalty = Some(float(name, &value)?),
             "num_keep" => {
                 return Err(refused(
                     name,
@@ -127,26 +135,15 @@ fn refused(name: &str, why: &str) -> ApiError {
 }
 
 fn float(name: &str, value: &Value) -> Result<f32, ApiError> {
-    value
-        .as_f64()
-        .map(|v| v as f32)
-        .ok_or_else(|| ApiError::BadRequest(format!("option {name} must be a number")))
+    params::float(&format!("options.{name}"), value)
 }
 
 fn int(name: &str, value: &Value) -> Result<i64, ApiError> {
-    value
-        .as_i64()
-        .ok_or_else(|| ApiError::BadRequest(format!("option {name} must be an integer")))
+    params::integer(&format!("options.{name}"), value)
 }
 
 fn boolean(name: &str, value: &Value) -> Result<bool, ApiError> {
-    value
-        .as_bool()
-        .ok_or_else(|| ApiError::BadRequest(format!("option {name} must be true or false")))
-}
-
-fn clamp_u32(n: i64) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
+    params::boolean(&format!("options.{name}"), value)
 }
 
 /// An option for a sampler qinsd does not have: accepted at the value that
@@ -168,23 +165,10 @@ fn neutral(name: &str, value: &Value, off: f32) -> Result<(), ApiError> {
 fn num_predict(n: i64) -> Result<u32, ApiError> {
     match n {
         -2 | -1 => Ok(u32::MAX),
-        n if n >= 1 => Ok(clamp_u32(n)),
+        n if n >= 1 => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
         n => Err(ApiError::BadRequest(format!(
             "option num_predict must be at least 1, or -1 (until the context is full) (got {n})"
         ))),
-    }
-}
-
-/// `stop`: a list of strings, or one string.
-fn stop(value: &Value) -> Result<Vec<String>, ApiError> {
-    let bad = || ApiError::BadRequest("option stop must be a string or a list of strings".into());
-    match value {
-        Value::String(s) => Ok(vec![s.clone()]),
-        Value::Array(items) => items
-            .iter()
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(bad))
-            .collect(),
-        _ => Err(bad()),
     }
 }
 
@@ -202,7 +186,7 @@ mod tests {
 
     fn refusal(options: Value) -> String {
         match parse(options) {
-            Err(ApiError::BadRequest(message)) => message,
+            Err(error) if error.status().as_u16() == 400 => error.to_string(),
             other => panic!("expected a 400, got {other:?}"),
         }
     }
@@ -232,10 +216,10 @@ mod tests {
 
     #[test]
     fn ollama_special_values() {
-        let s = parse(json!({ "seed": -1, "top_k": 0, "num_predict": -1, "stop": "x" }))
+        let s = parse(json!({ "seed": -1, "top_k": -1, "num_predict": -1, "stop": "x" }))
             .expect("accepted");
-        assert_eq!(s.seed, None, "a negative seed is a fresh one");
-        assert_eq!(s.top_k, Some(0), "no limit");
+        assert_eq!(s.seed, None, "seed -1 is a fresh one");
+        assert_eq!(s.top_k, Some(0), "<= 0: no limit");
         assert_eq!(s.max_tokens, Some(u32::MAX), "until the context is full");
         assert_eq!(s.stop, vec!["x".to_string()]);
         let off = parse(json!({ "repeat_penalty": 1.3, "repeat_last_n": 0 })).expect("accepted");
@@ -258,7 +242,8 @@ mod tests {
             (json!({ "frobnicate": 1 }), "frobnicate"),
             (json!({ "num_predict": 0 }), "num_predict"),
             (json!({ "temperature": "hot" }), "temperature"),
-            (json!({ "stop": [1] }), "stop"),
+            (json!({ "stop": [1] }), "options.stop"),
+            (json!({ "seed": -2 }), "options.seed"),
         ] {
             let message = refusal(options);
             assert!(message.contains(name), "{name}: {message}");

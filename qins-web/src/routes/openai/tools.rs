@@ -6,7 +6,7 @@
 use qins_proto::v1::{Tool, ToolCall};
 use serde_json::{Value, json};
 
-use super::openai_params as params;
+use super::params;
 use crate::error::ApiError;
 
 /// `tools`: function tools (`{"type": "function", "function": {name,

@@ -1,42 +1,25 @@
-//! The OpenAI-compatible API: `POST /v1/chat/completions` (streaming and not)
-//! and `GET /v1/models`.
-//!
-//! Choices made where qinsd and OpenAI differ:
-//! - `model` is accepted and not checked: whatever is resident answers, and
-//!   responses name the resident model. (Clients insist on sending a name.)
-//! - finish reasons: stop -> "stop", length -> "length"; a cancelled reply
-//!   maps to "stop" (only a client that went away cancels, so nobody reads it).
-//! - every request parameter is honoured or refused with a 400 naming it
-//!   (`openai_params`); `n` other than 1, tools and non-text content parts
-//!   are refused. `response_format` JSON goes to qinsd's grammar-constrained
-//!   decoding; a `json_schema` is enforced whether `strict` or not.
-//! - logprobs are the model's own (before bias, penalties and temperature).
-//! - `/v1/models` reports `created: 0`: qinsd does not track creation times.
+//! `POST /v1/chat/completions`, streamed or not. The module doc of
+//! `routes/openai` says where qins and OpenAI differ; `params` reads the
+//! members both endpoints share.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::State;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
 use qins_proto::v1::{
-    ChatDone, ChatRequest, FinishReason, Message, ResponseFormat, Sampling, TokenLogprob,
-    chat_event, response_format,
+    ChatRequest, Message, ResponseFormat, TextDelta, TokenLogprob, response_format,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::openai_logprobs::chat_logprobs;
-use super::openai_params as params;
-use super::openai_tools;
-use super::{ApiJson, message};
-use crate::app::AppState;
-use crate::daemon::ChatStream;
+use super::logprobs::chat_logprobs;
+use super::params::{self, Shared};
+use super::{Chunks, Meta, finish_reason, sse, tools};
+use crate::edge::reply::{Finished, Reply};
+use crate::edge::{ApiJson, message};
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// A chat completion request, read by [`ChatBody::parse`].
 #[derive(Debug)]
@@ -87,47 +70,36 @@ fn content_text(content: Option<Content>) -> Result<String, ApiError> {
 impl ChatBody {
     /// Reads every parameter of the body; see `openai_params` for the rules.
     pub fn parse(body: Value) -> Result<Self, ApiError> {
-        let mut sampling = Sampling::default();
+        let mut shared = Shared::default();
+        let mut request = ChatRequest::default();
         let mut messages = None;
         let (mut max_tokens, mut max_completion_tokens) = (None, None);
-        let mut out = Self {
-            request: ChatRequest::default(),
-            stream: false,
-            include_usage: false,
-            logprobs: false,
-        };
+        let mut logprobs = false;
         let mut top_logprobs = None;
         for (name, value) in params::object(body)? {
-            if params::sampling_param(&mut sampling, &name, &value)? {
+            let Some(value) = shared.read(&name, value)? else {
                 continue;
-            }
+            };
             let name = name.as_str();
             match name {
-                // Accepted, not checked: see the module comment.
-                "model" => {
-                    params::string(name, value)?;
-                }
                 "messages" => messages = Some(parse_messages(value)?),
                 "max_tokens" => max_tokens = Some(params::uint32(name, &value)?),
                 "max_completion_tokens" => {
                     max_completion_tokens = Some(params::uint32(name, &value)?)
                 }
-                "stream" => out.stream = params::boolean(name, &value)?,
-                "stream_options" => out.include_usage = params::include_usage(value)?,
-                "logprobs" => out.logprobs = params::boolean(name, &value)?,
+                "logprobs" => logprobs = params::boolean(name, &value)?,
+                // At most qinsd's limit: its INVALID_ARGUMENT names the field.
                 "top_logprobs" => top_logprobs = Some(params::uint32(name, &value)?),
                 // Requests sharing a key share a qinsd session: the K/V of
                 // their common prompt prefix is reused.
-                "prompt_cache_key" => out.request.session_id = params::string(name, value)?,
-                // End-user identifiers: qins serves its local user and keeps
-                // nothing per user.
-                "user" | "safety_identifier" => {
+                "prompt_cache_key" => request.session_id = params::string(name, value)?,
+                // An end-user identifier, as `user`.
+                "safety_identifier" => {
                     params::string(name, value)?;
                 }
-                "n" => params::one_choice(name, &value)?,
-                "response_format" => out.request.response_format = response_format(&value)?,
-                "tools" => out.request.tools = openai_tools::tools(&value)?,
-                "tool_choice" => out.request.tool_choice = openai_tools::tool_choice(&value)?,
+                "response_format" => request.response_format = response_format(&value)?,
+                "tools" => request.tools = tools::tools(&value)?,
+                "tool_choice" => request.tool_choice = tools::tool_choice(&value)?,
                 // A reply makes at most one call, which either value allows.
                 "parallel_tool_calls" => {
                     params::boolean(name, &value)?;
@@ -152,25 +124,26 @@ impl ChatBody {
                 _ => return Err(params::refused(name, unsupported_chat_param(name))),
             }
         }
-        if top_logprobs.is_some() && !out.logprobs {
+        if top_logprobs.is_some() && !logprobs {
             return Err(params::invalid("top_logprobs", "needs logprobs: true"));
         }
-        if let Some(top) = top_logprobs {
-            if u64::from(top) > params::MAX_TOP_LOGPROBS {
-                return Err(params::invalid(
-                    "top_logprobs",
-                    &format!("must be at most {}", params::MAX_TOP_LOGPROBS),
-                ));
-            }
-            out.request.top_logprobs = top;
-        }
-        out.request.logprobs = out.logprobs;
-        out.request.messages =
-            messages.ok_or_else(|| params::invalid("messages", "is required"))?;
+        request.logprobs = logprobs;
+        request.top_logprobs = top_logprobs.unwrap_or(0);
+        request.messages = messages.ok_or_else(|| params::invalid("messages", "is required"))?;
+        let Shared {
+            mut sampling,
+            stream,
+            include_usage,
+        } = shared;
         // OpenAI's newer name wins over the deprecated one.
         sampling.max_tokens = max_completion_tokens.or(max_tokens);
-        out.request.sampling = Some(sampling);
-        Ok(out)
+        request.sampling = Some(sampling);
+        Ok(Self {
+            request,
+            stream,
+            include_usage,
+            logprobs,
+        })
     }
 }
 
@@ -253,7 +226,7 @@ fn parse_message(index: usize, item: Value) -> Result<Message, ApiError> {
                     "chat templates have no place for participant names",
                 ));
             }
-            "tool_calls" => tool_calls = openai_tools::message_calls(&path(&name), &value)?,
+            "tool_calls" => tool_calls = tools::message_calls(&path(&name), &value)?,
             "tool_call_id" => tool_call_id = params::string(&path(&name), value)?,
             "function_call" => {
                 return Err(params::refused(
@@ -295,287 +268,102 @@ pub async fn chat_completions(
     } = ChatBody::parse(body)?;
     // Streamed chunks name the model before the reply's `done` does.
     let model = state.daemon.stats().await?.model;
-    let grpc = state.daemon.chat(request).await?;
-    let meta = Meta {
-        id: completion_id("chatcmpl"),
-        created: unix_now(),
-        model,
-        logprobs,
-    };
+    let reply = Reply::new(state.daemon.chat(request).await?);
+    let meta = Meta::new("chatcmpl", model);
     if stream {
-        Ok(Sse::new(chunks(grpc, meta, include_usage))
-            .keep_alive(KeepAlive::default())
-            .into_response())
+        let chunks = ChatChunks { logprobs };
+        Ok(sse(
+            reply,
+            meta,
+            "chat.completion.chunk",
+            include_usage,
+            chunks,
+        ))
     } else {
-        Ok(Json(collect(grpc, meta).await?).into_response())
+        let whole = reply.collect().await?;
+        let choices = json!([{
+            "index": 0,
+            "message": reply_message(whole.text, &whole.finished),
+            "logprobs": logprobs_json(logprobs, &whole.logprobs),
+            "finish_reason": finish_reason(whole.finished.finish),
+        }]);
+        Ok(Json(meta.whole("chat.completion", choices, &whole.finished)).into_response())
     }
 }
 
-struct Meta {
-    id: String,
-    created: u64,
-    model: String,
-    /// The request asked for logprobs: choices carry them, else null.
-    logprobs: bool,
-}
-
-impl Meta {
-    fn logprobs(&self, tokens: &[TokenLogprob]) -> Value {
-        if self.logprobs {
-            chat_logprobs(tokens)
-        } else {
-            Value::Null
-        }
+/// A choice's `logprobs`: the tokens when the request asked, else null.
+fn logprobs_json(asked: bool, tokens: &[TokenLogprob]) -> Value {
+    if asked {
+        chat_logprobs(tokens)
+    } else {
+        Value::Null
     }
-
-    fn chunk(&self, choices: Value) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": Value::Null,
-            "choices": choices,
-        })
-    }
-}
-
-fn finish_reason(done: &ChatDone) -> &'static str {
-    match FinishReason::try_from(done.finish_reason) {
-        Ok(FinishReason::Length) => "length",
-        Ok(FinishReason::ToolCalls) => "tool_calls",
-        _ => "stop",
-    }
-}
-
-fn usage_json(done: &ChatDone) -> Value {
-    let usage = done.usage.unwrap_or_default();
-    json!({
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        "prompt_tokens_details": { "cached_tokens": usage.cached_prompt_tokens },
-    })
 }
 
 /// The reply's message: its text, or its tool calls (content null).
-fn reply_message(text: String, done: &ChatDone) -> Value {
-    if done.tool_calls.is_empty() {
+fn reply_message(text: String, finished: &Finished) -> Value {
+    if finished.tool_calls.is_empty() {
         json!({ "role": "assistant", "content": text })
     } else {
         json!({
             "role": "assistant",
             "content": Value::Null,
-            "tool_calls": openai_tools::calls_json(&done.tool_calls, false),
+            "tool_calls": tools::calls_json(&finished.tool_calls, false),
         })
     }
 }
 
-async fn collect(mut grpc: ChatStream, meta: Meta) -> Result<Value, ApiError> {
-    let mut text = String::new();
-    let mut tokens = Vec::new();
-    loop {
-        match grpc.message().await?.and_then(|e| e.event) {
-            Some(chat_event::Event::Delta(d)) => {
-                text.push_str(&d.text);
-                tokens.extend(d.logprobs);
-            }
-            Some(chat_event::Event::Done(done)) => {
-                let logprobs = meta.logprobs(&tokens);
-                return Ok(json!({
-                    "id": meta.id,
-                    "object": "chat.completion",
-                    "created": meta.created,
-                    "model": if done.model.is_empty() { meta.model } else { done.model.clone() },
-                    "system_fingerprint": Value::Null,
-                    "choices": [{
-                        "index": 0,
-                        "message": reply_message(text, &done),
-                        "logprobs": logprobs,
-                        "finish_reason": finish_reason(&done),
-                    }],
-                    "usage": usage_json(&done),
-                }));
-            }
-            None => {
-                return Err(ApiError::Upstream(
-                    "the reply ended without a done event".into(),
-                ));
-            }
-        }
-    }
+/// Chat chunks: the role first, content deltas, the tool calls whole in
+/// one delta before the finish chunk.
+struct ChatChunks {
+    logprobs: bool,
 }
 
-/// Where the chunk stream is: the role chunk goes first, then content, then
-/// the finish chunk, the usage chunk if asked for, and `[DONE]`.
-enum Phase {
-    Start,
-    Content,
-    Finished,
-}
-
-struct ChunkState {
-    grpc: ChatStream,
-    meta: Meta,
-    include_usage: bool,
-    phase: Phase,
-    /// Events still to send after the one just produced.
-    pending: Vec<Event>,
-}
-
-fn data(value: &Value) -> Event {
-    Event::default().data(value.to_string())
-}
-
-fn chunks(
-    grpc: ChatStream,
-    meta: Meta,
-    include_usage: bool,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    let state = ChunkState {
-        grpc,
-        meta,
-        include_usage,
-        phase: Phase::Start,
-        pending: Vec::new(),
-    };
-    futures_util::stream::unfold(state, |mut st| async move {
-        if let Some(event) = st.pending.pop() {
-            return Some((Ok(event), st));
-        }
-        match st.phase {
-            Phase::Finished => None,
-            Phase::Start => {
-                st.phase = Phase::Content;
-                let choice = json!([{
-                    "index": 0,
-                    "delta": { "role": "assistant", "content": "" },
-                    "logprobs": Value::Null,
-                    "finish_reason": Value::Null,
-                }]);
-                let chunk = st.with_usage(st.meta.chunk(choice));
-                Some((Ok(data(&chunk)), st))
-            }
-            Phase::Content => {
-                let event = st.next_content().await;
-                Some((Ok(event), st))
-            }
-        }
-    })
-}
-
-impl ChunkState {
-    /// OpenAI sends `"usage": null` on every chunk when usage was asked for.
-    fn with_usage(&self, mut chunk: Value) -> Value {
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
-        }
-        chunk
+impl Chunks for ChatChunks {
+    fn opening(&mut self) -> Vec<Value> {
+        vec![json!([{
+            "index": 0,
+            "delta": { "role": "assistant", "content": "" },
+            "logprobs": Value::Null,
+            "finish_reason": Value::Null,
+        }])]
     }
 
-    async fn next_content(&mut self) -> Event {
-        loop {
-            let event = match self.grpc.message().await {
-                Ok(Some(ev)) => ev.event,
-                Ok(None) => {
-                    let e = ApiError::Upstream("the reply ended without a done event".into());
-                    return self.finish_with(data(&e.body()));
-                }
-                Err(status) => return self.finish_with(data(&ApiError::from(status).body())),
-            };
-            match event {
-                Some(chat_event::Event::Delta(d))
-                    if !d.text.is_empty() || !d.logprobs.is_empty() =>
-                {
-                    let choice = json!([{
-                        "index": 0,
-                        "delta": { "content": d.text },
-                        "logprobs": self.meta.logprobs(&d.logprobs),
-                        "finish_reason": Value::Null,
-                    }]);
-                    return data(&self.with_usage(self.meta.chunk(choice)));
-                }
-                Some(chat_event::Event::Done(done)) => {
-                    let choice = json!([{
-                        "index": 0,
-                        "delta": {},
-                        "logprobs": Value::Null,
-                        "finish_reason": finish_reason(&done),
-                    }]);
-                    let mut last = data(&self.with_usage(self.meta.chunk(choice)));
-                    // `pending` is popped from the end.
-                    self.pending = vec![Event::default().data("[DONE]")];
-                    if self.include_usage {
-                        let mut usage = self.meta.chunk(json!([]));
-                        usage["usage"] = usage_json(&done);
-                        self.pending.push(data(&usage));
-                    }
-                    // The calls come whole, in one delta before the finish.
-                    if !done.tool_calls.is_empty() {
-                        self.pending.push(last);
-                        let calls = openai_tools::calls_json(&done.tool_calls, true);
-                        let choice = json!([{
-                            "index": 0,
-                            "delta": { "tool_calls": calls },
-                            "logprobs": Value::Null,
-                            "finish_reason": Value::Null,
-                        }]);
-                        last = data(&self.with_usage(self.meta.chunk(choice)));
-                    }
-                    self.phase = Phase::Finished;
-                    return last;
-                }
-                // Empty deltas carry nothing for the client.
-                Some(chat_event::Event::Delta(_)) | None => continue,
-            }
+    fn delta(&mut self, delta: &TextDelta) -> Value {
+        json!([{
+            "index": 0,
+            "delta": { "content": delta.text },
+            "logprobs": logprobs_json(self.logprobs, &delta.logprobs),
+            "finish_reason": Value::Null,
+        }])
+    }
+
+    fn finish(&mut self, finished: &Finished) -> Vec<Value> {
+        let mut chunks = Vec::new();
+        if !finished.tool_calls.is_empty() {
+            chunks.push(json!([{
+                "index": 0,
+                "delta": { "tool_calls": tools::calls_json(&finished.tool_calls, true) },
+                "logprobs": Value::Null,
+                "finish_reason": Value::Null,
+            }]));
         }
+        chunks.push(json!([{
+            "index": 0,
+            "delta": {},
+            "logprobs": Value::Null,
+            "finish_reason": finish_reason(finished.finish),
+        }]));
+        chunks
     }
-
-    /// An error ends the stream: OpenAI sends the error object as data.
-    fn finish_with(&mut self, event: Event) -> Event {
-        self.phase = Phase::Finished;
-        self.pending.clear();
-        event
-    }
-}
-
-pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let reply = state.daemon.list_models().await?;
-    let data: Vec<Value> = reply
-        .models
-        .iter()
-        .map(|m| {
-            json!({
-                "id": m.name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "qins",
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "object": "list", "data": data })))
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Unique within this process and unlikely to repeat across restarts;
-/// ids only need to tell completions apart, not be secret.
-pub fn completion_id(prefix: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}-{nanos:x}{n:04x}")
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::stream_payloads;
     use super::*;
+    use crate::edge::reply::testing::{delta, done, reply, unknown};
+    use qins_proto::v1::FinishReason;
 
     fn param(body: Value) -> String {
         match ChatBody::parse(body) {
@@ -670,8 +458,9 @@ mod tests {
         ] {
             assert_eq!(param(with(name, value)), name);
         }
-        let too_many = json!({ "messages": user(), "logprobs": true, "top_logprobs": 21 });
-        assert_eq!(param(too_many), "top_logprobs");
+        for (name, value) in [("seed", json!(-2)), ("top_k", json!("many"))] {
+            assert_eq!(param(with(name, value)), name);
+        }
         assert_eq!(param(json!({})), "messages");
         for (message, path) in [
             (
@@ -694,5 +483,58 @@ mod tests {
         ] {
             assert_eq!(param(json!({ "messages": [message] })), path);
         }
+    }
+
+    #[test]
+    fn limits_are_qinsd_s_and_negative_seed_and_top_k_follow_the_table() {
+        // Past qinsd's limit of 20: sent, for qinsd to refuse with its rule.
+        let body = json!({ "messages": user(), "logprobs": true, "top_logprobs": 21,
+                           "seed": -1, "top_k": -1 });
+        let request = ChatBody::parse(body).expect("accepted").request;
+        assert_eq!(request.top_logprobs, 21);
+        let sampling = request.sampling.expect("sampling");
+        assert_eq!(sampling.seed, None, "-1: a fresh seed");
+        assert_eq!(sampling.top_k, Some(0), "negative: no limit");
+    }
+
+    fn streamed(events: Vec<Result<qins_proto::v1::ChatEvent, tonic::Status>>) -> Response {
+        let meta = Meta::new("chatcmpl", "tiny".into());
+        let chunks = ChatChunks { logprobs: false };
+        sse(reply(events), meta, "chat.completion.chunk", true, chunks)
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_with_finish_usage_and_done() {
+        let payloads = stream_payloads(streamed(vec![
+            delta("Hi"),
+            unknown(),
+            done(FinishReason::Length),
+        ]))
+        .await;
+        let chunks: Vec<Value> = payloads[..payloads.len() - 1]
+            .iter()
+            .map(|p| serde_json::from_str(p).expect("JSON"))
+            .collect();
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "Hi");
+        assert_eq!(chunks[2]["choices"][0]["finish_reason"], "length");
+        assert_eq!(
+            chunks[3]["usage"]["prompt_tokens_details"]["cached_tokens"],
+            4
+        );
+        assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_reply_ends_with_an_error_not_stop() {
+        let payloads =
+            stream_payloads(streamed(vec![delta("Hi"), done(FinishReason::Cancelled)])).await;
+        let last: Value = serde_json::from_str(payloads.last().expect("a payload")).expect("JSON");
+        assert_eq!(last["error"]["code"], "qinsd_unreachable");
+        assert!(
+            payloads
+                .iter()
+                .all(|p| !p.contains("finish_reason\":\"stop"))
+        );
     }
 }

@@ -1,0 +1,74 @@
+//! The edge between qinsd's gRPC API and the HTTP dialects (`/ui`, OpenAI,
+//! ollama): what every dialect shares, so that each one only renders.
+//!
+//! - [`reply`]: qinsd's reply stream as typed items ([`reply::ReplyEvent`]:
+//!   delta, done, error), one [`reply::Reply::collect`] for whole replies,
+//!   and the one finish-reason mapping ([`reply::Finish`]).
+//! - [`params`]: the one parameter table. Every dialect reads its sampling
+//!   parameters through [`params::SamplingField`] (its own names, one way to
+//!   read each field) and its other members with the same readers; ranges
+//!   are qinsd's (the engine's `GenerationRequest::validate`), never
+//!   checked here, so its message, naming the field and the rule, is the
+//!   one a user sees.
+//! - [`ApiJson`], the body extractor whose rejections are [`ApiError`]s.
+//!
+//! # Adding a dialect
+//!
+//! A dialect is one module under `routes/` (a folder when it has several
+//! routes) and a line per route in `app.rs`:
+//! 1. Read the body with [`params::object`] (nulls are unset), each member
+//!    by name: sampling ones through a table of `(name, SamplingField)`
+//!    pairs with [`params::read_sampling`], the others with the readers in
+//!    [`params`]; refuse anything unknown by name ([`params::refused`]).
+//! 2. Build a `ChatRequest`, start it with `state.daemon.chat` and wrap the
+//!    stream in a [`reply::Reply`].
+//! 3. Render: [`reply::Reply::collect`] for a whole reply, or
+//!    [`reply::Reply::next`] per item for a streamed one, writing the
+//!    dialect's own names for [`reply::Finish`] and its error shape for
+//!    [`reply::ReplyEvent::Error`].
+//!
+//! Metrics need nothing: every reply is counted as its `done` goes by.
+
+pub mod params;
+pub mod reply;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use qins_proto::v1::Message;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// `Json<T>` whose rejections become [`ApiError`]s (415, 413 or 400) with the
+/// JSON error body, instead of axum's plain-text ones.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection.status() {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        _ => ApiError::BadRequest(rejection.body_text()),
+    }
+}
+
+/// A conversation message with text only.
+pub fn message(role: impl Into<String>, content: impl Into<String>) -> Message {
+    Message {
+        role: role.into(),
+        content: content.into(),
+        ..Message::default()
+    }
+}

@@ -1,0 +1,140 @@
+//! OpenAI's request members over the edge's parameter table: the sampling
+//! names both endpoints honour ([`SAMPLING`]) and the members they share
+//! ([`Shared`]). Every member is honoured, accepted only at the value that
+//! describes what qins does anyway (`n: 1`, `store: false`, ...), or
+//! refused with a 400 that names it in the error's `param` (the table in
+//! TECHNICAL_SPEC.md, "OpenAI's API", lists them all).
+
+use qins_proto::v1::Sampling;
+use serde_json::Value;
+
+use crate::edge::params::{SamplingField, SamplingTable, read_sampling};
+pub use crate::edge::params::{boolean, invalid, object, only, refused, string, uint32};
+use crate::error::ApiError;
+
+/// OpenAI's sampling parameters, plus `top_k`, `min_p` and
+/// `repetition_penalty` (vLLM's and llama.cpp's extensions). `max_tokens`
+/// is each endpoint's own (chat also takes `max_completion_tokens`).
+pub const SAMPLING: &SamplingTable = &[
+    ("temperature", SamplingField::Temperature),
+    ("top_p", SamplingField::TopP),
+    ("top_k", SamplingField::TopK),
+    ("min_p", SamplingField::MinP),
+    ("presence_penalty", SamplingField::PresencePenalty),
+    ("frequency_penalty", SamplingField::FrequencyPenalty),
+    ("repetition_penalty", SamplingField::RepetitionPenalty),
+    ("seed", SamplingField::Seed),
+    ("stop", SamplingField::Stop),
+    ("logit_bias", SamplingField::LogitBias),
+];
+
+/// The members both endpoints read the same way.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub sampling: Sampling,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl Shared {
+    /// Reads `name` when both endpoints share it; gives `value` back when
+    /// it is the endpoint's own.
+    pub fn read(&mut self, name: &str, value: Value) -> Result<Option<Value>, ApiError> {
+        if read_sampling(SAMPLING, &mut self.sampling, name, &value)? {
+            return Ok(None);
+        }
+        match name {
+            // Accepted, not checked: the resident model answers.
+            "model" => {
+                string(name, value)?;
+            }
+            "stream" => self.stream = boolean(name, &value)?,
+            "stream_options" => self.include_usage = include_usage(value)?,
+            // An end-user identifier: qins serves its local user and keeps
+            // nothing per user.
+            "user" => {
+                string(name, value)?;
+            }
+            "n" => one_choice(name, &value)?,
+            _ => return Ok(Some(value)),
+        }
+        Ok(None)
+    }
+}
+
+/// `stream_options`: `include_usage` is honoured; obfuscation padding is
+/// not done, so only `include_obfuscation: false` is accepted.
+fn include_usage(value: Value) -> Result<bool, ApiError> {
+    let Value::Object(options) = value else {
+        return Err(invalid("stream_options", "must be an object"));
+    };
+    let mut include = false;
+    for (name, value) in options {
+        match name.as_str() {
+            "include_usage" => include = boolean("stream_options.include_usage", &value)?,
+            "include_obfuscation" => only(
+                "stream_options.include_obfuscation",
+                &value,
+                Value::Bool(false),
+                "qins-web does not pad stream chunks",
+            )?,
+            _ => return Err(refused(&format!("stream_options.{name}"), "unknown option")),
+        }
+    }
+    Ok(include)
+}
+
+/// `n` and `best_of`: one choice per request.
+pub fn one_choice(name: &str, value: &Value) -> Result<(), ApiError> {
+    only(
+        name,
+        value,
+        Value::from(1),
+        "qins-web returns one choice per request; send several requests (with different seeds)",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn param_of(error: ApiError) -> String {
+        match error {
+            ApiError::Param { param, .. } => param,
+            other => panic!("expected a parameter error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shared_members_are_read() {
+        let mut shared = Shared::default();
+        for (name, value) in [
+            ("model", json!("m")),
+            ("stream", json!(true)),
+            ("stream_options", json!({ "include_usage": true })),
+            ("user", json!("u")),
+            ("n", json!(1)),
+            ("temperature", json!(0.5)),
+            ("seed", json!(-1)),
+        ] {
+            assert_eq!(shared.read(name, value).unwrap(), None, "{name}");
+        }
+        assert_eq!(shared.read("messages", json!([])).unwrap(), Some(json!([])));
+        assert!(shared.stream && shared.include_usage);
+        assert_eq!(shared.sampling.temperature, Some(0.5));
+        assert_eq!(shared.sampling.seed, None, "-1 is a fresh seed");
+    }
+
+    #[test]
+    fn stream_options_and_choices() {
+        assert!(include_usage(json!({ "include_usage": true })).unwrap());
+        assert!(!include_usage(json!({ "include_obfuscation": false })).unwrap());
+        let error = include_usage(json!({ "include_obfuscation": true })).unwrap_err();
+        assert_eq!(param_of(error), "stream_options.include_obfuscation");
+        let error = include_usage(json!({ "other": 1 })).unwrap_err();
+        assert_eq!(param_of(error), "stream_options.other");
+        assert!(one_choice("n", &json!(1)).is_ok());
+        assert_eq!(param_of(one_choice("n", &json!(2)).unwrap_err()), "n");
+    }
+}
