@@ -11,8 +11,8 @@ use qins_proto::v1::{
     ChatEvent, ChatRequest, ListModelsReply, ListModelsRequest, StatsReply, StatsRequest,
     chat_event,
 };
+use tonic::Streaming;
 use tonic::transport::Channel;
-use tonic::{Code, Streaming};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -65,23 +65,15 @@ impl Daemon {
         self.channel.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Maps a failed call, forgetting the channel when the transport broke.
-    /// qinsd itself never answers CANCELLED (only a client cancels); tonic
-    /// reports it for a request cut off by the connection closing, as when
-    /// qinsd exits, so it means unreachable (503) like UNAVAILABLE.
+    /// Maps a failed call, forgetting the channel when qinsd looks gone
+    /// (`ApiError::from` decides: a transport failure is `DaemonDown`
+    /// whatever code tonic gave it), so the next request dials again.
     fn fail(&self, status: tonic::Status) -> ApiError {
-        match status.code() {
-            Code::Unavailable | Code::Unknown => *self.lock() = None,
-            Code::Cancelled => {
-                *self.lock() = None;
-                return ApiError::DaemonDown(format!(
-                    "the connection to qinsd broke: {}",
-                    status.message()
-                ));
-            }
-            _ => {}
+        let error = ApiError::from(status);
+        if matches!(error, ApiError::DaemonDown(_)) {
+            *self.lock() = None;
         }
-        status.into()
+        error
     }
 
     pub async fn stats(&self) -> Result<StatsReply, ApiError> {

@@ -145,12 +145,23 @@ impl From<tonic::Status> for ApiError {
                 }
             };
         }
+        // No reason, and made here by tonic from a local error (kept as the
+        // status's source): the connection to qinsd failed under the call,
+        // whatever code tonic picked. A connection that closed before the
+        // bridge noticed qinsd was gone (killed, restarted) gives UNKNOWN
+        // ("connection closed", h2 without a reason) or INTERNAL (a broken
+        // pipe), not only UNAVAILABLE or CANCELLED.
+        if std::error::Error::source(&status).is_some() {
+            return Self::DaemonDown(format!("the connection to qinsd broke: {message}"));
+        }
         match status.code() {
             Code::InvalidArgument | Code::OutOfRange => Self::BadRequest(message),
             Code::ResourceExhausted => Self::Busy(message),
             Code::NotFound => Self::NotFound(message),
-            // UNAVAILABLE is also what tonic reports for a broken transport.
-            Code::Unavailable => Self::DaemonDown(message),
+            // UNAVAILABLE is also what tonic reports for a broken transport;
+            // qinsd itself never answers CANCELLED without its reason (only
+            // a client cancels).
+            Code::Unavailable | Code::Cancelled => Self::DaemonDown(message),
             _ => Self::Upstream(format!("{}: {message}", status.code())),
         }
     }
@@ -239,5 +250,30 @@ mod tests {
     fn failed_precondition_without_a_reason_is_not_taken_for_no_model() {
         let error = ApiError::from(tonic::Status::failed_precondition("disk on fire"));
         assert_eq!(error.status().as_u16(), 502);
+    }
+
+    /// The race behind a once-failed `daemon_down_gives_503_and_restart_recovers`:
+    /// the first call after qinsd died can go out on the cached connection
+    /// before the bridge saw it close, and tonic then reports UNKNOWN or
+    /// INTERNAL, made from the transport's error. That is qinsd unreachable
+    /// (503), not a qinsd error (502).
+    #[test]
+    fn a_transport_failure_is_unreachable_whatever_its_code() {
+        use std::io::{Error, ErrorKind};
+        for kind in [
+            ErrorKind::BrokenPipe,
+            ErrorKind::UnexpectedEof,
+            ErrorKind::Other,
+        ] {
+            let status = tonic::Status::from_error(Box::new(Error::new(kind, "closed")));
+            let error = ApiError::from(status);
+            assert_eq!(error.status().as_u16(), 503, "{kind:?}");
+            assert_eq!(error.body()["error"]["code"], "qinsd_unreachable");
+        }
+        // The same codes from qinsd's own trailers stay qinsd's errors.
+        let error = ApiError::from(tonic::Status::unknown("qinsd panicked"));
+        assert_eq!(error.status().as_u16(), 502);
+        let error = ApiError::from(tonic::Status::cancelled("connection cut"));
+        assert_eq!(error.status().as_u16(), 503);
     }
 }

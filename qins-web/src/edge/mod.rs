@@ -72,3 +72,30 @@ pub fn message(role: impl Into<String>, content: impl Into<String>) -> Message {
         ..Message::default()
     }
 }
+
+/// Helpers for the dialects' tests.
+#[cfg(test)]
+pub mod testing {
+    use axum::response::Response;
+
+    use crate::error::ApiError;
+
+    /// The parameter a refusal names; panics on anything else.
+    pub fn param_of<T: std::fmt::Debug>(result: Result<T, ApiError>) -> String {
+        match result {
+            Err(ApiError::Param { param, .. }) => param,
+            other => panic!("expected a parameter error, got {other:?}"),
+        }
+    }
+
+    /// The lines of a streamed response's body.
+    pub async fn body_lines(response: Response) -> Vec<String> {
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("the body");
+        String::from_utf8_lossy(&body)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}

@@ -128,14 +128,12 @@ fn done_json(finished: &Finished) -> Value {
 mod tests {
     use super::*;
     use crate::edge::reply::testing::{delta, done, reply, unknown};
+    use crate::edge::testing::param_of;
     use futures_util::StreamExt;
     use qins_proto::v1::FinishReason;
 
     fn param(body: Value) -> String {
-        match parse(body) {
-            Err(ApiError::Param { param, .. }) => param,
-            other => panic!("expected a parameter error, got {other:?}"),
-        }
+        param_of(parse(body))
     }
 
     #[test]
@@ -163,13 +161,10 @@ mod tests {
     async fn names(events: Vec<Result<qins_proto::v1::ChatEvent, tonic::Status>>) -> Vec<String> {
         let events: Vec<_> = super::events(reply(events)).collect().await;
         let response = Sse::new(stream::iter(events)).into_response();
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        crate::edge::testing::body_lines(response)
             .await
-            .expect("body");
-        String::from_utf8_lossy(&body)
-            .lines()
-            .filter_map(|line| line.strip_prefix("event: "))
-            .map(str::to_string)
+            .into_iter()
+            .filter_map(|line| line.strip_prefix("event: ").map(str::to_string))
             .collect()
     }
 

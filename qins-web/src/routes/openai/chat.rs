@@ -363,13 +363,11 @@ mod tests {
     use super::super::stream_payloads;
     use super::*;
     use crate::edge::reply::testing::{delta, done, reply, unknown};
+    use crate::edge::testing::param_of;
     use qins_proto::v1::FinishReason;
 
     fn param(body: Value) -> String {
-        match ChatBody::parse(body) {
-            Err(ApiError::Param { param, .. }) => param,
-            other => panic!("expected a parameter error, got {other:?}"),
-        }
+        param_of(ChatBody::parse(body))
     }
 
     fn user() -> Value {

@@ -213,6 +213,7 @@ mod tests {
     use super::super::stream_payloads;
     use super::*;
     use crate::edge::reply::testing::{delta, done, reply, unknown};
+    use crate::edge::testing::param_of;
     use qins_proto::v1::FinishReason;
 
     fn parse(body: Value) -> Result<CompletionBody, ApiError> {
@@ -220,10 +221,7 @@ mod tests {
     }
 
     fn param(body: Value) -> String {
-        match parse(body) {
-            Err(ApiError::Param { param, .. }) => param,
-            other => panic!("expected a parameter error, got {other:?}"),
-        }
+        param_of(parse(body))
     }
 
     #[test]

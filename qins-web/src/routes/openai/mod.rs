@@ -205,16 +205,13 @@ pub fn completion_id(prefix: &str) -> String {
     format!("{prefix}-{nanos:x}{n:04x}")
 }
 
-/// Collects a streamed response's `data:` payloads, for the endpoints' tests.
+/// A streamed response's `data:` payloads, for the endpoints' tests.
 #[cfg(test)]
 pub async fn stream_payloads(response: Response) -> Vec<String> {
-    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+    crate::edge::testing::body_lines(response)
         .await
-        .expect("the body");
-    String::from_utf8_lossy(&body)
-        .lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .map(str::to_string)
+        .into_iter()
+        .filter_map(|line| line.strip_prefix("data: ").map(str::to_string))
         .collect()
 }
 
