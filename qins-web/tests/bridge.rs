@@ -661,6 +661,94 @@ async fn ollama_refusals_name_what_is_not_supported() {
     assert_ollama_error(&get(a, "/api/nope").await, 404);
 }
 
+/// One parameter table for every dialect: `seed: -1` (a fresh seed) and a
+/// negative `top_k` (no limit) are accepted by the page's, OpenAI's and
+/// ollama's routes alike, another negative seed is refused by all three;
+/// ranges are qinsd's, and its refusal names OpenAI's parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dialect_reads_parameters_the_same_way() {
+    let s = setup().await;
+    let a = s.addr;
+    let page = |extra: Value| {
+        let mut body = json!({ "messages": user("x"), "max_tokens": 1 });
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let ollama = |options: Value| {
+        json!({ "model": "tiny", "messages": user("x"), "stream": false,
+                                 "options": options })
+    };
+    let accepted = json!({ "seed": -1, "top_k": -1 });
+    let page_reply = post_json(a, "/ui/chat", &page(accepted.clone())).await;
+    assert_eq!(page_reply.status, 200, "{}", page_reply.body);
+    let openai = post_json(a, "/v1/chat/completions", &page(accepted.clone())).await;
+    assert_eq!(openai.status, 200, "{}", openai.body);
+    let options = json!({ "seed": -1, "top_k": -1, "num_predict": 1 });
+    let reply = post_json(a, "/api/chat", &ollama(options)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let refused = json!({ "seed": -2 });
+    for path in ["/ui/chat", "/v1/chat/completions"] {
+        let r = post_json(a, path, &page(refused.clone())).await;
+        assert_error(&r, 400, "invalid_request");
+        assert_eq!(r.json()["error"]["param"], "seed", "{path}");
+    }
+    let r = post_json(a, "/api/chat", &ollama(json!({ "seed": -2 }))).await;
+    assert!(assert_ollama_error(&r, 400).contains("seed"));
+
+    // qinsd's limits, named as each endpoint calls the parameter.
+    for (path, body, param) in [
+        (
+            "/v1/chat/completions",
+            page(json!({ "logprobs": true, "top_logprobs": 21 })),
+            "top_logprobs",
+        ),
+        (
+            "/v1/completions",
+            json!({ "prompt": "x", "max_tokens": 1, "logprobs": 21 }),
+            "logprobs",
+        ),
+        ("/v1/chat/completions", page(json!({ "min_p": 2 })), "min_p"),
+        (
+            "/ui/chat",
+            page(json!({ "temperature": -1 })),
+            "temperature",
+        ),
+    ] {
+        let r = post_json(a, path, &body).await;
+        assert_error(&r, 400, "invalid_request");
+        assert_eq!(r.json()["error"]["param"], param, "{path}: {}", r.body);
+    }
+}
+
+/// Whole completions carry the same usage as chat (the cached prompt
+/// tokens' field included) and name the model that answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_report_cached_tokens_like_chat() {
+    let s = setup().await;
+    let body = json!({ "prompt": "Once upon a time", "max_tokens": 2, "temperature": 0 });
+    let first = post_json(s.addr, "/v1/completions", &body).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let first = first.json();
+    assert_eq!(first["model"], "tiny");
+    let usage = &first["usage"];
+    assert!(
+        usage["prompt_tokens_details"]["cached_tokens"].is_u64(),
+        "{usage}"
+    );
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(
+            usage["prompt_tokens"].as_u64().unwrap_or(0)
+                + usage["completion_tokens"].as_u64().unwrap_or(0)
+        )
+    );
+    // Completions have no session (no `prompt_cache_key`): nothing cached.
+    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_tokens_and_read_qinsd() {
     let s = setup().await;

@@ -60,6 +60,66 @@ impl SamplingField {
     }
 }
 
+impl SamplingField {
+    /// qinsd's name for the field (`Sampling`'s, as its refusals name it).
+    pub fn qinsd_name(self) -> &'static str {
+        match self {
+            Self::Temperature => "temperature",
+            Self::TopP => "top_p",
+            Self::TopK => "top_k",
+            Self::MinP => "min_p",
+            Self::PresencePenalty => "presence_penalty",
+            Self::FrequencyPenalty => "frequency_penalty",
+            Self::RepetitionPenalty => "repetition_penalty",
+            Self::Seed => "seed",
+            Self::MaxTokens => "max_tokens",
+            Self::Stop => "stop",
+            Self::LogitBias => "logit_bias",
+        }
+    }
+}
+
+/// qinsd's refusal of a request field (INVALID_ARGUMENT, its message naming
+/// the field and the rule) as a refusal of the dialect's parameter, so that
+/// OpenAI's `param` names it although the limit is checked in qinsd only.
+/// `table` gives the sampling fields' names, `others` pairs qinsd's name of
+/// any other field with the dialect's. Other errors pass unchanged, as does
+/// a refusal that names none of them (a prompt that does not fit).
+pub fn name_refused_param(
+    error: ApiError,
+    table: &SamplingTable,
+    others: &[(&'static str, &str)],
+) -> ApiError {
+    let ApiError::BadRequest(message) = error else {
+        return error;
+    };
+    let names = table
+        .iter()
+        .map(|&(name, field)| (field.qinsd_name(), name))
+        .chain(others.iter().copied());
+    let named = names
+        .filter_map(|(qinsd, dialect)| word_at(&message, qinsd).map(|at| (at, dialect)))
+        .min_by_key(|&(at, _)| at);
+    match named {
+        Some((_, param)) => ApiError::Param {
+            param: param.to_string(),
+            message,
+            code: "invalid_request",
+        },
+        None => ApiError::BadRequest(message),
+    }
+}
+
+/// Where `word` first stands alone in `text` (not inside a longer name).
+fn word_at(text: &str, word: &str) -> Option<usize> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(word).map(|(at, _)| at).find(|&at| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        !before.is_some_and(is_name) && !after.is_some_and(is_name)
+    })
+}
+
 /// Reads `name` into `sampling` when `table` names it; false when not.
 pub fn read_sampling(
     table: &SamplingTable,
@@ -299,6 +359,31 @@ mod tests {
             );
         }
         assert_eq!(s.min_p, Some(2.0));
+    }
+
+    #[test]
+    fn qinsd_s_refusals_name_the_dialect_s_parameter() {
+        let refusal = |message: &str| {
+            let error = ApiError::BadRequest(message.into());
+            name_refused_param(error, TABLE, &[("top_logprobs", "logprobs")])
+        };
+        let sampling = refusal("invalid sampling parameter top_p = 1.5: must be in (0, 1]");
+        assert_eq!(param_of(Err::<(), _>(sampling)), "top_p");
+        let renamed = refusal("invalid sampling parameter repetition_penalty = 0: must be > 0");
+        assert_eq!(param_of(Err::<(), _>(renamed)), "repeat_penalty");
+        let other = refusal("invalid request: top_logprobs must be at most 20 (got 21)");
+        assert_eq!(param_of(Err::<(), _>(other)), "logprobs");
+        assert!(matches!(
+            refusal("the prompt (90 tokens) does not fit the context of 64 tokens"),
+            ApiError::BadRequest(_)
+        ));
+        // `top_p` inside `top_probability` is not the field.
+        assert!(matches!(
+            refusal("top_probability"),
+            ApiError::BadRequest(_)
+        ));
+        let busy = name_refused_param(ApiError::Busy("full".into()), TABLE, &[]);
+        assert!(matches!(busy, ApiError::Busy(_)));
     }
 
     #[test]

@@ -44,7 +44,8 @@ pub async fn chat(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let request = parse(body)?;
-    let reply = Reply::new(state.daemon.chat(request).await?);
+    let started = state.daemon.chat(request).await;
+    let reply = Reply::new(started.map_err(|e| params::name_refused_param(e, SAMPLING, &[]))?);
     Ok(Sse::new(events(reply))
         .keep_alive(KeepAlive::default())
         .into_response())

@@ -21,6 +21,13 @@ use crate::edge::{ApiJson, message};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// qinsd's names of the fields chat sets outside the sampling table, for
+/// naming qinsd's refusals ([`params::name_refused`]).
+const QINSD_NAMES: &[(&str, &str)] = &[
+    ("top_logprobs", "top_logprobs"),
+    ("max_tokens", "max_tokens"),
+];
+
 /// A chat completion request, read by [`ChatBody::parse`].
 #[derive(Debug)]
 pub struct ChatBody {
@@ -268,7 +275,8 @@ pub async fn chat_completions(
     } = ChatBody::parse(body)?;
     // Streamed chunks name the model before the reply's `done` does.
     let model = state.daemon.stats().await?.model;
-    let reply = Reply::new(state.daemon.chat(request).await?);
+    let started = state.daemon.chat(request).await;
+    let reply = Reply::new(started.map_err(|e| params::name_refused(e, QINSD_NAMES))?);
     let meta = Meta::new("chatcmpl", model);
     if stream {
         let chunks = ChatChunks { logprobs };

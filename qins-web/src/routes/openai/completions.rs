@@ -28,6 +28,10 @@ use crate::state::AppState;
 /// it; chat's default is the model's.
 const DEFAULT_MAX_TOKENS: u32 = 16;
 
+/// qinsd's names of the fields completions set outside the sampling
+/// table, for naming qinsd's refusals ([`params::name_refused`]).
+const QINSD_NAMES: &[(&str, &str)] = &[("top_logprobs", "logprobs"), ("max_tokens", "max_tokens")];
+
 /// A completion request, read by [`CompletionBody::parse`].
 #[derive(Debug)]
 struct CompletionBody {
@@ -127,7 +131,8 @@ pub async fn completions(
     let body = CompletionBody::parse(body)?;
     // Streamed chunks name the model before the reply's `done` does.
     let model = state.daemon.stats().await?.model;
-    let reply = Reply::new(state.daemon.chat(body.request).await?);
+    let started = state.daemon.chat(body.request).await;
+    let reply = Reply::new(started.map_err(|e| params::name_refused(e, QINSD_NAMES))?);
     let meta = Meta::new("cmpl", model);
     let mut choices = Choices {
         logprobs: body.logprobs,

@@ -8,7 +8,7 @@
 use qins_proto::v1::Sampling;
 use serde_json::Value;
 
-use crate::edge::params::{SamplingField, SamplingTable, read_sampling};
+use crate::edge::params::{SamplingField, SamplingTable, name_refused_param, read_sampling};
 pub use crate::edge::params::{boolean, invalid, object, only, refused, string, uint32};
 use crate::error::ApiError;
 
@@ -27,6 +27,13 @@ pub const SAMPLING: &SamplingTable = &[
     ("stop", SamplingField::Stop),
     ("logit_bias", SamplingField::LogitBias),
 ];
+
+/// qinsd's refusal of a field as a refusal of OpenAI's parameter for it
+/// (`others`: the endpoint's names outside [`SAMPLING`]), so `param` names
+/// it although the ranges are checked in qinsd only.
+pub fn name_refused(error: ApiError, others: &[(&'static str, &str)]) -> ApiError {
+    name_refused_param(error, SAMPLING, others)
+}
 
 /// The members both endpoints read the same way.
 #[derive(Debug, Default)]
