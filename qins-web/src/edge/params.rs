@@ -61,6 +61,20 @@ impl SamplingField {
 }
 
 impl SamplingField {
+    pub const ALL: [SamplingField; 11] = [
+        Self::Temperature,
+        Self::TopP,
+        Self::TopK,
+        Self::MinP,
+        Self::PresencePenalty,
+        Self::FrequencyPenalty,
+        Self::RepetitionPenalty,
+        Self::Seed,
+        Self::MaxTokens,
+        Self::Stop,
+        Self::LogitBias,
+    ];
+
     /// qinsd's name for the field (`Sampling`'s, as its refusals name it).
     pub fn qinsd_name(self) -> &'static str {
         match self {
@@ -263,19 +277,16 @@ mod tests {
     use crate::edge::testing::param_of;
     use serde_json::json;
 
-    const TABLE: &SamplingTable = &[
-        ("temperature", SamplingField::Temperature),
-        ("top_p", SamplingField::TopP),
-        ("top_k", SamplingField::TopK),
-        ("min_p", SamplingField::MinP),
-        ("presence_penalty", SamplingField::PresencePenalty),
-        ("frequency_penalty", SamplingField::FrequencyPenalty),
-        ("repeat_penalty", SamplingField::RepetitionPenalty),
-        ("seed", SamplingField::Seed),
-        ("max_tokens", SamplingField::MaxTokens),
-        ("stop", SamplingField::Stop),
-        ("logit_bias", SamplingField::LogitBias),
-    ];
+    /// Every field under qinsd's name, but one renamed as ollama does.
+    fn table() -> Vec<(&'static str, SamplingField)> {
+        SamplingField::ALL
+            .into_iter()
+            .map(|field| match field {
+                SamplingField::RepetitionPenalty => ("repeat_penalty", field),
+                _ => (field.qinsd_name(), field),
+            })
+            .collect()
+    }
 
     #[test]
     fn every_field_is_read_under_the_dialect_name() {
@@ -294,11 +305,11 @@ mod tests {
             ("logit_bias", json!({ "12": -100, "7": 2.5 })),
         ] {
             assert!(
-                read_sampling(TABLE, &mut s, name, &value).unwrap(),
+                read_sampling(&table(), &mut s, name, &value).unwrap(),
                 "{name}"
             );
         }
-        assert!(!read_sampling(TABLE, &mut s, "repetition_penalty", &json!(1.0)).unwrap());
+        assert!(!read_sampling(&table(), &mut s, "repetition_penalty", &json!(1.0)).unwrap());
         assert_eq!(s.temperature, Some(0.5));
         assert_eq!(s.top_k, Some(40));
         assert_eq!(s.min_p, Some(0.05));
@@ -338,7 +349,7 @@ mod tests {
             ("logit_bias", json!({ "1": "x" })),
             ("logit_bias", json!([1])),
         ] {
-            let refused = read_sampling(TABLE, &mut Sampling::default(), name, &value);
+            let refused = read_sampling(&table(), &mut Sampling::default(), name, &value);
             assert_eq!(param_of(refused), name);
         }
     }
@@ -354,7 +365,7 @@ mod tests {
             ("logit_bias", json!({ "1": 500 })),
         ] {
             assert!(
-                read_sampling(TABLE, &mut s, name, &value).unwrap(),
+                read_sampling(&table(), &mut s, name, &value).unwrap(),
                 "{name}"
             );
         }
@@ -365,7 +376,7 @@ mod tests {
     fn qinsd_s_refusals_name_the_dialect_s_parameter() {
         let refusal = |message: &str| {
             let error = ApiError::BadRequest(message.into());
-            name_refused_param(error, TABLE, &[("top_logprobs", "logprobs")])
+            name_refused_param(error, &table(), &[("top_logprobs", "logprobs")])
         };
         let sampling = refusal("invalid sampling parameter top_p = 1.5: must be in (0, 1]");
         assert_eq!(param_of(Err::<(), _>(sampling)), "top_p");
@@ -382,7 +393,7 @@ mod tests {
             refusal("top_probability"),
             ApiError::BadRequest(_)
         ));
-        let busy = name_refused_param(ApiError::Busy("full".into()), TABLE, &[]);
+        let busy = name_refused_param(ApiError::Busy("full".into()), &table(), &[]);
         assert!(matches!(busy, ApiError::Busy(_)));
     }
 
