@@ -20,8 +20,10 @@
 //!    by name: sampling ones through a table of `(name, SamplingField)`
 //!    pairs with [`params::read_sampling`], the others with the readers in
 //!    [`params`]; refuse anything unknown by name ([`params::refused`]).
-//! 2. Build a `ChatRequest`, start it with `state.daemon.chat` and wrap the
-//!    stream in a [`reply::Reply`].
+//! 2. Build a `ChatRequest`, start it with `state.daemon.chat` (a refusal
+//!    of qinsd's names the dialect's parameter through
+//!    [`params::name_refused_param`]) and wrap the stream in a
+//!    [`reply::Reply`].
 //! 3. Render: [`reply::Reply::collect`] for a whole reply, or
 //!    [`reply::Reply::next`] per item for a streamed one, writing the
 //!    dialect's own names for [`reply::Finish`] and its error shape for
