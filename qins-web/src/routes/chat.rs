@@ -4,7 +4,7 @@
 //! mid-reply, a reply qinsd cancelled included, is one `error` event.
 //!
 //! The body is `messages`, `session_id` and the sampling fields of
-//! [`SAMPLING`]; anything else is refused by name, as in the other dialects.
+//! `SAMPLING`; anything else is refused by name, as in the other dialects.
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -11,7 +11,7 @@
 //!
 //! Unset options take the model's defaults (its generation config), not
 //! ollama's built-in ones. The honoured ones are read through the edge's
-//! parameter table ([`SAMPLING`]), as in every dialect; errors name them
+//! parameter table (`SAMPLING`), as in every dialect; errors name them
 //! `options.NAME`.
 
 use qins_proto::v1::Sampling;
