@@ -1,5 +1,5 @@
 //! The OpenAI-compatible API: `POST /v1/chat/completions` ([`chat`]),
-//! `POST /v1/completions` ([`completions`], the legacy text API) and
+//! `POST /v1/completions` ([`mod@completions`], the legacy text API) and
 //! `GET /v1/models`. Both completion endpoints share their request members
 //! ([`params::Shared`]), the reply frame ([`Meta`]), usage, finish reasons
 //! and the SSE stream ([`sse`]); each renders only its own choices.
