@@ -6,6 +6,7 @@
 //! bytes a decode step reads from the cache, which at long contexts is the
 //! second cost of a step after the weights.
 
+use super::block::SequenceCache;
 use crate::kernels::{round_to_bf16, widen_bf16};
 
 /// How cached keys and values are stored.
@@ -145,10 +146,6 @@ impl KvCache {
         }
     }
 
-    pub(super) fn set_len(&mut self, len: usize) {
-        self.len = len;
-    }
-
     /// Keys and values of one kv head in `layer`, first `len` positions.
     pub(super) fn head(&self, layer: usize, head: usize, len: usize) -> HeadView<'_> {
         let start = head * self.capacity * self.head_dim;
@@ -163,6 +160,24 @@ impl KvCache {
                 values: &values[layer][start..end],
             },
         }
+    }
+}
+
+impl SequenceCache for KvCache {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn set_len(&mut self, len: usize) {
+        self.len = len;
+    }
+
+    fn empty() -> Self {
+        KvCache::empty()
     }
 }
 
