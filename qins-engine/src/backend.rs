@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use qins_core::model::{KvCache, Model, ModelError};
+use qins_core::model::{KvCache, Model, ModelError, SequenceCache};
 use qins_gpu::device::{self, DeviceChoice};
 use qins_gpu::shaders::KvType;
 use qins_gpu::{GpuCache, GpuContext, GpuError, GpuModel};

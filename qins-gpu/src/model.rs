@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use qins_core::model::block::{self, BlockOps, Segment, SequenceCache};
+use qins_core::model::block::{self, BlockOps, Fill, Segment, SequenceCache};
 use qins_core::model::layers::Linear;
 use qins_core::model::rope::Rope;
 use qins_core::model::{DecodeBatcher, LayerView, Model, ModelConfig};
@@ -40,29 +40,10 @@ struct GpuLayer {
 /// A conversation's keys and values on the GPU.
 pub struct GpuCache {
     layers: Vec<LayerCache>,
-    capacity: usize,
-    len: usize,
+    fill: Fill,
 }
 
 impl GpuCache {
-    /// Tokens whose keys and values are cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Forgets every token from `len` on (prefix reuse keeps the rest).
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
-
     /// Bytes the cache holds on the GPU.
     pub fn bytes(&self) -> u64 {
         self.layers
@@ -73,23 +54,18 @@ impl GpuCache {
 }
 
 impl SequenceCache for GpuCache {
-    fn len(&self) -> usize {
-        self.len
+    fn fill(&self) -> Fill {
+        self.fill
     }
 
-    fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    fn set_len(&mut self, len: usize) {
-        self.len = len;
+    fn fill_mut(&mut self) -> &mut Fill {
+        &mut self.fill
     }
 
     fn empty() -> Self {
         Self {
             layers: Vec::new(),
-            capacity: 0,
-            len: 0,
+            fill: Fill::default(),
         }
     }
 }
@@ -206,8 +182,7 @@ impl GpuModel {
             layers: (0..self.config.num_hidden_layers)
                 .map(|_| self.ops.layer_cache(&self.ctx, self.heads(), capacity))
                 .collect(),
-            capacity,
-            len: 0,
+            fill: Fill { len: 0, capacity },
         }
     }
 
@@ -246,16 +221,6 @@ impl GpuModel {
     /// served (more steps than passes: steps were batched).
     pub fn decode_pass_counts(&self) -> (u64, u64) {
         self.batcher.counts()
-    }
-
-    /// One new token for each of several sequences in one pass (the
-    /// weights are read once for all); each sequence's logits, in order.
-    pub fn forward_batch(
-        &self,
-        steps: &mut [(u32, &mut GpuCache)],
-        cancel: &AtomicBool,
-    ) -> Result<Vec<Vec<f32>>, GpuError> {
-        block::forward_batch(self, steps, cancel)
     }
 
     /// The products of `parts` on `x`'s rows written side by side into
@@ -509,7 +474,7 @@ impl BlockOps for GpuModel {
         let cache = &segment.cache.layers[layer];
         let slot = CacheSlot {
             start: segment.start,
-            capacity: segment.cache.capacity,
+            capacity: segment.cache.capacity(),
         };
         let (ctx, rec) = (&*self.ctx, &mut pass.rec);
         rec.uniforms.push(self.ops.kv_store(

@@ -28,17 +28,37 @@ use super::ModelError;
 use super::rope::Rope;
 use crate::container::config::ModelConfig;
 
+/// How many positions a cache holds and how many of them are filled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fill {
+    pub len: usize,
+    pub capacity: usize,
+}
+
 /// A sequence's key/value cache, whatever memory it lives in.
 pub trait SequenceCache: Send {
+    fn fill(&self) -> Fill;
+    fn fill_mut(&mut self) -> &mut Fill;
     /// Tokens whose keys and values are cached.
-    fn len(&self) -> usize;
+    fn len(&self) -> usize {
+        self.fill().len
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    fn capacity(&self) -> usize;
+    /// Positions the cache holds.
+    fn capacity(&self) -> usize {
+        self.fill().capacity
+    }
     /// Counts positions `..len` as cached: the driver calls it once a pass
     /// that wrote them has succeeded.
-    fn set_len(&mut self, len: usize);
+    fn set_len(&mut self, len: usize) {
+        self.fill_mut().len = len;
+    }
+    /// Forgets every token from `len` on (prefix reuse keeps the rest).
+    fn truncate(&mut self, len: usize) {
+        self.set_len(self.len().min(len));
+    }
     /// A cache with no room, holding no memory (the placeholder while a
     /// sequence's cache is lent to a batched pass).
     fn empty() -> Self;

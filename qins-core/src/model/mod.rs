@@ -218,18 +218,6 @@ impl Model {
         self.batcher.counts()
     }
 
-    /// One new token for each of several sequences in a single pass: the
-    /// weights are read once for all of them (see [`batch`]). Returns each
-    /// sequence's logits, in order. Any error fails the whole pass, so
-    /// callers check each sequence's room and token first.
-    pub fn forward_batch(
-        &self,
-        steps: &mut [(u32, &mut KvCache)],
-        cancel: &AtomicBool,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
-        block::forward_batch(self, steps, cancel)
-    }
-
     fn embed_tokens(&self, tokens: &[u32]) -> Vec<f32> {
         let h = self.config.hidden_size;
         let mut x = vec![0.0f32; tokens.len() * h];

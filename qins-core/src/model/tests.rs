@@ -161,7 +161,7 @@ fn a_batched_step_equals_separate_steps() {
         .map(|(cache, t)| model.forward(&[t], cache, &no).unwrap())
         .collect();
     let mut steps: Vec<(u32, &mut KvCache)> = next.into_iter().zip(caches.iter_mut()).collect();
-    let batched = model.forward_batch(&mut steps, &no).unwrap();
+    let batched = block::forward_batch(&model, &mut steps, &no).unwrap();
     for (i, (b, e)) in batched.iter().zip(&expected).enumerate() {
         assert_close(b, e, &format!("sequence {i}"));
         assert_eq!(caches[i].len(), separate[i].len());
