@@ -72,7 +72,7 @@ struct Mount {
 
 impl Mount {
     /// `mount ARGS DIR`; `None` where mounting is not allowed (it needs root
-    /// or CAP_SYS_ADMIN): a skip, and a failure under `CI=true`
+    /// or CAP_SYS_ADMIN): a skip, and a failure under CI (`CI=true` or `CI=1`)
     /// ([`can_run`]).
     fn new(args: &[&str], dir: &Path) -> Option<Mount> {
         std::fs::create_dir_all(dir).expect("mount point");

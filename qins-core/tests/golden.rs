@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 
 use qins_core::container::QinsFile;
 use qins_core::kernels::available_kernels;
-use qins_core::model::Model;
+use qins_core::model::{Model, argmax};
 use qins_test_support::convert_with_defaults;
 use qins_test_support::paths::{require, smollm2_gguf};
 use qins_test_support::tiny::{TinySpec, write_tiny_model};
@@ -67,12 +67,6 @@ fn converted_model(source: &Path, dir: &Path) -> Model {
     convert_with_defaults(source, &output).unwrap();
     let file = QinsFile::open(&output).unwrap();
     Model::load(&file.header.config, file.load().unwrap()).unwrap()
-}
-
-fn argmax(values: &[f32]) -> usize {
-    (0..values.len())
-        .max_by(|&a, &b| values[a].total_cmp(&values[b]))
-        .unwrap()
 }
 
 fn check_tiny(spec: TinySpec, file: &str) {

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 
 use qins_core::container::QinsFile;
-use qins_core::model::Model;
+use qins_core::model::{Model, argmax};
 use qins_test_support::convert_with_defaults;
 use qins_test_support::paths::{require, smollm2_gguf};
 
@@ -89,6 +89,5 @@ fn smollm2_prefill_equals_token_by_token() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     assert!(worst < 0.5, "largest logit difference {worst}");
-    let argmax = |l: &[f32]| (0..l.len()).max_by(|&a, &b| l[a].total_cmp(&l[b]));
     assert_eq!(argmax(&prefill), argmax(&stepped));
 }

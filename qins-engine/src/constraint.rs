@@ -199,7 +199,7 @@ mod tests {
             let preferred = wish.get(step).copied().unwrap_or(end);
             logits[preferred as usize] = 50.0;
             constraint.mask(&mut logits).unwrap();
-            let token = crate::sampling::argmax(&logits);
+            let token = qins_core::model::argmax(&logits) as u32;
             if token == end {
                 return (tokenizer.decode(&out, true).unwrap(), true);
             }

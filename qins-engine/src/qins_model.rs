@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicBool;
 
 use super::{EngineError, LanguageModel};
-use qins_core::model::{KvCache, Model, ModelError};
+use qins_core::model::{KvCache, Model, ModelError, SequenceCache};
 
 impl LanguageModel for Model {
     type Cache = KvCache;

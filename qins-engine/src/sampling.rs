@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use super::EngineError;
+use qins_core::model::argmax;
 use qins_core::rng::SplitMix64;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -165,7 +166,7 @@ impl Sampler {
             self.params.frequency_penalty,
         );
         let token = if self.params.temperature == 0.0 {
-            argmax(&logits)
+            argmax(&logits) as u32
         } else {
             let candidates = candidates(&logits, &self.params);
             draw(&candidates, self.rng.next_f64())
@@ -237,17 +238,6 @@ pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f3
             *logit * penalty
         };
     }
-}
-
-/// The highest logit's id; ties go to the lowest id. NaN never wins.
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] || logits[best].is_nan() {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// A token still in the running with its unnormalised probability.
@@ -427,7 +417,7 @@ mod tests {
         let mut sampler = Sampler::new(SamplingParams::greedy()).unwrap();
         assert_eq!(sampler.sample(&LOGITS, &[]), 7);
         assert_eq!(sampler.sample(&[0.0, 5.0, 1.0, 5.0], &[]), 1);
-        assert_eq!(argmax(&[f32::NAN, 1.0, 0.5]), 1);
+        assert_eq!(sampler.sample(&[f32::NAN, 1.0, 0.5], &[]), 1);
     }
 
     #[test]

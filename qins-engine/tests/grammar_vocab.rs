@@ -5,9 +5,9 @@
 //! decoded text is JSON that validates.
 
 use qins_convert::gguf_vocab::tokenizer_from_gguf_path;
+use qins_core::model::argmax;
 use qins_engine::constraint::{GrammarVocab, OutputFormat};
 use qins_engine::logprobs::TokenBytes;
-use qins_engine::sampling::argmax;
 use qins_test_support::paths::{phi3_vocab_gguf, require, smollm2_gguf};
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
@@ -56,7 +56,7 @@ fn drive(tokenizer: &Tokenizer, end: &str, schema: Value) -> String {
         // The "model" would rather stop at once.
         logits[end as usize] = 10.0;
         constraint.mask(&mut logits).unwrap();
-        let token = argmax(&logits);
+        let token = argmax(&logits) as u32;
         if token == end {
             return tokenizer.decode(&ids, true).unwrap();
         }

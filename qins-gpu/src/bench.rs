@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use qins_core::model::Model;
+use qins_core::model::{Model, argmax};
 use qins_core::rng::SplitMix64;
 
 use crate::GpuError;
@@ -87,7 +87,7 @@ pub fn bench(
     let prefill_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
     for _ in 0..decode {
-        logits = gpu_model.forward(&[argmax(&logits)], &mut cache, &no)?;
+        logits = gpu_model.forward(&[argmax(&logits) as u32], &mut cache, &no)?;
     }
     let decode_s = started.elapsed().as_secs_f64();
     let decode_tok_s = decode as f64 / decode_s.max(f64::MIN_POSITIVE);
@@ -107,16 +107,11 @@ pub fn bench(
     })
 }
 
-fn argmax(logits: &[f32]) -> u32 {
-    (0..logits.len())
-        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
-        .unwrap_or(0) as u32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_gpu::gpu;
+    use qins_core::codec::sign_row_bytes;
     use qins_core::container::QinsFile;
     use qins_test_support::convert_with_defaults;
     use qins_test_support::tiny::{TinySpec, write_tiny_model};
@@ -145,15 +140,14 @@ mod tests {
             (2 * c.intermediate_size, c.hidden_size),
             (c.hidden_size, c.intermediate_size),
         ];
-        // codes + sign bits + 128 bytes of tables per row, rows padded to 32 columns.
-        let matrix = |rows: usize, cols: usize| {
-            let padded = cols.next_multiple_of(32) as u64;
-            rows as u64 * (padded + padded / 8 + 128)
-        };
+        // Codes and sign bits as stored, as the CPU counts them: the GPU's
+        // row padding and tables are in `gpu_bytes`, not in what a step reads.
+        let matrix = |rows: usize, cols: usize| (rows * (cols + sign_row_bytes(cols))) as u64;
         let per_layer: u64 = rows_and_cols.iter().map(|&(r, k)| matrix(r, k)).sum();
         let expected = c.num_hidden_layers as u64 * per_layer + matrix(c.vocab_size, c.hidden_size);
         assert_eq!(report.weight_bytes_per_token, expected);
-        assert!(report.gpu_bytes >= expected);
+        assert_eq!(model.decode_weight_bytes(), expected, "the CPU's count");
+        assert!(report.gpu_bytes > expected);
         assert!(report.to_string().contains("tok/s"));
     }
 }

@@ -1,5 +1,8 @@
-//! The crate's one error type.
+//! The crate's one error type: the device's errors, and the model's
+//! ([`ModelError`], shared with the CPU) for everything the decoder block
+//! checks.
 
+use qins_core::model::ModelError;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -30,14 +33,6 @@ pub enum GpuError {
     Device(String),
     #[error("not supported on the GPU: {0}")]
     Unsupported(String),
-    #[error("cancelled")]
-    Cancelled,
-    #[error("the context is full: {needed} tokens needed, the cache holds {capacity}")]
-    ContextFull { needed: usize, capacity: usize },
-    #[error("token id {0} is outside the vocabulary")]
-    TokenOutOfRange(u32),
-    #[error("no tokens to run")]
-    NoTokens,
-    #[error("batched decode step: {0}")]
-    Batch(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
 }

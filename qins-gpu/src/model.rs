@@ -1,19 +1,23 @@
-//! A loaded model's forward pass on the GPU.
+//! A loaded model's forward pass on the GPU: the decoder block's
+//! operations ([`BlockOps`]) as compute passes; qins-core's
+//! [`block`](qins_core::model::block) runs them in order, as it runs the
+//! CPU's.
 //!
 //! The weights come from the CPU [`Model`] as its architecture file mapped
 //! them ([`LayerView`]): phi3 and llama are not described twice. Every
 //! layer's QKV product fills one `[q | k | v]` buffer (one fused matrix or
 //! three written side by side) and its gate/up product one `[gate | up]`
-//! buffer, so the block below is the same for both. Rotary tables come
+//! buffer, so the operations are the same for both. Rotary tables come
 //! from the model's own [`Rope`] (longrope factors, attention factor), a
 //! few kB per call; only the logits come back.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
+use qins_core::model::block::{self, BlockOps, Fill, Segment, SequenceCache};
 use qins_core::model::layers::Linear;
 use qins_core::model::rope::Rope;
-use qins_core::model::{BatchStep, DecodeBatcher, LayerView, Model, ModelConfig};
+use qins_core::model::{DecodeBatcher, LayerView, Model, ModelConfig};
 
 use crate::GpuError;
 use crate::device::{GpuContext, TrackedBuffer};
@@ -36,45 +40,33 @@ struct GpuLayer {
 /// A conversation's keys and values on the GPU.
 pub struct GpuCache {
     layers: Vec<LayerCache>,
-    capacity: usize,
-    len: usize,
+    fill: Fill,
 }
 
 impl GpuCache {
-    /// Tokens whose keys and values are cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Forgets every token from `len` on (prefix reuse keeps the rest).
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
-
-    /// A cache with no room, holding no GPU memory (the placeholder while
-    /// a sequence's cache is lent to a batched pass).
-    pub fn empty() -> Self {
-        Self {
-            layers: Vec::new(),
-            capacity: 0,
-            len: 0,
-        }
-    }
-
     /// Bytes the cache holds on the GPU.
     pub fn bytes(&self) -> u64 {
         self.layers
             .iter()
             .map(|l| l.keys.size() + l.values.size())
             .sum()
+    }
+}
+
+impl SequenceCache for GpuCache {
+    fn fill(&self) -> Fill {
+        self.fill
+    }
+
+    fn fill_mut(&mut self) -> &mut Fill {
+        &mut self.fill
+    }
+
+    fn empty() -> Self {
+        Self {
+            layers: Vec::new(),
+            fill: Fill::default(),
+        }
     }
 }
 
@@ -89,15 +81,10 @@ pub struct GpuModel {
     /// `None` when tied to the embedding.
     lm_head: Option<GpuMatrix>,
     rope: Rope,
+    /// [`Model::decode_weight_bytes`] of the model uploaded.
+    decode_weight_bytes: u64,
     /// Concurrent decode steps of different sequences share one pass.
     batcher: DecodeBatcher<GpuCache, GpuError>,
-}
-
-/// One sequence's share of a forward pass.
-struct Segment<'c> {
-    cache: &'c mut GpuCache,
-    start: usize,
-    n: usize,
 }
 
 impl GpuModel {
@@ -153,6 +140,7 @@ impl GpuModel {
             norm,
             lm_head,
             rope: model.rope().clone(),
+            decode_weight_bytes: model.decode_weight_bytes(),
             batcher: DecodeBatcher::default(),
             config,
             ctx,
@@ -172,19 +160,12 @@ impl GpuModel {
         self.ops.kv()
     }
 
-    /// Bytes a decode step reads from the weights: every matrix's codes,
-    /// sign bits and tables, `lm_head` included, the embedding (one row
-    /// per token) not.
+    /// Weight bytes one decode step reads, counted as on the CPU
+    /// ([`Model::decode_weight_bytes`]: the matrices' codes and sign bits,
+    /// not the GPU's row padding or decode tables, which
+    /// [`GpuContext::allocated_bytes`] counts).
     pub fn decode_weight_bytes(&self) -> u64 {
-        let layers: u64 = self
-            .layers
-            .iter()
-            .map(|l| {
-                let parts = l.qkv.iter().chain(&l.gate_up);
-                parts.map(GpuMatrix::bytes).sum::<u64>() + l.o_proj.bytes() + l.down.bytes()
-            })
-            .sum();
-        layers + self.lm_head.as_ref().unwrap_or(&self.embed).bytes()
+        self.decode_weight_bytes
     }
 
     fn heads(&self) -> Heads {
@@ -201,8 +182,7 @@ impl GpuModel {
             layers: (0..self.config.num_hidden_layers)
                 .map(|_| self.ops.layer_cache(&self.ctx, self.heads(), capacity))
                 .collect(),
-            capacity,
-            len: 0,
+            fill: Fill { len: 0, capacity },
         }
     }
 
@@ -213,7 +193,7 @@ impl GpuModel {
         cache: &mut GpuCache,
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>, GpuError> {
-        self.run(tokens, &mut [(cache, tokens.len())], cancel, false)
+        block::forward(self, tokens, cache, cancel, false)
     }
 
     /// Like [`GpuModel::forward`] but returns the logits of every token.
@@ -223,7 +203,7 @@ impl GpuModel {
         cache: &mut GpuCache,
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>, GpuError> {
-        self.run(tokens, &mut [(cache, tokens.len())], cancel, true)
+        block::forward(self, tokens, cache, cancel, true)
     }
 
     /// Runs one generated token, batched with whatever other sequences
@@ -243,383 +223,391 @@ impl GpuModel {
         self.batcher.counts()
     }
 
-    /// One new token for each of several sequences in one pass (the
-    /// weights are read once for all); each sequence's logits, in order.
-    pub fn forward_batch(
-        &self,
-        steps: &mut [(u32, &mut GpuCache)],
-        cancel: &AtomicBool,
-    ) -> Result<Vec<Vec<f32>>, GpuError> {
-        let tokens: Vec<u32> = steps.iter().map(|(token, _)| *token).collect();
-        let mut segments: Vec<(&mut GpuCache, usize)> = steps
-            .iter_mut()
-            .map(|(_, cache)| (&mut **cache, 1))
-            .collect();
-        let logits = self.run(&tokens, &mut segments, cancel, false)?;
-        let vocab = self.config.vocab_size;
-        Ok(logits.chunks(vocab).map(<[f32]>::to_vec).collect())
-    }
-
-    /// `tokens` split into consecutive segments of one sequence each
-    /// (`(cache, count)`); the logits of every token (`all`) or of each
-    /// segment's last.
-    fn run(
-        &self,
-        tokens: &[u32],
-        parts: &mut [(&mut GpuCache, usize)],
-        cancel: &AtomicBool,
-        all: bool,
-    ) -> Result<Vec<f32>, GpuError> {
-        if tokens.is_empty() || parts.iter().any(|(_, n)| *n == 0) {
-            return Err(GpuError::NoTokens);
-        }
-        debug_assert_eq!(parts.iter().map(|(_, n)| n).sum::<usize>(), tokens.len());
-        if let Some(&t) = tokens
-            .iter()
-            .find(|&&t| t as usize >= self.config.vocab_size)
-        {
-            return Err(GpuError::TokenOutOfRange(t));
-        }
-        let mut segments = Vec::with_capacity(parts.len());
-        for (cache, n) in parts.iter_mut() {
-            let start = cache.len;
-            if start + *n > cache.capacity {
-                return Err(GpuError::ContextFull {
-                    needed: start + *n,
-                    capacity: cache.capacity,
-                });
-            }
-            segments.push(Segment {
-                cache,
-                start,
-                n: *n,
-            });
-        }
-        let logits = self.run_segments(tokens, &mut segments, cancel, all)?;
-        for segment in &mut segments {
-            segment.cache.len = segment.start + segment.n;
-        }
-        Ok(logits)
-    }
-
-    fn run_segments(
-        &self,
-        tokens: &[u32],
-        segments: &mut [Segment<'_>],
-        cancel: &AtomicBool,
-        all: bool,
-    ) -> Result<Vec<f32>, GpuError> {
-        let ctx = &*self.ctx;
-        let c = &self.config;
-        let heads = self.heads();
-        let (h, ff, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
-        let (q_dim, kv_dim) = (heads.heads * d, heads.kv_heads * d);
-        let width = q_dim + 2 * kv_dim;
-        let total = tokens.len();
-
-        // The rotary tables of every token, each segment at its positions
-        // (transformers picks longrope's factors from max position + 1).
-        let mut cos = Vec::with_capacity(total * d / 2);
-        let mut sin = Vec::with_capacity(total * d / 2);
-        for s in segments.iter() {
-            let (sc, ss) = self.rope.tables(s.start..s.start + s.n, s.start + s.n);
-            cos.extend(sc);
-            sin.extend(ss);
-        }
-        cos.extend(sin);
-        let storage = wgpu::BufferUsages::STORAGE;
-        let rope_table = ctx.buffer_with("rope", bytemuck::cast_slice(&cos), storage)?;
-        let token_buffer = ctx.buffer_with("tokens", bytemuck::cast_slice(tokens), storage)?;
-        let activations =
-            |name: &str, width: usize| ctx.buffer(name, (total * width * 4) as u64, storage);
-        let x = activations("x", h);
-        let normed = activations("normed", h);
-        let qkv = activations("qkv", width);
-        let attended = activations("attended", q_dim);
-        let gate_up = activations("gate_up", 2 * ff);
-        let activated = activations("activated", ff);
-
-        let mut encoder = self.encoder();
-        let mut uniforms =
-            vec![
-                self.ops
-                    .embed(ctx, &mut encoder, &self.embed, &token_buffer, total, &x),
-            ];
-        // At most two layers in flight: a cancelled reply stops within a
-        // layer or two, prefill included.
-        let mut in_flight: Option<wgpu::SubmissionIndex> = None;
-        for (index, layer) in self.layers.iter().enumerate() {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(GpuError::Cancelled);
-            }
-            let u = &mut uniforms;
-            u.push(self.ops.rms_norm(
-                ctx,
-                &mut encoder,
-                &x,
-                0,
-                total,
-                &layer.input_norm,
-                h,
-                c.rms_norm_eps,
-                &normed,
-            ));
-            u.extend(self.side_by_side(&mut encoder, &layer.qkv, &normed, total, &qkv, width));
-            let q_columns = Columns {
-                stride: width,
-                offset: 0,
-            };
-            let k_columns = Columns {
-                stride: width,
-                offset: q_dim,
-            };
-            u.push(self.ops.rope(
-                ctx,
-                &mut encoder,
-                &qkv,
-                total,
-                heads.heads,
-                d,
-                q_columns,
-                &rope_table,
-            ));
-            u.push(self.ops.rope(
-                ctx,
-                &mut encoder,
-                &qkv,
-                total,
-                heads.kv_heads,
-                d,
-                k_columns,
-                &rope_table,
-            ));
-            let mut row = 0;
-            for s in segments.iter() {
-                let cache = &s.cache.layers[index];
-                let slot = CacheSlot {
-                    start: s.start,
-                    capacity: s.cache.capacity,
-                };
-                u.push(self.ops.kv_store(
-                    ctx,
-                    &mut encoder,
-                    &qkv,
-                    row,
-                    s.n,
-                    width,
-                    q_dim,
-                    q_dim + kv_dim,
-                    heads,
-                    cache,
-                    slot,
-                ));
-                u.push(self.ops.attention(
-                    ctx,
-                    &mut encoder,
-                    &qkv,
-                    row,
-                    s.n,
-                    q_columns,
-                    heads,
-                    cache,
-                    slot,
-                    &attended,
-                ));
-                row += s.n;
-            }
-            let residual = OutputView {
-                stride: h,
-                offset: 0,
-                accumulate: true,
-            };
-            u.push(self.matmul.encode(
-                ctx,
-                &mut encoder,
-                &layer.o_proj,
-                &attended,
-                total,
-                &x,
-                residual,
-            ));
-            u.push(self.ops.rms_norm(
-                ctx,
-                &mut encoder,
-                &x,
-                0,
-                total,
-                &layer.post_attention_norm,
-                h,
-                c.rms_norm_eps,
-                &normed,
-            ));
-            u.extend(self.side_by_side(
-                &mut encoder,
-                &layer.gate_up,
-                &normed,
-                total,
-                &gate_up,
-                2 * ff,
-            ));
-            u.push(self.ops.swiglu(
-                ctx,
-                &mut encoder,
-                &gate_up,
-                total,
-                ff,
-                2 * ff,
-                0,
-                ff,
-                &activated,
-            ));
-            u.push(self.matmul.encode(
-                ctx,
-                &mut encoder,
-                &layer.down,
-                &activated,
-                total,
-                &x,
-                residual,
-            ));
-            let submitted = ctx
-                .queue
-                .submit([std::mem::replace(&mut encoder, self.encoder()).finish()]);
-            uniforms.clear();
-            if let Some(previous) = in_flight.replace(submitted) {
-                ctx.device
-                    .poll(wgpu::PollType::Wait {
-                        submission_index: Some(previous),
-                        timeout: None,
-                    })
-                    .map_err(|e| GpuError::Device(e.to_string()))?;
-            }
-        }
-
-        // The rows whose logits are wanted: all, or each segment's last.
-        let wanted: Vec<usize> = if all {
-            (0..total).collect()
-        } else {
-            let mut last = 0;
-            segments
-                .iter()
-                .map(|s| {
-                    last += s.n;
-                    last - 1
-                })
-                .collect()
-        };
-        let contiguous = wanted.windows(2).all(|w| w[1] == w[0] + 1);
-        let (first, count) = if contiguous {
-            (wanted[0], wanted.len())
-        } else {
-            (0, total)
-        };
-        let vocab = c.vocab_size;
-        let logits = ctx.buffer(
-            "logits",
-            (count * vocab * 4) as u64,
-            storage | wgpu::BufferUsages::COPY_SRC,
-        );
-        uniforms.push(self.ops.rms_norm(
-            ctx,
-            &mut encoder,
-            &x,
-            first,
-            count,
-            &self.norm,
-            h,
-            c.rms_norm_eps,
-            &normed,
-        ));
-        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        uniforms.push(self.matmul.encode(
-            ctx,
-            &mut encoder,
-            lm_head,
-            &normed,
-            count,
-            &logits,
-            OutputView::dense(vocab),
-        ));
-        ctx.queue.submit([encoder.finish()]);
-        let values = ctx.read_f32(&logits, count * vocab)?;
-        if contiguous {
-            return Ok(values);
-        }
-        Ok(wanted
-            .iter()
-            .flat_map(|&row| values[row * vocab..(row + 1) * vocab].iter().copied())
-            .collect())
-    }
-
-    fn encoder(&self) -> wgpu::CommandEncoder {
-        self.ctx
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("forward"),
-            })
-    }
-
-    /// The products of `parts` written side by side into rows `width` wide.
+    /// The products of `parts` on `x`'s rows written side by side into
+    /// `out`'s rows, `width` wide.
     fn side_by_side(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        rec: &mut Recorder,
         parts: &[GpuMatrix],
         x: &wgpu::Buffer,
-        n: usize,
+        rows: usize,
         out: &wgpu::Buffer,
         width: usize,
-    ) -> Vec<TrackedBuffer> {
+    ) {
         let mut offset = 0;
-        parts
-            .iter()
-            .map(|w| {
-                let view = OutputView {
-                    stride: width,
-                    offset,
-                    accumulate: false,
-                };
-                offset += w.rows;
-                self.matmul.encode(&self.ctx, encoder, w, x, n, out, view)
-            })
-            .collect()
+        for w in parts {
+            let view = OutputView {
+                stride: width,
+                offset,
+                accumulate: false,
+            };
+            offset += w.rows;
+            let uniform = self
+                .matmul
+                .encode(&self.ctx, &mut rec.encoder, w, x, rows, out, view);
+            rec.uniforms.push(uniform);
+        }
+    }
+
+    /// `out = rms_norm(x, weight)` over `count` rows of `x` from `first`.
+    #[allow(clippy::too_many_arguments)]
+    fn rms_norm(
+        &self,
+        rec: &mut Recorder,
+        x: &wgpu::Buffer,
+        first: usize,
+        count: usize,
+        weight: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+    ) {
+        let c = &self.config;
+        rec.uniforms.push(self.ops.rms_norm(
+            &self.ctx,
+            &mut rec.encoder,
+            x,
+            first,
+            count,
+            weight,
+            c.hidden_size,
+            c.rms_norm_eps,
+            out,
+        ));
+    }
+
+    /// `x += w · input` over `rows` rows.
+    fn add_product(
+        &self,
+        rec: &mut Recorder,
+        w: &GpuMatrix,
+        input: &wgpu::Buffer,
+        rows: usize,
+        x: &wgpu::Buffer,
+    ) {
+        let residual = OutputView {
+            stride: self.config.hidden_size,
+            offset: 0,
+            accumulate: true,
+        };
+        let uniform = self
+            .matmul
+            .encode(&self.ctx, &mut rec.encoder, w, input, rows, x, residual);
+        rec.uniforms.push(uniform);
+    }
+
+    /// The `[q | k | v]` rows: their width, and where q, k and v start.
+    fn qkv_columns(&self) -> QkvColumns {
+        let c = &self.config;
+        let q_dim = c.num_attention_heads * c.head_dim;
+        let kv_dim = c.num_key_value_heads * c.head_dim;
+        let width = q_dim + 2 * kv_dim;
+        let at = |offset| Columns {
+            stride: width,
+            offset,
+        };
+        QkvColumns {
+            width,
+            q: at(0),
+            k: at(q_dim),
+            v: at(q_dim + kv_dim),
+        }
     }
 }
 
-impl BatchStep for GpuModel {
+struct QkvColumns {
+    width: usize,
+    q: Columns,
+    k: Columns,
+    v: Columns,
+}
+
+/// The commands of a pass not yet submitted, and what they need kept.
+struct Recorder {
+    encoder: wgpu::CommandEncoder,
+    /// The recorded commands' uniforms, kept until their submission.
+    uniforms: Vec<TrackedBuffer>,
+    /// The previous layer's submission: at most two layers are in flight,
+    /// so a cancelled reply stops within a layer or two, prefill included.
+    in_flight: Option<wgpu::SubmissionIndex>,
+}
+
+impl Recorder {
+    fn new(ctx: &GpuContext) -> Self {
+        Self {
+            encoder: new_encoder(ctx),
+            uniforms: Vec::new(),
+            in_flight: None,
+        }
+    }
+
+    /// Submits what is recorded; returns its submission.
+    fn submit(&mut self, ctx: &GpuContext) -> wgpu::SubmissionIndex {
+        let encoder = std::mem::replace(&mut self.encoder, new_encoder(ctx));
+        let submitted = ctx.queue.submit([encoder.finish()]);
+        self.uniforms.clear();
+        submitted
+    }
+}
+
+fn new_encoder(ctx: &GpuContext) -> wgpu::CommandEncoder {
+    ctx.device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("forward"),
+        })
+}
+
+/// A GPU pass: its activation buffers (`total` rows each) and the
+/// commands recording it.
+pub struct GpuPass {
+    total: usize,
+    rec: Recorder,
+    /// Every token's `cos`, then every token's `sin`.
+    rope_table: TrackedBuffer,
+    /// The token ids the embedding reads.
+    tokens: TrackedBuffer,
+    x: TrackedBuffer,
+    normed: TrackedBuffer,
+    qkv: TrackedBuffer,
+    attended: TrackedBuffer,
+    gate_up: TrackedBuffer,
+    activated: TrackedBuffer,
+}
+
+impl BlockOps for GpuModel {
     type Cache = GpuCache;
     type Error = GpuError;
+    type Pass = GpuPass;
 
-    fn check_step(&self, token: u32, cache: &GpuCache) -> Result<(), GpuError> {
-        if token as usize >= self.config.vocab_size {
-            return Err(GpuError::TokenOutOfRange(token));
-        }
-        if cache.len + 1 > cache.capacity {
-            return Err(GpuError::ContextFull {
-                needed: cache.len + 1,
-                capacity: cache.capacity,
-            });
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn begin(
+        &self,
+        tokens: &[u32],
+        segments: &[Segment<'_, GpuCache>],
+    ) -> Result<GpuPass, GpuError> {
+        let ctx = &*self.ctx;
+        let c = &self.config;
+        let total = tokens.len();
+        let (cos, sin): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+            segments.iter().map(|s| s.rope_tables(&self.rope)).unzip();
+        let table: Vec<f32> = cos.into_iter().chain(sin).flatten().collect();
+        let storage = wgpu::BufferUsages::STORAGE;
+        let activations =
+            |name: &str, width: usize| ctx.buffer(name, (total * width * 4) as u64, storage);
+        let mut pass = GpuPass {
+            total,
+            rec: Recorder::new(ctx),
+            rope_table: ctx.buffer_with("rope", bytemuck::cast_slice(&table), storage)?,
+            tokens: ctx.buffer_with("tokens", bytemuck::cast_slice(tokens), storage)?,
+            x: activations("x", c.hidden_size),
+            normed: activations("normed", c.hidden_size),
+            qkv: activations("qkv", self.qkv_columns().width),
+            attended: activations("attended", c.num_attention_heads * c.head_dim),
+            gate_up: activations("gate_up", 2 * c.intermediate_size),
+            activated: activations("activated", c.intermediate_size),
+        };
+        let rec = &mut pass.rec;
+        rec.uniforms.push(self.ops.embed(
+            ctx,
+            &mut rec.encoder,
+            &self.embed,
+            &pass.tokens,
+            total,
+            &pass.x,
+        ));
+        Ok(pass)
+    }
+
+    fn attention_norm(&self, pass: &mut GpuPass, layer: usize) -> Result<(), GpuError> {
+        let weight = &self.layers[layer].input_norm;
+        self.rms_norm(&mut pass.rec, &pass.x, 0, pass.total, weight, &pass.normed);
+        Ok(())
+    }
+
+    fn project_qkv(&self, pass: &mut GpuPass, layer: usize) -> Result<(), GpuError> {
+        let parts = &self.layers[layer].qkv;
+        let width = self.qkv_columns().width;
+        self.side_by_side(
+            &mut pass.rec,
+            parts,
+            &pass.normed,
+            pass.total,
+            &pass.qkv,
+            width,
+        );
+        Ok(())
+    }
+
+    /// Every row at once: the table holds each row's position.
+    fn rope(
+        &self,
+        pass: &mut GpuPass,
+        _segments: &[Segment<'_, GpuCache>],
+    ) -> Result<(), GpuError> {
+        let heads = self.heads();
+        let columns = self.qkv_columns();
+        for (count, at) in [(heads.heads, columns.q), (heads.kv_heads, columns.k)] {
+            let rec = &mut pass.rec;
+            rec.uniforms.push(self.ops.rope(
+                &self.ctx,
+                &mut rec.encoder,
+                &pass.qkv,
+                pass.total,
+                count,
+                heads.head_dim,
+                at,
+                &pass.rope_table,
+            ));
         }
         Ok(())
     }
 
-    fn forward_batch(
+    fn attend(
         &self,
-        steps: &mut [(u32, &mut GpuCache)],
-        cancel: &AtomicBool,
-    ) -> Result<Vec<Vec<f32>>, GpuError> {
-        GpuModel::forward_batch(self, steps, cancel)
+        pass: &mut GpuPass,
+        layer: usize,
+        row: usize,
+        segment: &mut Segment<'_, GpuCache>,
+    ) -> Result<(), GpuError> {
+        let (heads, columns) = (self.heads(), self.qkv_columns());
+        let cache = &segment.cache.layers[layer];
+        let slot = CacheSlot {
+            start: segment.start,
+            capacity: segment.cache.capacity(),
+        };
+        let (ctx, rec) = (&*self.ctx, &mut pass.rec);
+        rec.uniforms.push(self.ops.kv_store(
+            ctx,
+            &mut rec.encoder,
+            &pass.qkv,
+            row,
+            segment.n,
+            columns.width,
+            columns.k.offset,
+            columns.v.offset,
+            heads,
+            cache,
+            slot,
+        ));
+        rec.uniforms.push(self.ops.attention(
+            ctx,
+            &mut rec.encoder,
+            &pass.qkv,
+            row,
+            segment.n,
+            columns.q,
+            heads,
+            cache,
+            slot,
+            &pass.attended,
+        ));
+        Ok(())
     }
 
-    fn empty_cache() -> GpuCache {
-        GpuCache::empty()
+    fn add_attention_output(&self, pass: &mut GpuPass, layer: usize) -> Result<(), GpuError> {
+        let o_proj = &self.layers[layer].o_proj;
+        self.add_product(&mut pass.rec, o_proj, &pass.attended, pass.total, &pass.x);
+        Ok(())
     }
 
-    fn batch_error(message: String) -> GpuError {
-        GpuError::Batch(message)
+    fn mlp_norm(&self, pass: &mut GpuPass, layer: usize) -> Result<(), GpuError> {
+        let weight = &self.layers[layer].post_attention_norm;
+        self.rms_norm(&mut pass.rec, &pass.x, 0, pass.total, weight, &pass.normed);
+        Ok(())
     }
 
-    fn cancelled() -> GpuError {
-        GpuError::Cancelled
+    fn project_gate_up(&self, pass: &mut GpuPass, layer: usize) -> Result<(), GpuError> {
+        let parts = &self.layers[layer].gate_up;
+        let width = 2 * self.config.intermediate_size;
+        self.side_by_side(
+            &mut pass.rec,
+            parts,
+            &pass.normed,
+            pass.total,
+            &pass.gate_up,
+            width,
+        );
+        Ok(())
+    }
+
+    fn silu_times_up(&self, pass: &mut GpuPass) -> Result<(), GpuError> {
+        let ff = self.config.intermediate_size;
+        let rec = &mut pass.rec;
+        rec.uniforms.push(self.ops.swiglu(
+            &self.ctx,
+            &mut rec.encoder,
+            &pass.gate_up,
+            pass.total,
+            ff,
+            2 * ff,
+            0,
+            ff,
+            &pass.activated,
+        ));
+        Ok(())
+    }
+
+    fn add_mlp_output(&self, pass: &mut GpuPass, layer: usize) -> Result<(), GpuError> {
+        let down = &self.layers[layer].down;
+        self.add_product(&mut pass.rec, down, &pass.activated, pass.total, &pass.x);
+        Ok(())
+    }
+
+    /// Submits the layer, then waits for the one before it.
+    fn end_layer(&self, pass: &mut GpuPass) -> Result<(), GpuError> {
+        let submitted = pass.rec.submit(&self.ctx);
+        if let Some(previous) = pass.rec.in_flight.replace(submitted) {
+            self.ctx
+                .device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: Some(previous),
+                    timeout: None,
+                })
+                .map_err(|e| GpuError::Device(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Normalizes and projects the wanted rows alone when they are
+    /// consecutive (one prompt's last, or all), every row otherwise.
+    fn logits(&self, mut pass: GpuPass, rows: &[usize]) -> Result<Vec<f32>, GpuError> {
+        let ctx = &*self.ctx;
+        let contiguous = rows.windows(2).all(|w| w[1] == w[0] + 1);
+        let (first, count) = if contiguous {
+            (rows[0], rows.len())
+        } else {
+            (0, pass.total)
+        };
+        let vocab = self.config.vocab_size;
+        let logits = ctx.buffer(
+            "logits",
+            (count * vocab * 4) as u64,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        );
+        let rec = &mut pass.rec;
+        self.rms_norm(rec, &pass.x, first, count, &self.norm, &pass.normed);
+        let lm_head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let dense = OutputView::dense(vocab);
+        let uniform = self.matmul.encode(
+            ctx,
+            &mut rec.encoder,
+            lm_head,
+            &pass.normed,
+            count,
+            &logits,
+            dense,
+        );
+        rec.uniforms.push(uniform);
+        rec.submit(ctx);
+        let values = ctx.read_f32(&logits, count * vocab)?;
+        if contiguous {
+            return Ok(values);
+        }
+        Ok(rows
+            .iter()
+            .flat_map(|&row| values[row * vocab..(row + 1) * vocab].iter().copied())
+            .collect())
     }
 }
 

@@ -17,11 +17,9 @@ use thiserror::Error;
 
 use qins_core::container::{ContainerError, QinsFile};
 use qins_core::kernels::{dispatch, selected_kernel};
-use qins_core::model::{KvCache, Model, ModelConfig, ModelError, profile};
+use qins_core::model::{KvCache, Model, ModelError, argmax, profile};
 use qins_core::rng::SplitMix64;
-use qins_core::weights::{ResidentBytes, ResidentWeights, Weight};
-
-const EMBEDDING: &str = "model.embed_tokens.weight";
+use qins_core::weights::ResidentBytes;
 
 #[derive(Debug, Error)]
 pub enum BenchError {
@@ -139,24 +137,6 @@ pub struct BenchReport {
     /// Why the runs' kernel was chosen (see [`dispatch::kernel_choice`]).
     pub kernel_reason: String,
     pub runs: Vec<RunReport>,
-}
-
-/// Weight bytes one decode step reads: codes and sign bits of every matrix
-/// it multiplies by, including the head. The embedding counts only when it
-/// doubles as the head (tied); otherwise decode reads one row of it.
-/// Dense f32 matrices (reference models) count 4 bytes a weight.
-pub fn decode_weight_bytes(weights: &ResidentWeights, config: &ModelConfig) -> u64 {
-    config
-        .expected_tensors()
-        .iter()
-        .filter(|(name, shape)| {
-            shape.len() == 2 && (name != EMBEDDING || config.tie_word_embeddings)
-        })
-        .filter_map(|(name, _)| match weights.get(name)? {
-            Weight::Qins(m) => Some((m.code_bytes() + m.sign_bytes()) as u64),
-            Weight::F32(t) => Some(t.data.len() as u64 * 4),
-        })
-        .sum()
 }
 
 /// Peak resident set size of this process (VmHWM), Linux only.
@@ -279,8 +259,8 @@ fn run_one(
     let weights = file.load()?;
     let loaded = started.elapsed();
     let resident = weights.resident_bytes();
-    let bytes_per_token = decode_weight_bytes(&weights, &file.header.config);
     let model = Model::load(&file.header.config, weights)?;
+    let bytes_per_token = model.decode_weight_bytes();
     let load_s = started.elapsed().as_secs_f64();
     let compressed = file.header.compression != qins_core::container::Compression::None;
 
@@ -362,20 +342,10 @@ fn decode(
     cancel: &AtomicBool,
 ) -> Result<(), ModelError> {
     for _ in 0..steps {
-        let next = argmax(&logits);
+        let next = argmax(&logits) as u32;
         logits = model.decode_step(next, cache, cancel)?;
     }
     Ok(())
-}
-
-fn argmax(logits: &[f32]) -> u32 {
-    logits
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 { (i, v) } else { best }
-        })
-        .0 as u32
 }
 
 /// Aggregate decode throughput of `options.batch` sequences decoding at
@@ -456,36 +426,24 @@ mod tests {
 
     #[test]
     fn bytes_per_token_is_every_matrix_but_the_embedding() {
+        const EMBEDDING: &str = "model.embed_tokens.weight";
         let dir = std::env::temp_dir().join(format!("qins-bench-bytes-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tiny.qins");
         let spec = Phi35Spec::scaled(3, 64, 4, 96, 2, 384);
         write_phi35(&path, &spec).unwrap();
         let file = QinsFile::open(&path).unwrap();
-        let mut weights = file.load().unwrap();
-        let mut config = file.header.config.clone();
+        let config = file.header.config.clone();
         // Independently from the shapes: rows x cols codes plus byte-padded
-        // sign rows, for each matrix except the embedding.
+        // sign rows, for each matrix except the (untied) embedding.
         let expected: u64 = config
             .expected_tensors()
             .iter()
             .filter(|(name, shape)| shape.len() == 2 && name != EMBEDDING)
             .map(|(_, s)| (s[0] * s[1] + s[0] * sign_row_bytes(s[1])) as u64)
             .sum();
-        assert_eq!(decode_weight_bytes(&weights, &config), expected);
-        let matrices: u64 = weights
-            .names()
-            .filter(|&n| n != EMBEDDING)
-            .filter_map(|n| match weights.get(n) {
-                Some(Weight::Qins(m)) => Some((m.code_bytes() + m.sign_bytes()) as u64),
-                _ => None,
-            })
-            .sum();
-        assert_eq!(matrices, expected);
-        // Tied: the embedding is the head, read whole each step.
-        weights.take_matrix("lm_head.weight", 384, 64).unwrap();
-        config.tie_word_embeddings = true;
-        assert_eq!(decode_weight_bytes(&weights, &config), expected);
+        let model = Model::load(&config, file.load().unwrap()).unwrap();
+        assert_eq!(model.decode_weight_bytes(), expected);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

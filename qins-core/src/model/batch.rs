@@ -5,12 +5,12 @@
 //! There is no scheduler thread. The first caller of a round becomes its
 //! leader: it waits (at most [`GATHER_WINDOW`]) for the other sequences that
 //! stepped in the previous rounds, takes every waiting step, runs
-//! [`Model::forward_batch`] on its own thread and hands each caller its
+//! [`block::forward_batch`] on its own thread and hands each caller its
 //! logits and cache back. A lone sequence never waits. Callers are told
 //! apart by thread: the engine runs each generation on its own thread.
 //!
-//! The batcher is generic over the model ([`BatchStep`]): the CPU
-//! [`Model`] and qins-gpu's GPU model share it.
+//! The batcher is generic over the backend ([`BlockOps`]): the CPU
+//! [`Model`](super::Model) and qins-gpu's GPU model share it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,58 +18,8 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-use super::{KvCache, Model, ModelError};
-
-/// What the batcher needs from a model: a check that one step can run,
-/// the batched pass, and a placeholder cache for the time a sequence's
-/// cache is lent to the pass.
-pub trait BatchStep: Sync {
-    type Cache: Send;
-    type Error: std::fmt::Display + Send;
-    /// Whether one more `token` fits `cache` (checked before the pass, so
-    /// one bad step does not fail the others).
-    fn check_step(&self, token: u32, cache: &Self::Cache) -> Result<(), Self::Error>;
-    /// One new token for each sequence in one pass; each one's logits.
-    fn forward_batch(
-        &self,
-        steps: &mut [(u32, &mut Self::Cache)],
-        cancel: &AtomicBool,
-    ) -> Result<Vec<Vec<f32>>, Self::Error>;
-    /// A cache with no room, holding no memory.
-    fn empty_cache() -> Self::Cache;
-    /// The error every caller of a failed (or panicked) pass gets.
-    fn batch_error(message: String) -> Self::Error;
-    fn cancelled() -> Self::Error;
-}
-
-impl BatchStep for Model {
-    type Cache = KvCache;
-    type Error = ModelError;
-
-    fn check_step(&self, token: u32, cache: &KvCache) -> Result<(), ModelError> {
-        Model::check_step(self, token, cache)
-    }
-
-    fn forward_batch(
-        &self,
-        steps: &mut [(u32, &mut KvCache)],
-        cancel: &AtomicBool,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
-        Model::forward_batch(self, steps, cancel)
-    }
-
-    fn empty_cache() -> KvCache {
-        KvCache::empty()
-    }
-
-    fn batch_error(message: String) -> ModelError {
-        ModelError::Batch(message)
-    }
-
-    fn cancelled() -> ModelError {
-        ModelError::Cancelled
-    }
-}
+use super::ModelError;
+use super::block::{self, BlockOps, SequenceCache};
 
 /// The longest a leader waits for the other recent sequences' steps. Between
 /// two steps a sequence only samples and streams (well under a millisecond),
@@ -140,10 +90,10 @@ impl<C, E> DecodeBatcher<C, E> {
     }
 }
 
-impl<C: Send, E: std::fmt::Display + Send> DecodeBatcher<C, E> {
+impl<C: SequenceCache, E: From<ModelError> + std::fmt::Display + Send> DecodeBatcher<C, E> {
     /// Runs `token` after `cache`'s tokens, batched with whatever other
     /// sequences step at the same time; returns its logits.
-    pub fn step<M: BatchStep<Cache = C, Error = E>>(
+    pub fn step<M: BlockOps<Cache = C, Error = E>>(
         &self,
         model: &M,
         token: u32,
@@ -151,7 +101,7 @@ impl<C: Send, E: std::fmt::Display + Send> DecodeBatcher<C, E> {
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>, E> {
         if cancel.load(Ordering::Relaxed) {
-            return Err(M::cancelled());
+            return Err(ModelError::Cancelled.into());
         }
         let mut state = self.lock();
         let ticket = state.next_ticket;
@@ -161,7 +111,7 @@ impl<C: Send, E: std::fmt::Display + Send> DecodeBatcher<C, E> {
             ticket,
             thread,
             token,
-            cache: std::mem::replace(cache, M::empty_cache()),
+            cache: std::mem::replace(cache, C::empty()),
         });
         state.recent.insert(thread, Instant::now());
         self.changed.notify_all();
@@ -171,7 +121,7 @@ impl<C: Send, E: std::fmt::Display + Send> DecodeBatcher<C, E> {
                 // The pass itself ignores cancels (it serves several callers);
                 // honour ours now that it is done.
                 if cancel.load(Ordering::Relaxed) {
-                    return Err(M::cancelled());
+                    return Err(ModelError::Cancelled.into());
                 }
                 return result;
             }
@@ -224,7 +174,7 @@ impl<C: Send, E: std::fmt::Display + Send> DecodeBatcher<C, E> {
 
     /// One pass over every step that can run; steps that cannot (a full
     /// context, a bad token) get their own error without failing the rest.
-    fn run<M: BatchStep<Cache = C, Error = E>>(
+    fn run<M: BlockOps<Cache = C, Error = E>>(
         &self,
         model: &M,
         steps: Vec<Step<C>>,
@@ -232,9 +182,9 @@ impl<C: Send, E: std::fmt::Display + Send> DecodeBatcher<C, E> {
         let mut outcomes = Vec::with_capacity(steps.len());
         let mut runnable = Vec::with_capacity(steps.len());
         for step in steps {
-            match model.check_step(step.token, &step.cache) {
+            match block::check_step(model.config(), step.token, &step.cache) {
                 Ok(()) => runnable.push(step),
-                Err(e) => outcomes.push((step.ticket, (step.cache, Err(e)))),
+                Err(e) => outcomes.push((step.ticket, (step.cache, Err(e.into())))),
             }
         }
         if runnable.is_empty() {
@@ -250,7 +200,7 @@ impl<C: Send, E: std::fmt::Display + Send> DecodeBatcher<C, E> {
             .iter_mut()
             .map(|step| (step.token, &mut step.cache))
             .collect();
-        let result = model.forward_batch(&mut batch, &never);
+        let result = block::forward_batch(model, &mut batch, &never);
         drop(batch);
         std::mem::forget(guard);
         match result {
@@ -263,7 +213,7 @@ impl<C: Send, E: std::fmt::Display + Send> DecodeBatcher<C, E> {
             Err(e) => {
                 let message = e.to_string();
                 outcomes.extend(runnable.into_iter().map(|step| {
-                    let error = M::batch_error(message.clone());
+                    let error = ModelError::Batch(message.clone()).into();
                     (step.ticket, (step.cache, Err(error)))
                 }));
             }
@@ -285,22 +235,20 @@ impl<C: Send, E: std::fmt::Display + Send> DecodeBatcher<C, E> {
 /// Should the pass panic, releases the round: every caller of it gets an
 /// error (and an empty cache, its own being lost with the pass) instead of
 /// waiting forever, and the next caller can lead.
-struct PanicGuard<'a, C: Send, E: std::fmt::Display + Send, M: BatchStep<Cache = C, Error = E>> {
+struct PanicGuard<'a, C: SequenceCache, E: From<ModelError> + std::fmt::Display + Send, M> {
     batcher: &'a DecodeBatcher<C, E>,
     model: std::marker::PhantomData<&'a M>,
     tickets: Vec<u64>,
 }
 
-impl<C: Send, E: std::fmt::Display + Send, M: BatchStep<Cache = C, Error = E>> Drop
+impl<C: SequenceCache, E: From<ModelError> + std::fmt::Display + Send, M> Drop
     for PanicGuard<'_, C, E, M>
 {
     fn drop(&mut self) {
         let mut state = self.batcher.lock();
         for &ticket in &self.tickets {
-            let error = M::batch_error("the batched forward pass panicked".into());
-            state
-                .finished
-                .insert(ticket, (M::empty_cache(), Err(error)));
+            let error = ModelError::Batch("the batched forward pass panicked".into()).into();
+            state.finished.insert(ticket, (C::empty(), Err(error)));
         }
         state.leading = false;
         self.batcher.changed.notify_all();

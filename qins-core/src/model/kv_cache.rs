@@ -6,6 +6,7 @@
 //! bytes a decode step reads from the cache, which at long contexts is the
 //! second cost of a step after the weights.
 
+use super::block::{Fill, SequenceCache};
 use crate::kernels::{round_to_bf16, widen_bf16};
 
 /// How cached keys and values are stored.
@@ -52,8 +53,7 @@ pub struct KvCache {
     planes: Planes,
     kv_heads: usize,
     head_dim: usize,
-    capacity: usize,
-    len: usize,
+    fill: Fill,
 }
 
 impl KvCache {
@@ -79,8 +79,7 @@ impl KvCache {
             planes,
             kv_heads,
             head_dim,
-            capacity,
-            len: 0,
+            fill: Fill { len: 0, capacity },
         }
     }
 
@@ -97,36 +96,18 @@ impl KvCache {
         }
     }
 
-    /// Tokens whose keys and values are cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Forgets every token from `len` on (prefix reuse keeps the rest).
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
-
     /// Bytes held by the cache.
     pub fn bytes(&self) -> usize {
         let (layers, entry) = match &self.planes {
             Planes::F32 { keys, .. } => (keys.len(), 4),
             Planes::Bf16 { keys, .. } => (keys.len(), 2),
         };
-        2 * layers * self.kv_heads * self.capacity * self.head_dim * entry
+        2 * layers * self.kv_heads * self.fill.capacity * self.head_dim * entry
     }
 
     /// Stores keys/values (`tokens x kv_heads x head_dim`) of `layer` at `start..`.
     pub(super) fn write(&mut self, layer: usize, start: usize, k: &[f32], v: &[f32]) {
-        let (h, d, cap) = (self.kv_heads, self.head_dim, self.capacity);
+        let (h, d, cap) = (self.kv_heads, self.head_dim, self.fill.capacity);
         for (t, (kt, vt)) in k.chunks(h * d).zip(v.chunks(h * d)).enumerate() {
             for head in 0..h {
                 let dst = (head * cap + start + t) * d;
@@ -145,13 +126,9 @@ impl KvCache {
         }
     }
 
-    pub(super) fn set_len(&mut self, len: usize) {
-        self.len = len;
-    }
-
     /// Keys and values of one kv head in `layer`, first `len` positions.
     pub(super) fn head(&self, layer: usize, head: usize, len: usize) -> HeadView<'_> {
-        let start = head * self.capacity * self.head_dim;
+        let start = head * self.fill.capacity * self.head_dim;
         let end = start + len * self.head_dim;
         match &self.planes {
             Planes::F32 { keys, values } => HeadView::F32 {
@@ -163,6 +140,20 @@ impl KvCache {
                 values: &values[layer][start..end],
             },
         }
+    }
+}
+
+impl SequenceCache for KvCache {
+    fn fill(&self) -> Fill {
+        self.fill
+    }
+
+    fn fill_mut(&mut self) -> &mut Fill {
+        &mut self.fill
+    }
+
+    fn empty() -> Self {
+        KvCache::empty()
     }
 }
 

@@ -47,6 +47,15 @@ impl Linear {
         }
     }
 
+    /// Bytes of the matrix as stored: codes and sign bits for QINS (the
+    /// per-row ranges aside), 4 a weight for f32.
+    pub fn weight_bytes(&self) -> u64 {
+        match self {
+            Self::Qins(m) => (m.code_bytes() + m.sign_bytes()) as u64,
+            Self::Dense { data, .. } => data.len() as u64 * 4,
+        }
+    }
+
     /// `x` is `n x cols`; returns `n x rows`. `kernel` runs QINS matrices.
     pub fn forward(&self, x: &[f32], n: usize, kernel: KernelKind) -> Result<Vec<f32>, ModelError> {
         let mut out = vec![0.0f32; n * self.rows()];

@@ -1,30 +1,36 @@
 //! Transformer models running on resident QINS weights.
 //!
-//! `phi3.rs` and `llama.rs` map each architecture's tensors onto the shared
-//! decoder block of this file; `layers.rs` holds the building blocks,
-//! `attention.rs` the attention, `rope.rs` the rotary embeddings and
-//! `kv_cache.rs` the preallocated cache.
+//! `phi3.rs` and `llama.rs` map each architecture's tensors onto the
+//! layers of this file ([`view`] shows them to other backends);
+//! `block.rs` runs the decoder block, on the CPU through this file's
+//! [`BlockOps`] (`layers.rs` holds the building blocks, `attention.rs` the
+//! attention, `rope.rs` the rotary embeddings and `kv_cache.rs` the
+//! preallocated cache) and on the GPU through qins-gpu's.
 
 mod attention;
 mod batch;
+pub mod block;
 mod gemm;
 pub mod kv_cache;
 pub mod layers;
 mod llama;
+mod logits;
 mod phi3;
 pub mod profile;
 pub mod rope;
 mod view;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use thiserror::Error;
 
 pub use crate::container::config::{Architecture, ModelConfig};
 use attention::{attention, attention_one};
-pub use batch::{BatchStep, DecodeBatcher};
+pub use batch::DecodeBatcher;
+pub use block::{BlockOps, Segment, SequenceCache};
 pub use kv_cache::{KvCache, KvPrecision};
 use layers::{Linear, rms_norm, silu_times, swiglu};
+pub use logits::argmax;
 use profile::Stage;
 use rope::Rope;
 pub use view::LayerView;
@@ -32,6 +38,8 @@ pub use view::LayerView;
 use crate::kernels::{KernelKind, dispatch, selected_kernel};
 use crate::weights::{ResidentWeights, WeightsError};
 
+/// Why a model (on any backend) could not load or run. Backends with
+/// errors of their own wrap this one (qins-gpu's `GpuError::Model`).
 #[derive(Debug, Error)]
 pub enum ModelError {
     #[error("cancelled")]
@@ -134,6 +142,21 @@ impl Model {
         &self.config
     }
 
+    /// Weight bytes one decode step reads, on any backend: the codes and
+    /// sign bits as stored ([`Linear::weight_bytes`]) of every matrix the
+    /// step multiplies by, each layer's projections and the head. The
+    /// embedding counts only as the head (tied); otherwise a step reads
+    /// one row of it. The bench divides this by a step's time.
+    pub fn decode_weight_bytes(&self) -> u64 {
+        let layers: u64 = self
+            .layer_views()
+            .iter()
+            .flat_map(LayerView::matrices)
+            .map(Linear::weight_bytes)
+            .sum();
+        layers + self.lm_head.weight_bytes()
+    }
+
     /// A cache for `capacity` tokens, in the precision that goes with the
     /// kernel: bf16 for a QINS model on a kernel that rounds its operands
     /// (bf16 or fixed point: activations are rounded there anyway), f32
@@ -163,7 +186,7 @@ impl Model {
         cache: &mut KvCache,
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>, ModelError> {
-        self.run(tokens, cache, cancel, false)
+        block::forward(self, tokens, cache, cancel, false)
     }
 
     /// Like [`Model::forward`] but returns the logits of every token
@@ -174,7 +197,7 @@ impl Model {
         cache: &mut KvCache,
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>, ModelError> {
-        self.run(tokens, cache, cancel, true)
+        block::forward(self, tokens, cache, cancel, true)
     }
 
     /// One generated token after `cache`'s, run together with the steps
@@ -195,247 +218,233 @@ impl Model {
         self.batcher.counts()
     }
 
-    /// Whether one more token fits `cache` and is in the vocabulary.
-    fn check_step(&self, token: u32, cache: &KvCache) -> Result<(), ModelError> {
-        if token as usize >= self.config.vocab_size {
-            return Err(ModelError::TokenOutOfRange(token));
-        }
-        if cache.len() + 1 > cache.capacity() {
-            return Err(ModelError::ContextFull {
-                needed: cache.len() + 1,
-                capacity: cache.capacity(),
-            });
-        }
-        Ok(())
-    }
-
-    /// One new token for each of several sequences in a single pass: the
-    /// weights are read once for all of them (see [`batch`]). Returns each
-    /// sequence's logits, in order. Any error fails the whole pass, so
-    /// callers check each sequence's room and token first.
-    pub fn forward_batch(
-        &self,
-        steps: &mut [(u32, &mut KvCache)],
-        cancel: &AtomicBool,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
-        if steps.is_empty() {
-            return Err(ModelError::NoTokens);
-        }
-        let tokens: Vec<u32> = steps.iter().map(|(token, _)| *token).collect();
-        let mut segments = steps
-            .iter_mut()
-            .map(|(_, cache)| self.segment(cache, 1))
-            .collect::<Result<Vec<_>, _>>()?;
-        let logits = self.run_segments(&tokens, &mut segments, cancel, false)?;
-        let vocab = self.config.vocab_size;
-        Ok(logits.chunks(vocab).map(<[f32]>::to_vec).collect())
-    }
-
-    fn run(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        cancel: &AtomicBool,
-        all: bool,
-    ) -> Result<Vec<f32>, ModelError> {
-        if tokens.is_empty() {
-            return Err(ModelError::NoTokens);
-        }
-        let mut segments = [self.segment(cache, tokens.len())?];
-        self.run_segments(tokens, &mut segments, cancel, all)
-    }
-
-    /// `n` new tokens after `cache`'s, if they fit.
-    fn segment<'c>(&self, cache: &'c mut KvCache, n: usize) -> Result<Segment<'c>, ModelError> {
-        let start = cache.len();
-        if start + n > cache.capacity() {
-            return Err(ModelError::ContextFull {
-                needed: start + n,
-                capacity: cache.capacity(),
-            });
-        }
-        // transformers picks the longrope factors from max(position) + 1.
-        let (cos, sin) = profile::time(Stage::Rope, || {
-            self.rope.tables(start..start + n, start + n)
-        });
-        Ok(Segment {
-            cache,
-            start,
-            n,
-            cos,
-            sin,
-        })
-    }
-
-    /// Runs `tokens`, split into consecutive segments of one sequence each,
-    /// and returns the logits of every token (`all`) or of each segment's last.
-    ///
-    /// The pass runs on a worker of the kernels' thread pool (the global
-    /// one, or the pool the caller runs in): a pass makes ~7 matrix products
-    /// per layer, each split over the pool's threads, and from a worker
-    /// each one is a fork-join the caller takes part in, where from outside
-    /// the pool (the daemon's generation threads) each would be handed to
-    /// the pool and waited for.
-    fn run_segments(
-        &self,
-        tokens: &[u32],
-        segments: &mut [Segment<'_>],
-        cancel: &AtomicBool,
-        all: bool,
-    ) -> Result<Vec<f32>, ModelError> {
-        if rayon::current_thread_index().is_some() {
-            return self.run_segments_here(tokens, segments, cancel, all);
-        }
-        rayon::scope(|_| self.run_segments_here(tokens, segments, cancel, all))
-    }
-
-    /// [`Model::run_segments`] on the calling thread.
-    fn run_segments_here(
-        &self,
-        tokens: &[u32],
-        segments: &mut [Segment<'_>],
-        cancel: &AtomicBool,
-        all: bool,
-    ) -> Result<Vec<f32>, ModelError> {
-        let c = &self.config;
-        let mut x = profile::time(Stage::Embed, || self.embed_tokens(tokens))?;
-        for (index, layer) in self.layers.iter().enumerate() {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(ModelError::Cancelled);
-            }
-            self.decoder_layer(layer, index, &mut x, segments)?;
-        }
-        let h = c.hidden_size;
-        let mut rows = Vec::with_capacity(if all { x.len() } else { segments.len() * h });
-        let mut offset = 0;
-        for segment in segments.iter_mut() {
-            segment.cache.set_len(segment.start + segment.n);
-            let first = if all { offset } else { offset + segment.n - 1 };
-            rows.extend_from_slice(&x[first * h..(offset + segment.n) * h]);
-            offset += segment.n;
-        }
-        let normed = profile::time(Stage::Norm, || rms_norm(&rows, &self.norm, c.rms_norm_eps));
-        profile::time(Stage::LmHead, || {
-            self.lm_head.forward(&normed, rows.len() / h, self.kernel)
-        })
-    }
-
-    fn embed_tokens(&self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+    fn embed_tokens(&self, tokens: &[u32]) -> Vec<f32> {
         let h = self.config.hidden_size;
         let mut x = vec![0.0f32; tokens.len() * h];
         for (&t, row) in tokens.iter().zip(x.chunks_mut(h)) {
-            if t as usize >= self.config.vocab_size {
-                return Err(ModelError::TokenOutOfRange(t));
-            }
             self.embed.row(t as usize, row);
         }
-        Ok(x)
+        x
+    }
+}
+
+/// A CPU pass's activations, `n` rows each (`x` and `normed` are
+/// `n x hidden_size`). Each operation replaces its output vector, as the
+/// layers' functions return fresh ones.
+pub struct CpuPass {
+    n: usize,
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attended: Vec<f32>,
+    /// `[gate | up]` rows (fused) or gate and up apart.
+    gate_up: Vec<Vec<f32>>,
+    activated: Vec<f32>,
+    /// Each segment's rotary tables (`cos`, `sin`), in order.
+    rope: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl BlockOps for Model {
+    type Cache = KvCache;
+    type Error = ModelError;
+    type Pass = CpuPass;
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
     }
 
-    /// One decoder block over the rows of every segment: the matrix
-    /// products take all rows at once, rope and attention go per segment.
-    fn decoder_layer(
+    /// The pass runs on a worker of the kernels' thread pool (the global
+    /// one, or the pool the caller runs in): a pass makes ~7 matrix
+    /// products per layer, each split over the pool's threads, and from a
+    /// worker each one is a fork-join the caller takes part in, where from
+    /// outside the pool (the daemon's generation threads) each would be
+    /// handed to the pool and waited for.
+    fn run_pass<R: Send>(&self, pass: impl FnOnce() -> R + Send) -> R {
+        if rayon::current_thread_index().is_some() {
+            return pass();
+        }
+        rayon::scope(|_| pass())
+    }
+
+    fn begin(
         &self,
-        layer: &DecoderLayer,
-        index: usize,
-        x: &mut [f32],
-        segments: &mut [Segment<'_>],
+        tokens: &[u32],
+        segments: &[Segment<'_, KvCache>],
+    ) -> Result<CpuPass, ModelError> {
+        let x = profile::time(Stage::Embed, || self.embed_tokens(tokens));
+        let rope = profile::time(Stage::Rope, || {
+            segments.iter().map(|s| s.rope_tables(&self.rope)).collect()
+        });
+        Ok(CpuPass {
+            n: tokens.len(),
+            x,
+            normed: Vec::new(),
+            q: Vec::new(),
+            k: Vec::new(),
+            v: Vec::new(),
+            attended: Vec::new(),
+            gate_up: Vec::new(),
+            activated: Vec::new(),
+            rope,
+        })
+    }
+
+    fn attention_norm(&self, pass: &mut CpuPass, layer: usize) -> Result<(), ModelError> {
+        let weight = &self.layers[layer].input_norm;
+        pass.normed = profile::time(Stage::Norm, || {
+            rms_norm(&pass.x, weight, self.config.rms_norm_eps)
+        });
+        Ok(())
+    }
+
+    fn project_qkv(&self, pass: &mut CpuPass, layer: usize) -> Result<(), ModelError> {
+        let c = &self.config;
+        let (q_dim, kv_dim) = (
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        let Qkv3 { q, k, v } = profile::time(Stage::Qkv, || {
+            project_qkv(
+                &self.layers[layer].qkv,
+                &pass.normed,
+                pass.n,
+                q_dim,
+                kv_dim,
+                self.kernel,
+            )
+        })?;
+        (pass.q, pass.k, pass.v) = (q, k, v);
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        pass: &mut CpuPass,
+        segments: &[Segment<'_, KvCache>],
     ) -> Result<(), ModelError> {
         let c = &self.config;
         let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let n = x.len() / c.hidden_size;
-        let normed = profile::time(Stage::Norm, || {
-            rms_norm(x, &layer.input_norm, c.rms_norm_eps)
-        });
-        let Qkv3 { mut q, mut k, v } = profile::time(Stage::Qkv, || {
-            project_qkv(&layer.qkv, &normed, n, heads * d, kv_heads * d, self.kernel)
-        })?;
-        let mut attended = Vec::with_capacity(q.len());
-        let mut row = 0;
-        for segment in segments.iter_mut() {
-            let (q_rows, k_rows) = (row * heads * d, row * kv_heads * d);
-            let q = &mut q[q_rows..q_rows + segment.n * heads * d];
-            let k = &mut k[k_rows..k_rows + segment.n * kv_heads * d];
-            let v = &v[k_rows..k_rows + segment.n * kv_heads * d];
-            profile::time(Stage::Rope, || {
-                rope::apply(q, heads, d, &segment.cos, &segment.sin);
-                rope::apply(k, kv_heads, d, &segment.cos, &segment.sin);
-            });
-            attended.extend(profile::time(Stage::Attention, || {
-                segment.attend(index, q, k, v, heads, kv_heads, d)
-            })?);
-            row += segment.n;
-        }
-        add_assign(
-            x,
-            &profile::time(Stage::OProj, || {
-                layer.o_proj.forward(&attended, n, self.kernel)
-            })?,
-        );
-        let normed = profile::time(Stage::Norm, || {
-            rms_norm(x, &layer.post_attention_norm, c.rms_norm_eps)
-        });
-        let activated = match &layer.gate_up {
-            GateUp::Fused(gate_up) => {
-                let fused =
-                    profile::time(Stage::GateUp, || gate_up.forward(&normed, n, self.kernel))?;
-                profile::time(Stage::Swiglu, || swiglu(&fused, c.intermediate_size))
+        profile::time(Stage::Rope, || {
+            let mut row = 0;
+            for (segment, (cos, sin)) in segments.iter().zip(&pass.rope) {
+                let rows = row..row + segment.n;
+                rope::apply(&mut pass.q[rows_of(&rows, heads * d)], heads, d, cos, sin);
+                rope::apply(
+                    &mut pass.k[rows_of(&rows, kv_heads * d)],
+                    kv_heads,
+                    d,
+                    cos,
+                    sin,
+                );
+                row += segment.n;
             }
-            GateUp::Separate { gate, up } => {
-                let [g, u] = profile::time(Stage::GateUp, || {
-                    Linear::forward_many(&[gate, up], &normed, n, self.kernel)
-                })?
-                .try_into()
-                .expect("two matrices, two outputs");
-                profile::time(Stage::Swiglu, || silu_times(&g, &u))
-            }
-        };
-        add_assign(
-            x,
-            &profile::time(Stage::Down, || {
-                layer.down.forward(&activated, n, self.kernel)
-            })?,
-        );
+        });
         Ok(())
     }
-}
 
-/// One sequence's share of a forward pass: `n` new tokens at positions
-/// `start..start + n` of `cache`, with their rotary tables.
-struct Segment<'c> {
-    cache: &'c mut KvCache,
-    start: usize,
-    n: usize,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-}
-
-impl Segment<'_> {
-    /// Stores the segment's keys and values in layer `index` of its cache
-    /// and attends its queries over everything cached up to them.
-    #[allow(clippy::too_many_arguments)]
     fn attend(
-        &mut self,
-        index: usize,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        heads: usize,
-        kv_heads: usize,
-        d: usize,
-    ) -> Result<Vec<f32>, ModelError> {
-        self.cache.write(index, self.start, k, v);
-        let len = self.start + self.n;
-        let cache = &*self.cache;
-        if self.n == 1 {
-            return Ok(attention_one(q, heads, d, kv_heads, |head| {
-                cache.head(index, head, len)
-            }));
+        &self,
+        pass: &mut CpuPass,
+        layer: usize,
+        row: usize,
+        segment: &mut Segment<'_, KvCache>,
+    ) -> Result<(), ModelError> {
+        let c = &self.config;
+        let (heads, kv_heads, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let rows = row..row + segment.n;
+        let q = &pass.q[rows_of(&rows, heads * d)];
+        let kv = rows_of(&rows, kv_heads * d);
+        let attended = profile::time(Stage::Attention, || {
+            segment
+                .cache
+                .write(layer, segment.start, &pass.k[kv.clone()], &pass.v[kv]);
+            let len = segment.start + segment.n;
+            let cache = &*segment.cache;
+            if segment.n == 1 {
+                return Ok(attention_one(q, heads, d, kv_heads, |head| {
+                    cache.head(layer, head, len)
+                }));
+            }
+            attention(q, heads, d, kv_heads, segment.start, |head| {
+                cache.head(layer, head, len).to_f32()
+            })
+        })?;
+        pass.attended.extend(attended);
+        Ok(())
+    }
+
+    fn add_attention_output(&self, pass: &mut CpuPass, layer: usize) -> Result<(), ModelError> {
+        let o_proj = &self.layers[layer].o_proj;
+        let out = profile::time(Stage::OProj, || {
+            o_proj.forward(&pass.attended, pass.n, self.kernel)
+        })?;
+        add_assign(&mut pass.x, &out);
+        // Consumed: the next layer's segments append from empty.
+        pass.attended.clear();
+        Ok(())
+    }
+
+    fn mlp_norm(&self, pass: &mut CpuPass, layer: usize) -> Result<(), ModelError> {
+        let weight = &self.layers[layer].post_attention_norm;
+        pass.normed = profile::time(Stage::Norm, || {
+            rms_norm(&pass.x, weight, self.config.rms_norm_eps)
+        });
+        Ok(())
+    }
+
+    fn project_gate_up(&self, pass: &mut CpuPass, layer: usize) -> Result<(), ModelError> {
+        let (normed, n) = (&pass.normed, pass.n);
+        pass.gate_up = profile::time(Stage::GateUp, || match &self.layers[layer].gate_up {
+            GateUp::Fused(gate_up) => Ok(vec![gate_up.forward(normed, n, self.kernel)?]),
+            GateUp::Separate { gate, up } => {
+                Linear::forward_many(&[gate, up], normed, n, self.kernel)
+            }
+        })?;
+        Ok(())
+    }
+
+    fn silu_times_up(&self, pass: &mut CpuPass) -> Result<(), ModelError> {
+        let ff = self.config.intermediate_size;
+        pass.activated = profile::time(Stage::Swiglu, || match pass.gate_up.as_slice() {
+            [fused] => swiglu(fused, ff),
+            [gate, up] => silu_times(gate, up),
+            parts => unreachable!(
+                "gate/up come as one fused product or two, not {}",
+                parts.len()
+            ),
+        });
+        Ok(())
+    }
+
+    fn add_mlp_output(&self, pass: &mut CpuPass, layer: usize) -> Result<(), ModelError> {
+        let down = &self.layers[layer].down;
+        let out = profile::time(Stage::Down, || {
+            down.forward(&pass.activated, pass.n, self.kernel)
+        })?;
+        add_assign(&mut pass.x, &out);
+        Ok(())
+    }
+
+    fn logits(&self, pass: CpuPass, rows: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let h = self.config.hidden_size;
+        let mut wanted = Vec::with_capacity(rows.len() * h);
+        for &row in rows {
+            wanted.extend_from_slice(&pass.x[row * h..(row + 1) * h]);
         }
-        attention(q, heads, d, kv_heads, self.start, |head| {
-            cache.head(index, head, len).to_f32()
+        let normed = profile::time(Stage::Norm, || {
+            rms_norm(&wanted, &self.norm, self.config.rms_norm_eps)
+        });
+        profile::time(Stage::LmHead, || {
+            self.lm_head.forward(&normed, rows.len(), self.kernel)
         })
     }
+}
+
+/// The range of `rows` in a row-major buffer `width` wide.
+fn rows_of(rows: &std::ops::Range<usize>, width: usize) -> std::ops::Range<usize> {
+    rows.start * width..rows.end * width
 }
 
 /// Queries, keys and values of `n` tokens, row-major.

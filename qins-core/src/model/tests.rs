@@ -100,6 +100,22 @@ fn cancellation_context_and_token_errors() {
 }
 
 #[test]
+fn a_decode_step_reads_every_matrix_once_and_a_tied_embedding_as_the_head() {
+    let (config, weights) = random_llama(4);
+    // Independently from the shapes: codes plus byte-padded sign rows of
+    // every matrix; the tied embedding is the head, read whole each step.
+    let expected: u64 = config
+        .expected_tensors()
+        .iter()
+        .filter(|(_, shape)| shape.len() == 2)
+        .map(|(_, s)| (s[0] * s[1] + s[0] * crate::codec::sign_row_bytes(s[1])) as u64)
+        .sum();
+    assert!(config.tie_word_embeddings);
+    let model = Model::load(&config, weights).unwrap();
+    assert_eq!(model.decode_weight_bytes(), expected);
+}
+
+#[test]
 fn missing_tensor_is_named() {
     let (config, mut weights) = random_llama(3);
     weights
@@ -121,12 +137,6 @@ fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
             "{what}: {a} vs {b}"
         );
     }
-}
-
-fn argmax(logits: &[f32]) -> u32 {
-    (0..logits.len())
-        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
-        .unwrap() as u32
 }
 
 #[test]
@@ -151,7 +161,7 @@ fn a_batched_step_equals_separate_steps() {
         .map(|(cache, t)| model.forward(&[t], cache, &no).unwrap())
         .collect();
     let mut steps: Vec<(u32, &mut KvCache)> = next.into_iter().zip(caches.iter_mut()).collect();
-    let batched = model.forward_batch(&mut steps, &no).unwrap();
+    let batched = block::forward_batch(&model, &mut steps, &no).unwrap();
     for (i, (b, e)) in batched.iter().zip(&expected).enumerate() {
         assert_close(b, e, &format!("sequence {i}"));
         assert_eq!(caches[i].len(), separate[i].len());
@@ -178,7 +188,9 @@ fn concurrent_decode_steps_share_passes_and_keep_their_results() {
             let mut logits = model.forward(prompt, &mut cache, &no).unwrap();
             (0..steps)
                 .map(|_| {
-                    logits = model.forward(&[argmax(&logits)], &mut cache, &no).unwrap();
+                    logits = model
+                        .forward(&[argmax(&logits) as u32], &mut cache, &no)
+                        .unwrap();
                     logits.clone()
                 })
                 .collect()
@@ -197,7 +209,9 @@ fn concurrent_decode_steps_share_passes_and_keep_their_results() {
                     ready.wait();
                     (0..steps)
                         .map(|_| {
-                            logits = model.decode_step(argmax(&logits), &mut cache, no).unwrap();
+                            logits = model
+                                .decode_step(argmax(&logits) as u32, &mut cache, no)
+                                .unwrap();
                             logits.clone()
                         })
                         .collect()

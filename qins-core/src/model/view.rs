@@ -24,6 +24,15 @@ pub struct LayerView<'a> {
     pub down: &'a Linear,
 }
 
+impl LayerView<'_> {
+    /// Every matrix of the layer, in the order of the block.
+    pub fn matrices(&self) -> impl Iterator<Item = &Linear> {
+        let products = self.qkv.iter().chain([&self.o_proj]);
+        let products = products.chain(&self.gate_up).chain([&self.down]);
+        products.copied()
+    }
+}
+
 impl Model {
     pub fn layer_views(&self) -> Vec<LayerView<'_>> {
         self.layers

@@ -6,6 +6,7 @@
 //! by the first window that sees it with at least `window - stride` tokens of
 //! context (the first window scores all its tokens but the first).
 
+use qins_core::model::argmax;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -182,16 +183,6 @@ pub fn kl_divergence(log_p: &[f64], log_q: &[f64]) -> f64 {
         .map(|(&lp, &lq)| lp.exp() * (lp - lq))
         .sum::<f64>()
         .max(0.0)
-}
-
-fn argmax(values: &[f64]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 { (i, v) } else { best }
-        })
-        .0
 }
 
 #[cfg(test)]

@@ -12,11 +12,11 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use qins_core::container::QinsFile;
 use qins_core::kernels::KernelKind;
-use qins_core::model::Model;
+use qins_core::model::{Model, argmax};
 use qins_test_support::convert_with_defaults;
 use qins_test_support::tiny::{TinySpec, write_tiny_model};
 
@@ -24,10 +24,13 @@ use super::*;
 use crate::test_gpu::gpu;
 
 fn tiny_model(spec: TinySpec) -> Model {
+    // Tests run in parallel, several on one architecture: a directory each.
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
     let dir: PathBuf = std::env::temp_dir().join(format!(
-        "qins-gpu-{}-{}",
+        "qins-gpu-{}-{}-{}",
         spec.arch.name(),
-        std::process::id()
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&dir);
     write_tiny_model(&dir.join("hf"), &spec).expect("writes the tiny model");
@@ -43,12 +46,6 @@ fn tiny_model(spec: TinySpec) -> Model {
 /// A deterministic prompt of `len` tokens inside the vocabulary.
 fn prompt(len: usize, vocab: usize) -> Vec<u32> {
     (0..len).map(|i| ((i * 37 + 11) % vocab) as u32).collect()
-}
-
-fn argmax(values: &[f32]) -> usize {
-    (0..values.len())
-        .max_by(|&a, &b| values[a].total_cmp(&values[b]))
-        .expect("non-empty")
 }
 
 /// Compares `vocab`-wide rows; returns the largest error relative to the
@@ -123,9 +120,9 @@ fn check_model(
 
         // A batched step of this sequence and a fresh one-token sequence.
         let mut other = gpu_model.new_cache(64);
-        let batch = gpu_model
-            .forward_batch(&mut [(5, &mut gpu_cache), (7, &mut other)], &no)
-            .expect("gpu batch");
+        let batch =
+            block::forward_batch(&gpu_model, &mut [(5, &mut gpu_cache), (7, &mut other)], &no)
+                .expect("gpu batch");
         let alone = model.forward(&[5], &mut cpu_cache, &no).expect("cpu");
         let fresh = model
             .forward(&[7], &mut model.new_cache(8), &no)
