@@ -45,6 +45,23 @@ def require(test, available, needs):
     test.skipTest(f"this test needs {needs}")
 
 
+def require_package(test, module, package):
+    """Fails `test` when a package pinned in requirements.txt did not import."""
+    if module is None:
+        test.fail(
+            f"the `{package}` package is not importable: run tests/python/run.sh, which "
+            "installs tests/python/requirements.txt into ~/.cache/qins/venv-tests"
+        )
+
+
+def openai_client(openai, stack):
+    """The official client (the `openai` module, passed in so this module
+    needs no package) on qins-web's /v1, without retries."""
+    return openai.OpenAI(
+        base_url=stack.base + "/v1", api_key="not-checked", max_retries=0, timeout=60.0
+    )
+
+
 def bin_dir():
     if os.environ.get("QINS_BIN_DIR"):
         return Path(os.environ["QINS_BIN_DIR"])
