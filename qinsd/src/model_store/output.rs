@@ -73,7 +73,9 @@ pub fn claim_output(output: &Path, overwrite: bool) -> Result<OutputClaim, Outpu
         ClaimFailure::Taken => OutputError::Converting {
             path: output.to_path_buf(),
         },
-        ClaimFailure::Io(source) => ConvertError::io(&path, source).into(),
+        // Reported on the output: the claim file is written where the
+        // output would be, so a read-only or full directory fails here.
+        ClaimFailure::Io(source) => ConvertError::io(output, source).into(),
     })?;
     let replacing = match ReplaceLock::take(output) {
         Ok(lock) => lock,

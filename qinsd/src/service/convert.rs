@@ -40,7 +40,6 @@ pub async fn convert(
     let cancel = Arc::new(AtomicBool::new(false));
     let watcher = cancel_when_dropped(tx.clone(), Arc::clone(&cancel));
     tokio::task::spawn_blocking(move || {
-        let _claim = claim;
         let send = |event: convert_event::Event| {
             let _ = tx.blocking_send(Ok(ConvertEvent { event: Some(event) }));
         };
@@ -55,6 +54,9 @@ pub async fn convert(
                     &cancel,
                 )
             });
+        // Released before the last event: a client that hears the
+        // conversion is over may start the next one on this output.
+        drop(claim);
         match result {
             Ok(summary) => {
                 tracing::info!(
