@@ -125,19 +125,11 @@ pub struct ModelFileLease {
 impl ModelFileLease {
     /// Refused only while a conversion holds the file ([`ReplaceLock`]).
     pub fn take(path: &Path) -> Result<Self, OpenError> {
-        // A missing or unreadable file is the container's error to report.
-        let Ok(file) = File::open(path) else {
-            return Ok(Self { _file: None });
-        };
-        match file.try_lock_shared() {
-            Ok(()) => Ok(Self { _file: Some(file) }),
-            Err(TryLockError::WouldBlock) => Err(OpenError::BeingReplaced {
+        match try_lock(path, LockKind::Shared) {
+            Ok(file) => Ok(Self { _file: file }),
+            Err(Busy) => Err(OpenError::BeingReplaced {
                 path: path.to_path_buf(),
             }),
-            Err(TryLockError::Error(error)) => {
-                tracing::debug!(path = %path.display(), %error, "no lock on the model file");
-                Ok(Self { _file: None })
-            }
         }
     }
 }
@@ -165,18 +157,39 @@ impl ReplaceLock {
     /// Locks `path` if it exists; refused while a [`ModelFileLease`] on it
     /// is held, in this process or another.
     pub fn take(path: &Path) -> Result<Self, InUse> {
-        let Ok(file) = File::open(path) else {
-            return Ok(Self { _file: None });
-        };
-        match file.try_lock() {
-            Ok(()) => Ok(Self { _file: Some(file) }),
-            Err(TryLockError::WouldBlock) => Err(InUse {
+        match try_lock(path, LockKind::Exclusive) {
+            Ok(file) => Ok(Self { _file: file }),
+            Err(Busy) => Err(InUse {
                 path: path.to_path_buf(),
             }),
-            Err(TryLockError::Error(error)) => {
-                tracing::debug!(path = %path.display(), %error, "no lock on the output file");
-                Ok(Self { _file: None })
-            }
+        }
+    }
+}
+
+enum LockKind {
+    Shared,
+    Exclusive,
+}
+
+/// Another process (or another open in this one) holds a conflicting lock.
+struct Busy;
+
+/// The file at `path`, locked; None where there is nothing to lock (no such
+/// file: its opener reports that) or the filesystem has no locks.
+fn try_lock(path: &Path, kind: LockKind) -> Result<Option<File>, Busy> {
+    let Ok(file) = File::open(path) else {
+        return Ok(None);
+    };
+    let locked = match kind {
+        LockKind::Shared => file.try_lock_shared(),
+        LockKind::Exclusive => file.try_lock(),
+    };
+    match locked {
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Err(Busy),
+        Err(TryLockError::Error(error)) => {
+            tracing::debug!(path = %path.display(), %error, "no lock on the model file");
+            Ok(None)
         }
     }
 }
