@@ -415,3 +415,94 @@ async fn ask_takes_json_schemas_and_the_sampling_extras() {
     assert!(!refused.status.success());
     assert!(text(&refused.stderr).contains("min_p"), "qinsd's message");
 }
+
+/// The model store from the command line, beside a running daemon: `qinsd
+/// convert --force` never replaces the model the daemon has loaded (the
+/// daemon's lock on the file is seen by the other process), and `qinsd
+/// generate`, `perplexity` and `bench` take a model name the way `qinsd
+/// --model` does.
+#[tokio::test]
+async fn qinsd_subcommands_take_names_and_convert_never_replaces_the_loaded_model() {
+    let daemon = Daemon::start(&[]).await;
+    let loaded = daemon.models_dir.join("tiny.qins");
+    let qinsd = |args: &[&str]| {
+        std::process::Command::new(binary("qinsd"))
+            .args(args)
+            .arg("--models-dir")
+            .arg(&daemon.models_dir)
+            .output()
+            .expect("qinsd runs")
+    };
+    let hf = tiny_model().hf_dir.display().to_string();
+    let onto_loaded = [
+        "convert",
+        hf.as_str(),
+        "-o",
+        loaded.to_str().expect("utf-8"),
+        "--force",
+    ];
+    let written = std::fs::metadata(&loaded)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let refused = qinsd(&onto_loaded);
+    assert!(!refused.status.success());
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("is open in a running qinsd") && stderr.contains("`qins unload`"),
+        "{stderr}"
+    );
+    let kept = std::fs::metadata(&loaded)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert_eq!(kept, written, "the loaded model was left alone");
+    // Unloaded, it is an ordinary existing file.
+    ok(qins(&daemon.socket, &["unload"], ""));
+    ok(qinsd(&onto_loaded));
+
+    let reply = ok(qinsd(&["generate", "tiny", "Hello", "--max-tokens", "3"]));
+    assert!(!reply.trim().is_empty(), "a reply: {reply:?}");
+    let text_file = daemon.dir.path().join("text.txt");
+    std::fs::write(
+        &text_file,
+        "Once upon a time there was a tiny model. ".repeat(8),
+    )
+    .expect("text");
+    let report = ok(qinsd(&[
+        "perplexity",
+        "tiny",
+        "--reference",
+        "tiny.qins",
+        "--text",
+        text_file.to_str().expect("utf-8"),
+        "--tokens",
+        "32",
+        "--window",
+        "16",
+        "--stride",
+        "8",
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&report).expect("json");
+    assert_eq!(report["model"], loaded.display().to_string());
+    assert_eq!(report["reference"], loaded.display().to_string());
+    let bench = ok(qinsd(&[
+        "bench",
+        "tiny",
+        "--threads",
+        "1",
+        "--prompt",
+        "4",
+        "--decode",
+        "2",
+        "--json",
+    ]));
+    let bench: serde_json::Value = serde_json::from_str(&bench).expect("json");
+    assert_eq!(bench["model"], loaded.display().to_string());
+    // A name that is not there gets the store's message.
+    let unknown = qinsd(&["generate", "nothing-here", "Hello"]);
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown.stderr).contains("a name from `qins models`"),
+        "{}",
+        text(&unknown.stderr)
+    );
+}

@@ -93,15 +93,11 @@ impl Device {
         let Device::Gpu { context, required } = self else {
             return Ok(Backend::Cpu(model));
         };
-        let kv = if context.has_shader_f16() {
-            KvType::F16
-        } else {
-            KvType::F32
-        };
-        let uploaded = GpuModel::upload(context.clone(), &model, kv).and_then(|gpu| {
-            context.wait()?;
-            Ok(gpu)
-        });
+        let uploaded =
+            GpuModel::upload(context.clone(), &model, gpu_cache_type(context)).and_then(|gpu| {
+                context.wait()?;
+                Ok(gpu)
+            });
         match uploaded {
             Ok(gpu) => Ok(Backend::Gpu(gpu)),
             Err(e) if !required => {
@@ -110,6 +106,17 @@ impl Device {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The one rule for the GPU's K/V cache precision: f16 where the GPU has
+/// shader-f16, else f32. The daemon's models and `qinsd bench --device gpu`
+/// both take it from here.
+pub fn gpu_cache_type(context: &GpuContext) -> KvType {
+    if context.has_shader_f16() {
+        KvType::F16
+    } else {
+        KvType::F32
     }
 }
 

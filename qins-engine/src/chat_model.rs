@@ -3,7 +3,6 @@
 //! all taken from the file's header.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
@@ -12,32 +11,24 @@ use tokenizers::Tokenizer;
 use super::backend::{Backend, Device};
 use super::constraint::{GrammarVocab, OutputFormat};
 use super::generate::GenerationRequest;
+use super::resident::{ModelFileLease, OpenError, ResidentModel};
 use super::sampling::SamplingParams;
 use super::template::{ChatMessage, ChatTemplate, TemplateError};
 use super::{EngineError, LanguageModel};
-use qins_core::container::{ContainerError, GenerationDefaults, ModelHeader, QinsFile};
-use qins_core::model::{Model, ModelError};
+use qins_core::container::{GenerationDefaults, ModelHeader};
 use qins_core::weights::ResidentBytes;
 use qins_gpu::GpuError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatModelError {
     #[error(transparent)]
-    Container(#[from] ContainerError),
-    #[error("{path}: {source}")]
-    Model {
-        path: PathBuf,
-        #[source]
-        source: ModelError,
-    },
+    Open(#[from] OpenError),
     #[error("{path}: cannot put the model on the GPU: {source}")]
     Gpu {
         path: PathBuf,
         #[source]
         source: GpuError,
     },
-    #[error("{path}: the stored tokenizer does not load: {message}")]
-    Tokenizer { path: PathBuf, message: String },
     #[error("{path}: the model has no chat template; reconvert it from a source that has one")]
     NoTemplate { path: PathBuf },
     #[error("{path}: {source}")]
@@ -58,6 +49,8 @@ pub struct ChatModel {
     resident: ResidentBytes,
     /// When `open` finished: what `Stats` and `qins ps` report as loaded since.
     loaded_at: SystemTime,
+    /// Keeps conversions from replacing the file while the model is loaded.
+    _lease: ModelFileLease,
     /// The vocabulary for JSON output, built on the first request for it.
     grammar: Mutex<Option<Arc<GrammarVocab>>>,
 }
@@ -101,35 +94,26 @@ impl ChatModel {
 
     /// Opens and loads `path` onto `device` (see [`Device::place`]).
     pub fn open_on(path: &Path, device: &Device) -> Result<Self, ChatModelError> {
-        let file = QinsFile::open(path)?;
-        let weights = file.load()?;
-        let resident = weights.resident_bytes();
-        let header = file.header.clone();
-        let model =
-            Model::load(&header.config, weights).map_err(|source| ChatModelError::Model {
+        let opened = ResidentModel::open(path)?;
+        let tokenizer = opened.tokenizer()?;
+        let template = load_template(path, &opened.header, &tokenizer)?;
+        let stop_token_ids = stop_token_ids(&opened.header, &tokenizer);
+        let model = device
+            .place(opened.model)
+            .map_err(|source| ChatModelError::Gpu {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let model = device.place(model).map_err(|source| ChatModelError::Gpu {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let tokenizer =
-            Tokenizer::from_str(&header.tokenizer_json).map_err(|e| ChatModelError::Tokenizer {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        let template = load_template(path, &header, &tokenizer)?;
-        let stop_token_ids = stop_token_ids(&header, &tokenizer);
         Ok(Self {
             path: path.to_path_buf(),
-            header,
+            header: opened.header,
             model,
             tokenizer,
             template,
             stop_token_ids,
-            resident,
+            resident: opened.resident,
             loaded_at: SystemTime::now(),
+            _lease: opened.lease,
             grammar: Mutex::new(None),
         })
     }

@@ -6,6 +6,9 @@
 //! through [`detokenize`] (ids -> UTF-8-safe deltas) and [`stop`] (stop strings
 //! held back across delta boundaries).
 //!
+//! A model comes from its file through [`resident`] (the one opener), and
+//! [`ChatModel`] adds what the engine needs to chat with it.
+//!
 //! The engine never names the concrete model: it runs any [`LanguageModel`].
 //! [`Backend`] is the one the daemon runs: the model on the CPU or the GPU.
 
@@ -17,6 +20,7 @@ pub mod eval;
 pub mod generate;
 pub mod logprobs;
 mod qins_model;
+pub mod resident;
 pub mod sampling;
 pub mod session;
 pub mod stop;
@@ -28,7 +32,7 @@ pub(crate) mod testing;
 
 use std::sync::atomic::AtomicBool;
 
-pub use backend::{Backend, BackendCache, Device};
+pub use backend::{Backend, BackendCache, Device, gpu_cache_type};
 pub use chat_model::{ChatModel, ChatModelError, Prompt, RequestOptions, resolve_options};
 pub use constraint::OutputFormat;
 pub use detokenize::StreamDecoder;
@@ -36,6 +40,7 @@ pub use generate::{
     FinishReason, Finished, GenerationEvent, GenerationRequest, Timings, Usage, generate,
 };
 pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprob};
+pub use resident::{OpenError, ResidentModel};
 pub use sampling::{Sampler, SamplingParams};
 pub use session::{Prefill, Session};
 pub use stop::{StopMatcher, StopScan};

@@ -15,16 +15,17 @@ use std::time::Instant;
 use serde::Serialize;
 use thiserror::Error;
 
-use qins_core::container::{ContainerError, QinsFile};
+use qins_core::container::Compression;
 use qins_core::kernels::{dispatch, selected_kernel};
 use qins_core::model::{KvCache, Model, ModelError, argmax, profile};
 use qins_core::rng::SplitMix64;
 use qins_core::weights::ResidentBytes;
+use qins_engine::{OpenError, ResidentModel};
 
 #[derive(Debug, Error)]
 pub enum BenchError {
     #[error(transparent)]
-    Container(#[from] ContainerError),
+    Open(#[from] OpenError),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("{path}: {source}")]
@@ -253,16 +254,11 @@ fn run_one(
     threads: usize,
 ) -> Result<(RunReport, Model, u64, bool), BenchError> {
     reset_peak_rss();
-    let started = Instant::now();
-    let file = QinsFile::open(path)?;
-    let opened = started.elapsed();
-    let weights = file.load()?;
-    let loaded = started.elapsed();
-    let resident = weights.resident_bytes();
-    let model = Model::load(&file.header.config, weights)?;
+    let opened = ResidentModel::open(path)?;
+    let (timings, resident) = (opened.timings, opened.resident);
+    let compressed = opened.header.compression != Compression::None;
+    let model = opened.model;
     let bytes_per_token = model.decode_weight_bytes();
-    let load_s = started.elapsed().as_secs_f64();
-    let compressed = file.header.compression != qins_core::container::Compression::None;
 
     let vocab = model.config().vocab_size as u64;
     let mut rng = SplitMix64::new(options.seed);
@@ -297,10 +293,10 @@ fn run_one(
         RunReport {
             threads,
             kernel: selected_kernel().name(),
-            open_s: opened.as_secs_f64(),
-            load_weights_s: (loaded - opened).as_secs_f64(),
-            model_s: load_s - loaded.as_secs_f64(),
-            load_s,
+            open_s: timings.open.as_secs_f64(),
+            load_weights_s: timings.weights.as_secs_f64(),
+            model_s: timings.model.as_secs_f64(),
+            load_s: timings.total().as_secs_f64(),
             memory,
             prefill_tokens: prompt.len(),
             prefill_s,
@@ -422,6 +418,7 @@ fn concurrency(
 mod tests {
     use super::*;
     use qins_core::codec::sign_row_bytes;
+    use qins_core::container::QinsFile;
     use qins_test_support::phi35::{Phi35Spec, write_phi35};
 
     #[test]

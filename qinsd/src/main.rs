@@ -27,13 +27,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Measure load time, memory, prefill and decode speed of a .qins model.
+    /// Measure load time, memory, prefill and decode speed of a model (a .qins path, a name or a Hub id).
     Bench(cmd::bench::Args),
     /// Convert a Hugging Face directory, Hub id or GGUF file to .qins.
     Convert(cmd::convert::Args),
     /// Write a .qins model back out as a Hugging Face directory of decoded f32 weights.
     ExportHf(cmd::export_hf::Args),
-    /// One greedy chat turn from a .qins model, without the daemon.
+    /// One chat turn from a model (a .qins path, a name or a Hub id), without the daemon.
     Generate(cmd::generate::Args),
     /// Perplexity on a text slice, with KL divergence and top-1 agreement against a reference model.
     Perplexity(cmd::perplexity::Args),

@@ -8,19 +8,14 @@ qinsd rewrites it (qinsd/src/authority.rs). The daemon's debug log for that
 module shows the authority it replaced, which the tests check too, so they
 keep exercising the problem rather than passing by luck.
 
-The binaries come from QINS_BIN_DIR (default ${CARGO_TARGET_DIR:-target}/release).
-grpcio, grpcio-tools, grpcio-health-checking and grpcio-reflection are pinned
-in requirements.txt; tests/python/run.sh installs them into a cached venv.
+qinsd is started by qins_stack.Daemon. grpcio, grpcio-tools,
+grpcio-health-checking and grpcio-reflection are pinned in requirements.txt;
+tests/python/run.sh installs them into a cached venv.
 """
 
 import importlib
 import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 import unittest
 from pathlib import Path
 
@@ -37,26 +32,9 @@ try:
 except ImportError as e:  # reported as a failure of every test, see setUp
     MISSING = e
 
-ROOT = Path(__file__).resolve().parents[2]
-MODEL = "tiny"
-START_TIMEOUT = 60.0
+from qins_stack import MODEL, ROOT, Daemon
+
 CALL_TIMEOUT = 60.0
-
-
-def bin_dir():
-    if os.environ.get("QINS_BIN_DIR"):
-        return Path(os.environ["QINS_BIN_DIR"])
-    return ROOT / os.environ.get("CARGO_TARGET_DIR", "target") / "release"
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def generate_stubs(out_dir):
@@ -83,76 +61,16 @@ class StockGrpcClientTest(unittest.TestCase):
     def setUpClass(cls):
         if MISSING is not None:
             return  # every test fails with the reason
-        qinsd = bin_dir() / "qinsd"
-        if not os.access(qinsd, os.X_OK):
-            raise AssertionError(
-                f"{qinsd} missing: cargo build --release --workspace --bins, or set QINS_BIN_DIR"
-            )
-        # Short: it holds the socket.
-        cls.tmp = Path(tempfile.mkdtemp(prefix="qins-grpc.", dir="/tmp"))
-        cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)
-        stubs = cls.tmp / "stubs"
+        cls.daemon = Daemon.start(cls, ["--log-level", "info,qinsd::authority=debug"])
+        stubs = cls.daemon.tmp / "stubs"
         stubs.mkdir()
         cls.pb, cls.pb_grpc = generate_stubs(stubs)
         cls.addClassCleanup(sys.path.remove, str(stubs))
-
-        models = cls.tmp / "models"
-        models.mkdir()
-        for args in (
-            [str(qinsd.with_name("qins-fixture")), "tiny", "--arch", "phi3", "--out", str(cls.tmp / "tinyhf")],
-            [str(qinsd), "convert", str(cls.tmp / "tinyhf"), "-o", str(models / "tiny.qins")],
-        ):
-            subprocess.run(args, check=True, capture_output=True, timeout=120)
-
-        cls.socket = cls.tmp / "s.sock"
-        cls.log = cls.tmp / "qinsd.log"
-        log = open(cls.log, "wb")
-        cls.addClassCleanup(log.close)
-        cls.daemon = subprocess.Popen(
-            [
-                str(qinsd), "--model", MODEL, "--models-dir", str(models),
-                "--socket", str(cls.socket),
-                "--log-level", "info,qinsd::authority=debug",
-            ],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        cls.addClassCleanup(stop, cls.daemon)
-
         # What a user writes: the socket as the target, nothing else.
-        cls.channel = grpc.insecure_channel(f"unix:{cls.socket}")
+        cls.channel = grpc.insecure_channel(f"unix:{cls.daemon.socket}")
         cls.addClassCleanup(cls.channel.close)
         cls.qins = cls.pb_grpc.QinsStub(cls.channel)
         cls.health = health_pb2_grpc.HealthStub(cls.channel)
-        cls.wait_for_model()
-
-    @classmethod
-    def wait_for_model(cls):
-        """Until Stats names the model (it loads after the socket is bound)."""
-        deadline = time.monotonic() + START_TIMEOUT
-        last_error = None
-        while time.monotonic() < deadline:
-            if cls.daemon.poll() is not None:
-                raise AssertionError("qinsd exited:\n" + cls.daemon_log())
-            if cls.socket.exists():
-                try:
-                    stats = cls.qins.Stats(cls.pb.StatsRequest(), timeout=5)
-                    if stats.model == MODEL:
-                        return
-                except grpc.RpcError as e:
-                    last_error = e
-                    if e.code() != grpc.StatusCode.UNAVAILABLE:
-                        # The failure this test is about (INTERNAL, RST_STREAM)
-                        # does not go away by waiting.
-                        break
-            time.sleep(0.1)
-        raise AssertionError(
-            f"qinsd served no Stats naming {MODEL!r} (waited up to {START_TIMEOUT} s); "
-            f"last error: {last_error}\n" + cls.daemon_log()
-        )
-
-    @classmethod
-    def daemon_log(cls):
-        return cls.log.read_text(errors="replace")[-3000:]
 
     def setUp(self):
         if MISSING is not None:
@@ -309,9 +227,9 @@ class StockGrpcClientTest(unittest.TestCase):
     def test_the_daemon_replaced_the_socket_path_authority(self):
         # Proof that this client sends an authority h2 would refuse: the
         # socket path, percent-encoded by gRPC C-core (grpcio 1.85 sends
-        # "tmp%2Fqins-grpc.XXXX%2Fs.sock").
+        # "tmp%2Fqins-py.XXXX%2Fs.sock").
         self.qins.Stats(self.pb.StatsRequest(), timeout=CALL_TIMEOUT)
-        log = self.log.read_text(errors="replace")
+        log = self.daemon.log.read_text(errors="replace")
         self.assertRegex(
             log, r"replacing an :authority h2 would refuse authority=\S*%2Fs\.sock"
         )

@@ -1,9 +1,13 @@
-"""Checks the qinsd LaunchAgent: the template in launchd/ and, when QINS_BIN
-names a built `qins`, the plist that `qins service install --dry-run` renders
-from it (the client embeds the same template).
+"""Checks the qinsd LaunchAgent: the template in launchd/ and the plist that
+`qins service install --dry-run` renders from it (the client embeds the same
+template). Both are parsed with the standard library's plistlib, so they run
+on Linux as on macOS.
+
+The `qins` checked is QINS_BIN, else the one in QINS_BIN_DIR (see
+qins_stack.bin_dir). Without a built `qins` the rendered check skips, saying
+so, except under CI (CI=true or CI=1), where it fails.
 
 Run: python3 -m unittest discover -s tests/python
-     QINS_BIN=target/release/qins python3 -m unittest discover -s tests/python
 """
 
 import os
@@ -11,9 +15,9 @@ import plistlib
 import subprocess
 import tempfile
 import unittest
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from qins_stack import ROOT, bin_dir, require
+
 TEMPLATE = ROOT / "launchd" / "dev.qins.qinsd.plist"
 
 
@@ -42,9 +46,13 @@ class TemplateTest(LaunchAgentChecks, unittest.TestCase):
 
 class RenderedTest(LaunchAgentChecks, unittest.TestCase):
     def setUp(self):
-        self.qins = os.environ.get("QINS_BIN")
-        if not self.qins:
-            self.skipTest("QINS_BIN is unset: set it to a built qins to check the rendered plist")
+        self.qins = os.environ.get("QINS_BIN") or str(bin_dir() / "qins")
+        require(
+            self,
+            os.access(self.qins, os.X_OK),
+            f"a built qins at {self.qins} (cargo build --release --workspace --bins, "
+            "or set QINS_BIN)",
+        )
 
     def render(self, home, *args):
         env = dict(os.environ, HOME=home)

@@ -15,7 +15,7 @@ try:
 except ImportError:  # reported as a failure of every test, see setUp
     openmetrics = prometheus_text = None
 
-from qins_stack import MODEL, Stack
+from qins_stack import MODEL, Stack, require_package
 
 
 def samples(text, parse):
@@ -39,11 +39,7 @@ class MetricsTest(unittest.TestCase):
         cls.stack = Stack.start(cls)
 
     def setUp(self):
-        if openmetrics is None:
-            self.fail(
-                "the `prometheus_client` package is not importable: run tests/python/run.sh, "
-                "which installs tests/python/requirements.txt into ~/.cache/qins/venv-tests"
-            )
+        require_package(self, openmetrics, "prometheus_client")
 
     def scrape(self):
         status, content_type, text = self.stack.get("/metrics")

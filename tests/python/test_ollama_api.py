@@ -14,7 +14,7 @@ try:
 except ImportError:  # reported as a failure of every test, see setUp
     ollama = None
 
-from qins_stack import MODEL, Stack
+from qins_stack import MODEL, Stack, require_package
 
 TAGGED = MODEL + ":latest"
 
@@ -29,11 +29,7 @@ class OllamaApiTest(unittest.TestCase):
         cls.client = ollama.Client(host=cls.stack.base, timeout=60)
 
     def setUp(self):
-        if ollama is None:
-            self.fail(
-                "the `ollama` package is not importable: run tests/python/run.sh, which "
-                "installs tests/python/requirements.txt into ~/.cache/qins/venv-tests"
-            )
+        require_package(self, ollama, "ollama")
 
     def chat(self, **kw):
         kw.setdefault("options", {"num_predict": 8, "temperature": 0})

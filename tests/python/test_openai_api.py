@@ -3,53 +3,18 @@ package: a real qins-web in front of a real qinsd serving a tiny
 random-weight model (its replies are random text; only their shape is
 checked).
 
-The binaries come from QINS_BIN_DIR (default ${CARGO_TARGET_DIR:-target}/release:
-cargo build --release --workspace --bins). `openai` is pinned in
+qinsd and qins-web are started by qins_stack.Stack. `openai` is pinned in
 requirements.txt; tests/python/run.sh installs it into a cached venv.
 """
 
-import json
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import unittest
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 try:
     import openai
 except ImportError:  # reported as a failure of every test, see setUp
     openai = None
 
-ROOT = Path(__file__).resolve().parents[2]
-MODEL = "tiny"
-START_TIMEOUT = 30.0
-
-
-def bin_dir():
-    if os.environ.get("QINS_BIN_DIR"):
-        return Path(os.environ["QINS_BIN_DIR"])
-    return ROOT / os.environ.get("CARGO_TARGET_DIR", "target") / "release"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+from qins_stack import MODEL, Stack, openai_client, require_package
 
 
 class OpenAIApiTest(unittest.TestCase):
@@ -58,84 +23,11 @@ class OpenAIApiTest(unittest.TestCase):
         cls.client = None
         if openai is None:
             return  # every test fails with the reason
-        bins = bin_dir()
-        qinsd, web = bins / "qinsd", bins / "qins-web"
-        for b in (qinsd, web):
-            if not os.access(b, os.X_OK):
-                raise AssertionError(
-                    f"{b} missing: cargo build --release --workspace --bins, or set QINS_BIN_DIR"
-                )
-        # Short: it holds the socket.
-        cls.tmp = tempfile.mkdtemp(prefix="qins-oa.", dir="/tmp")
-        cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)
-        tmp = Path(cls.tmp)
-        models = tmp / "models"
-        models.mkdir()
-        for args in (
-            [str(qinsd.with_name("qins-fixture")), "tiny", "--arch", "phi3", "--out", str(tmp / "tinyhf")],
-            [str(qinsd), "convert", str(tmp / "tinyhf"), "-o", str(models / "tiny.qins")],
-        ):
-            subprocess.run(args, check=True, capture_output=True, timeout=120)
-
-        sock = tmp / "s.sock"
-        cls.daemon_log = open(tmp / "qinsd.log", "wb")
-        cls.addClassCleanup(cls.daemon_log.close)
-        cls.daemon = subprocess.Popen(
-            [str(qinsd), "--model", MODEL, "--models-dir", str(models), "--socket", str(sock)],
-            stdout=cls.daemon_log, stderr=subprocess.STDOUT,
-        )
-        cls.addClassCleanup(stop, cls.daemon)
-
-        # A free port can be taken before qins-web binds it: try a few.
-        for _ in range(3):
-            port = free_port()
-            web_log = open(tmp / "web.log", "wb")
-            cls.addClassCleanup(web_log.close)
-            proc = subprocess.Popen(
-                [str(web), "--socket", str(sock), "--listen", f"127.0.0.1:{port}"],
-                stdout=web_log, stderr=subprocess.STDOUT,
-            )
-            cls.addClassCleanup(stop, proc)
-            base = f"http://127.0.0.1:{port}"
-            if cls.wait_healthy(base, proc):
-                break
-            stop(proc)
-        else:
-            logs = "".join(
-                f"--- {n}\n{(tmp / n).read_text(errors='replace')[-2000:]}"
-                for n in ("qinsd.log", "web.log")
-            )
-            raise AssertionError("qins-web never answered /health\n" + logs)
-        cls.base = base
-        cls.client = openai.OpenAI(
-            base_url=base + "/v1", api_key="not-checked", max_retries=0, timeout=60.0
-        )
-
-    @classmethod
-    def wait_healthy(cls, base, proc):
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                return False
-            if cls.daemon.poll() is not None:
-                raise AssertionError(
-                    "qinsd exited: " + (Path(cls.tmp) / "qinsd.log").read_text(errors="replace")
-                )
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                    if r.status == 200 and json.load(r).get("qinsd") == "reachable":
-                        return True
-            except (urllib.error.URLError, OSError, ValueError):
-                pass
-            time.sleep(0.1)
-        return False
+        cls.stack = Stack.start(cls)
+        cls.client = openai_client(openai, cls.stack)
 
     def setUp(self):
-        if openai is None:
-            self.fail(
-                "the `openai` package is not importable: run tests/python/run.sh, which "
-                "installs tests/python/requirements.txt into ~/.cache/qins/venv-tests"
-            )
+        require_package(self, openai, "openai")
 
     def ask(self, **kw):
         return self.client.chat.completions.create(

@@ -18,7 +18,7 @@ try:
 except ImportError:  # reported as a failure of every test, see setUp
     openai = None
 
-from qins_stack import MODEL, Stack
+from qins_stack import MODEL, Stack, openai_client, require_package
 
 PARIS = "310"
 PROMPT = "Once upon a time"
@@ -71,16 +71,10 @@ class OpenAIParamsTest(unittest.TestCase):
         if openai is None:
             return
         cls.stack = Stack.start(cls)
-        cls.client = openai.OpenAI(
-            base_url=cls.stack.base + "/v1", api_key="not-checked", max_retries=0, timeout=60.0
-        )
+        cls.client = openai_client(openai, cls.stack)
 
     def setUp(self):
-        if openai is None:
-            self.fail(
-                "the `openai` package is not importable: run tests/python/run.sh, which "
-                "installs tests/python/requirements.txt into ~/.cache/qins/venv-tests"
-            )
+        require_package(self, openai, "openai")
 
     def chat(self, **kw):
         return self.client.chat.completions.create(

@@ -1,15 +1,17 @@
-//! `qinsd bench MODEL.qins [--threads 1,2] [--prompt 512] [--decode 128]
+//! `qinsd bench MODEL [--threads 1,2] [--prompt 512] [--decode 128]
 //! [--batch 2] [--json]`: load time, memory, prefill and decode speed;
 //! `--device gpu` measures the GPU instead (qins-gpu's bench).
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use anyhow::{Context, Result};
+use qins_engine::ResidentModel;
 use qinsd::bench::{self, BenchOptions, BenchReport};
 
 #[derive(clap::Args)]
 pub struct Args {
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
     /// Thread counts to measure, comma-separated (one rayon pool each).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub threads: Vec<usize>,
@@ -48,8 +50,9 @@ pub enum BenchDevice {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let path = args.model.resolve()?;
     if args.device == BenchDevice::Gpu {
-        return run_gpu(&args);
+        return run_gpu(&args, &path);
     }
     anyhow::ensure!(
         !args.threads.is_empty() && args.threads.iter().all(|&t| t > 0),
@@ -64,8 +67,8 @@ pub fn run(args: Args) -> Result<()> {
         batch_prompt: args.batch_prompt,
         seed: args.seed,
     };
-    let report = bench::run(&args.model, &options)
-        .with_context(|| format!("benchmarking {}", args.model.display()))?;
+    let report =
+        bench::run(&path, &options).with_context(|| format!("benchmarking {}", path.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -75,37 +78,27 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// The GPU bench: upload, prefill and greedy decode on the best adapter,
-/// the cache f16 where the GPU has shader-f16 (as the daemon runs it).
-fn run_gpu(args: &Args) -> Result<()> {
+/// the cache in the daemon's precision ([`qins_engine::gpu_cache_type`]).
+fn run_gpu(args: &Args, path: &Path) -> Result<()> {
     use qins_gpu::device::{DeviceChoice, open};
-    use qins_gpu::shaders::KvType;
-    let file = qins_core::container::QinsFile::open(&args.model)
-        .with_context(|| format!("opening {}", args.model.display()))?;
-    let weights = file
-        .load()
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let model = qins_core::model::Model::load(&file.header.config, weights)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let opened =
+        ResidentModel::open(path).with_context(|| format!("cannot load {}", path.display()))?;
     let context = open(DeviceChoice::Gpu)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .context("no GPU adapter")?;
-    let kv = if context.has_shader_f16() {
-        KvType::F16
-    } else {
-        KvType::F32
-    };
+    let kv = qins_engine::gpu_cache_type(&context);
     let report = qins_gpu::bench::bench(
         std::sync::Arc::new(context),
-        &model,
+        &opened.model,
         kv,
         args.prompt,
         args.decode,
         args.seed,
     )
-    .with_context(|| format!("benchmarking {} on the GPU", args.model.display()))?;
+    .with_context(|| format!("benchmarking {} on the GPU", path.display()))?;
     if args.json {
         let value = serde_json::json!({
-            "model": args.model,
+            "model": path,
             "adapter": report.adapter,
             "backend": report.backend,
             "kv": format!("{:?}", report.kv),
@@ -120,7 +113,7 @@ fn run_gpu(args: &Args) -> Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        println!("model         {}", args.model.display());
+        println!("model         {}", path.display());
         println!("{report}");
     }
     Ok(())

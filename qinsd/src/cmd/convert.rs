@@ -1,5 +1,7 @@
 //! `qinsd convert SRC [-o OUT]`: convert a model to .qins with a progress bar
-//! and print the quality report.
+//! and print the quality report. The output is claimed by the model store's
+//! one rule, as for the Convert RPC ([`claim_output`]): `--force` replaces
+//! an existing file, never one a running qinsd has loaded.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -9,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use qins_convert::{ConvertEvent, ConvertOptions, ConvertSummary, SamplingHints};
 use qins_core::codec::{DEFAULT_CLIP_QUANTILE, EncodeOptions, Granularity};
 use qins_core::container::{Compression, QualityReport};
+use qinsd::model_store::output::claim_output;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,7 +47,8 @@ pub struct Args {
     /// --temperature, else 0.9].
     #[arg(long, value_parser = parse_top_p)]
     pub top_p: Option<f32>,
-    /// Replace the output file if it exists.
+    /// Replace the output file if it exists (never a model a running qinsd
+    /// has loaded: `qins unload` it first).
     #[arg(long)]
     pub force: bool,
     /// Model name recorded in the file (default: the output file stem).
@@ -82,8 +86,8 @@ pub fn run(args: Args) -> Result<()> {
         Some(path) => path.clone(),
         None => qins_convert::default_output_path(&args.source, &args.models_dir),
     };
-    // Refuse an existing output before downloading or reading anything.
-    qins_convert::prepare_output(&output, args.force)?;
+    // Claimed before downloading or reading anything; held to the end.
+    let _claim = claim_output(&output, args.force)?;
     let bar = ProgressBar::new(0);
     let mut on_event = |event: ConvertEvent| show_progress(&bar, event);
     let source = qins_convert::open_source(&args.source, &mut on_event)

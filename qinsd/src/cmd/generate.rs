@@ -1,19 +1,20 @@
-//! `qinsd generate MODEL.qins "prompt"`: one chat turn without the daemon,
+//! `qinsd generate MODEL "prompt"`: one chat turn without the daemon,
 //! streamed to stdout, through the same engine the daemon uses, with the
 //! same defaults: what the file recorded at conversion, unless
 //! `--temperature` or `--top-p` says otherwise.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use qins_engine::{self, ChatMessage, ChatModel, Device, GenerationEvent, RequestOptions, Session};
+use qins_engine::{self, ChatMessage, Device, GenerationEvent, RequestOptions, Session};
+use qinsd::model_store;
 
 #[derive(clap::Args)]
 pub struct Args {
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: super::ModelArgs,
     pub prompt: String,
     /// System prompt.
     #[arg(long)]
@@ -38,8 +39,12 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let device = Device::open(args.device.into()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let chat = ChatModel::open_on(&args.model, &device)
-        .with_context(|| format!("cannot load {}", args.model.display()))?;
+    let (_, chat) = model_store::open_or_convert(
+        &args.model.models_dir,
+        &args.model.model,
+        &device,
+        &mut model_store::log_progress,
+    )?;
     let loaded = started.elapsed();
     let mut messages = Vec::new();
     if let Some(system) = &args.system {

@@ -124,6 +124,9 @@ pub fn run(args: Args) -> Result<()> {
         for stale in qins_core::container::remove_stale_temp_files(&models_dir) {
             tracing::info!(file = %stale.display(), "removed an unfinished conversion");
         }
+        for stale in model_store::output::remove_stale_claims(&models_dir) {
+            tracing::info!(file = %stale.display(), "removed an unfinished conversion's claim");
+        }
         let scheduler = Scheduler::new(SchedulerConfig {
             context: args.context,
             max_active: args.max_active,

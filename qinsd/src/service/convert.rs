@@ -1,8 +1,10 @@
 //! `Convert`: runs the converter on a blocking thread beside the chats and
-//! streams its progress. The output is written atomically by the container
-//! writer; dropping the stream cancels the conversion.
+//! streams its progress. The output is claimed by the model store's one rule
+//! ([`claim_output`]: one conversion per output, never the file a running
+//! process has loaded, the overwrite rule) and written atomically by the
+//! container writer; dropping the stream cancels the conversion.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -14,11 +16,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status};
 
-use super::models::same_file;
 use super::{EventStream, QinsService, cancel_when_dropped, status};
 use qins_convert::{ConvertEvent as Progress, ConvertOptions, ConvertSummary, SamplingHints};
 use qins_core::codec::{DEFAULT_CLIP_QUANTILE, EncodeOptions, Granularity};
 use qins_core::container::Compression;
+
+use crate::model_store::output::claim_output;
 
 pub async fn convert(
     service: &QinsService,
@@ -31,17 +34,12 @@ pub async fn convert(
     }
     let options = options(&request)?;
     let output = output_path(service, &request);
-    check_output(
-        service,
-        &output,
-        request.options.as_ref().is_some_and(|o| o.overwrite),
-    )?;
-    let claim = OutputClaim::take(&service.converting, &output)?;
+    let overwrite = request.options.as_ref().is_some_and(|o| o.overwrite);
+    let claim = claim_output(&output, overwrite).map_err(|e| status::from_output(e, &output))?;
     let (tx, rx) = mpsc::channel(64);
     let cancel = Arc::new(AtomicBool::new(false));
     let watcher = cancel_when_dropped(tx.clone(), Arc::clone(&cancel));
     tokio::task::spawn_blocking(move || {
-        let _claim = claim;
         let send = |event: convert_event::Event| {
             let _ = tx.blocking_send(Ok(ConvertEvent { event: Some(event) }));
         };
@@ -56,6 +54,9 @@ pub async fn convert(
                     &cancel,
                 )
             });
+        // Released before the last event: a client that hears the
+        // conversion is over may start the next one on this output.
+        drop(claim);
         match result {
             Ok(summary) => {
                 tracing::info!(
@@ -119,55 +120,6 @@ fn output_path(service: &QinsService, request: &ConvertRequest) -> PathBuf {
         qins_convert::default_output_path(&request.source, &service.scheduler.config().models_dir)
     } else {
         PathBuf::from(&request.output)
-    }
-}
-
-/// Never replace the loaded model's file; anything else follows the one
-/// overwrite rule ([`qins_convert::prepare_output`]).
-fn check_output(service: &QinsService, output: &Path, overwrite: bool) -> Result<(), Status> {
-    if let Some(model) = service.scheduler.model()
-        && same_file(model.path(), output)
-    {
-        return Err(status::output_taken(format!(
-            "{} is the loaded model; convert to another path, or `qins unload` first",
-            output.display()
-        )));
-    }
-    qins_convert::prepare_output(output, overwrite).map_err(|e| status::from_convert(&e, output))
-}
-
-/// Marks an output path as being written; released on drop.
-struct OutputClaim {
-    claims: Arc<std::sync::Mutex<Vec<PathBuf>>>,
-    path: PathBuf,
-}
-
-impl OutputClaim {
-    fn take(claims: &Arc<std::sync::Mutex<Vec<PathBuf>>>, path: &Path) -> Result<Self, Status> {
-        let mut list = claims
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if list.iter().any(|p| p == path) {
-            return Err(status::output_taken(format!(
-                "a conversion to {} is already running",
-                path.display()
-            )));
-        }
-        list.push(path.to_path_buf());
-        Ok(Self {
-            claims: Arc::clone(claims),
-            path: path.to_path_buf(),
-        })
-    }
-}
-
-impl Drop for OutputClaim {
-    fn drop(&mut self) {
-        let mut list = self
-            .claims
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        list.retain(|p| p != &self.path);
     }
 }
 

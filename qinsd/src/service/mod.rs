@@ -9,7 +9,6 @@ mod stats;
 mod status;
 mod tool_reply;
 
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -67,17 +66,11 @@ pub struct DaemonInfo {
 pub struct QinsService {
     scheduler: Arc<Scheduler>,
     info: DaemonInfo,
-    /// Conversions in progress, by output path (one writer per file).
-    converting: Arc<std::sync::Mutex<Vec<PathBuf>>>,
 }
 
 impl QinsService {
     pub fn new(scheduler: Arc<Scheduler>, info: DaemonInfo) -> Self {
-        Self {
-            scheduler,
-            info,
-            converting: Arc::default(),
-        }
+        Self { scheduler, info }
     }
 }
 

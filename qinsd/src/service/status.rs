@@ -10,6 +10,7 @@ use qins_proto::errors::{Reason, with_reason};
 use tonic::Status;
 
 use crate::model_store::ModelStoreError;
+use crate::model_store::output::OutputError;
 use crate::scheduler::SchedulerError;
 use qins_convert::ConvertError;
 use qins_core::container::ContainerError;
@@ -30,7 +31,9 @@ pub fn from_model_store(error: ModelStoreError) -> Status {
     let reason = match &error {
         ModelStoreError::Unknown { .. } => Reason::UnknownModel,
         ModelStoreError::ModelsDir { .. } => Reason::ModelsDir,
-        ModelStoreError::Load { .. } | ModelStoreError::Convert { .. } => Reason::LoadFailed,
+        ModelStoreError::Load { .. }
+        | ModelStoreError::Convert { .. }
+        | ModelStoreError::Output { .. } => Reason::LoadFailed,
     };
     with_reason(reason, error.to_string())
 }
@@ -122,9 +125,15 @@ pub fn invalid(message: impl Into<String>) -> Status {
     with_reason(Reason::BadArgument, message)
 }
 
-/// A conversion's output is taken: the loaded model, or another conversion's.
-pub fn output_taken(message: impl Into<String>) -> Status {
-    with_reason(Reason::Exists, message)
+/// A conversion may not write `output` ([`crate::model_store::output`]):
+/// taken (a loaded model, another conversion's) or existing is ALREADY_EXISTS.
+pub fn from_output(error: OutputError, output: &Path) -> Status {
+    match error {
+        OutputError::Convert(error) => from_convert(&error, output),
+        taken @ (OutputError::Converting { .. } | OutputError::InUse(_)) => {
+            with_reason(Reason::Exists, taken.to_string())
+        }
+    }
 }
 
 /// A blocking task that panicked or was cancelled: a daemon bug, not the caller's.

@@ -1,13 +1,22 @@
-//! Where models come from: the one rule that turns a model argument into a
-//! loaded [`ChatModel`].
+//! Where models come from and where conversions go: every path to a
+//! resident model passes here.
 //!
-//! `qinsd --model` at startup and the LoadModel RPC (`qins load`) both call
-//! [`open_or_convert`], so both accept the same three forms:
+//! [`resolve`] is the one rule that turns a model argument into a file;
+//! `qinsd --model` at startup, the LoadModel RPC (`qins load`), `qinsd
+//! generate`, `perplexity` and `bench` all take it, so all accept the same
+//! three forms:
 //! - a path to a `.qins` file;
 //! - a name in the models directory (`NAME` or `NAME.qins`);
 //! - a Hugging Face Hub id (`owner/name[@revision]`), downloaded and converted
 //!   into the models directory on first use (at
 //!   [`qins_convert::default_output_path`]) and found there afterwards.
+//!
+//! The file is then opened by the engine's one opener
+//! ([`qins_engine::resident`]; [`open_or_convert`] for a chat model).
+//! Every conversion, a Hub id's first use included, claims its output
+//! through [`output::claim_output`].
+
+pub mod output;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -40,6 +49,13 @@ pub enum ModelStoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A Hub id's first conversion could not claim its output.
+    #[error("cannot convert '{id}' from the Hugging Face Hub: {source}")]
+    Output {
+        id: String,
+        #[source]
+        source: output::OutputError,
+    },
 }
 
 /// `model` as a path when it names an existing file; otherwise a model name
@@ -67,8 +83,25 @@ pub fn resolve_model_path(models_dir: &Path, model: &str) -> Result<PathBuf, Mod
     })
 }
 
-/// Resolves `model` (converting a Hub id on first use) and loads it onto
-/// `device`. Blocking: downloads, conversion and the load (with the GPU
+/// The file `model` names (see the module's doc), converting a Hub id on
+/// first use. Blocking: a download and a conversion are CPU, disk and
+/// network work.
+pub fn resolve(
+    models_dir: &Path,
+    model: &str,
+    progress: &mut dyn FnMut(ConvertEvent),
+) -> Result<PathBuf, ModelStoreError> {
+    match resolve_model_path(models_dir, model) {
+        Ok(path) => Ok(path),
+        Err(_) if qins_convert::hub::looks_like_hub_id(model) => {
+            convert_from_hub(model, models_dir, progress)
+        }
+        Err(unknown) => Err(unknown),
+    }
+}
+
+/// Resolves `model` ([`resolve`]) and loads it onto `device` as a chat
+/// model. Blocking: downloads, conversion and the load (with the GPU
 /// upload) are all CPU, disk or device work.
 pub fn open_or_convert(
     models_dir: &Path,
@@ -76,22 +109,7 @@ pub fn open_or_convert(
     device: &Device,
     progress: &mut dyn FnMut(ConvertEvent),
 ) -> Result<(PathBuf, ChatModel), ModelStoreError> {
-    let path = match resolve_model_path(models_dir, model) {
-        Ok(path) => path,
-        Err(_) if qins_convert::hub::looks_like_hub_id(model) => {
-            convert_from_hub(model, models_dir, progress).map_err(|e| match e {
-                HubFailure::ModelsDir(source) => ModelStoreError::ModelsDir {
-                    dir: models_dir.to_path_buf(),
-                    source,
-                },
-                HubFailure::Convert(source) => ModelStoreError::Convert {
-                    id: model.to_string(),
-                    source,
-                },
-            })?
-        }
-        Err(unknown) => return Err(unknown),
-    };
+    let path = resolve(models_dir, model, progress)?;
     let chat = ChatModel::open_on(&path, device).map_err(|source| ModelStoreError::Load {
         path: path.clone(),
         source: Box::new(source),
@@ -99,25 +117,41 @@ pub fn open_or_convert(
     Ok((path, chat))
 }
 
-enum HubFailure {
-    ModelsDir(std::io::Error),
-    Convert(ConvertError),
-}
-
-/// First use of a Hub id: download and convert into the models directory.
-/// A file already at the default output path is that earlier conversion.
+/// First use of a Hub id: download and convert into the models directory,
+/// under the same claim as any conversion. A file already at the default
+/// output path is that earlier conversion.
 fn convert_from_hub(
     id: &str,
     models_dir: &Path,
     progress: &mut dyn FnMut(ConvertEvent),
-) -> Result<PathBuf, HubFailure> {
+) -> Result<PathBuf, ModelStoreError> {
     let output = qins_convert::default_output_path(id, models_dir);
     if output.is_file() {
         return Ok(output);
     }
-    std::fs::create_dir_all(models_dir).map_err(HubFailure::ModelsDir)?;
+    let convert_error = |source| ModelStoreError::Convert {
+        id: id.to_string(),
+        source,
+    };
+    let _claim = match output::claim_output(&output, false) {
+        Ok(claim) => claim,
+        // Finished by another conversion since the check above.
+        Err(output::OutputError::Convert(ConvertError::OutputExists(_))) => return Ok(output),
+        Err(output::OutputError::Convert(ConvertError::Io(_, source))) => {
+            return Err(ModelStoreError::ModelsDir {
+                dir: models_dir.to_path_buf(),
+                source,
+            });
+        }
+        Err(source) => {
+            return Err(ModelStoreError::Output {
+                id: id.to_string(),
+                source,
+            });
+        }
+    };
     tracing::info!(id, output = %output.display(), "converting from the Hugging Face Hub on first use");
-    let source = qins_convert::open_source(id, progress).map_err(HubFailure::Convert)?;
+    let source = qins_convert::open_source(id, progress).map_err(convert_error)?;
     qins_convert::convert(
         source.as_ref(),
         &output,
@@ -125,7 +159,7 @@ fn convert_from_hub(
         progress,
         &AtomicBool::new(false),
     )
-    .map_err(HubFailure::Convert)?;
+    .map_err(convert_error)?;
     Ok(output)
 }
 
@@ -181,6 +215,29 @@ mod tests {
             panic!("expected a load error, got {err}");
         };
         assert_eq!(path, dir.path().join("Phi-3.5-mini-instruct.qins"));
+    }
+
+    #[test]
+    fn a_hub_ids_first_conversion_claims_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = qins_convert::default_output_path("owner/Model-1", dir.path());
+        // Another conversion (a `qinsd convert` or the Convert RPC) is
+        // writing the file a first use would convert to: the Hub is not
+        // asked, and the message says what to do.
+        let running = output::claim_output(&output, false).unwrap();
+        let err = resolve(dir.path(), "owner/Model-1", &mut |_| {}).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ModelStoreError::Output {
+                    source: output::OutputError::Converting { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("wait for it to finish"), "{err}");
+        drop(running);
     }
 
     #[test]
