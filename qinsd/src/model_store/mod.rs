@@ -31,6 +31,11 @@ pub enum ModelStoreError {
         "model '{name}' is not in {dir}: give a .qins path, a name from `qins models`, or a Hub id (owner/name)"
     )]
     Unknown { name: String, dir: PathBuf },
+    #[error(
+        "no model file at {}: check the path, or give a name from `qins models` or a Hub id (owner/name)",
+        path.display()
+    )]
+    NoSuchFile { path: PathBuf },
     #[error("cannot convert '{id}' from the Hugging Face Hub: {source}")]
     Convert {
         id: String,
@@ -65,6 +70,11 @@ pub fn resolve_model_path(models_dir: &Path, model: &str) -> Result<PathBuf, Mod
     if as_path.is_file() {
         return Ok(as_path.to_path_buf());
     }
+    if names_a_file(model) {
+        return Err(ModelStoreError::NoSuchFile {
+            path: as_path.to_path_buf(),
+        });
+    }
     let is_plain_name =
         !model.is_empty() && !model.contains(['/', '\\']) && model != "." && model != "..";
     if is_plain_name {
@@ -81,6 +91,15 @@ pub fn resolve_model_path(models_dir: &Path, model: &str) -> Result<PathBuf, Mod
         name: model.to_string(),
         dir: models_dir.to_path_buf(),
     })
+}
+
+/// Whether `model` can only mean a file: absolute, explicitly relative, or
+/// a `.qins` file in some directory (a Hub id is `owner/name`, never these).
+fn names_a_file(model: &str) -> bool {
+    Path::new(model).is_absolute()
+        || model.starts_with("./")
+        || model.starts_with("../")
+        || (model.contains(['/', '\\']) && model.ends_with(".qins"))
 }
 
 /// The file `model` names (see the module's doc), converting a Hub id on
@@ -188,6 +207,19 @@ mod tests {
             resolve_model_path(dir.path(), file.to_str().unwrap()).unwrap(),
             file
         );
+        for missing in [
+            "/no/such/model.qins",
+            "./gone.qins",
+            "../gone",
+            "sub/tiny.qins",
+        ] {
+            let err = resolve_model_path(dir.path(), missing).unwrap_err();
+            assert!(
+                matches!(err, ModelStoreError::NoSuchFile { .. }),
+                "{missing}: {err}"
+            );
+            assert!(err.to_string().contains("no model file at"), "{err}");
+        }
         for bad in ["", ".", "..", "other", "sub/tiny", "owner/name"] {
             let err = resolve_model_path(dir.path(), bad).unwrap_err();
             assert!(

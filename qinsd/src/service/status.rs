@@ -29,7 +29,9 @@ pub fn from_scheduler(error: SchedulerError) -> Status {
 
 pub fn from_model_store(error: ModelStoreError) -> Status {
     let reason = match &error {
-        ModelStoreError::Unknown { .. } => Reason::UnknownModel,
+        ModelStoreError::Unknown { .. } | ModelStoreError::NoSuchFile { .. } => {
+            Reason::UnknownModel
+        }
         ModelStoreError::ModelsDir { .. } => Reason::ModelsDir,
         ModelStoreError::Load { .. }
         | ModelStoreError::Convert { .. }
