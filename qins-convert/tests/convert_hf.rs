@@ -1,6 +1,7 @@
 //! Converts the deterministic tiny phi3 and llama models (Hugging Face
 //! layout, f32 and sharded bf16) and checks the .qins files and the errors.
 
+use qins_core::model::Decoder;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 

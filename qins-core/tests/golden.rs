@@ -7,6 +7,7 @@
 //! agree up to float rounding. The phi3 file has a prompt shorter and one
 //! longer than the longrope original context.
 
+use qins_core::model::Decoder;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 

@@ -7,6 +7,7 @@
 //! (`scripts/test-aarch64.sh`) passes the host's conversion, since the file
 //! format is the same everywhere and emulated conversion takes minutes.
 
+use qins_core::model::Decoder;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::OnceLock;

@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use qins_core::model::{KvCache, Model, ModelError, SequenceCache};
+use qins_core::model::{Decoder, KvCache, Model, ModelError, SequenceCache};
 use qins_gpu::device::{self, DeviceChoice};
 use qins_gpu::shaders::KvType;
 use qins_gpu::{GpuCache, GpuContext, GpuError, GpuModel};
@@ -262,7 +262,7 @@ impl LanguageModel for GpuModel {
         cache: &mut GpuCache,
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>, EngineError> {
-        GpuModel::forward(self, tokens, cache, cancel).map_err(|error| match error {
+        Decoder::forward(self, tokens, cache, cancel).map_err(|error| match error {
             GpuError::Model(ModelError::Cancelled) => EngineError::Cancelled,
             other => EngineError::Model(Box::new(other)),
         })
@@ -274,7 +274,7 @@ impl LanguageModel for GpuModel {
         cache: &mut GpuCache,
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>, EngineError> {
-        GpuModel::decode_step(self, token, cache, cancel).map_err(|error| match error {
+        Decoder::decode_step(self, token, cache, cancel).map_err(|error| match error {
             GpuError::Model(ModelError::Cancelled) => EngineError::Cancelled,
             other => EngineError::Model(Box::new(other)),
         })

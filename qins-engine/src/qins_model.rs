@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicBool;
 
 use super::{EngineError, LanguageModel};
-use qins_core::model::{KvCache, Model, ModelError, SequenceCache};
+use qins_core::model::{Decoder, KvCache, Model, ModelError, SequenceCache};
 
 impl LanguageModel for Model {
     type Cache = KvCache;
@@ -31,7 +31,7 @@ impl LanguageModel for Model {
         cache: &mut KvCache,
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>, EngineError> {
-        Model::forward(self, tokens, cache, cancel).map_err(engine_error)
+        Decoder::forward(self, tokens, cache, cancel).map_err(engine_error)
     }
 
     fn decode_step(
@@ -40,7 +40,7 @@ impl LanguageModel for Model {
         cache: &mut KvCache,
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>, EngineError> {
-        Model::decode_step(self, token, cache, cancel).map_err(engine_error)
+        Decoder::decode_step(self, token, cache, cancel).map_err(engine_error)
     }
 }
 

@@ -7,6 +7,7 @@
 //! (the embedding is one row per token), so `bytes/token x tokens/s` is
 //! the bandwidth decode sustains, to compare with the card's.
 
+use qins_core::model::Decoder;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;

@@ -12,9 +12,8 @@
 //! few kB per call; only the logits come back.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
-use qins_core::model::block::{self, BlockOps, Fill, Segment, SequenceCache};
+use qins_core::model::block::{BlockOps, Decoder, Fill, Segment, SequenceCache};
 use qins_core::model::layers::Linear;
 use qins_core::model::rope::Rope;
 use qins_core::model::{DecodeBatcher, LayerView, Model, ModelConfig};
@@ -186,43 +185,6 @@ impl GpuModel {
         }
     }
 
-    /// Runs `tokens` after the cached ones and returns the logits of the last.
-    pub fn forward(
-        &self,
-        tokens: &[u32],
-        cache: &mut GpuCache,
-        cancel: &AtomicBool,
-    ) -> Result<Vec<f32>, GpuError> {
-        block::forward(self, tokens, cache, cancel, false)
-    }
-
-    /// Like [`GpuModel::forward`] but returns the logits of every token.
-    pub fn forward_all(
-        &self,
-        tokens: &[u32],
-        cache: &mut GpuCache,
-        cancel: &AtomicBool,
-    ) -> Result<Vec<f32>, GpuError> {
-        block::forward(self, tokens, cache, cancel, true)
-    }
-
-    /// Runs one generated token, batched with whatever other sequences
-    /// step at the same time (qins-core's [`DecodeBatcher`], as on the CPU).
-    pub fn decode_step(
-        &self,
-        token: u32,
-        cache: &mut GpuCache,
-        cancel: &AtomicBool,
-    ) -> Result<Vec<f32>, GpuError> {
-        self.batcher.step(self, token, cache, cancel)
-    }
-
-    /// Forward passes [`GpuModel::decode_step`] has run and the steps they
-    /// served (more steps than passes: steps were batched).
-    pub fn decode_pass_counts(&self) -> (u64, u64) {
-        self.batcher.counts()
-    }
-
     /// The products of `parts` on `x`'s rows written side by side into
     /// `out`'s rows, `width` wide.
     fn side_by_side(
@@ -370,6 +332,12 @@ pub struct GpuPass {
     attended: TrackedBuffer,
     gate_up: TrackedBuffer,
     activated: TrackedBuffer,
+}
+
+impl Decoder for GpuModel {
+    fn batcher(&self) -> &DecodeBatcher<GpuCache, GpuError> {
+        &self.batcher
+    }
 }
 
 impl BlockOps for GpuModel {

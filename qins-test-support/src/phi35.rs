@@ -302,6 +302,7 @@ fn tokenizer_json(vocab_size: usize) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
+    use qins_core::model::Decoder;
     use std::str::FromStr;
     use std::sync::atomic::AtomicBool;
 

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use qins_core::container::Compression;
 use qins_core::kernels::{dispatch, selected_kernel};
-use qins_core::model::{KvCache, Model, ModelError, argmax, profile};
+use qins_core::model::{Decoder, KvCache, Model, ModelError, argmax, profile};
 use qins_core::rng::SplitMix64;
 use qins_core::weights::ResidentBytes;
 use qins_engine::{OpenError, ResidentModel};
@@ -347,7 +347,7 @@ fn decode(
 /// Aggregate decode throughput of `options.batch` sequences decoding at
 /// once vs one alone, as the daemon runs them: each sequence is its own
 /// thread with its own cache, and their decode steps go through
-/// [`Model::decode_step`], which batches steps taken together into one pass.
+/// [`Decoder::decode_step`], which batches steps taken together into one pass.
 ///
 /// The sequences run on plain threads, like the daemon's reply threads: a
 /// sequence blocked in the batcher (or a barrier) inside a rayon worker

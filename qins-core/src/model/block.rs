@@ -25,6 +25,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::ModelError;
+use super::batch::DecodeBatcher;
 use super::rope::Rope;
 use crate::container::config::ModelConfig;
 
@@ -147,6 +148,53 @@ pub trait BlockOps: Sync {
     }
     /// `head(rms_norm(x, final_norm))` of `rows` (ascending), row after row.
     fn logits(&self, pass: Self::Pass, rows: &[usize]) -> Result<Vec<f32>, Self::Error>;
+}
+
+/// A model of any backend as its callers run it: whole passes over the
+/// block's sequence ([`forward`]) and decode steps batched with the other
+/// sequences stepping at the same time ([`DecodeBatcher`]). A backend
+/// supplies its batcher; the rest is written here once.
+pub trait Decoder: BlockOps + Sized {
+    fn batcher(&self) -> &DecodeBatcher<Self::Cache, Self::Error>;
+
+    /// Runs `tokens` after the cached ones and returns the logits of the last.
+    fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut Self::Cache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f32>, Self::Error> {
+        forward(self, tokens, cache, cancel, false)
+    }
+
+    /// Like [`Decoder::forward`] but returns the logits of every token
+    /// (`tokens.len() x vocab_size`).
+    fn forward_all(
+        &self,
+        tokens: &[u32],
+        cache: &mut Self::Cache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f32>, Self::Error> {
+        forward(self, tokens, cache, cancel, true)
+    }
+
+    /// One generated token after `cache`'s, run together with the steps
+    /// other threads take at the same time: the logits are those of
+    /// [`Decoder::forward`] up to float rounding.
+    fn decode_step(
+        &self,
+        token: u32,
+        cache: &mut Self::Cache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f32>, Self::Error> {
+        self.batcher().step(self, token, cache, cancel)
+    }
+
+    /// Forward passes [`Decoder::decode_step`] has run and the steps they
+    /// served (more steps than passes: steps were batched).
+    fn decode_pass_counts(&self) -> (u64, u64) {
+        self.batcher().counts()
+    }
 }
 
 /// Runs `tokens` after `cache`'s and returns the logits of the last, or of

@@ -20,14 +20,12 @@ pub mod profile;
 pub mod rope;
 mod view;
 
-use std::sync::atomic::AtomicBool;
-
 use thiserror::Error;
 
 pub use crate::container::config::{Architecture, ModelConfig};
 use attention::{attention, attention_one};
 pub use batch::DecodeBatcher;
-pub use block::{BlockOps, Segment, SequenceCache};
+pub use block::{BlockOps, Decoder, Segment, SequenceCache};
 pub use kv_cache::{KvCache, KvPrecision};
 use layers::{Linear, rms_norm, silu_times, swiglu};
 pub use logits::argmax;
@@ -179,45 +177,6 @@ impl Model {
         )
     }
 
-    /// Runs `tokens` after the cached ones and returns the logits of the last.
-    pub fn forward(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        cancel: &AtomicBool,
-    ) -> Result<Vec<f32>, ModelError> {
-        block::forward(self, tokens, cache, cancel, false)
-    }
-
-    /// Like [`Model::forward`] but returns the logits of every token
-    /// (`tokens.len() x vocab_size`).
-    pub fn forward_all(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        cancel: &AtomicBool,
-    ) -> Result<Vec<f32>, ModelError> {
-        block::forward(self, tokens, cache, cancel, true)
-    }
-
-    /// One generated token after `cache`'s, run together with the steps
-    /// other threads take at the same time (see [`batch`]): the logits are
-    /// those of [`Model::forward`] up to float rounding.
-    pub fn decode_step(
-        &self,
-        token: u32,
-        cache: &mut KvCache,
-        cancel: &AtomicBool,
-    ) -> Result<Vec<f32>, ModelError> {
-        self.batcher.step(self, token, cache, cancel)
-    }
-
-    /// Forward passes [`Model::decode_step`] has run and the steps they
-    /// served (more steps than passes: steps were batched).
-    pub fn decode_pass_counts(&self) -> (u64, u64) {
-        self.batcher.counts()
-    }
-
     fn embed_tokens(&self, tokens: &[u32]) -> Vec<f32> {
         let h = self.config.hidden_size;
         let mut x = vec![0.0f32; tokens.len() * h];
@@ -244,6 +203,12 @@ pub struct CpuPass {
     activated: Vec<f32>,
     /// Each segment's rotary tables (`cos`, `sin`), in order.
     rope: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Decoder for Model {
+    fn batcher(&self) -> &DecodeBatcher<KvCache, ModelError> {
+        &self.batcher
+    }
 }
 
 impl BlockOps for Model {

@@ -120,9 +120,12 @@ fn check_model(
 
         // A batched step of this sequence and a fresh one-token sequence.
         let mut other = gpu_model.new_cache(64);
-        let batch =
-            block::forward_batch(&gpu_model, &mut [(5, &mut gpu_cache), (7, &mut other)], &no)
-                .expect("gpu batch");
+        let batch = qins_core::model::block::forward_batch(
+            &gpu_model,
+            &mut [(5, &mut gpu_cache), (7, &mut other)],
+            &no,
+        )
+        .expect("gpu batch");
         let alone = model.forward(&[5], &mut cpu_cache, &no).expect("cpu");
         let fresh = model
             .forward(&[7], &mut model.new_cache(8), &no)

@@ -1,6 +1,7 @@
 //! `qinsd perplexity MODEL [--reference REF]`: perplexity on a fixed
 //! text slice, plus KL divergence and top-1 agreement against a reference.
 
+use qins_core::model::Decoder;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
