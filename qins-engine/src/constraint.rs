@@ -10,6 +10,10 @@
 //! options say otherwise: free whitespace lets a weak model pad forever,
 //! and fully compact JSON pulls models off the spacing they were trained
 //! on (SmolLM2 then writes `{"name":[1,1,1,...`).
+//!
+//! Numbers are bounded (`bound_numbers`): a JSON grammar lets a number grow
+//! without end, and a weak model takes the offer (SmolLM2 at temperature 0
+//! writes `"population": 1111111111...` until `max_tokens`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -40,13 +44,100 @@ pub fn json_options() -> Value {
     json!({ "whitespace_flexible": false, "key_separator": ": ", "item_separator": ", " })
 }
 
+/// The largest integer magnitude a reply may write: 2^53 - 1 (16 digits),
+/// the largest integer every JSON parser holds exactly (JavaScript's
+/// `Number.MAX_SAFE_INTEGER`), well inside an i64; llama.cpp's schema
+/// grammar caps integers at 16 digits too. Also the bound of a `number`'s
+/// magnitude (written without an exponent).
+pub const MAX_JSON_INTEGER: i64 = 9_007_199_254_740_991;
+
+/// The step a `number` is a multiple of unless its schema sets one: at most
+/// 10 digits after the decimal point (the finest step llguidance reads
+/// exactly from an f64 `multipleOf`).
+pub const NUMBER_STEP: f64 = 1e-10;
+
+/// Schema keywords whose values are data, not subschemas: their objects are
+/// left as they are.
+const DATA_KEYWORDS: [&str; 4] = ["const", "enum", "default", "examples"];
+
+/// Every `integer` and `number` in `schema` bounded: a side without a
+/// `minimum`/`maximum` (or exclusive one) gets ±`MAX_JSON_INTEGER`, and a
+/// `number` without `multipleOf` gets `multipleOf` `NUMBER_STEP`,
+/// so each number the grammar allows ends within 28 characters. Bounds the
+/// schema sets itself are kept. Values a schema leaves untyped (`{}`) are
+/// not bounded; `json_object` mode spells its values out (`any_json_object`)
+/// so they are.
+pub fn bound_numbers(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if names_type(map.get("type"), &["integer", "number"]) {
+                bound_side(map, "minimum", "exclusiveMinimum", -MAX_JSON_INTEGER);
+                bound_side(map, "maximum", "exclusiveMaximum", MAX_JSON_INTEGER);
+                if names_type(map.get("type"), &["number"]) && !map.contains_key("multipleOf") {
+                    map.insert("multipleOf".into(), NUMBER_STEP.into());
+                }
+            }
+            for (keyword, value) in map.iter_mut() {
+                if !DATA_KEYWORDS.contains(&keyword.as_str()) {
+                    bound_numbers(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_numbers),
+        _ => {}
+    }
+}
+
+/// Whether a `type` keyword (a name or a list of names) names one of `names`.
+fn names_type(kind: Option<&Value>, names: &[&str]) -> bool {
+    match kind {
+        Some(Value::String(name)) => names.contains(&name.as_str()),
+        Some(Value::Array(kinds)) => kinds
+            .iter()
+            .any(|k| k.as_str().is_some_and(|name| names.contains(&name))),
+        _ => false,
+    }
+}
+
+fn bound_side(
+    map: &mut serde_json::Map<String, Value>,
+    inclusive: &str,
+    exclusive: &str,
+    bound: i64,
+) {
+    if !map.contains_key(inclusive) && !map.contains_key(exclusive) {
+        map.insert(inclusive.into(), bound.into());
+    }
+}
+
+/// `json_object` mode's schema: an object whose values are spelled out
+/// (null, boolean, string, integer, number, array, object, recursively), so
+/// `bound_numbers` reaches its numbers too.
+fn any_json_object() -> Value {
+    let value = json!({ "$ref": "#/$defs/value" });
+    json!({
+        "type": "object",
+        "additionalProperties": value,
+        "$defs": { "value": { "anyOf": [
+            { "type": "null" },
+            { "type": "boolean" },
+            { "type": "string" },
+            { "type": "integer" },
+            { "type": "number" },
+            { "type": "array", "items": value },
+            { "type": "object", "additionalProperties": value },
+        ] } },
+    })
+}
+
 impl OutputFormat {
     fn grammar(&self) -> TopLevelGrammar {
         let mut schema = match self {
-            Self::JsonObject => json!({ "type": "object" }),
+            Self::JsonObject => any_json_object(),
             Self::JsonSchema(schema) => schema.clone(),
             Self::Lark(grammar) => return TopLevelGrammar::from_lark(grammar.clone()),
         };
+        bound_numbers(&mut schema);
         if let Value::Object(map) = &mut schema {
             map.entry("x-guidance").or_insert_with(json_options);
         }
@@ -263,6 +354,83 @@ mod tests {
         assert!(ended, "{text:?}");
         let call = parse_call(&text, &tools).unwrap_or_else(|| panic!("{text:?}"));
         assert!(call.arguments["ok"].is_boolean());
+    }
+
+    /// What a "model" that only wants to write `digit` makes of `schema`.
+    fn endless(schema: Value, digit: &str) -> (String, bool) {
+        let tokenizer = byte_level_tokenizer();
+        let one = token_id(&tokenizer, digit);
+        drive(&OutputFormat::JsonSchema(schema), &[one; 200], 200)
+    }
+
+    #[test]
+    fn an_endless_integer_is_cut_at_sixteen_digits() {
+        let schema = json!({ "type": "object", "properties": { "n": { "type": "integer" } },
+                             "required": ["n"], "additionalProperties": false });
+        let (text, ended) = endless(schema, "1");
+        assert!(ended, "never ended: {text:?}");
+        let value: Value = serde_json::from_str(&text).expect("valid JSON");
+        let n = value["n"].as_i64().unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(n, 1_111_111_111_111_111, "{text}");
+        assert!(n <= MAX_JSON_INTEGER);
+    }
+
+    #[test]
+    fn an_endless_number_ends_within_its_bounds() {
+        let schema = json!({ "type": "object", "properties": { "x": { "type": "number" } },
+                             "required": ["x"], "additionalProperties": false });
+        let (text, ended) = endless(schema, "1");
+        assert!(ended, "never ended: {text:?}");
+        let value: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert!(
+            value["x"]
+                .as_f64()
+                .is_some_and(|x| x.abs() <= MAX_JSON_INTEGER as f64),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn json_object_mode_bounds_its_numbers_too() {
+        let tokenizer = byte_level_tokenizer();
+        let wish: Vec<u32> = ["{", "\"", "n", "\"", ":", "Ġ"]
+            .iter()
+            .map(|t| token_id(&tokenizer, t))
+            .chain(std::iter::repeat_n(token_id(&tokenizer, "1"), 200))
+            .collect();
+        let (text, ended) = drive(&OutputFormat::JsonObject, &wish, 250);
+        assert!(ended, "never ended: {text:?}");
+        let value: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert!(
+            value["n"]
+                .as_f64()
+                .is_some_and(|x| x.abs() <= MAX_JSON_INTEGER as f64),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bounds_the_schema_sets_are_kept() {
+        let mut schema = json!({ "type": "object", "properties": {
+            "small": { "type": "integer", "minimum": 0, "maximum": 9 },
+            "step": { "type": ["number", "null"], "exclusiveMinimum": 0, "multipleOf": 0.5 },
+            "fixed": { "const": { "type": "integer" } },
+        } });
+        bound_numbers(&mut schema);
+        let properties = &schema["properties"];
+        assert_eq!(
+            properties["small"],
+            json!({ "type": "integer", "minimum": 0, "maximum": 9 })
+        );
+        assert_eq!(
+            properties["step"],
+            json!({ "type": ["number", "null"], "exclusiveMinimum": 0, "multipleOf": 0.5,
+                    "maximum": MAX_JSON_INTEGER })
+        );
+        assert_eq!(
+            properties["fixed"],
+            json!({ "const": { "type": "integer" } })
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use serde_json::{Value, json};
 
 use super::EngineError;
-use super::constraint::{OutputFormat, json_options};
+use super::constraint::{OutputFormat, bound_numbers, json_options};
 use super::template::ChatMessage;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -164,6 +164,8 @@ pub fn output_format(tools: &[ToolSpec], choice: &ToolChoice) -> Option<OutputFo
         return None;
     }
     let mut schema = json!({ "anyOf": calls });
+    // Auto's Lark grammar embeds the schema as it is: bounded here.
+    bound_numbers(&mut schema);
     schema["x-guidance"] = json_options();
     match choice {
         ToolChoice::Auto => Some(OutputFormat::Lark(format!(

@@ -233,3 +233,31 @@ fn a_required_tool_call_follows_the_tool_schema() {
         "{text}"
     );
 }
+
+/// Issue 22: with an unbounded integer, SmolLM2 wrote
+/// `{"city": "Paris", "population": 1111111111...` until `max_tokens`.
+#[test]
+fn an_unbounded_integer_still_ends_in_valid_json() {
+    let schema = json!({
+        "type": "object",
+        "properties": { "city": { "type": "string" }, "population": { "type": "integer" } },
+        "required": ["city", "population"],
+        "additionalProperties": false,
+    });
+    let max_tokens = 200;
+    let reply = ask(
+        "What is the capital of France and its population? Answer in JSON.",
+        &RequestOptions {
+            temperature: Some(0.0),
+            max_tokens: Some(max_tokens),
+            format: Some(OutputFormat::JsonSchema(schema)),
+            ..RequestOptions::default()
+        },
+    );
+    assert_eq!(reply.reason, FinishReason::Stop, "{:?}", reply.text);
+    assert!(reply.tokens.len() < max_tokens / 2, "{:?}", reply.text);
+    let value: Value =
+        serde_json::from_str(&reply.text).unwrap_or_else(|e| panic!("{e}: {:?}", reply.text));
+    assert!(value["city"].is_string(), "{}", reply.text);
+    assert!(value["population"].is_i64(), "{}", reply.text);
+}
