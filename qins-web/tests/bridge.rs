@@ -275,7 +275,7 @@ async fn assert_chat_routes_refuse(addr: SocketAddr, status: u16, code: &str) {
     let openai = post_json(
         addr,
         "/v1/chat/completions",
-        &json!({ "messages": user("x") }),
+        &json!({ "model": "tiny", "messages": user("x") }),
     )
     .await;
     assert_error(&openai, status, code);
@@ -433,13 +433,98 @@ async fn v1_models_lists_the_daemon_models() {
     assert!(data[0]["created"].is_u64());
 }
 
+/// `model` means the same in every dialect (`edge::model`): the resident
+/// model by its name, `.qins` or `:latest`; any other name is a 404 that
+/// says how to load it; OpenAI and ollama require it, the page may omit
+/// it. `/v1/models` and `/api/tags` list the same models.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dialect_resolves_the_model_the_same_way() {
+    let s = setup().await;
+    let a = s.addr;
+    let ids: Vec<String> = get(a, "/v1/models").await.json()["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|m| format!("{}:latest", m["id"].as_str().expect("id")))
+        .collect();
+    let tags: Vec<String> = get(a, "/api/tags").await.json()["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .map(|m| m["name"].as_str().expect("name").to_string())
+        .collect();
+    assert_eq!(ids, tags);
+    assert_eq!(tags, ["tiny:latest"]);
+
+    let openai = |model: Value| json!({ "model": model, "messages": user("x"), "max_tokens": 1 });
+    let ollama = |model: Value| {
+        json!({ "model": model, "messages": user("x"), "stream": false,
+                "options": { "num_predict": 1 } })
+    };
+    for name in ["tiny", "tiny:latest", "tiny.qins"] {
+        let r = post_json(a, "/v1/chat/completions", &openai(json!(name))).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.body);
+        assert_eq!(r.json()["model"], "tiny");
+        let r = post_json(a, "/api/chat", &ollama(json!(name))).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.body);
+    }
+
+    let unknown = [
+        ("/v1/chat/completions", openai(json!("gpt-4o"))),
+        (
+            "/v1/completions",
+            json!({ "model": "gpt-4o", "prompt": "x", "max_tokens": 1 }),
+        ),
+        (
+            "/ui/chat",
+            json!({ "model": "gpt-4o", "messages": user("x"), "max_tokens": 1 }),
+        ),
+    ];
+    for (path, body) in unknown {
+        let r = post_json(a, path, &body).await;
+        assert_error(&r, 404, "not_found");
+        let message = r.json()["error"]["message"].to_string();
+        assert!(
+            message.contains("'gpt-4o' is not loaded"),
+            "{path}: {message}"
+        );
+        assert!(
+            message.contains("'tiny'") && message.contains("qins load"),
+            "{message}"
+        );
+    }
+    let generate = json!({ "model": "gpt-4o", "prompt": "x", "stream": false });
+    for (path, body) in [
+        ("/api/chat", ollama(json!("gpt-4o"))),
+        ("/api/generate", generate),
+    ] {
+        let message = assert_ollama_error(&post_json(a, path, &body).await, 404);
+        assert!(message.contains("qins load"), "{path}: {message}");
+    }
+
+    // Omitted: OpenAI and ollama require it; the page means the resident one.
+    let no_model = json!({ "messages": user("x"), "max_tokens": 1 });
+    assert_error(
+        &post_json(a, "/v1/chat/completions", &no_model).await,
+        400,
+        "invalid_request",
+    );
+    let message = assert_ollama_error(
+        &post_json(a, "/api/chat", &json!({ "messages": user("x") })).await,
+        400,
+    );
+    assert!(message.contains("model is required"), "{message}");
+    let page = post_json(a, "/ui/chat", &no_model).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_chat_completions_non_streaming() {
     let s = setup().await;
     let resp = post_json(
         s.addr,
         "/v1/chat/completions",
-        &json!({ "model": "anything", "messages": [
+        &json!({ "model": "tiny", "messages": [
                     { "role": "developer", "content": "Be brief." },
                     { "role": "user", "content": [{ "type": "text", "text": "Hi" }] }],
                  "max_completion_tokens": 3, "seed": 1, "temperature": 0, "stop": ["qqq", "zzz"] }),
@@ -475,7 +560,8 @@ async fn v1_chat_completions_non_streaming() {
     let bad = post_json(
         s.addr,
         "/v1/chat/completions",
-        &json!({ "messages": [{ "role": "user", "content": [{ "type": "image_url" }] }] }),
+        &json!({ "model": "tiny",
+                 "messages": [{ "role": "user", "content": [{ "type": "image_url" }] }] }),
     )
     .await;
     assert_error(&bad, 400, "invalid_request");
@@ -527,7 +613,7 @@ async fn v1_chat_completions_streaming() {
     let resp = post_json(
         s.addr,
         "/v1/chat/completions",
-        &json!({ "messages": user("Hi"), "max_tokens": 2, "stream": true }),
+        &json!({ "model": "tiny", "messages": user("Hi"), "max_tokens": 2, "stream": true }),
     )
     .await;
     let data: Vec<String> = resp.events().into_iter().map(|(_, d)| d).collect();
@@ -670,7 +756,7 @@ async fn every_dialect_reads_parameters_the_same_way() {
     let s = setup().await;
     let a = s.addr;
     let page = |extra: Value| {
-        let mut body = json!({ "messages": user("x"), "max_tokens": 1 });
+        let mut body = json!({ "model": "tiny", "messages": user("x"), "max_tokens": 1 });
         for (k, v) in extra.as_object().expect("object") {
             body[k] = v.clone();
         }
@@ -707,7 +793,7 @@ async fn every_dialect_reads_parameters_the_same_way() {
         ),
         (
             "/v1/completions",
-            json!({ "prompt": "x", "max_tokens": 1, "logprobs": 21 }),
+            json!({ "model": "tiny", "prompt": "x", "max_tokens": 1, "logprobs": 21 }),
             "logprobs",
         ),
         ("/v1/chat/completions", page(json!({ "min_p": 2 })), "min_p"),
@@ -728,7 +814,8 @@ async fn every_dialect_reads_parameters_the_same_way() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completions_report_cached_tokens_like_chat() {
     let s = setup().await;
-    let body = json!({ "prompt": "Once upon a time", "max_tokens": 2, "temperature": 0 });
+    let body = json!({ "model": "tiny", "prompt": "Once upon a time", "max_tokens": 2,
+                       "temperature": 0 });
     let first = post_json(s.addr, "/v1/completions", &body).await;
     assert_eq!(first.status, 200, "{}", first.body);
     let first = first.json();
@@ -775,7 +862,7 @@ async fn metrics_count_requests_tokens_and_read_qinsd() {
     let r = post_json(
         a,
         "/v1/chat/completions",
-        &json!({ "messages": user("Hi"), "max_tokens": 3, "temperature": 0 }),
+        &json!({ "model": "tiny", "messages": user("Hi"), "max_tokens": 3, "temperature": 0 }),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -951,7 +1038,7 @@ async fn api_key_is_required_when_set() {
     let r = post_json(
         a,
         "/v1/chat/completions",
-        &json!({ "messages": user("x"), "max_tokens": 1 }),
+        &json!({ "model": "tiny", "messages": user("x"), "max_tokens": 1 }),
     )
     .await;
     assert_error(&r, 401, "invalid_api_key");

@@ -91,6 +91,24 @@ class OpenAIApiTest(unittest.TestCase):
         ids = [m.id for m in self.client.models.list()]
         self.assertIn(MODEL, ids)
 
+    def test_unknown_model_is_not_found(self):
+        # One rule for every dialect (qins-web's edge::model): a model other
+        # than the resident one is a 404 that says how to load it.
+        with self.assertRaises(openai.NotFoundError) as cm:
+            self.client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "x"}], max_tokens=1
+            )
+        self.assertEqual(cm.exception.status_code, 404)
+        self.assertEqual(cm.exception.code, "not_found")
+        self.assertIn("qins load", str(cm.exception))
+        with self.assertRaises(openai.NotFoundError):
+            self.client.completions.create(model="gpt-4o", prompt="x", max_tokens=1)
+        # Aliases of the resident model answer.
+        r = self.client.chat.completions.create(
+            model=MODEL + ":latest", messages=[{"role": "user", "content": "x"}], max_tokens=1
+        )
+        self.assertEqual(r.model, MODEL)
+
     def test_bad_temperature_is_bad_request(self):
         with self.assertRaises(openai.BadRequestError) as cm:
             self.ask(max_tokens=8, temperature=-1)

@@ -10,6 +10,9 @@
 //!   are qinsd's (the engine's `GenerationRequest::validate`), never
 //!   checked here, so its message, naming the field and the rule, is the
 //!   one a user sees.
+//! - [`model`]: what a request's `model` means ([`model::resolve`]: the
+//!   resident model by its name, `.qins` or `:latest`, else a 404 saying
+//!   how to load it) and the one model list behind every listing.
 //! - [`ApiJson`], the body extractor whose rejections are [`ApiError`]s.
 //!
 //! # Adding a dialect
@@ -20,8 +23,10 @@
 //!    by name: sampling ones through a table of `(name, SamplingField)`
 //!    pairs with [`params::read_sampling`], the others with the readers in
 //!    [`params`]; refuse anything unknown by name ([`params::refused`]).
-//! 2. Build a `ChatRequest`, start it with `state.daemon.chat` (a refusal
-//!    of qinsd's names the dialect's parameter through
+//! 2. Resolve the requested model with [`model::resolve`] (the dialect
+//!    says what an omitted one means), build a `ChatRequest`, start it
+//!    with `state.daemon.chat` (a refusal of qinsd's names the dialect's
+//!    parameter through
 //!    [`params::name_refused_param`]) and wrap the stream in a
 //!    [`reply::Reply`].
 //! 3. Render: [`reply::Reply::collect`] for a whole reply, or
@@ -31,6 +36,7 @@
 //!
 //! Metrics need nothing: every reply is counted as its `done` goes by.
 
+pub mod model;
 pub mod params;
 pub mod reply;
 

@@ -3,8 +3,9 @@
 //! reason (`stop`, `length` or `tool_calls`), usage and timings; a failure
 //! mid-reply, a reply qinsd cancelled included, is one `error` event.
 //!
-//! The body is `messages`, `session_id` and the sampling fields of
-//! `SAMPLING`; anything else is refused by name, as in the other dialects.
+//! The body is `messages`, `session_id`, an optional `model` (omitted: the
+//! resident one) and the sampling fields of `SAMPLING`; anything else is
+//! refused by name, as in the other dialects.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use qins_proto::v1::{ChatRequest, Sampling};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::edge::model::{self, Omitted};
 use crate::edge::params::{self, SamplingField, SamplingTable};
 use crate::edge::reply::{Finish, Finished, Reply, ReplyEvent};
 use crate::edge::{ApiJson, message};
@@ -43,7 +45,8 @@ pub async fn chat(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let request = parse(body)?;
+    let (model, request) = parse(body)?;
+    model::resolve(&state.daemon, model.as_deref(), Omitted::Resident).await?;
     let started = state.daemon.chat(request).await;
     let reply = Reply::new(started.map_err(|e| params::name_refused_param(e, SAMPLING, &[]))?);
     Ok(Sse::new(events(reply))
@@ -51,10 +54,12 @@ pub async fn chat(
         .into_response())
 }
 
-fn parse(body: Value) -> Result<ChatRequest, ApiError> {
+/// The requested model and the request.
+fn parse(body: Value) -> Result<(Option<String>, ChatRequest), ApiError> {
     let mut sampling = Sampling::default();
     let mut request = ChatRequest::default();
     let mut messages = None;
+    let mut model = None;
     for (name, value) in params::object(body)? {
         if params::read_sampling(SAMPLING, &mut sampling, &name, &value)? {
             continue;
@@ -71,12 +76,13 @@ fn parse(body: Value) -> Result<ChatRequest, ApiError> {
                 );
             }
             "session_id" => request.session_id = params::string(&name, value)?,
+            "model" => model = Some(params::string(&name, value)?),
             _ => return Err(params::refused(&name, "it is not a field of /ui/chat")),
         }
     }
     request.messages = messages.ok_or_else(|| params::invalid("messages", "is required"))?;
     request.sampling = Some(sampling);
-    Ok(request)
+    Ok((model, request))
 }
 
 /// The SSE events of one reply. The reply (and its gRPC call) lives inside
@@ -139,11 +145,13 @@ mod tests {
 
     #[test]
     fn the_page_s_fields_reach_the_request_and_others_are_refused() {
-        let request = parse(json!({
+        let (model, request) = parse(json!({
             "messages": [{ "role": "user", "content": "hi" }], "session_id": "s",
             "temperature": 0.5, "top_k": -1, "seed": -1, "max_tokens": 8, "stop": "x",
+            "model": "tiny",
         }))
         .expect("accepted");
+        assert_eq!(model.as_deref(), Some("tiny"));
         assert_eq!(request.session_id, "s");
         let sampling = request.sampling.expect("sampling");
         assert_eq!(sampling.top_k, Some(0), "negative: no limit");

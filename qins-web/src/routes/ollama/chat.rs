@@ -26,7 +26,8 @@ use qins_proto::v1::{
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{OllamaError, now, options, tagged, untagged};
+use super::{OllamaError, now, options};
+use crate::edge::model::{self, Omitted};
 use crate::edge::reply::{Finish, Finished, Reply, ReplyEvent};
 use crate::edge::{ApiJson, message};
 use crate::error::ApiError;
@@ -36,6 +37,8 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatBody {
+    /// Absent reads as `""`: `edge::model` says it is required.
+    #[serde(default)]
     model: String,
     #[serde(default)]
     messages: Vec<ChatMessage>,
@@ -66,6 +69,8 @@ struct ChatMessage {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateBody {
+    /// Absent reads as `""`: `edge::model` says it is required.
+    #[serde(default)]
     model: String,
     #[serde(default)]
     prompt: String,
@@ -300,8 +305,7 @@ fn refuse_unsupported(
 }
 
 async fn run(state: &AppState, turn: Turn) -> Result<Response, ApiError> {
-    let stats = state.daemon.stats().await?;
-    check_model(&stats.model, &turn.model)?;
+    model::resolve(&state.daemon, Some(&turn.model), Omitted::Refused).await?;
     if turn.messages.is_empty() && turn.raw_prompt.is_none() {
         return Ok(Json(loaded(&turn)).into_response());
     }
@@ -328,26 +332,6 @@ async fn run(state: &AppState, turn: Turn) -> Result<Response, ApiError> {
         let whole = reply.collect().await?;
         Ok(Json(objects.last(&whole.text, &whole.finished)).into_response())
     }
-}
-
-/// qinsd answers with its resident model only.
-fn check_model(resident: &str, requested: &str) -> Result<(), ApiError> {
-    if resident.is_empty() {
-        return Err(ApiError::NoModel(
-            "no model is loaded in qinsd; load one with `qins load NAME` (see /api/tags)".into(),
-        ));
-    }
-    if requested.is_empty() {
-        return Err(ApiError::BadRequest("model is required".into()));
-    }
-    if untagged(requested) != resident {
-        return Err(ApiError::NotFound(format!(
-            "model '{requested}' not found: qinsd has '{}' loaded and qins-web answers with it \
-             only (load another with `qins load NAME`)",
-            tagged(resident)
-        )));
-    }
-    Ok(())
 }
 
 /// ollama's answer to a request with nothing to generate: the model is
@@ -582,17 +566,6 @@ mod tests {
             let message = refusal(body.into_turn());
             assert!(message.contains(name), "{name}: {message}");
         }
-    }
-
-    #[test]
-    fn the_model_must_be_the_resident_one() {
-        assert!(check_model("tiny", "tiny").is_ok());
-        assert!(check_model("tiny", "tiny:latest").is_ok());
-        assert!(matches!(
-            check_model("tiny", "other"),
-            Err(ApiError::NotFound(_))
-        ));
-        assert!(matches!(check_model("", "tiny"), Err(ApiError::NoModel(_))));
     }
 
     #[test]

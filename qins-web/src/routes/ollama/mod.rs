@@ -24,10 +24,8 @@ use axum::response::{IntoResponse, Response};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::edge::model::LATEST;
 use crate::error::ApiError;
-
-/// ollama's tag for a model without one.
-const LATEST: &str = ":latest";
 
 /// A failure on ollama's routes: the same status as elsewhere, ollama's body.
 #[derive(Debug)]
@@ -48,11 +46,6 @@ impl IntoResponse for OllamaError {
 /// A qinsd model name as ollama lists it.
 fn tagged(name: &str) -> String {
     format!("{name}{LATEST}")
-}
-
-/// The qinsd name a request means: `NAME` and `NAME:latest` are the same.
-fn untagged(requested: &str) -> &str {
-    requested.strip_suffix(LATEST).unwrap_or(requested)
 }
 
 /// RFC 3339 in UTC, as ollama's `created_at` and `modified_at`.
@@ -96,13 +89,6 @@ mod tests {
     #[test]
     fn names_and_sizes() {
         assert_eq!(tagged("tiny"), "tiny:latest");
-        assert_eq!(untagged("tiny:latest"), "tiny");
-        assert_eq!(untagged("tiny"), "tiny");
-        assert_eq!(
-            untagged("tiny:q8"),
-            "tiny:q8",
-            "other tags are part of the name"
-        );
         assert_eq!(parameter_size(134_515_008), "134.5M");
         assert_eq!(parameter_size(3_821_079_552), "3.8B");
         assert_eq!(parameter_size(40_000), "40.0K");

@@ -10,8 +10,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{OllamaError, from_unix_seconds, parameter_size, tagged, untagged};
+use super::{OllamaError, from_unix_seconds, parameter_size, tagged};
 use crate::edge::ApiJson;
+use crate::edge::model::{answers_to, listed};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -30,8 +31,7 @@ pub async fn version() -> Json<Value> {
 }
 
 pub async fn tags(State(state): State<Arc<AppState>>) -> Result<Json<Value>, OllamaError> {
-    let reply = state.daemon.list_models().await?;
-    let models: Vec<Value> = reply.models.iter().map(listing).collect();
+    let models: Vec<Value> = listed(&state.daemon).await?.iter().map(listing).collect();
     Ok(Json(json!({ "models": models })))
 }
 
@@ -56,8 +56,8 @@ pub async fn show(
     let Some(requested) = body.model.or(body.name).filter(|m| !m.is_empty()) else {
         return Err(ApiError::BadRequest("model is required".into()).into());
     };
-    let reply = state.daemon.list_models().await?;
-    let Some(model) = reply.models.iter().find(|m| m.name == untagged(&requested)) else {
+    let models = listed(&state.daemon).await?;
+    let Some(model) = models.iter().find(|m| answers_to(&m.name, &requested)) else {
         return Err(not_found(&requested).into());
     };
     let context = state.daemon.stats().await?.context_limit;

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::logprobs::chat_logprobs;
 use super::params::{self, Shared};
 use super::{Chunks, Meta, finish_reason, sse, tools};
+use crate::edge::model::{self, Omitted};
 use crate::edge::reply::{Finished, Reply};
 use crate::edge::{ApiJson, message};
 use crate::error::ApiError;
@@ -31,6 +32,7 @@ const QINSD_NAMES: &[(&str, &str)] = &[
 /// A chat completion request, read by [`ChatBody::parse`].
 #[derive(Debug)]
 pub struct ChatBody {
+    model: Option<String>,
     request: ChatRequest,
     stream: bool,
     include_usage: bool,
@@ -138,6 +140,7 @@ impl ChatBody {
         request.top_logprobs = top_logprobs.unwrap_or(0);
         request.messages = messages.ok_or_else(|| params::invalid("messages", "is required"))?;
         let Shared {
+            model,
             mut sampling,
             stream,
             include_usage,
@@ -146,6 +149,7 @@ impl ChatBody {
         sampling.max_tokens = max_completion_tokens.or(max_tokens);
         request.sampling = Some(sampling);
         Ok(Self {
+            model,
             request,
             stream,
             include_usage,
@@ -268,13 +272,14 @@ pub async fn chat_completions(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let ChatBody {
+        model,
         request,
         stream,
         include_usage,
         logprobs,
     } = ChatBody::parse(body)?;
     // Streamed chunks name the model before the reply's `done` does.
-    let model = state.daemon.stats().await?.model;
+    let model = model::resolve(&state.daemon, model.as_deref(), Omitted::Refused).await?;
     let started = state.daemon.chat(request).await;
     let reply = Reply::new(started.map_err(|e| params::name_refused(e, QINSD_NAMES))?);
     let meta = Meta::new("chatcmpl", model);

@@ -19,6 +19,7 @@ use super::logprobs::completion_logprobs;
 use super::params::{self, Shared};
 use super::{Chunks, Meta, finish_reason, sse};
 use crate::edge::ApiJson;
+use crate::edge::model::{self, Omitted};
 use crate::edge::reply::{Finished, Reply};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -35,6 +36,7 @@ const QINSD_NAMES: &[(&str, &str)] = &[("top_logprobs", "logprobs"), ("max_token
 /// A completion request, read by [`CompletionBody::parse`].
 #[derive(Debug)]
 struct CompletionBody {
+    model: Option<String>,
     request: ChatRequest,
     stream: bool,
     include_usage: bool,
@@ -91,12 +93,14 @@ impl CompletionBody {
             ));
         }
         let Shared {
+            model,
             sampling,
             stream,
             include_usage,
         } = shared;
         request.sampling = Some(sampling);
         Ok(Self {
+            model,
             echo: echo.then(|| prompt.clone()),
             request: ChatRequest { prompt, ..request },
             stream,
@@ -130,7 +134,7 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let body = CompletionBody::parse(body)?;
     // Streamed chunks name the model before the reply's `done` does.
-    let model = state.daemon.stats().await?.model;
+    let model = model::resolve(&state.daemon, body.model.as_deref(), Omitted::Refused).await?;
     let started = state.daemon.chat(body.request).await;
     let reply = Reply::new(started.map_err(|e| params::name_refused(e, QINSD_NAMES))?);
     let meta = Meta::new("cmpl", model);

@@ -38,14 +38,14 @@ use futures_util::{StreamExt, stream};
 use qins_proto::v1::TextDelta;
 use serde_json::{Value, json};
 
+use crate::edge::model;
 use crate::edge::reply::{Finish, Finished, Reply, ReplyEvent, Usage};
 use crate::error::ApiError;
 use crate::state::AppState;
 
 pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let reply = state.daemon.list_models().await?;
-    let data: Vec<Value> = reply
-        .models
+    let data: Vec<Value> = model::listed(&state.daemon)
+        .await?
         .iter()
         .map(|m| {
             json!({

@@ -38,6 +38,8 @@ pub fn name_refused(error: ApiError, others: &[(&'static str, &str)]) -> ApiErro
 /// The members both endpoints read the same way.
 #[derive(Debug, Default)]
 pub struct Shared {
+    /// The requested model, resolved by the handler (`edge::model`).
+    pub model: Option<String>,
     pub sampling: Sampling,
     pub stream: bool,
     pub include_usage: bool,
@@ -51,10 +53,7 @@ impl Shared {
             return Ok(None);
         }
         match name {
-            // Accepted, not checked: the resident model answers.
-            "model" => {
-                string(name, value)?;
-            }
+            "model" => self.model = Some(string(name, value)?),
             "stream" => self.stream = boolean(name, &value)?,
             "stream_options" => self.include_usage = include_usage(value)?,
             // An end-user identifier: qins serves its local user and keeps
