@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use crate::daemon::Daemon;
 use crate::error::ApiError;
 use crate::metrics::{self, Metrics};
-use crate::routes::{chat, health, ollama, openai, page, stats};
+use crate::routes::{anthropic, chat, health, ollama, openai, page, stats};
 use crate::security;
 use crate::state::AppState;
 
@@ -24,7 +24,8 @@ use crate::state::AppState;
 pub struct Config {
     /// qinsd's Unix socket.
     pub socket: PathBuf,
-    /// When set, API routes and /health require `Authorization: Bearer KEY`.
+    /// When set, API routes and /health require `Authorization: Bearer KEY`
+    /// (or `x-api-key: KEY`).
     pub api_key: Option<String>,
     /// Host names accepted besides the loopback ones.
     pub allow_hosts: Vec<String>,
@@ -57,6 +58,8 @@ pub fn router(config: Config) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/api/version", get(ollama::version))
         .route("/api/tags", get(ollama::tags))
         .route("/api/show", post(ollama::show))

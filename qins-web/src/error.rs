@@ -1,7 +1,8 @@
 //! Every failure a handler can return, and its one mapping to an HTTP status
 //! and an OpenAI-shaped JSON body (`{"error":{"message","type","code"}}`), so
 //! the page and OpenAI clients parse errors the same way. ollama's routes
-//! (`/api/`) give the same status with ollama's body, `{"error":"message"}`.
+//! (`/api/`) give the same status with ollama's body, `{"error":"message"}`,
+//! and Anthropic's (`/v1/messages`) with its `{"type":"error",...}`.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -113,12 +114,30 @@ impl ApiError {
         json!({ "error": self.to_string() })
     }
 
+    /// Anthropic's error object (`/v1/messages`), also an `error` event of a
+    /// failed stream: its type follows the status as Anthropic names them.
+    pub fn anthropic_body(&self) -> Value {
+        let kind = match self.status().as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 => "overloaded_error",
+            400..=499 => "invalid_request_error",
+            _ => "api_error",
+        };
+        json!({ "type": "error", "error": { "type": kind, "message": self.to_string() } })
+    }
+
     /// The response to a request for `path`, for refusals made before a
     /// handler runs (Host, key, unknown route): each API family gets its
     /// own body shape.
     pub fn response_for(self, path: &str) -> Response {
         if path.starts_with("/api/") {
             (self.status(), Json(self.ollama_body())).into_response()
+        } else if path.starts_with("/v1/messages") {
+            (self.status(), Json(self.anthropic_body())).into_response()
         } else {
             self.into_response()
         }

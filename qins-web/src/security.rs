@@ -57,7 +57,8 @@ pub async fn check_host(State(state): State<Arc<AppState>>, req: Request, next: 
     next.run(req).await
 }
 
-/// Requires `Authorization: Bearer KEY` when a key is configured.
+/// Requires `Authorization: Bearer KEY` (or `x-api-key: KEY`) when a key is
+/// configured.
 pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if let Some(key) = &state.api_key {
         let given = req
@@ -65,6 +66,8 @@ pub async fn require_key(State(state): State<Arc<AppState>>, req: Request, next:
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.strip_prefix("Bearer "))
+            // Anthropic's clients send the key as `x-api-key`.
+            .or_else(|| req.headers().get("x-api-key").and_then(|h| h.to_str().ok()))
             .map(str::trim);
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
             return ApiError::Unauthorized.response_for(req.uri().path());
@@ -108,7 +111,7 @@ pub async fn cors(State(state): State<Arc<AppState>>, req: Request, next: Next) 
         );
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("authorization, content-type"),
+            HeaderValue::from_static("authorization, content-type, x-api-key, anthropic-version"),
         );
         h.insert(
             header::ACCESS_CONTROL_MAX_AGE,

@@ -501,6 +501,25 @@ async fn every_dialect_resolves_the_model_the_same_way() {
         let message = assert_ollama_error(&post_json(a, path, &body).await, 404);
         assert!(message.contains("qins load"), "{path}: {message}");
     }
+    // Anthropic's routes: the same rule, in Anthropic's error shape.
+    let anthropic = |model: &str| json!({ "model": model, "messages": user("x"), "max_tokens": 1 });
+    for path in ["/v1/messages", "/v1/messages/count_tokens"] {
+        let mut body = anthropic("gpt-4o");
+        if path.ends_with("count_tokens") {
+            body.as_object_mut().map(|b| b.remove("max_tokens"));
+        }
+        let r = post_json(a, path, &body).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+        assert_eq!(r.json()["error"]["type"], "not_found_error", "{}", r.body);
+        let message = r.json()["error"]["message"].to_string();
+        assert!(
+            message.contains("'gpt-4o' is not loaded"),
+            "{path}: {message}"
+        );
+    }
+    let r = post_json(a, "/v1/messages", &anthropic("tiny:latest")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["model"], "tiny");
 
     // Omitted: OpenAI and ollama require it; the page means the resident one.
     let no_model = json!({ "messages": user("x"), "max_tokens": 1 });
@@ -621,6 +640,113 @@ async fn v1_chat_completions_streaming() {
     let last: Value = serde_json::from_str(&data[data.len() - 2]).expect("chunk");
     assert!(last["choices"][0]["finish_reason"].is_string());
     assert!(last.get("usage").is_none());
+}
+
+/// An Anthropic-shaped error: `{"type":"error","error":{type,message}}`.
+fn assert_anthropic_error(resp: &Response, status: u16, kind: &str) -> String {
+    assert_eq!(resp.status, status, "body: {}", resp.body);
+    let body = resp.json();
+    assert_eq!(body["type"], "error", "body: {body}");
+    assert_eq!(body["error"]["type"], kind, "body: {body}");
+    body["error"]["message"]
+        .as_str()
+        .filter(|m| !m.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no error message: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_messages_whole_streamed_counted_and_refused() {
+    let s = setup().await;
+    let body = json!({ "model": "tiny", "max_tokens": 3, "temperature": 0,
+                       "system": "Be brief.", "metadata": { "user_id": "u" },
+                       "messages": [{ "role": "user", "content": [{ "type": "text", "text": "Hi" }] }] });
+    let resp = post_json(s.addr, "/v1/messages", &body).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let v = resp.json();
+    assert!(v["id"].as_str().is_some_and(|id| id.starts_with("msg_")));
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["role"], "assistant");
+    assert_eq!(v["model"], "tiny");
+    assert_eq!(v["content"][0]["type"], "text");
+    assert!(v["content"][0]["text"].is_string());
+    assert!(v["stop_sequence"].is_null());
+    let output = v["usage"]["output_tokens"].as_u64().expect("output_tokens");
+    match v["stop_reason"].as_str() {
+        Some("max_tokens") => assert_eq!(output, 3),
+        Some("end_turn") => assert!(output <= 3),
+        other => panic!("stop_reason {other:?}"),
+    }
+    let input = v["usage"]["input_tokens"].as_u64().expect("input_tokens");
+    assert!(input > 0);
+
+    // count_tokens reads the same prompt a chat does.
+    let count = post_json(
+        s.addr,
+        "/v1/messages/count_tokens",
+        &json!({ "model": "tiny", "system": "Be brief.",
+                 "messages": [{ "role": "user", "content": "Hi" }] }),
+    )
+    .await;
+    assert_eq!(count.status, 200, "{}", count.body);
+    assert_eq!(count.json()["input_tokens"].as_u64(), Some(input));
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let resp = post_json(s.addr, "/v1/messages", &streamed).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let events = resp.events();
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[..2], ["message_start", "ping"], "{names:?}");
+    assert_eq!(names[names.len() - 2..], ["message_delta", "message_stop"]);
+    assert_eq!(names[2], "content_block_start");
+    assert_eq!(names[names.len() - 3], "content_block_stop");
+    assert!(
+        names[3..names.len() - 3]
+            .iter()
+            .all(|n| *n == "content_block_delta")
+    );
+    for (name, data) in &events {
+        let data: Value = serde_json::from_str(data).expect("event JSON");
+        assert_eq!(data["type"], name.as_str());
+    }
+    let delta: Value = serde_json::from_str(&events[names.len() - 2].1).expect("JSON");
+    assert!(delta["delta"]["stop_reason"].is_string());
+    assert!(
+        delta["usage"]["output_tokens"]
+            .as_u64()
+            .is_some_and(|n| n <= 3)
+    );
+
+    let mut missing = body.clone();
+    missing
+        .as_object_mut()
+        .expect("object")
+        .remove("max_tokens");
+    let message = assert_anthropic_error(
+        &post_json(s.addr, "/v1/messages", &missing).await,
+        400,
+        "invalid_request_error",
+    );
+    assert!(message.contains("max_tokens"), "{message}");
+    let mut image = body.clone();
+    image["messages"][0]["content"] = json!([{ "type": "image",
+        "source": { "type": "base64", "media_type": "image/png", "data": "" } }]);
+    let message = assert_anthropic_error(
+        &post_json(s.addr, "/v1/messages", &image).await,
+        400,
+        "invalid_request_error",
+    );
+    assert!(message.contains("\"image\""), "{message}");
+    // qinsd's refusal of a range names Anthropic's parameter.
+    let mut hot = body.clone();
+    hot["top_p"] = json!(1.5);
+    let message = assert_anthropic_error(
+        &post_json(s.addr, "/v1/messages", &hot).await,
+        400,
+        "invalid_request_error",
+    );
+    assert!(message.contains("top_p"), "{message}");
 }
 
 /// The NDJSON lines of an ollama stream, parsed.
@@ -1042,6 +1168,28 @@ async fn api_key_is_required_when_set() {
     )
     .await;
     assert_error(&r, 401, "invalid_api_key");
+    // Anthropic's clients send the key as x-api-key, and get its error shape.
+    let messages = json!({ "model": "tiny", "max_tokens": 1, "messages": user("x") });
+    let body = messages.to_string();
+    let json_type = ("Content-Type", "application/json");
+    let r = request(
+        a,
+        "POST",
+        "/v1/messages",
+        &[json_type, ("x-api-key", "wrong")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_anthropic_error(&r, 401, "authentication_error");
+    let r = post_json(a, "/v1/messages", &messages).await;
+    assert_anthropic_error(&r, 401, "authentication_error");
+    let with_key = [
+        json_type,
+        ("x-api-key", "s3cret"),
+        ("anthropic-version", "2023-06-01"),
+    ];
+    let r = request(a, "POST", "/v1/messages", &with_key, body.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
     // The page stays open so it can ask for the key.
     assert_eq!(get(a, "/").await.status, 200);
 }
