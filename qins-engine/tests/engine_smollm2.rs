@@ -158,3 +158,63 @@ fn a_raised_cancel_flag_finishes_cancelled_without_output() {
     assert_eq!(finished.reason, FinishReason::Cancelled);
     assert_eq!((text.as_str(), finished.usage.completion_tokens), ("", 0));
 }
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Embeddings on the real model: deterministic, unit length, a batch gives
+/// the vectors of one input at a time, and a paraphrase lies nearer than
+/// an unrelated sentence (mean pooling of a 135M chat model is a weak
+/// embedder, so the check is an ordering on clear-cut triples, not a
+/// threshold).
+#[test]
+fn embeddings_are_unit_deterministic_batch_independent_and_semantic() {
+    let chat = smollm2();
+    let no = AtomicBool::new(false);
+    let triples = [
+        (
+            "The cat is sleeping on the sofa.",
+            "A kitten naps on the couch.",
+            "Interest rates rose again at the central bank.",
+        ),
+        (
+            "How do I bake bread at home?",
+            "What is a simple recipe for homemade bread?",
+            "The spacecraft entered orbit around Jupiter.",
+        ),
+        (
+            "The football match ended in a draw.",
+            "Neither team won the soccer game.",
+            "Photosynthesis turns sunlight into chemical energy.",
+        ),
+    ];
+    let texts: Vec<&str> = triples.iter().flat_map(|(a, b, c)| [*a, *b, *c]).collect();
+    let inputs: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| chat.raw_prompt_tokens(t).unwrap())
+        .collect();
+    let batch = qins_engine::embed(chat.model(), &inputs, CONTEXT, &no).unwrap();
+    assert_eq!(batch.len(), texts.len());
+    for (input, vector) in inputs.iter().zip(&batch) {
+        assert_eq!(vector.len(), chat.header().config.hidden_size);
+        let norm = cosine(vector, vector).sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+        let alone =
+            qins_engine::embed(chat.model(), std::slice::from_ref(input), CONTEXT, &no).unwrap();
+        let again =
+            qins_engine::embed(chat.model(), std::slice::from_ref(input), CONTEXT, &no).unwrap();
+        assert_eq!(alone, again, "the same input gives the same bits");
+        let agreement = cosine(&alone[0], vector);
+        assert!(agreement > 0.9999, "batched vs alone: cosine {agreement}");
+        for (a, b) in alone[0].iter().zip(vector) {
+            assert!((a - b).abs() < 1e-3, "batched {b} vs alone {a}");
+        }
+    }
+    for (i, (a, b, c)) in triples.iter().enumerate() {
+        let (va, vb, vc) = (&batch[3 * i], &batch[3 * i + 1], &batch[3 * i + 2]);
+        let (near, far) = (cosine(va, vb), cosine(va, vc));
+        eprintln!("{a:?}: {b:?} {near:.4}, {c:?} {far:.4}");
+        assert!(near > far, "{a:?}: {b:?} {near} vs {c:?} {far}");
+    }
+}
