@@ -331,7 +331,7 @@ async fn run(state: &AppState, turn: Turn) -> Result<Response, ApiError> {
 }
 
 /// qinsd answers with its resident model only.
-fn check_model(resident: &str, requested: &str) -> Result<(), ApiError> {
+pub(super) fn check_model(resident: &str, requested: &str) -> Result<(), ApiError> {
     if resident.is_empty() {
         return Err(ApiError::NoModel(
             "no model is loaded in qinsd; load one with `qins load NAME` (see /api/tags)".into(),
