@@ -218,3 +218,31 @@ fn embeddings_are_unit_deterministic_batch_independent_and_semantic() {
         assert!(near > far, "{a:?}: {b:?} {near} vs {c:?} {far}");
     }
 }
+
+/// A model resident on the GPU refuses embeddings with a message that says
+/// what to do (the GPU backend gives no hidden states); skipped through the
+/// workspace's rule where no adapter opens (lavapipe under scripts/test.sh).
+#[test]
+fn embeddings_on_the_gpu_are_refused_clearly() {
+    let device = qins_engine::Device::open(qins_gpu::DeviceChoice::Gpu);
+    let opened = matches!(device, Ok(qins_engine::Device::Gpu { .. }));
+    if !qins_test_support::can_run(opened, "a GPU adapter (scripts/vulkan-env.sh)") {
+        return;
+    }
+    let Ok(device) = device else { return };
+    let dir = std::env::temp_dir().join(format!("qins-engine-gpu-embed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join("smollm2.qins");
+    convert_with_defaults(&smollm2_gguf_path(), &output).unwrap();
+    let chat = ChatModel::open_on(&output, &device).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(chat.model().kind(), "gpu");
+    let tokens = chat.raw_prompt_tokens("Hello").unwrap();
+    let error =
+        qins_engine::embed(chat.model(), &[tokens], CONTEXT, &AtomicBool::new(false)).unwrap_err();
+    assert!(
+        matches!(error, qins_engine::EngineError::Unsupported(_)),
+        "{error}"
+    );
+    assert!(error.to_string().contains("--device cpu"), "{error}");
+}
