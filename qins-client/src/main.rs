@@ -4,6 +4,7 @@ mod ask;
 mod chat;
 mod connect;
 mod convert;
+mod embed;
 mod format;
 mod models;
 mod ps;
@@ -39,6 +40,8 @@ enum Cmd {
     Chat(chat::Args),
     /// One prompt, the reply streamed to stdout.
     Ask(ask::Args),
+    /// Embeddings of texts from the resident model, one JSON array a line.
+    Embed(embed::Args),
     /// Memory, model and throughput of the daemon.
     Stats {
         /// Raw fields as a JSON object.
@@ -95,6 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Chat(args) => chat::run(runtime, &socket, args),
         Cmd::Ask(args) => runtime.block_on(ask::run(&socket, args)),
+        Cmd::Embed(args) => runtime.block_on(embed::run(&socket, args)),
         Cmd::Stats { json } => runtime.block_on(stats::run(&socket, json)),
         Cmd::Convert(args) => runtime.block_on(convert::run(&socket, args)),
         Cmd::Models => runtime.block_on(models::list(&socket)),

@@ -227,6 +227,20 @@ impl LanguageModel for Backend {
             _ => Err(mismatch()),
         }
     }
+
+    fn hidden_states(
+        &self,
+        sequences: &[&[u32]],
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        match self {
+            Backend::Cpu(model) => LanguageModel::hidden_states(model, sequences, cancel),
+            Backend::Gpu(_) => Err(EngineError::Unsupported(
+                "embeddings run on the CPU: the resident model is on the GPU \
+                 (start qinsd with --device cpu to serve embeddings)",
+            )),
+        }
+    }
 }
 
 /// A cache made by the other device's model: a bug (caches come from

@@ -16,6 +16,7 @@ mod backend;
 mod chat_model;
 pub mod constraint;
 pub mod detokenize;
+pub mod embed;
 pub mod eval;
 pub mod generate;
 pub mod logprobs;
@@ -36,6 +37,7 @@ pub use backend::{Backend, BackendCache, Device, gpu_cache_type};
 pub use chat_model::{ChatModel, ChatModelError, Prompt, RequestOptions, resolve_options};
 pub use constraint::OutputFormat;
 pub use detokenize::StreamDecoder;
+pub use embed::embed;
 pub use generate::{
     FinishReason, Finished, GenerationEvent, GenerationRequest, Timings, Usage, generate,
 };
@@ -71,6 +73,19 @@ pub trait LanguageModel: Send + Sync {
     ) -> Result<Vec<f32>, EngineError> {
         self.forward(&[token], cache, cancel)
     }
+    /// The final hidden states (after the final norm, before the head) of
+    /// every token of each of `sequences`, each from an empty cache of its
+    /// own: `sequences[i].len() x hidden_size` each. By default refused.
+    fn hidden_states(
+        &self,
+        sequences: &[&[u32]],
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let _ = (sequences, cancel);
+        Err(EngineError::Unsupported(
+            "embeddings: this model does not give its hidden states",
+        ))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +98,17 @@ pub enum EngineError {
         prompt_tokens: usize,
         context: usize,
     },
+    #[error(
+        "input {index} has {tokens} tokens but the context holds {context}; \
+         shorten it or split it"
+    )]
+    InputTooLong {
+        index: usize,
+        tokens: usize,
+        context: usize,
+    },
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
     #[error("the prompt is empty")]
     EmptyPrompt,
     #[error("invalid sampling parameter {name} = {value}: {rule}")]

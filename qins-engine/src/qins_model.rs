@@ -42,6 +42,20 @@ impl LanguageModel for Model {
     ) -> Result<Vec<f32>, EngineError> {
         Decoder::decode_step(self, token, cache, cancel).map_err(engine_error)
     }
+
+    fn hidden_states(
+        &self,
+        sequences: &[&[u32]],
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let mut caches: Vec<KvCache> = sequences
+            .iter()
+            .map(|tokens| Model::new_cache(self, tokens.len()))
+            .collect();
+        let mut batch: Vec<(&[u32], &mut KvCache)> =
+            sequences.iter().copied().zip(caches.iter_mut()).collect();
+        Decoder::hidden_states(self, &mut batch, cancel).map_err(engine_error)
+    }
 }
 
 fn engine_error(error: ModelError) -> EngineError {

@@ -158,3 +158,91 @@ fn a_raised_cancel_flag_finishes_cancelled_without_output() {
     assert_eq!(finished.reason, FinishReason::Cancelled);
     assert_eq!((text.as_str(), finished.usage.completion_tokens), ("", 0));
 }
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Embeddings on the real model: deterministic, unit length, a batch gives
+/// the vectors of one input at a time, and a paraphrase lies nearer than
+/// an unrelated sentence (mean pooling of a 135M chat model is a weak
+/// embedder, so the check is an ordering on clear-cut triples, not a
+/// threshold).
+#[test]
+fn embeddings_are_unit_deterministic_batch_independent_and_semantic() {
+    let chat = smollm2();
+    let no = AtomicBool::new(false);
+    let triples = [
+        (
+            "The cat is sleeping on the sofa.",
+            "A kitten naps on the couch.",
+            "Interest rates rose again at the central bank.",
+        ),
+        (
+            "How do I bake bread at home?",
+            "What is a simple recipe for homemade bread?",
+            "The spacecraft entered orbit around Jupiter.",
+        ),
+        (
+            "The football match ended in a draw.",
+            "Neither team won the soccer game.",
+            "Photosynthesis turns sunlight into chemical energy.",
+        ),
+    ];
+    let texts: Vec<&str> = triples.iter().flat_map(|(a, b, c)| [*a, *b, *c]).collect();
+    let inputs: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| chat.raw_prompt_tokens(t).unwrap())
+        .collect();
+    let batch = qins_engine::embed(chat.model(), &inputs, CONTEXT, &no).unwrap();
+    assert_eq!(batch.len(), texts.len());
+    for (input, vector) in inputs.iter().zip(&batch) {
+        assert_eq!(vector.len(), chat.header().config.hidden_size);
+        let norm = cosine(vector, vector).sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+        let alone =
+            qins_engine::embed(chat.model(), std::slice::from_ref(input), CONTEXT, &no).unwrap();
+        let again =
+            qins_engine::embed(chat.model(), std::slice::from_ref(input), CONTEXT, &no).unwrap();
+        assert_eq!(alone, again, "the same input gives the same bits");
+        let agreement = cosine(&alone[0], vector);
+        assert!(agreement > 0.9999, "batched vs alone: cosine {agreement}");
+        for (a, b) in alone[0].iter().zip(vector) {
+            assert!((a - b).abs() < 1e-3, "batched {b} vs alone {a}");
+        }
+    }
+    for (i, (a, b, c)) in triples.iter().enumerate() {
+        let (va, vb, vc) = (&batch[3 * i], &batch[3 * i + 1], &batch[3 * i + 2]);
+        let (near, far) = (cosine(va, vb), cosine(va, vc));
+        eprintln!("{a:?}: {b:?} {near:.4}, {c:?} {far:.4}");
+        assert!(near > far, "{a:?}: {b:?} {near} vs {c:?} {far}");
+    }
+}
+
+/// A model resident on the GPU refuses embeddings with a message that says
+/// what to do (the GPU backend gives no hidden states); skipped through the
+/// workspace's rule where no adapter opens (lavapipe under scripts/test.sh).
+#[test]
+fn embeddings_on_the_gpu_are_refused_clearly() {
+    let device = qins_engine::Device::open(qins_gpu::DeviceChoice::Gpu);
+    let opened = matches!(device, Ok(qins_engine::Device::Gpu { .. }));
+    if !qins_test_support::can_run(opened, "a GPU adapter (scripts/vulkan-env.sh)") {
+        return;
+    }
+    let Ok(device) = device else { return };
+    let dir = std::env::temp_dir().join(format!("qins-engine-gpu-embed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join("smollm2.qins");
+    convert_with_defaults(&smollm2_gguf_path(), &output).unwrap();
+    let chat = ChatModel::open_on(&output, &device).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(chat.model().kind(), "gpu");
+    let tokens = chat.raw_prompt_tokens("Hello").unwrap();
+    let error =
+        qins_engine::embed(chat.model(), &[tokens], CONTEXT, &AtomicBool::new(false)).unwrap_err();
+    assert!(
+        matches!(error, qins_engine::EngineError::Unsupported(_)),
+        "{error}"
+    );
+    assert!(error.to_string().contains("--device cpu"), "{error}");
+}

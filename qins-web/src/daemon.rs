@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use qins_proto::v1::qins_client::QinsClient;
 use qins_proto::v1::{
-    ChatEvent, ChatRequest, ListModelsReply, ListModelsRequest, StatsReply, StatsRequest,
-    chat_event,
+    ChatEvent, ChatRequest, EmbedReply, EmbedRequest, ListModelsReply, ListModelsRequest,
+    StatsReply, StatsRequest, chat_event,
 };
 use tonic::Streaming;
 use tonic::transport::Channel;
@@ -91,6 +91,16 @@ impl Daemon {
         let mut request = tonic::Request::new(ListModelsRequest {});
         request.set_timeout(UNARY_TIMEOUT);
         match client.list_models(request).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) => Err(self.fail(status)),
+        }
+    }
+
+    /// Embeds the request's inputs (no time limit: a long batch takes a
+    /// while on the CPU). Dropping the future cancels the pass in qinsd.
+    pub async fn embed(&self, request: EmbedRequest) -> Result<EmbedReply, ApiError> {
+        let mut client = self.client().await?;
+        match client.embed(request).await {
             Ok(reply) => Ok(reply.into_inner()),
             Err(status) => Err(self.fail(status)),
         }

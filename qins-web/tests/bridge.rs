@@ -479,6 +479,7 @@ async fn every_dialect_resolves_the_model_the_same_way() {
             "/ui/chat",
             json!({ "model": "gpt-4o", "messages": user("x"), "max_tokens": 1 }),
         ),
+        ("/v1/embeddings", json!({ "model": "gpt-4o", "input": "x" })),
     ];
     for (path, body) in unknown {
         let r = post_json(a, path, &body).await;
@@ -497,6 +498,11 @@ async fn every_dialect_resolves_the_model_the_same_way() {
     for (path, body) in [
         ("/api/chat", ollama(json!("gpt-4o"))),
         ("/api/generate", generate),
+        ("/api/embed", json!({ "model": "gpt-4o", "input": "x" })),
+        (
+            "/api/embeddings",
+            json!({ "model": "gpt-4o", "prompt": "x" }),
+        ),
     ] {
         let message = assert_ollama_error(&post_json(a, path, &body).await, 404);
         assert!(message.contains("qins load"), "{path}: {message}");

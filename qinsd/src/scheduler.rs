@@ -85,6 +85,24 @@ impl PreparedChat {
     }
 }
 
+/// One input of an embedding request.
+#[derive(Clone, Debug)]
+pub enum EmbedInput {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+/// An embedding request's result.
+#[derive(Clone, Debug)]
+pub struct Embedded {
+    /// One unit vector per input, in order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens embedded, all inputs together.
+    pub prompt_tokens: usize,
+    pub model: String,
+    pub dimensions: usize,
+}
+
 /// A generation slot; dropping it frees the slot.
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
@@ -283,6 +301,49 @@ impl Scheduler {
         let finished = result?;
         self.record(&finished);
         Ok(finished)
+    }
+
+    /// Embeds `inputs` (text, tokenized without a chat template, or token
+    /// ids) with the resident model on the calling (blocking) thread, in
+    /// `slot` so that it shares the machine with chats like one more chat.
+    /// An input longer than the context is refused, or cut to it
+    /// (`truncate`).
+    pub fn run_embed(
+        &self,
+        _slot: &Slot,
+        inputs: &[EmbedInput],
+        truncate: bool,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Embedded, SchedulerError> {
+        let model = self.model().ok_or(SchedulerError::NoModel)?;
+        if inputs.is_empty() {
+            return Err(EngineError::InvalidRequest("no inputs to embed".into()).into());
+        }
+        let context = self.config.context;
+        let mut tokens = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let mut ids = match input {
+                EmbedInput::Text(text) => model.raw_prompt_tokens(text)?,
+                EmbedInput::Tokens(ids) => ids.clone(),
+            };
+            if truncate {
+                ids.truncate(context);
+            }
+            tokens.push(ids);
+        }
+        let run_id = self.next_run_id.fetch_add(1, Ordering::SeqCst);
+        self.lock_running().insert(run_id, Arc::clone(&cancel));
+        if self.shutting_down.load(Ordering::SeqCst) {
+            cancel.store(true, Ordering::SeqCst);
+        }
+        let result = qins_engine::embed(model.model(), &tokens, context, &cancel);
+        self.lock_running().remove(&run_id);
+        Ok(Embedded {
+            vectors: result?,
+            prompt_tokens: tokens.iter().map(Vec::len).sum(),
+            model: model.name().to_string(),
+            dimensions: model.header().config.hidden_size,
+        })
     }
 
     /// Cancels every running generation and refuses new ones.

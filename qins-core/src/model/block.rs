@@ -148,6 +148,13 @@ pub trait BlockOps: Sync {
     }
     /// `head(rms_norm(x, final_norm))` of `rows` (ascending), row after row.
     fn logits(&self, pass: Self::Pass, rows: &[usize]) -> Result<Vec<f32>, Self::Error>;
+    /// `rms_norm(x, final_norm)` of `rows` (ascending), row after row: the
+    /// hidden states the head reads (embeddings pool them). A backend that
+    /// does not provide them refuses ([`ModelError::Unsupported`]).
+    fn hidden(&self, pass: Self::Pass, rows: &[usize]) -> Result<Vec<f32>, Self::Error> {
+        let _ = (pass, rows);
+        Err(ModelError::Unsupported("final hidden states").into())
+    }
 }
 
 /// A model of any backend as its callers run it: whole passes over the
@@ -195,6 +202,18 @@ pub trait Decoder: BlockOps + Sized {
     fn decode_pass_counts(&self) -> (u64, u64) {
         self.batcher().counts()
     }
+
+    /// The final hidden states (the output of the final norm, before the
+    /// head) of every token of each of `sequences`, each run after the
+    /// tokens of its own cache, all in one pass:
+    /// `sequences[i].len() x hidden_size` for each, in order.
+    fn hidden_states(
+        &self,
+        sequences: &mut [(&[u32], &mut Self::Cache)],
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Vec<f32>>, Self::Error> {
+        hidden_states(self, sequences, cancel)
+    }
 }
 
 /// Runs `tokens` after `cache`'s and returns the logits of the last, or of
@@ -206,7 +225,44 @@ pub fn forward<B: BlockOps>(
     cancel: &AtomicBool,
     all: bool,
 ) -> Result<Vec<f32>, B::Error> {
-    run(backend, tokens, &mut [(cache, tokens.len())], cancel, all)
+    run(
+        backend,
+        tokens,
+        &mut [(cache, tokens.len())],
+        cancel,
+        Output::Logits { all },
+    )
+}
+
+/// Several sequences in one pass (each after its own cache's tokens); the
+/// final hidden states of every token of each, in order. Each sequence
+/// attends only to its own cache, so the states are those of one pass per
+/// sequence up to float rounding.
+pub fn hidden_states<B: BlockOps>(
+    backend: &B,
+    sequences: &mut [(&[u32], &mut B::Cache)],
+    cancel: &AtomicBool,
+) -> Result<Vec<Vec<f32>>, B::Error> {
+    let tokens: Vec<u32> = sequences
+        .iter()
+        .flat_map(|(tokens, _)| tokens.iter().copied())
+        .collect();
+    let lengths: Vec<usize> = sequences.iter().map(|(tokens, _)| tokens.len()).collect();
+    let mut parts: Vec<(&mut B::Cache, usize)> = sequences
+        .iter_mut()
+        .map(|(tokens, cache)| (&mut **cache, tokens.len()))
+        .collect();
+    let hidden = run(backend, &tokens, &mut parts, cancel, Output::Hidden)?;
+    let width = backend.config().hidden_size;
+    let mut start = 0;
+    Ok(lengths
+        .iter()
+        .map(|n| {
+            let rows = start..start + n * width;
+            start = rows.end;
+            hidden[rows].to_vec()
+        })
+        .collect())
 }
 
 /// One new token for each of several sequences in one pass (the weights
@@ -222,7 +278,13 @@ pub fn forward_batch<B: BlockOps>(
         .iter_mut()
         .map(|(_, cache)| (&mut **cache, 1))
         .collect();
-    let logits = run(backend, &tokens, &mut parts, cancel, false)?;
+    let logits = run(
+        backend,
+        &tokens,
+        &mut parts,
+        cancel,
+        Output::Logits { all: false },
+    )?;
     let vocab = backend.config().vocab_size;
     Ok(logits.chunks(vocab).map(<[f32]>::to_vec).collect())
 }
@@ -255,16 +317,24 @@ fn check_room<C: SequenceCache>(cache: &C, n: usize) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// What a pass returns.
+#[derive(Clone, Copy)]
+enum Output {
+    /// The logits of every token (`all`) or of each segment's last.
+    Logits { all: bool },
+    /// The final hidden states of every token.
+    Hidden,
+}
+
 /// `tokens` split into consecutive segments of one sequence each
-/// (`(cache, count)`); the logits of every token (`all`) or of each
-/// segment's last. Every check runs before any work, and the caches count
+/// (`(cache, count)`); what `output` asks for. Every check runs before any work, and the caches count
 /// the new tokens only once the pass has succeeded.
 fn run<B: BlockOps>(
     backend: &B,
     tokens: &[u32],
     parts: &mut [(&mut B::Cache, usize)],
     cancel: &AtomicBool,
-    all: bool,
+    output: Output,
 ) -> Result<Vec<f32>, B::Error> {
     if tokens.is_empty() || parts.iter().any(|(_, n)| *n == 0) {
         return Err(ModelError::NoTokens.into());
@@ -281,7 +351,8 @@ fn run<B: BlockOps>(
             n: *n,
         });
     }
-    let logits = backend.run_pass(|| run_segments(backend, tokens, &mut segments, cancel, all))?;
+    let logits =
+        backend.run_pass(|| run_segments(backend, tokens, &mut segments, cancel, output))?;
     for segment in &mut segments {
         segment.cache.set_len(segment.start + segment.n);
     }
@@ -293,7 +364,7 @@ fn run_segments<B: BlockOps>(
     tokens: &[u32],
     segments: &mut [Segment<'_, B::Cache>],
     cancel: &AtomicBool,
-    all: bool,
+    output: Output,
 ) -> Result<Vec<f32>, B::Error> {
     let mut pass = backend.begin(tokens, segments)?;
     for layer in 0..backend.config().num_hidden_layers {
@@ -302,7 +373,10 @@ fn run_segments<B: BlockOps>(
         }
         decoder_layer(backend, &mut pass, layer, segments)?;
     }
-    backend.logits(pass, &wanted_rows(segments, all))
+    match output {
+        Output::Logits { all } => backend.logits(pass, &wanted_rows(segments, all)),
+        Output::Hidden => backend.hidden(pass, &wanted_rows(segments, true)),
+    }
 }
 
 fn decoder_layer<B: BlockOps>(

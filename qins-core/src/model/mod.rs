@@ -52,6 +52,8 @@ pub enum ModelError {
     Weights(#[from] WeightsError),
     #[error("batched decode step: {0}")]
     Batch(String),
+    #[error("this backend does not provide {0}")]
+    Unsupported(&'static str),
 }
 
 /// Attention projections: fused (phi3) or separate (llama).
@@ -393,17 +395,21 @@ impl BlockOps for Model {
     }
 
     fn logits(&self, pass: CpuPass, rows: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let normed = self.hidden(pass, rows)?;
+        profile::time(Stage::LmHead, || {
+            self.lm_head.forward(&normed, rows.len(), self.kernel)
+        })
+    }
+
+    fn hidden(&self, pass: CpuPass, rows: &[usize]) -> Result<Vec<f32>, ModelError> {
         let h = self.config.hidden_size;
         let mut wanted = Vec::with_capacity(rows.len() * h);
         for &row in rows {
             wanted.extend_from_slice(&pass.x[row * h..(row + 1) * h]);
         }
-        let normed = profile::time(Stage::Norm, || {
+        Ok(profile::time(Stage::Norm, || {
             rms_norm(&wanted, &self.norm, self.config.rms_norm_eps)
-        });
-        profile::time(Stage::LmHead, || {
-            self.lm_head.forward(&normed, rows.len(), self.kernel)
-        })
+        }))
     }
 }
 

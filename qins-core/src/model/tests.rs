@@ -257,3 +257,54 @@ fn a_decode_step_past_the_context_fails_alone() {
     model.decode_step(3, &mut room, &no).unwrap();
     assert_eq!(room.len(), 1);
 }
+
+#[test]
+fn hidden_states_of_a_batch_are_those_of_each_sequence_alone() {
+    let (config, weights) = random_llama(5);
+    let model = Model::load(&config, weights).unwrap();
+    let no = AtomicBool::new(false);
+    let sequences: [&[u32]; 3] = [&[1, 7, 3, 9, 4], &[2], &[8, 8, 8, 30, 41, 12, 6]];
+    let alone: Vec<Vec<f32>> = sequences
+        .iter()
+        .map(|tokens| {
+            let mut cache = model.new_cache(tokens.len());
+            let mut one = [(*tokens, &mut cache)];
+            let mut states = model.hidden_states(&mut one, &no).unwrap();
+            assert_eq!(cache.len(), tokens.len(), "the cache counts the tokens");
+            states.remove(0)
+        })
+        .collect();
+    let mut caches: Vec<KvCache> = sequences.iter().map(|t| model.new_cache(t.len())).collect();
+    let mut batch: Vec<(&[u32], &mut KvCache)> =
+        sequences.iter().copied().zip(caches.iter_mut()).collect();
+    let batched = model.hidden_states(&mut batch, &no).unwrap();
+    assert_eq!(batched.len(), 3);
+    let tolerance = if model.kernel().rounds_operands() {
+        1e-3
+    } else {
+        1e-4
+    };
+    for ((tokens, one), many) in sequences.iter().zip(&alone).zip(&batched) {
+        assert_eq!(
+            one.len(),
+            tokens.len() * 32,
+            "one row of hidden_size per token"
+        );
+        assert_eq!(many.len(), one.len());
+        for (a, b) in many.iter().zip(one) {
+            assert!((a - b).abs() <= tolerance * b.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+    // The same pass twice gives the same bits.
+    let mut cache = model.new_cache(5);
+    let again = model
+        .hidden_states(&mut [(sequences[0], &mut cache)], &no)
+        .unwrap();
+    assert_eq!(again[0], alone[0]);
+    // A sequence longer than its cache is refused before any work.
+    let mut small = model.new_cache(2);
+    assert!(matches!(
+        model.hidden_states(&mut [(sequences[0], &mut small)], &no),
+        Err(ModelError::ContextFull { .. })
+    ));
+}

@@ -4,6 +4,7 @@
 
 mod chat;
 mod convert;
+mod embed;
 mod models;
 mod stats;
 mod status;
@@ -15,9 +16,9 @@ use std::time::Instant;
 
 use qins_proto::v1::qins_server::Qins;
 use qins_proto::v1::{
-    ChatEvent, ChatRequest, ConvertEvent, ConvertRequest, ListModelsReply, ListModelsRequest,
-    LoadModelReply, LoadModelRequest, StatsReply, StatsRequest, UnloadModelReply,
-    UnloadModelRequest,
+    ChatEvent, ChatRequest, ConvertEvent, ConvertRequest, EmbedReply, EmbedRequest,
+    ListModelsReply, ListModelsRequest, LoadModelReply, LoadModelRequest, StatsReply, StatsRequest,
+    UnloadModelReply, UnloadModelRequest,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -118,5 +119,11 @@ impl Qins for QinsService {
         _request: Request<UnloadModelRequest>,
     ) -> Result<Response<UnloadModelReply>, Status> {
         Ok(Response::new(models::unload(&self.scheduler)))
+    }
+
+    async fn embed(&self, request: Request<EmbedRequest>) -> Result<Response<EmbedReply>, Status> {
+        embed::embed(&self.scheduler, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -44,6 +44,8 @@ fn engine_reason(error: &EngineError) -> Reason {
     match error {
         EngineError::PromptTooLong { .. }
         | EngineError::EmptyPrompt
+        | EngineError::InputTooLong { .. }
+        | EngineError::Unsupported(_)
         | EngineError::InvalidSampling { .. }
         | EngineError::InvalidRequest(_)
         | EngineError::Template(_) => Reason::BadArgument,

@@ -13,10 +13,12 @@
 //!   rest of qins-web uses.
 
 mod chat;
+mod embed;
 mod models;
 pub mod options;
 
 pub use chat::{chat, generate};
+pub use embed::{embed, embeddings};
 pub use models::{ps, show, tags, version};
 
 use axum::Json;

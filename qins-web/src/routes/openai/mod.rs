@@ -18,12 +18,14 @@
 
 pub mod chat;
 pub mod completions;
+pub mod embeddings;
 pub mod logprobs;
 pub mod params;
 pub mod tools;
 
 pub use chat::chat_completions;
 pub use completions::completions;
+pub use embeddings::embeddings;
 
 use std::convert::Infallible;
 use std::sync::Arc;
