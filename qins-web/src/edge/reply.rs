@@ -35,6 +35,18 @@ pub enum Finish {
     ToolCalls,
 }
 
+impl Finish {
+    /// The edge's own name (`stop`, `length`, `tool_calls`): OpenAI's, which
+    /// the page's `/ui` speaks too; Anthropic and ollama write their own.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+            Finish::ToolCalls => "tool_calls",
+        }
+    }
+}
+
 /// Token counts of a finished reply.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::edge::model::{self, Omitted};
 use crate::edge::params::{self, SamplingField, SamplingTable};
-use crate::edge::reply::{Finish, Finished, Reply, ReplyEvent};
+use crate::edge::reply::{Finished, Reply, ReplyEvent};
 use crate::edge::{ApiJson, message};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -103,19 +103,10 @@ fn json_event(name: &str, data: &Value) -> Event {
     Event::default().event(name).data(data.to_string())
 }
 
-/// The page's name for a finish reason.
-fn finish_reason(finish: Finish) -> &'static str {
-    match finish {
-        Finish::Stop => "stop",
-        Finish::Length => "length",
-        Finish::ToolCalls => "tool_calls",
-    }
-}
-
 fn done_json(finished: &Finished) -> Value {
     let (usage, timings) = (&finished.usage, &finished.timings);
     json!({
-        "finish_reason": finish_reason(finished.finish),
+        "finish_reason": finished.finish.as_str(),
         "model": finished.model,
         "usage": {
             "prompt_tokens": usage.prompt_tokens,

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::logprobs::chat_logprobs;
 use super::params::{self, Shared};
-use super::{Chunks, Meta, finish_reason, sse, tools};
+use super::{Chunks, Meta, sse, tools};
 use crate::edge::model::{self, Omitted};
 use crate::edge::reply::{Finished, Reply};
 use crate::edge::{ApiJson, message};
@@ -298,7 +298,7 @@ pub async fn chat_completions(
             "index": 0,
             "message": reply_message(whole.text, &whole.finished),
             "logprobs": logprobs_json(logprobs, &whole.logprobs),
-            "finish_reason": finish_reason(whole.finished.finish),
+            "finish_reason": whole.finished.finish.as_str(),
         }]);
         Ok(Json(meta.whole("chat.completion", choices, &whole.finished)).into_response())
     }
@@ -365,7 +365,7 @@ impl Chunks for ChatChunks {
             "index": 0,
             "delta": {},
             "logprobs": Value::Null,
-            "finish_reason": finish_reason(finished.finish),
+            "finish_reason": finished.finish.as_str(),
         }]));
         chunks
     }

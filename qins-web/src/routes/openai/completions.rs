@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::logprobs::completion_logprobs;
 use super::params::{self, Shared};
-use super::{Chunks, Meta, finish_reason, sse};
+use super::{Chunks, Meta, sse};
 use crate::edge::ApiJson;
 use crate::edge::model::{self, Omitted};
 use crate::edge::reply::{Finished, Reply};
@@ -157,7 +157,7 @@ pub async fn completions(
     } else {
         let whole = reply.collect().await?;
         let text = body.echo.unwrap_or_default() + &whole.text;
-        let finish = json!(finish_reason(whole.finished.finish));
+        let finish = json!(whole.finished.finish.as_str());
         let choices = choices.choice(&text, &whole.logprobs, finish);
         Ok(Json(meta.whole("text_completion", choices, &whole.finished)).into_response())
     }
@@ -212,7 +212,7 @@ impl Chunks for TextChunks {
     fn finish(&mut self, finished: &Finished) -> Vec<Value> {
         vec![
             self.choices
-                .choice("", &[], json!(finish_reason(finished.finish))),
+                .choice("", &[], json!(finished.finish.as_str())),
         ]
     }
 }

@@ -41,7 +41,7 @@ use qins_proto::v1::TextDelta;
 use serde_json::{Value, json};
 
 use crate::edge::model;
-use crate::edge::reply::{Finish, Finished, Reply, ReplyEvent, Usage};
+use crate::edge::reply::{Finished, Reply, ReplyEvent, Usage};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -59,15 +59,6 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Result<Json<Value>, A
         })
         .collect();
     Ok(Json(json!({ "object": "list", "data": data })))
-}
-
-/// OpenAI's name for a finish reason.
-pub fn finish_reason(finish: Finish) -> &'static str {
-    match finish {
-        Finish::Stop => "stop",
-        Finish::Length => "length",
-        Finish::ToolCalls => "tool_calls",
-    }
 }
 
 /// `usage`, with the prompt tokens served from the session's cache.
