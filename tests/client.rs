@@ -357,6 +357,30 @@ fn without_a_daemon_the_client_says_how_to_start_one() {
     );
 }
 
+/// `qins service install --dry-run | head -1`: the reader leaves before the
+/// output is written; the client ends quietly (status 0, nothing on stderr)
+/// instead of panicking in `println!`.
+#[test]
+fn a_reader_that_leaves_early_ends_the_client_quietly() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let mut child = std::process::Command::new(binary("qins"))
+        .args(["service", "install", "--dry-run"])
+        .env("HOME", home.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("qins runs");
+    // Closing the read end first makes every write fail with EPIPE.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("qins ends");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.is_empty(),
+        "nothing to say on a broken pipe: {stderr}"
+    );
+}
+
 /// Ranges are qinsd's one rule: the client sends an in-type value and shows
 /// qinsd's message, which names the value and the rule.
 #[tokio::test]

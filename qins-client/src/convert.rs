@@ -81,7 +81,7 @@ pub async fn run(socket: &Path, args: Args) -> Result<()> {
     let Some(done) = done else {
         bail!("qinsd ended the conversion without a result");
     };
-    print!("{}", report(&done));
+    crate::output::print(&report(&done))?;
     Ok(())
 }
 

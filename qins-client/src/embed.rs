@@ -48,10 +48,10 @@ pub async fn run(socket: &Path, args: Args) -> Result<()> {
             "prompt_tokens": reply.prompt_tokens,
             "embeddings": vectors,
         });
-        println!("{object}");
+        outln!("{object}")?;
     } else {
         for vector in vectors {
-            println!("{}", serde_json::to_string(vector)?);
+            outln!("{}", serde_json::to_string(vector)?)?;
         }
     }
     Ok(())

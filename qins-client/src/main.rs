@@ -1,5 +1,9 @@
 //! `qins`: the command-line client of the qinsd daemon.
 
+// First: the other modules use its `outln!`.
+#[macro_use]
+mod output;
+
 mod ask;
 mod chat;
 mod connect;
@@ -78,6 +82,9 @@ fn main() {
         }
     };
     if let Err(err) = run(cli) {
+        if output::is_broken_pipe(&err) {
+            return;
+        }
         std::process::exit(connect::report(&err));
     }
 }

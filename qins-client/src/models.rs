@@ -12,12 +12,12 @@ pub async fn list(socket: &Path) -> Result<()> {
     let mut client = connect::client(socket).await?;
     let reply = client.list_models(ListModelsRequest {}).await?.into_inner();
     if reply.models.is_empty() {
-        println!(
+        outln!(
             "no models in {}; add one with: qins convert SRC",
             reply.models_dir
-        );
+        )?;
     } else {
-        print!("{}", table(&reply.models));
+        crate::output::print(&table(&reply.models))?;
     }
     Ok(())
 }
@@ -68,15 +68,15 @@ pub async fn load_with(client: &mut Client, model: String) -> Result<()> {
         .await?
         .into_inner();
     match reply.model {
-        Some(m) => println!(
+        Some(m) => outln!(
             "loaded {} ({}, {} parameters, {}) in {:.1} s",
             m.name,
             m.architecture,
             count(m.parameters),
             bytes(m.file_bytes),
             reply.load_seconds
-        ),
-        None => println!("loaded in {:.1} s", reply.load_seconds),
+        )?,
+        None => outln!("loaded in {:.1} s", reply.load_seconds)?,
     }
     Ok(())
 }
@@ -88,9 +88,9 @@ pub async fn unload(socket: &Path) -> Result<()> {
         .await?
         .into_inner();
     if reply.unloaded.is_empty() {
-        println!("no model was loaded");
+        outln!("no model was loaded")?;
     } else {
-        println!("unloaded {}", reply.unloaded);
+        outln!("unloaded {}", reply.unloaded)?;
     }
     Ok(())
 }

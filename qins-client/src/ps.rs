@@ -14,7 +14,7 @@ use crate::stats;
 pub async fn run(socket: &Path) -> Result<()> {
     let mut client = connect::client(socket).await?;
     let stats = stats::fetch(&mut client).await?;
-    print!("{}", table(&stats, SystemTime::now()));
+    crate::output::print(&table(&stats, SystemTime::now()))?;
     Ok(())
 }
 

@@ -135,9 +135,9 @@ pub fn run(args: Args, socket: &Path, explicit_socket: Option<&Path>) -> Result<
                 }
             };
             if dry_run {
-                println!("# would write {}:", file.display());
-                print!("{contents}");
-                print_steps(&steps);
+                outln!("# would write {}:", file.display())?;
+                crate::output::print(&contents)?;
+                print_steps(&steps)?;
                 return Ok(());
             }
             if !qinsd.is_file() {
@@ -154,9 +154,9 @@ pub fn run(args: Args, socket: &Path, explicit_socket: Option<&Path>) -> Result<
             }
             std::fs::write(&file, contents)
                 .with_context(|| format!("cannot write {}", file.display()))?;
-            println!("wrote {}", file.display());
+            outln!("wrote {}", file.display())?;
             run_steps(&steps)?;
-            println!("qinsd is installed and starts at login; check it with: qins service status");
+            outln!("qinsd is installed and starts at login; check it with: qins service status")?;
             Ok(())
         }
         Action::Uninstall(common) => {
@@ -177,15 +177,15 @@ pub fn run(args: Args, socket: &Path, explicit_socket: Option<&Path>) -> Result<
                 ),
             };
             if common.dry_run {
-                print_steps(&steps);
-                println!("# would remove {}", file.display());
+                print_steps(&steps)?;
+                outln!("# would remove {}", file.display())?;
                 return Ok(());
             }
             run_steps(&steps)?;
             match std::fs::remove_file(&file) {
-                Ok(()) => println!("removed {}", file.display()),
+                Ok(()) => outln!("removed {}", file.display())?,
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    println!("{} was not installed", file.display());
+                    outln!("{} was not installed", file.display())?;
                 }
                 Err(err) => {
                     return Err(err).with_context(|| format!("cannot remove {}", file.display()));
@@ -217,7 +217,7 @@ pub fn run(args: Args, socket: &Path, explicit_socket: Option<&Path>) -> Result<
                 print_steps(&[Step {
                     argv,
                     may_fail: true,
-                }]);
+                }])?;
                 return Ok(());
             }
             let installed = if file.exists() {
@@ -225,9 +225,9 @@ pub fn run(args: Args, socket: &Path, explicit_socket: Option<&Path>) -> Result<
             } else {
                 "not installed"
             };
-            println!("service file: {} ({installed})", file.display());
-            service_state(common.manager(), &argv);
-            println!("socket: {} ({})", socket.display(), socket_state(socket));
+            outln!("service file: {} ({installed})", file.display())?;
+            service_state(common.manager(), &argv)?;
+            outln!("socket: {} ({})", socket.display(), socket_state(socket))?;
             Ok(())
         }
     }
@@ -235,34 +235,34 @@ pub fn run(args: Args, socket: &Path, explicit_socket: Option<&Path>) -> Result<
 
 /// Prints what the service manager says: a few lines of `launchctl print`
 /// (which is long), all of `systemctl status` (which is already a summary).
-fn service_state(manager: Manager, argv: &[String]) {
+fn service_state(manager: Manager, argv: &[String]) -> std::io::Result<()> {
     let output = match Command::new(&argv[0]).args(&argv[1..]).output() {
         Ok(output) => output,
         Err(err) => {
-            println!("service: cannot run {}: {err}", argv[0]);
-            return;
+            return outln!("service: cannot run {}: {err}", argv[0]);
         }
     };
     let stdout = String::from_utf8_lossy(&output.stdout);
     match manager {
-        Manager::Launchd if !output.status.success() => println!("service: not loaded"),
+        Manager::Launchd if !output.status.success() => outln!("service: not loaded")?,
         Manager::Launchd => {
-            println!("service: loaded ({LABEL})");
+            outln!("service: loaded ({LABEL})")?;
             for line in stdout.lines().map(str::trim).filter(|l| {
                 ["state =", "pid =", "last exit code =", "runs ="]
                     .iter()
                     .any(|k| l.starts_with(k))
             }) {
-                println!("  {line}");
+                outln!("  {line}")?;
             }
         }
         Manager::Systemd => {
-            print!("{stdout}");
+            crate::output::print(&stdout)?;
             if stdout.is_empty() {
-                print!("{}", String::from_utf8_lossy(&output.stderr));
+                crate::output::print(&String::from_utf8_lossy(&output.stderr))?;
             }
         }
     }
+    Ok(())
 }
 
 fn socket_state(socket: &Path) -> String {
@@ -284,15 +284,16 @@ fn socket_state(socket: &Path) -> String {
     }
 }
 
-fn print_steps(steps: &[Step]) {
+fn print_steps(steps: &[Step]) -> std::io::Result<()> {
     for s in steps {
         let note = if s.may_fail {
             "  (a failure is ignored)"
         } else {
             ""
         };
-        println!("# would run: {}{note}", shell_words(&s.argv));
+        outln!("# would run: {}{note}", shell_words(&s.argv))?;
     }
+    Ok(())
 }
 
 fn run_steps(steps: &[Step]) -> Result<()> {

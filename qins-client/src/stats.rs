@@ -13,9 +13,9 @@ pub async fn run(socket: &Path, json: bool) -> Result<()> {
     let stats = fetch(&mut client).await?;
     if json {
         // The raw fields, named as in the proto, for scripts.
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        outln!("{}", serde_json::to_string_pretty(&stats)?)?;
     } else {
-        print!("{}", table(&stats));
+        crate::output::print(&table(&stats))?;
     }
     Ok(())
 }
