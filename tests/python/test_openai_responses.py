@@ -215,8 +215,11 @@ class ResponsesApiTest(unittest.TestCase):
             {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]
         error = self.refused("input[0].content[0].type", lambda: self.create(input=image))
         self.assertIn("input_image", error.message)
-        # qinsd's range check names the Responses parameter.
+        # qinsd's refusals name the Responses parameter.
         self.refused("top_p", lambda: self.create(top_p=1.5))
+        self.refused("max_output_tokens", lambda: self.create(max_output_tokens=0))
+        self.refused("text.format", lambda: self.create(
+            tools=[WEATHER], text={"format": {"type": "json_object"}}))
 
 
 if __name__ == "__main__":
