@@ -480,6 +480,7 @@ async fn every_dialect_resolves_the_model_the_same_way() {
             json!({ "model": "gpt-4o", "messages": user("x"), "max_tokens": 1 }),
         ),
         ("/v1/embeddings", json!({ "model": "gpt-4o", "input": "x" })),
+        ("/v1/responses", json!({ "model": "gpt-4o", "input": "x" })),
     ];
     for (path, body) in unknown {
         let r = post_json(a, path, &body).await;
@@ -868,12 +869,12 @@ async fn v1_responses_whole_streamed_chained_and_refused() {
         assert_eq!(resp.status, 400, "{name}: {}", resp.body);
         assert_eq!(resp.json()["error"]["param"], param, "{}", resp.body);
     }
-    let mut unknown = body.clone();
-    unknown["model"] = json!("gpt-4o");
+    let mut omitted = body.clone();
+    omitted.as_object_mut().map(|b| b.remove("model"));
     assert_error(
-        &post_json(s.addr, "/v1/responses", &unknown).await,
-        404,
-        "not_found",
+        &post_json(s.addr, "/v1/responses", &omitted).await,
+        400,
+        "invalid_request",
     );
 }
 

@@ -3,7 +3,7 @@
 //! that asks for nothing qins does not do, or refused with a 400 naming it
 //! (the table in TECHNICAL_SPEC.md, "OpenAI's Responses API").
 
-use qins_proto::v1::{ChatRequest, Message, ToolCall};
+use qins_proto::v1::{ChatRequest, Message, Sampling, ToolCall};
 use serde_json::{Map, Value, json};
 
 use super::super::params::{self, SAMPLING};
@@ -45,7 +45,7 @@ pub struct ResponsesBody {
 impl ResponsesBody {
     pub fn parse(body: Value) -> Result<Self, ApiError> {
         let mut request = ChatRequest::default();
-        let mut sampling = request.sampling.take().unwrap_or_default();
+        let mut sampling = Sampling::default();
         let mut echo = Map::new();
         let (mut model, mut instructions, mut input, mut previous) = (None, None, None, None);
         let (mut stream, mut store) = (false, true);
