@@ -3,7 +3,7 @@
 //! that asks for nothing qins does not do, or refused with a 400 naming it
 //! (the table in TECHNICAL_SPEC.md, "OpenAI's Responses API").
 
-use qins_proto::v1::{ChatRequest, Message, Sampling, ToolCall};
+use qins_proto::v1::{ChatRequest, Message, ResponseFormat, Sampling, Tool, ToolCall};
 use serde_json::{Map, Value, json};
 
 use super::super::params::{self, SAMPLING};
@@ -207,7 +207,7 @@ fn stream_options(value: Value) -> Result<(), ApiError> {
 
 /// `tools`: function tools, flat (`{type, name, description, parameters,
 /// strict}`), read by the rule chat's share.
-fn function_tools(value: &Value) -> Result<Vec<qins_proto::v1::Tool>, ApiError> {
+fn function_tools(value: &Value) -> Result<Vec<Tool>, ApiError> {
     let Value::Array(items) = value else {
         return Err(params::invalid("tools", "must be a list"));
     };
@@ -247,7 +247,7 @@ fn tool_choice(value: &Value) -> Result<String, ApiError> {
 /// `text`: `format` (text, `json_object`, or `json_schema` with `schema`
 /// flat in it) and `verbosity` (only `medium`, what qins does). Returns
 /// qinsd's format and the one the response object shows.
-fn text_config(value: Value) -> Result<(Option<qins_proto::v1::ResponseFormat>, Value), ApiError> {
+fn text_config(value: Value) -> Result<(Option<ResponseFormat>, Value), ApiError> {
     let mut format = None;
     let mut shown = json!({ "type": "text" });
     for (name, value) in members("text", value)? {
