@@ -46,6 +46,7 @@ pub fn router(config: Config) -> Router {
             .map(|h| security::normalize_host(h))
             .collect(),
         cors_origins: config.cors_origins,
+        responses: Default::default(),
     });
     // The page stays open so a browser can load it and then ask for the key;
     // everything that reaches qinsd is behind the key. The page's own API
@@ -58,6 +59,11 @@ pub fn router(config: Config) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/responses", post(openai::responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(openai::responses::retrieve).delete(openai::responses::delete),
+        )
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/embeddings", post(openai::embeddings))

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::daemon::Daemon;
 use crate::metrics::Metrics;
+use crate::routes::openai::responses::store::ResponseStore;
 
 pub struct AppState {
     pub daemon: Daemon,
@@ -13,4 +14,6 @@ pub struct AppState {
     pub api_key: Option<String>,
     pub allowed_hosts: Vec<String>,
     pub cors_origins: Vec<String>,
+    /// The Responses API's stored responses (`previous_response_id`).
+    pub responses: ResponseStore,
 }

@@ -480,6 +480,7 @@ async fn every_dialect_resolves_the_model_the_same_way() {
             json!({ "model": "gpt-4o", "messages": user("x"), "max_tokens": 1 }),
         ),
         ("/v1/embeddings", json!({ "model": "gpt-4o", "input": "x" })),
+        ("/v1/responses", json!({ "model": "gpt-4o", "input": "x" })),
     ];
     for (path, body) in unknown {
         let r = post_json(a, path, &body).await;
@@ -753,6 +754,128 @@ async fn anthropic_messages_whole_streamed_counted_and_refused() {
         "invalid_request_error",
     );
     assert!(message.contains("top_p"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_responses_whole_streamed_chained_and_refused() {
+    let s = setup().await;
+    let body = json!({ "model": "tiny", "input": "Hi", "instructions": "Be brief.",
+                       "max_output_tokens": 3, "temperature": 0 });
+    let resp = post_json(s.addr, "/v1/responses", &body).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let whole = resp.json();
+    let id = whole["id"].as_str().expect("id").to_string();
+    assert!(id.starts_with("resp_"), "{id}");
+    assert_eq!(whole["object"], "response");
+    assert_eq!(whole["model"], "tiny");
+    assert_eq!(whole["instructions"], "Be brief.");
+    assert_eq!(whole["output"][0]["type"], "message");
+    let text = whole["output"][0]["content"][0]["text"]
+        .as_str()
+        .expect("text");
+    let output_tokens = whole["usage"]["output_tokens"].as_u64().expect("usage");
+    match whole["status"].as_str() {
+        Some("incomplete") => {
+            assert_eq!(output_tokens, 3);
+            assert_eq!(whole["incomplete_details"]["reason"], "max_output_tokens");
+        }
+        Some("completed") => assert!(output_tokens <= 3),
+        other => panic!("status {other:?}"),
+    }
+
+    // Streamed: the event sequence, numbered, with the same greedy text.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let resp = post_json(s.addr, "/v1/responses", &streamed).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let events: Vec<(String, Value)> = resp
+        .events()
+        .into_iter()
+        .map(|(name, data)| (name, serde_json::from_str(&data).expect("event JSON")))
+        .collect();
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added"
+        ],
+        "{names:?}"
+    );
+    let end = if whole["status"] == "completed" {
+        "response.completed"
+    } else {
+        "response.incomplete"
+    };
+    assert_eq!(
+        names[names.len() - 4..],
+        [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            end
+        ]
+    );
+    let mut deltas = String::new();
+    for (i, (name, data)) in events.iter().enumerate() {
+        assert_eq!(data["type"], name.as_str());
+        assert_eq!(data["sequence_number"], i);
+        if name == "response.output_text.delta" {
+            deltas.push_str(data["delta"].as_str().expect("delta"));
+        }
+    }
+    assert_eq!(deltas, text);
+
+    // Stored by default: retrievable, and a later response continues it.
+    let stored = get(s.addr, &format!("/v1/responses/{id}")).await;
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    assert_eq!(stored.json()["output"], whole["output"]);
+    let next = json!({ "model": "tiny", "input": "And?", "max_output_tokens": 1,
+                       "previous_response_id": id });
+    let chained = post_json(s.addr, "/v1/responses", &next).await;
+    assert_eq!(chained.status, 200, "{}", chained.body);
+    let alone = post_json(
+        s.addr,
+        "/v1/responses",
+        &json!({ "model": "tiny", "input": "And?", "max_output_tokens": 1 }),
+    )
+    .await;
+    let prompt = |r: &Response| r.json()["usage"]["input_tokens"].as_u64().expect("usage");
+    assert!(prompt(&chained) > prompt(&alone) + 3);
+    let deleted = request(s.addr, "DELETE", &format!("/v1/responses/{id}"), &[], b"").await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert_eq!(deleted.json()["deleted"], true);
+    assert_error(
+        &get(s.addr, &format!("/v1/responses/{id}")).await,
+        404,
+        "not_found",
+    );
+    let gone = post_json(s.addr, "/v1/responses", &next).await;
+    assert_error(&gone, 400, "previous_response_not_found");
+    assert_eq!(gone.json()["error"]["param"], "previous_response_id");
+
+    // Refusals name the member; qinsd's range check names Responses' name.
+    for (name, value, param) in [
+        ("store", json!("yes"), "store"),
+        ("truncation", json!("auto"), "truncation"),
+        ("max_output_tokens", json!(0), "max_output_tokens"),
+        ("top_p", json!(1.5), "top_p"),
+    ] {
+        let mut refused = body.clone();
+        refused[name] = value;
+        let resp = post_json(s.addr, "/v1/responses", &refused).await;
+        assert_eq!(resp.status, 400, "{name}: {}", resp.body);
+        assert_eq!(resp.json()["error"]["param"], param, "{}", resp.body);
+    }
+    let mut omitted = body.clone();
+    omitted.as_object_mut().map(|b| b.remove("model"));
+    assert_error(
+        &post_json(s.addr, "/v1/responses", &omitted).await,
+        400,
+        "invalid_request",
+    );
 }
 
 /// The NDJSON lines of an ollama stream, parsed.
@@ -1171,6 +1294,13 @@ async fn api_key_is_required_when_set() {
         a,
         "/v1/chat/completions",
         &json!({ "model": "tiny", "messages": user("x"), "max_tokens": 1 }),
+    )
+    .await;
+    assert_error(&r, 401, "invalid_api_key");
+    let r = post_json(
+        a,
+        "/v1/responses",
+        &json!({ "model": "tiny", "input": "x" }),
     )
     .await;
     assert_error(&r, 401, "invalid_api_key");

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use qins_proto::v1::{
-    ChatRequest, Message, ResponseFormat, TextDelta, TokenLogprob, response_format,
-};
+use qins_proto::v1::{ChatRequest, Message, ResponseFormat, TextDelta, TokenLogprob};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -171,35 +169,11 @@ fn unsupported_chat_param(name: &str) -> &'static str {
     }
 }
 
-/// `response_format`: text, or JSON through qinsd's grammar-constrained
-/// decoding. A `json_schema` is always enforced, `strict` or not.
+/// `response_format`: `{"type", "json_schema": {"schema", ...}}`, read by
+/// the rule the Responses API's `text.format` shares.
 fn response_format(value: &Value) -> Result<Option<ResponseFormat>, ApiError> {
-    let format = match value.get("type").and_then(Value::as_str) {
-        Some("text") => return Ok(None),
-        Some("json_object") => response_format::Format::JsonObject(true),
-        Some("json_schema") => {
-            let schema = value
-                .get("json_schema")
-                .and_then(|s| s.get("schema"))
-                .filter(|s| s.is_object() || s.is_boolean())
-                .ok_or_else(|| {
-                    params::invalid(
-                        "response_format",
-                        "json_schema.schema is required (a JSON schema object)",
-                    )
-                })?;
-            response_format::Format::JsonSchema(schema.to_string())
-        }
-        _ => {
-            return Err(params::invalid(
-                "response_format",
-                "type must be \"text\", \"json_object\" or \"json_schema\"",
-            ));
-        }
-    };
-    Ok(Some(ResponseFormat {
-        format: Some(format),
-    }))
+    let schema = value.get("json_schema").and_then(|s| s.get("schema"));
+    params::output_format("response_format", value, schema, "json_schema.schema")
 }
 
 /// The conversation: roles and text content; anything else a message can
@@ -377,7 +351,7 @@ mod tests {
     use super::*;
     use crate::edge::reply::testing::{delta, done, reply, unknown};
     use crate::edge::testing::param_of;
-    use qins_proto::v1::FinishReason;
+    use qins_proto::v1::{FinishReason, response_format};
 
     fn param(body: Value) -> String {
         param_of(ChatBody::parse(body))

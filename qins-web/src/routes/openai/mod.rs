@@ -1,6 +1,6 @@
 //! The OpenAI-compatible API: `POST /v1/chat/completions` ([`chat`]),
 //! `POST /v1/completions` ([`mod@completions`], the legacy text API) and
-//! `GET /v1/models`. Both completion endpoints share their request members
+//! `GET /v1/models`; [`responses`] is the Responses API (`/v1/responses`). Both completion endpoints share their request members
 //! ([`params::Shared`]), the reply frame ([`Meta`]), usage, finish reasons
 //! and the SSE stream ([`sse`]); each renders only its own choices.
 //!
@@ -21,6 +21,7 @@ pub mod completions;
 pub mod embeddings;
 pub mod logprobs;
 pub mod params;
+pub mod responses;
 pub mod tools;
 
 pub use chat::chat_completions;

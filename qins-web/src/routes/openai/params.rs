@@ -5,11 +5,11 @@
 //! refused with a 400 that names it in the error's `param` (the table in
 //! TECHNICAL_SPEC.md, "OpenAI's API", lists them all).
 
-use qins_proto::v1::Sampling;
+use qins_proto::v1::{ResponseFormat, Sampling, response_format};
 use serde_json::Value;
 
 use crate::edge::params::{SamplingField, SamplingTable, name_refused_param, read_sampling};
-pub use crate::edge::params::{boolean, invalid, object, only, refused, string, uint32};
+pub use crate::edge::params::{boolean, invalid, object, only, refused, string, uint, uint32};
 use crate::error::ApiError;
 
 /// OpenAI's sampling parameters, plus `top_k`, `min_p` and
@@ -98,6 +98,43 @@ pub fn one_choice(name: &str, value: &Value) -> Result<(), ApiError> {
         Value::from(1),
         "qins-web returns one choice per request; send several requests (with different seeds)",
     )
+}
+
+/// An output format (chat's `response_format`, the Responses API's
+/// `text.format`; `param` names it): `text`, or JSON through qinsd's
+/// grammar-constrained decoding, `json_object` or `json_schema` with the
+/// schema found at `schema_path`. The schema is always enforced, `strict`
+/// or not.
+pub fn output_format(
+    param: &str,
+    format: &Value,
+    schema: Option<&Value>,
+    schema_path: &str,
+) -> Result<Option<ResponseFormat>, ApiError> {
+    let format = match format.get("type").and_then(Value::as_str) {
+        Some("text") => return Ok(None),
+        Some("json_object") => response_format::Format::JsonObject(true),
+        Some("json_schema") => {
+            let schema = schema
+                .filter(|s| s.is_object() || s.is_boolean())
+                .ok_or_else(|| {
+                    invalid(
+                        param,
+                        &format!("{schema_path} is required (a JSON schema object)"),
+                    )
+                })?;
+            response_format::Format::JsonSchema(schema.to_string())
+        }
+        _ => {
+            return Err(invalid(
+                param,
+                "type must be \"text\", \"json_object\" or \"json_schema\"",
+            ));
+        }
+    };
+    Ok(Some(ResponseFormat {
+        format: Some(format),
+    }))
 }
 
 #[cfg(test)]

@@ -20,42 +20,54 @@ pub fn tools(value: &Value) -> Result<Vec<Tool>, ApiError> {
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            if item.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(params::refused(
-                    &format!("tools[{i}].type"),
-                    "only function tools are supported",
-                ));
-            }
+            only_function_tools(&format!("tools[{i}]"), item)?;
             let function = item
                 .get("function")
                 .ok_or_else(|| params::invalid(&format!("tools[{i}].function"), "is required"))?;
-            let name = function
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    params::invalid(&format!("tools[{i}].function.name"), "is required")
-                })?;
-            let parameters = match function.get("parameters") {
-                None | Some(Value::Null) => String::new(),
-                Some(schema @ Value::Object(_)) => schema.to_string(),
-                Some(_) => {
-                    return Err(params::invalid(
-                        &format!("tools[{i}].function.parameters"),
-                        "must be a JSON schema object",
-                    ));
-                }
-            };
-            Ok(Tool {
-                name: name.to_string(),
-                description: function
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                parameters,
-            })
+            function_tool(&format!("tools[{i}].function"), function)
         })
         .collect()
+}
+
+/// Refuses a tool whose `type` is not `function` (at `path`).
+pub fn only_function_tools(path: &str, tool: &Value) -> Result<(), ApiError> {
+    if tool.get("type").and_then(Value::as_str) == Some("function") {
+        Ok(())
+    } else {
+        Err(params::refused(
+            &format!("{path}.type"),
+            "only function tools are supported",
+        ))
+    }
+}
+
+/// A function's `name`, `description` and `parameters` (at `path`: chat
+/// nests them under `function`, the Responses API does not); `strict` is
+/// read as always on, since qinsd enforces the schema either way.
+pub fn function_tool(path: &str, function: &Value) -> Result<Tool, ApiError> {
+    let name = function
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| params::invalid(&format!("{path}.name"), "is required"))?;
+    let parameters = match function.get("parameters") {
+        None | Some(Value::Null) => String::new(),
+        Some(schema @ Value::Object(_)) => schema.to_string(),
+        Some(_) => {
+            return Err(params::invalid(
+                &format!("{path}.parameters"),
+                "must be a JSON schema object",
+            ));
+        }
+    };
+    Ok(Tool {
+        name: name.to_string(),
+        description: function
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        parameters,
+    })
 }
 
 /// `tool_choice`: `none`, `auto`, `required`, or `{"type": "function",
