@@ -241,6 +241,18 @@ fn is_weather_in(call: &qins_engine::tools::ToolCall, city: &str) -> bool {
             .is_some_and(|c| c.contains(city))
 }
 
+/// What SmolLM2 does when asked for two calls (printed; see the assert).
+#[test]
+fn two_cities_where_parallel_calls_are_allowed() {
+    use qins_engine::tools::Calls;
+    let made = required_calls(
+        "What is the weather in Paris and what is the weather in Rome?",
+        Calls::Parallel,
+    );
+    assert!(is_weather_in(&made[0], "Paris"), "{made:?}");
+    assert!(made.iter().any(|c| is_weather_in(c, "Rome")), "{made:?}");
+}
+
 #[test]
 fn a_required_tool_call_follows_the_tool_schema() {
     use qins_engine::tools::Calls;

@@ -199,6 +199,7 @@ class StockGrpcClientTest(unittest.TestCase):
             tools=[pb.Tool(name="get_weather", description="Weather in a city",
                            parameters=json.dumps(params))],
             tool_choice="required",
+            disable_parallel_tool_calls=True,
         )
         events = list(self.qins.Chat(request, timeout=CALL_TIMEOUT))
         done = events[-1].done
