@@ -189,7 +189,11 @@ fn call_schema(tool: &ToolSpec) -> Value {
 }
 
 /// What the reply is drawn within; None: free text.
-pub fn output_format(tools: &[ToolSpec], choice: &ToolChoice, calls: Calls) -> Option<OutputFormat> {
+pub fn output_format(
+    tools: &[ToolSpec],
+    choice: &ToolChoice,
+    calls: Calls,
+) -> Option<OutputFormat> {
     let schemas: Vec<Value> = match choice {
         ToolChoice::None => return None,
         ToolChoice::Named(name) => tools
@@ -275,7 +279,10 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert!(out[0].content.starts_with("Be brief.\n\n"));
         assert!(out[0].content.contains("must call"));
-        assert!(!out[0].content.contains("per line"), "one call: not offered");
+        assert!(
+            !out[0].content.contains("per line"),
+            "one call: not offered"
+        );
         assert_eq!(
             with_tools(asked.clone(), &tools, &ToolChoice::None, Calls::Parallel),
             asked
@@ -299,7 +306,10 @@ mod tests {
         assert!(parse_calls("  ", &tools).is_none());
         // Several calls, a line each; all of them calls, or it is text.
         let two = format!("{}\n{}", call.to_json(), call.to_json());
-        assert_eq!(parse_calls(&two, &tools), Some(vec![call.clone(), call.clone()]));
+        assert_eq!(
+            parse_calls(&two, &tools),
+            Some(vec![call.clone(), call.clone()])
+        );
         assert!(parse_calls(&format!("{two}\nand text"), &tools).is_none());
         assert_eq!(
             assistant_turn("", std::slice::from_ref(&call)),

@@ -398,11 +398,8 @@ mod tests {
             .filter(|(name, _)| name == "content_block_stop")
             .count();
         assert_eq!(stops, 3);
-        let whole = content_json(
-            "",
-            &[call("call_a", "Paris"), call("call_b", "Rome")],
-        )
-        .expect("JSON arguments");
+        let whole = content_json("", &[call("call_a", "Paris"), call("call_b", "Rome")])
+            .expect("JSON arguments");
         assert_eq!(whole[1]["id"], "call_b");
         assert_eq!(whole[1]["input"]["city"], "Rome");
     }
@@ -438,9 +435,7 @@ mod tests {
         assert!(message_delta["delta"]["stop_sequence"].is_null());
     }
 
-    async fn events_of(
-        items: Vec<Result<ChatEvent, tonic::Status>>,
-    ) -> Vec<(String, Value)> {
+    async fn events_of(items: Vec<Result<ChatEvent, tonic::Status>>) -> Vec<(String, Value)> {
         events(event_stream(reply(items), "msg_1".into(), "tiny".into())).await
     }
 

@@ -486,7 +486,12 @@ mod tests {
             assert_eq!(request.disable_parallel_tool_calls, one_call, "{qinsd}");
         }
         // Without a tool_choice, several calls are allowed (Anthropic's default).
-        assert!(!parse(base()).expect("accepted").request.disable_parallel_tool_calls);
+        assert!(
+            !parse(base())
+                .expect("accepted")
+                .request
+                .disable_parallel_tool_calls
+        );
     }
 
     #[test]
