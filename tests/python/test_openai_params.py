@@ -46,12 +46,11 @@ TOOLS = [{"type": "function", "function": {
         "additionalProperties": False,
     },
 }}]
-# Seeds whose replies make several calls and end within PARALLEL_MAX_TOKENS
-# (2026-12-07: 4, 3 and 2 calls). Most seeds keep calling until the limit:
-# after a call the random model takes the newline more often than the end,
-# so the single-call tests below set parallel_tool_calls false.
-PARALLEL_SEEDS = (6, 9, 11)
-PARALLEL_MAX_TOKENS = 400
+# Greedy, the tiny model takes the newline over the end after every call,
+# up to the grammar's bound of 8 calls (2026-12-07: 572 tokens); sampled,
+# most seeds keep calling until max_tokens, so the single-call tests below
+# set parallel_tool_calls false.
+PARALLEL_MAX_TOKENS = 700
 CLOCK = {"type": "function", "function": {
     "name": "get_time", "description": "The time",
     "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
@@ -218,29 +217,27 @@ class OpenAIParamsTest(unittest.TestCase):
 
     def test_parallel_tool_calls_are_several_calls_unless_false(self):
         """After a call the grammar offers a newline (another call) or the end."""
-        for seed in PARALLEL_SEEDS:
-            r = self.chat(tools=TOOLS, tool_choice="required", temperature=1.0, seed=seed,
-                          max_tokens=PARALLEL_MAX_TOKENS)
-            choice = r.choices[0]
-            self.assertEqual(choice.finish_reason, "tool_calls", seed)
-            calls = choice.message.tool_calls
-            self.assertTrue(2 <= len(calls) <= 8, calls)
-            for call in calls:
-                self.check_weather_call(call)
-            self.assertEqual(len({c.id for c in calls}), len(calls), "ids are unique")
-            # Streamed: the same calls, each delta entry with its index.
-            chunks = list(self.chat(tools=TOOLS, tool_choice="required", temperature=1.0,
-                                    seed=seed, max_tokens=PARALLEL_MAX_TOKENS, stream=True))
-            streamed = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
-            self.assertEqual([tc.index for tc in streamed], list(range(len(calls))))
-            self.assertEqual([tc.function.arguments for tc in streamed],
-                             [c.function.arguments for c in calls])
-            # parallel_tool_calls false: exactly one.
-            one = self.chat(tools=TOOLS, tool_choice="required", temperature=1.0, seed=seed,
-                            max_tokens=PARALLEL_MAX_TOKENS, parallel_tool_calls=False)
-            self.assertEqual(one.choices[0].finish_reason, "tool_calls")
-            self.assertEqual(len(one.choices[0].message.tool_calls), 1)
-            self.check_weather_call(one.choices[0].message.tool_calls[0])
+        ask = dict(tools=TOOLS, tool_choice="required", temperature=0,
+                   max_tokens=PARALLEL_MAX_TOKENS)
+        choice = self.chat(**ask).choices[0]
+        self.assertEqual(choice.finish_reason, "tool_calls")
+        calls = choice.message.tool_calls
+        self.assertEqual(len(calls), 8)
+        for call in calls:
+            self.check_weather_call(call)
+        self.assertEqual(len({c.id for c in calls}), len(calls), "ids are unique")
+        # Streamed: the same calls, each delta entry with its index.
+        chunks = list(self.chat(stream=True, **ask))
+        streamed = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+        self.assertEqual([tc.index for tc in streamed], list(range(8)))
+        self.assertEqual([tc.function.arguments for tc in streamed],
+                         [c.function.arguments for c in calls])
+        self.assertEqual(chunks[-1].choices[0].finish_reason, "tool_calls")
+        # parallel_tool_calls false: exactly one.
+        one = self.chat(parallel_tool_calls=False, **ask).choices[0]
+        self.assertEqual(one.finish_reason, "tool_calls")
+        self.assertEqual(len(one.message.tool_calls), 1)
+        self.check_weather_call(one.message.tool_calls[0])
 
     def test_several_calls_and_their_results_go_back(self):
         call = lambda i, city: {"id": f"call_{i}", "type": "function", "function": {
