@@ -332,28 +332,79 @@ mod tests {
         assert_eq!(value.as_object().map(|m| m.len()), Some(2), "{text}");
     }
 
-    #[test]
-    fn auto_tool_choice_allows_text_or_a_call() {
-        use crate::tools::{ToolChoice, ToolSpec, output_format, parse_call};
-        let tools = [ToolSpec {
+    fn flag_tool() -> Vec<crate::tools::ToolSpec> {
+        vec![crate::tools::ToolSpec {
             name: "you".into(),
             description: String::new(),
             parameters: json!({ "type": "object", "properties": { "ok": { "type": "boolean" } },
                                 "required": ["ok"], "additionalProperties": false }),
-        }];
-        let auto = output_format(&tools, &ToolChoice::Auto).unwrap();
+        }]
+    }
+
+    #[test]
+    fn auto_tool_choice_allows_text_or_a_call() {
+        use crate::tools::{Calls, ToolChoice, output_format, parse_calls};
+        let tools = flag_tool();
         let tokenizer = byte_level_tokenizer();
         let hello = token_id(&tokenizer, "Hello");
         let brace = token_id(&tokenizer, "{");
-        // Text that does not start with "{" passes as it is.
-        let (text, ended) = drive(&auto, &[hello, hello], 10);
-        assert!(ended);
-        assert_eq!(text, "HelloHello");
-        // A "{" commits to a call, whatever the model wants next.
-        let (text, ended) = drive(&auto, &[brace, hello, hello, hello], 200);
+        for calls in [Calls::One, Calls::Parallel] {
+            let auto = output_format(&tools, &ToolChoice::Auto, calls).unwrap();
+            // Text that does not start with "{" passes as it is.
+            let (text, ended) = drive(&auto, &[hello, hello], 10);
+            assert!(ended);
+            assert_eq!(text, "HelloHello");
+            // A "{" commits to a call, whatever the model wants next.
+            let (text, ended) = drive(&auto, &[brace, hello, hello, hello], 200);
+            assert!(ended, "{text:?}");
+            let made = parse_calls(&text, &tools).unwrap_or_else(|| panic!("{text:?}"));
+            assert_eq!(made.len(), 1, "{text:?}");
+            assert!(made[0].arguments["ok"].is_boolean());
+        }
+    }
+
+    /// Tokens spelling `text`, one byte-level token per character.
+    fn spelled(tokenizer: &Tokenizer, text: &str) -> Vec<u32> {
+        text.chars()
+            .map(|c| match c {
+                ' ' => token_id(tokenizer, "Ġ"),
+                '\n' => token_id(tokenizer, "Ċ"),
+                c => token_id(tokenizer, &c.to_string()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parallel_calls_follow_each_other_a_line_each() {
+        use crate::tools::{Calls, MAX_PARALLEL_CALLS, ToolChoice, output_format, parse_calls};
+        let tools = flag_tool();
+        let tokenizer = byte_level_tokenizer();
+        let call = r#"{"name": "you", "arguments": {"ok": true}}"#;
+        // The "model" wants two calls.
+        let two = spelled(&tokenizer, &format!("{call}\n{call}"));
+        for choice in [ToolChoice::Required, ToolChoice::Auto] {
+            let parallel = output_format(&tools, &choice, Calls::Parallel).unwrap();
+            let (text, ended) = drive(&parallel, &two, 400);
+            assert!(ended, "{text:?}");
+            assert_eq!(text, format!("{call}\n{call}"));
+            assert_eq!(parse_calls(&text, &tools).map(|c| c.len()), Some(2));
+            // One call only: the grammar ends the reply after the first.
+            let one = output_format(&tools, &choice, Calls::One).unwrap();
+            let (text, ended) = drive(&one, &two, 400);
+            assert!(ended, "{text:?}");
+            assert_eq!(text, call, "{choice:?}");
+        }
+        // A model that never stops calling is cut at the bound.
+        let endless: Vec<u32> = std::iter::repeat_n(format!("{call}\n"), 20)
+            .flat_map(|c| spelled(&tokenizer, &c))
+            .collect();
+        let parallel = output_format(&tools, &ToolChoice::Required, Calls::Parallel).unwrap();
+        let (text, ended) = drive(&parallel, &endless, endless.len());
         assert!(ended, "{text:?}");
-        let call = parse_call(&text, &tools).unwrap_or_else(|| panic!("{text:?}"));
-        assert!(call.arguments["ok"].is_boolean());
+        assert_eq!(
+            parse_calls(&text, &tools).map(|c| c.len()),
+            Some(MAX_PARALLEL_CALLS)
+        );
     }
 
     /// What a "model" that only wants to write `digit` makes of `schema`.

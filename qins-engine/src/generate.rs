@@ -103,6 +103,9 @@ pub struct Timings {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Finished {
     pub reason: FinishReason,
+    /// The stop string that ended the reply (reason `Stop`); None when an
+    /// end token or anything else did.
+    pub stop_sequence: Option<String>,
     /// The generated ids, an end token included.
     pub tokens: Vec<u32>,
     pub usage: Usage,
@@ -144,8 +147,8 @@ struct Run<'a, M: LanguageModel> {
     usage: Usage,
     started: Instant,
     first_token_at: Option<Instant>,
-    /// A stop string ended the text: nothing after it may be emitted.
-    stopped_by_string: bool,
+    /// The stop string that ended the text: nothing after it may be emitted.
+    stopped_by: Option<String>,
 }
 
 impl<'a, M: LanguageModel> Run<'a, M> {
@@ -173,7 +176,7 @@ impl<'a, M: LanguageModel> Run<'a, M> {
             },
             started: Instant::now(),
             first_token_at: None,
-            stopped_by_string: false,
+            stopped_by: None,
         })
     }
 
@@ -270,13 +273,15 @@ impl<'a, M: LanguageModel> Run<'a, M> {
 
     /// Passes text through the stop strings; true when one matched.
     fn scan(&mut self, text: &str, on_event: &mut impl FnMut(GenerationEvent)) -> bool {
-        let (released, stopped) = match self.stops.push(text) {
-            StopScan::Emit(released) => (released, false),
-            StopScan::Stopped(released) => (released, true),
+        let released = match self.stops.push(text) {
+            StopScan::Emit(released) => released,
+            StopScan::Stopped { before, stop } => {
+                self.stopped_by = Some(stop);
+                before
+            }
         };
         send_delta(released, on_event);
-        self.stopped_by_string |= stopped;
-        stopped
+        self.stopped_by.is_some()
     }
 
     fn at_length_limit(&self) -> bool {
@@ -306,7 +311,7 @@ impl<'a, M: LanguageModel> Run<'a, M> {
         mut reason: FinishReason,
         on_event: &mut impl FnMut(GenerationEvent),
     ) -> Result<Finished, EngineError> {
-        if !self.stopped_by_string {
+        if self.stopped_by.is_none() {
             let tail = self.decoder.flush()?;
             if self.scan(&tail, on_event) {
                 reason = FinishReason::Stop;
@@ -321,6 +326,7 @@ impl<'a, M: LanguageModel> Run<'a, M> {
         }
         Ok(Finished {
             reason,
+            stop_sequence: self.stopped_by.take(),
             tokens: self.history[self.usage.prompt_tokens..].to_vec(),
             usage: self.usage,
             timings: self.timings(),
@@ -452,6 +458,7 @@ mod tests {
         assert_eq!(out.text(), reply);
         assert!(out.deltas.iter().all(|d| !d.contains('\u{FFFD}')));
         assert_eq!(out.finished.reason, FinishReason::Stop);
+        assert_eq!(out.finished.stop_sequence, None, "the end token stopped it");
         assert_eq!(out.finished.usage.prompt_tokens, PROMPT.len());
         assert_eq!(out.finished.usage.completion_tokens, ids.len() + 1);
         assert_eq!(&out.finished.tokens[..ids.len()], &ids[..]);
@@ -526,6 +533,7 @@ mod tests {
         let out = run(&model, 256, &tokenizer, &req);
         assert_eq!(out.text(), &reply[..reply.find(&stop).unwrap()]);
         assert_eq!(out.finished.reason, FinishReason::Stop);
+        assert_eq!(out.finished.stop_sequence, Some(stop));
         assert!(out.finished.usage.completion_tokens < ids.len());
     }
 

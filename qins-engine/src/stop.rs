@@ -9,8 +9,9 @@
 pub enum StopScan {
     /// Text that can no longer be part of a stop string.
     Emit(String),
-    /// A stop string matched: the text before it; the stream ends here.
-    Stopped(String),
+    /// A stop string matched: the text before it, and the stop string; the
+    /// stream ends here.
+    Stopped { before: String, stop: String },
 }
 
 pub struct StopMatcher {
@@ -29,10 +30,11 @@ impl StopMatcher {
 
     pub fn push(&mut self, delta: &str) -> StopScan {
         self.held.push_str(delta);
-        if let Some(at) = self.earliest_match() {
+        if let Some((at, stop)) = self.earliest_match() {
+            let stop = stop.to_owned();
             let before = self.held[..at].to_owned();
             self.held.clear();
-            return StopScan::Stopped(before);
+            return StopScan::Stopped { before, stop };
         }
         let keep_from = self.held.len() - self.longest_partial_suffix();
         let tail = self.held.split_off(keep_from);
@@ -44,11 +46,13 @@ impl StopMatcher {
         std::mem::take(&mut self.held)
     }
 
-    fn earliest_match(&self) -> Option<usize> {
+    /// Where the earliest match starts and which stop string it is (the
+    /// first listed, of several matching there).
+    fn earliest_match(&self) -> Option<(usize, &str)> {
         self.stops
             .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min()
+            .filter_map(|s| Some((self.held.find(s.as_str())?, s.as_str())))
+            .min_by_key(|&(at, _)| at)
     }
 
     /// The length of the longest suffix of the held text that is a proper
@@ -73,9 +77,9 @@ mod tests {
         for delta in deltas {
             match matcher.push(delta) {
                 StopScan::Emit(text) => emitted.push(text),
-                StopScan::Stopped(text) => {
-                    emitted.push(text);
-                    return (emitted, Some("stopped".into()));
+                StopScan::Stopped { before, stop } => {
+                    emitted.push(before);
+                    return (emitted, Some(stop));
                 }
             }
         }
@@ -86,7 +90,7 @@ mod tests {
     #[test]
     fn stop_split_across_deltas_is_cut_and_never_emitted() {
         let (emitted, stopped) = run(&["STOP"], &["Hello S", "T", "O", "P and more"]);
-        assert!(stopped.is_some());
+        assert_eq!(stopped.as_deref(), Some("STOP"));
         assert_eq!(emitted.concat(), "Hello ");
         // "S", "ST" and "STO" were held, not emitted early.
         assert_eq!(emitted, vec!["Hello ", "", "", ""]);
@@ -108,8 +112,9 @@ mod tests {
 
     #[test]
     fn earliest_of_several_stops_wins() {
-        let (emitted, _) = run(&["world", "lo w"], &["Hello world"]);
+        let (emitted, stopped) = run(&["world", "lo w"], &["Hello world"]);
         assert_eq!(emitted.concat(), "Hel");
+        assert_eq!(stopped.as_deref(), Some("lo w"), "the one that matched");
     }
 
     #[test]

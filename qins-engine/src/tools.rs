@@ -4,13 +4,16 @@
 //! - the tools are described in the system message (appended to the
 //!   conversation's own, or a new first one): their names, descriptions
 //!   and argument schemas, and how to call one;
-//! - a call is the whole reply, one JSON object
-//!   `{"name": "<tool>", "arguments": {...}}`, drawn within a grammar built
-//!   from the tools' schemas (`required`, a named tool), or within "a call
-//!   or text that does not start with `{`" (`auto`);
+//! - a call is one JSON object `{"name": "<tool>", "arguments": {...}}`;
+//!   a reply that calls is its calls alone, one per line: exactly one when
+//!   the request forbids parallel calls ([`Calls::One`]), 1 to
+//!   [`MAX_PARALLEL_CALLS`] otherwise (a single call reads the same either
+//!   way). The reply is drawn within a grammar built from the tools'
+//!   schemas (`required`, a named tool), or within "calls or text that does
+//!   not start with `{`" (`auto`);
 //! - earlier calls in the conversation are that JSON as the assistant's
-//!   content, one per line; a tool's result is a user message
-//!   `Result of tool call <id>: <content>`.
+//!   content, one per line; the results of a turn's calls are one user
+//!   message, a line `Result of tool call <id>: <content>` per result.
 
 use serde_json::{Value, json};
 
@@ -32,6 +35,31 @@ pub enum ToolChoice {
     None,
     Required,
     Named(String),
+}
+
+/// How many calls one reply may make.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Calls {
+    /// Exactly one (OpenAI's `parallel_tool_calls: false`, Anthropic's
+    /// `disable_parallel_tool_use`).
+    One,
+    /// 1 to [`MAX_PARALLEL_CALLS`] (what OpenAI, Anthropic and ollama allow
+    /// unless told otherwise).
+    #[default]
+    Parallel,
+}
+
+/// The most calls one reply may make: a bound, so a weak model that
+/// repeats itself cannot call until `max_tokens`.
+pub const MAX_PARALLEL_CALLS: usize = 8;
+
+impl Calls {
+    fn max(self) -> usize {
+        match self {
+            Self::One => 1,
+            Self::Parallel => MAX_PARALLEL_CALLS,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -80,7 +108,7 @@ fn invalid(message: &str) -> EngineError {
 }
 
 /// The system text that describes the tools.
-pub fn describe(tools: &[ToolSpec], choice: &ToolChoice) -> String {
+pub fn describe(tools: &[ToolSpec], choice: &ToolChoice, calls: Calls) -> String {
     let listed: Vec<Value> = tools
         .iter()
         .map(
@@ -94,10 +122,14 @@ pub fn describe(tools: &[ToolSpec], choice: &ToolChoice) -> String {
             "Call one when it helps to answer; otherwise answer normally.".to_string()
         }
     };
+    let several = match calls {
+        Calls::One => "",
+        Calls::Parallel => " To call several tools at once, write one such object per line.",
+    };
     format!(
         "You can call these tools:\n{}\n{when} To call a tool, reply with only a JSON object \
-         {{\"name\": <tool name>, \"arguments\": <its arguments>}}. The result comes back in \
-         the next message.",
+         {{\"name\": <tool name>, \"arguments\": <its arguments>}}.{several} The result \
+         comes back in the next message.",
         Value::Array(listed)
     )
 }
@@ -107,11 +139,12 @@ pub fn with_tools(
     mut messages: Vec<ChatMessage>,
     tools: &[ToolSpec],
     choice: &ToolChoice,
+    calls: Calls,
 ) -> Vec<ChatMessage> {
     if tools.is_empty() || *choice == ToolChoice::None {
         return messages;
     }
-    let text = describe(tools, choice);
+    let text = describe(tools, choice, calls);
     match messages.first_mut() {
         Some(first) if first.role == "system" => {
             first.content = format!("{}\n\n{text}", first.content);
@@ -131,9 +164,15 @@ pub fn assistant_turn(content: &str, calls: &[ToolCall]) -> String {
     lines.join("\n")
 }
 
-/// A tool's result, as a user message.
-pub fn tool_result(call_id: &str, content: &str) -> ChatMessage {
-    ChatMessage::new("user", &format!("Result of tool call {call_id}: {content}"))
+/// The results of one turn's calls (`(call id, content)`), as one user
+/// message: a line per result, so several results never make the
+/// consecutive user turns some templates refuse.
+pub fn tool_results<'a>(results: impl IntoIterator<Item = (&'a str, &'a str)>) -> ChatMessage {
+    let lines: Vec<String> = results
+        .into_iter()
+        .map(|(call_id, content)| format!("Result of tool call {call_id}: {content}"))
+        .collect();
+    ChatMessage::new("user", &lines.join("\n"))
 }
 
 /// The JSON schema of one call of `tool`.
@@ -150,8 +189,12 @@ fn call_schema(tool: &ToolSpec) -> Value {
 }
 
 /// What the reply is drawn within; None: free text.
-pub fn output_format(tools: &[ToolSpec], choice: &ToolChoice) -> Option<OutputFormat> {
-    let calls: Vec<Value> = match choice {
+pub fn output_format(
+    tools: &[ToolSpec],
+    choice: &ToolChoice,
+    calls: Calls,
+) -> Option<OutputFormat> {
+    let schemas: Vec<Value> = match choice {
         ToolChoice::None => return None,
         ToolChoice::Named(name) => tools
             .iter()
@@ -160,24 +203,40 @@ pub fn output_format(tools: &[ToolSpec], choice: &ToolChoice) -> Option<OutputFo
             .collect(),
         ToolChoice::Auto | ToolChoice::Required => tools.iter().map(call_schema).collect(),
     };
-    if calls.is_empty() {
+    if schemas.is_empty() {
         return None;
     }
-    let mut schema = json!({ "anyOf": calls });
-    // Auto's Lark grammar embeds the schema as it is: bounded here.
+    let mut schema = json!({ "anyOf": schemas });
+    // A Lark grammar embeds the schema as it is: bounded here.
     bound_numbers(&mut schema);
     schema["x-guidance"] = json_options();
-    match choice {
-        ToolChoice::Auto => Some(OutputFormat::Lark(format!(
-            "start: call | TEXT\ncall: %json {schema}\nTEXT: /[^{{](?s:.)*/\n"
+    // Further calls, each on its own line.
+    let more = match calls.max() - 1 {
+        0 => String::new(),
+        further => format!(" (\"\\n\" call){{0,{further}}}"),
+    };
+    match (choice, calls) {
+        (ToolChoice::Auto, _) => Some(OutputFormat::Lark(format!(
+            "start: calls | TEXT\ncalls: call{more}\ncall: %json {schema}\nTEXT: /[^{{](?s:.)*/\n"
         ))),
-        _ => Some(OutputFormat::JsonSchema(schema)),
+        (_, Calls::One) => Some(OutputFormat::JsonSchema(schema)),
+        (_, Calls::Parallel) => Some(OutputFormat::Lark(format!(
+            "start: call{more}\ncall: %json {schema}\n"
+        ))),
     }
 }
 
-/// A reply that is a call of one of `tools`, parsed; None: a text reply.
-pub fn parse_call(text: &str, tools: &[ToolSpec]) -> Option<ToolCall> {
-    let value: Value = serde_json::from_str(text.trim()).ok()?;
+/// A reply that is calls of `tools` (one JSON object per call, separated
+/// by whitespace), parsed; None: a text reply.
+pub fn parse_calls(text: &str, tools: &[ToolSpec]) -> Option<Vec<ToolCall>> {
+    let calls = serde_json::Deserializer::from_str(text)
+        .into_iter::<Value>()
+        .map(|value| call_of(value.ok()?, tools))
+        .collect::<Option<Vec<_>>>()?;
+    (!calls.is_empty()).then_some(calls)
+}
+
+fn call_of(value: Value, tools: &[ToolSpec]) -> Option<ToolCall> {
     let name = value.get("name")?.as_str()?;
     let arguments = value.get("arguments")?;
     if !arguments.is_object() || !tools.iter().any(|t| t.name == name) {
@@ -209,31 +268,49 @@ mod tests {
     fn tools_are_described_in_the_system_message() {
         let tools = [weather()];
         let asked = vec![ChatMessage::new("user", "Weather in Paris?")];
-        let out = with_tools(asked.clone(), &tools, &ToolChoice::Auto);
+        let out = with_tools(asked.clone(), &tools, &ToolChoice::Auto, Calls::Parallel);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].role, "system");
         assert!(out[0].content.contains("get_weather"));
         assert!(out[0].content.contains("\"city\""));
         let with_system = vec![ChatMessage::new("system", "Be brief."), asked[0].clone()];
-        let out = with_tools(with_system, &tools, &ToolChoice::Required);
+        assert!(out[0].content.contains("one such object per line"));
+        let out = with_tools(with_system, &tools, &ToolChoice::Required, Calls::One);
         assert_eq!(out.len(), 2);
         assert!(out[0].content.starts_with("Be brief.\n\n"));
         assert!(out[0].content.contains("must call"));
-        assert_eq!(with_tools(asked.clone(), &tools, &ToolChoice::None), asked);
+        assert!(
+            !out[0].content.contains("per line"),
+            "one call: not offered"
+        );
+        assert_eq!(
+            with_tools(asked.clone(), &tools, &ToolChoice::None, Calls::Parallel),
+            asked
+        );
     }
 
     #[test]
     fn calls_parse_only_for_known_tools_with_object_arguments() {
         let tools = [weather()];
-        let call = parse_call(
+        let calls = parse_calls(
             r#" {"name": "get_weather", "arguments": {"city": "Paris"}} "#,
             &tools,
         )
         .expect("a call");
+        assert_eq!(calls.len(), 1);
+        let call = calls[0].clone();
         assert_eq!(call.arguments, json!({ "city": "Paris" }));
-        assert!(parse_call(r#"{"name": "other", "arguments": {}}"#, &tools).is_none());
-        assert!(parse_call(r#"{"name": "get_weather", "arguments": 1}"#, &tools).is_none());
-        assert!(parse_call("It is sunny.", &tools).is_none());
+        assert!(parse_calls(r#"{"name": "other", "arguments": {}}"#, &tools).is_none());
+        assert!(parse_calls(r#"{"name": "get_weather", "arguments": 1}"#, &tools).is_none());
+        assert!(parse_calls("It is sunny.", &tools).is_none());
+        assert!(parse_calls("  ", &tools).is_none());
+        // Several calls, a line each; all of them calls, or it is text.
+        let two = format!("{}\n{}", call.to_json(), call.to_json());
+        assert_eq!(
+            parse_calls(&two, &tools),
+            Some(vec![call.clone(), call.clone()])
+        );
+        assert!(parse_calls(&format!("{two}\nand text"), &tools).is_none());
         assert_eq!(
             assistant_turn("", std::slice::from_ref(&call)),
             call.to_json()
@@ -243,8 +320,14 @@ mod tests {
             format!("Checking.\n{}\n{}", call.to_json(), call.to_json())
         );
         assert_eq!(
-            tool_result("call_1", "18 C").content,
+            tool_results([("call_1", "18 C")]).content,
             "Result of tool call call_1: 18 C"
+        );
+        let both = tool_results([("call_1", "18 C"), ("call_2", "21 C")]);
+        assert_eq!(both.role, "user");
+        assert_eq!(
+            both.content,
+            "Result of tool call call_1: 18 C\nResult of tool call call_2: 21 C"
         );
     }
 
@@ -260,13 +343,17 @@ mod tests {
             ..weather()
         };
         assert!(check(&[bad], &ToolChoice::Auto).is_err());
-        assert!(output_format(&tools, &ToolChoice::None).is_none());
+        assert!(output_format(&tools, &ToolChoice::None, Calls::Parallel).is_none());
         assert!(matches!(
-            output_format(&tools, &ToolChoice::Required),
+            output_format(&tools, &ToolChoice::Required, Calls::One),
             Some(OutputFormat::JsonSchema(_))
         ));
         assert!(matches!(
-            output_format(&tools, &ToolChoice::Auto),
+            output_format(&tools, &ToolChoice::Required, Calls::Parallel),
+            Some(OutputFormat::Lark(_))
+        ));
+        assert!(matches!(
+            output_format(&tools, &ToolChoice::Auto, Calls::One),
             Some(OutputFormat::Lark(_))
         ));
     }

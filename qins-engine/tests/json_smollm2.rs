@@ -172,9 +172,8 @@ fn logprobs_of_a_greedy_reply_follow_the_text() {
     }
 }
 
-#[test]
-fn a_required_tool_call_follows_the_tool_schema() {
-    use qins_engine::tools::{self, ToolChoice, ToolSpec};
+fn weather_and_clock() -> [qins_engine::tools::ToolSpec; 2] {
+    use qins_engine::tools::ToolSpec;
     let weather = ToolSpec {
         name: "get_weather".into(),
         description: "The current weather in a city".into(),
@@ -190,18 +189,28 @@ fn a_required_tool_call_follows_the_tool_schema() {
         description: "The current time".into(),
         parameters: json!({ "type": "object", "properties": {}, "additionalProperties": false }),
     };
-    let specs = [clock, weather];
+    [clock, weather]
+}
+
+/// SmolLM2's greedy reply to `question` with a required call of the tools.
+fn required_calls(
+    question: &str,
+    calls: qins_engine::tools::Calls,
+) -> Vec<qins_engine::tools::ToolCall> {
+    use qins_engine::tools::{self, ToolChoice};
+    let specs = weather_and_clock();
     let choice = ToolChoice::Required;
     let messages = tools::with_tools(
-        vec![ChatMessage::new("user", "What is the weather in Paris?")],
+        vec![ChatMessage::new("user", question)],
         &specs,
         &choice,
+        calls,
     );
     let chat = smollm2();
     let options = RequestOptions {
         temperature: Some(0.0),
-        max_tokens: Some(80),
-        format: tools::output_format(&specs, &choice),
+        max_tokens: Some(160),
+        format: tools::output_format(&specs, &choice, calls),
         ..RequestOptions::default()
     };
     let request = chat.request(&messages, &options).unwrap();
@@ -221,17 +230,44 @@ fn a_required_tool_call_follows_the_tool_schema() {
     )
     .unwrap();
     assert_eq!(finished.reason, FinishReason::Stop, "{text:?}");
-    let call = tools::parse_call(&text, &specs).unwrap_or_else(|| panic!("{text:?}"));
-    eprintln!("SmolLM2's call: {text}");
-    // Greedy, SmolLM2 picks the right tool and city (2026-12-05:
-    // {"name": "get_weather", "arguments": {"city": "Paris"}}).
-    assert_eq!(call.name, "get_weather", "{text}");
-    assert!(
-        call.arguments["city"]
+    eprintln!("SmolLM2's calls: {text}");
+    tools::parse_calls(&text, &specs).unwrap_or_else(|| panic!("{text:?}"))
+}
+
+fn is_weather_in(call: &qins_engine::tools::ToolCall, city: &str) -> bool {
+    call.name == "get_weather"
+        && call.arguments["city"]
             .as_str()
-            .is_some_and(|c| c.contains("Paris")),
-        "{text}"
-    );
+            .is_some_and(|c| c.contains(city))
+}
+
+/// Asked about two cities, greedy SmolLM2 makes two calls where parallel
+/// calls are allowed (2026-12-07: Paris, then Rome on the next line), and
+/// the first alone where they are not.
+#[test]
+fn two_cities_where_parallel_calls_are_allowed() {
+    use qins_engine::tools::Calls;
+    let question = "What is the weather in Paris and what is the weather in Rome?";
+    let made = required_calls(question, Calls::Parallel);
+    assert_eq!(made.len(), 2, "{made:?}");
+    assert!(is_weather_in(&made[0], "Paris"), "{made:?}");
+    assert!(is_weather_in(&made[1], "Rome"), "{made:?}");
+    let one = required_calls(question, Calls::One);
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert!(is_weather_in(&one[0], "Paris"), "{one:?}");
+}
+
+#[test]
+fn a_required_tool_call_follows_the_tool_schema() {
+    use qins_engine::tools::Calls;
+    // Greedy, SmolLM2 picks the right tool and city (2026-12-05:
+    // {"name": "get_weather", "arguments": {"city": "Paris"}}), and makes
+    // one call where several are allowed too.
+    for calls in [Calls::One, Calls::Parallel] {
+        let made = required_calls("What is the weather in Paris?", calls);
+        assert_eq!(made.len(), 1, "{made:?}");
+        assert!(is_weather_in(&made[0], "Paris"), "{made:?}");
+    }
 }
 
 /// Issue 22: with an unbounded integer, SmolLM2 wrote

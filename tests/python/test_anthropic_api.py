@@ -68,6 +68,21 @@ class AnthropicApiTest(unittest.TestCase):
                             sampling={"top_k": 5}, stop_sequences=["qqqq"])
         self.assertEqual(again.content[0].text, r.content[0].text)
 
+    def test_a_stop_sequence_is_reported_with_the_string(self):
+        # Greedy: the reply repeats, so a piece of it stops the next one there.
+        text = self.create(max_tokens=12).content[0].text
+        stop = text[4:7]
+        self.assertEqual(len(stop), 3, repr(text))
+        r = self.create(max_tokens=12, stop_sequences=[stop, "qqqq"])
+        self.assertEqual(r.stop_reason, "stop_sequence")
+        self.assertEqual(r.stop_sequence, stop)
+        self.assertEqual(r.content[0].text, text[:text.find(stop)])
+        with self.client.messages.stream(model=MODEL, max_tokens=12, messages=HELLO,
+                                         stop_sequences=[stop],
+                                         extra_body={"temperature": 0}) as stream:
+            final = stream.get_final_message()
+        self.assertEqual((final.stop_reason, final.stop_sequence), ("stop_sequence", stop))
+
     def test_streaming_gives_the_event_sequence_and_the_same_text(self):
         whole = self.create()
         with self.client.messages.stream(model=MODEL, max_tokens=6, messages=HELLO,
@@ -85,7 +100,10 @@ class AnthropicApiTest(unittest.TestCase):
         self.assertEqual(final.usage.output_tokens, whole.usage.output_tokens)
 
     def test_a_tool_round_trip(self):
-        r = self.create(tools=[WEATHER], tool_choice={"type": "tool", "name": "get_weather"},
+        # One call: the random model would otherwise keep calling (see
+        # test_openai_params's parallel test).
+        one = {"disable_parallel_tool_use": True}
+        r = self.create(tools=[WEATHER], tool_choice={"type": "tool", "name": "get_weather", **one},
                         max_tokens=150)
         self.assertEqual(r.stop_reason, "tool_use")
         calls = [b for b in r.content if b.type == "tool_use"]
@@ -105,7 +123,7 @@ class AnthropicApiTest(unittest.TestCase):
         # Streamed, the call is a tool_use block with its input as JSON.
         with self.client.messages.stream(
             model=MODEL, max_tokens=150, messages=HELLO, tools=[WEATHER],
-            tool_choice={"type": "tool", "name": "get_weather"},
+            tool_choice={"type": "tool", "name": "get_weather", **one},
             extra_body={"temperature": 0},
         ) as stream:
             final = stream.get_final_message()
@@ -113,9 +131,36 @@ class AnthropicApiTest(unittest.TestCase):
         self.assertEqual(final.content[-1].type, "tool_use")
         self.assertEqual(final.content[-1].input, call.input)
         # `any`: a call of one of the tools.
-        r = self.create(tools=[WEATHER], tool_choice={"type": "any"}, max_tokens=150)
+        r = self.create(tools=[WEATHER], tool_choice={"type": "any", **one}, max_tokens=150)
         self.assertEqual(r.stop_reason, "tool_use")
         self.assertEqual(r.content[-1].name, "get_weather")
+
+    def test_parallel_calls_are_several_tool_use_blocks(self):
+        # Greedy, the random model takes the newline after every call: the
+        # grammar's bound, 8 calls, ends the reply (2026-12-07: 572 tokens).
+        r = self.create(tools=[WEATHER], tool_choice={"type": "any"}, max_tokens=700)
+        self.assertEqual(r.stop_reason, "tool_use")
+        calls = [b for b in r.content if b.type == "tool_use"]
+        self.assertEqual(len(calls), 8)
+        self.assertEqual(len({c.id for c in calls}), 8, "ids are unique")
+        for call in calls:
+            self.assertEqual(set(call.input), {"city", "unit"})
+        with self.client.messages.stream(
+            model=MODEL, max_tokens=700, messages=HELLO, tools=[WEATHER],
+            tool_choice={"type": "any"}, extra_body={"temperature": 0},
+        ) as stream:
+            events = list(stream)
+            final = stream.get_final_message()
+        starts = [e.index for e in events if e.type == "content_block_start"]
+        self.assertEqual(starts, list(range(8)))
+        self.assertEqual([b.input for b in final.content], [c.input for c in calls])
+        # disable_parallel_tool_use: one call (the prompt no longer offers
+        # several, so it need not be the first of those above).
+        one = self.create(tools=[WEATHER], max_tokens=700,
+                          tool_choice={"type": "any", "disable_parallel_tool_use": True})
+        self.assertEqual(one.stop_reason, "tool_use")
+        self.assertEqual([b.type for b in one.content], ["tool_use"])
+        self.assertEqual(set(one.content[0].input), {"city", "unit"})
 
     def test_count_tokens_matches_the_prompt_a_message_reads(self):
         counted = self.client.messages.count_tokens(model=MODEL, messages=HELLO,

@@ -126,6 +126,17 @@ class StockGrpcClientTest(unittest.TestCase):
         self.assertLessEqual(done.usage.completion_tokens, 8)
         text = "".join(e.delta.text for e in events if e.WhichOneof("event") == "delta")
         self.assertTrue(text, "the deltas carry text")
+        self.assertEqual(done.stop_sequence, "", "no stop string ended it")
+        # A piece of that greedy reply as a stop string: done names it.
+        stop = text[2:5]
+        self.assertEqual(len(stop), 3, repr(text))
+        request.sampling.stop.extend(["qqqq", stop])
+        events = list(self.qins.Chat(request, timeout=CALL_TIMEOUT))
+        done = events[-1].done
+        self.assertEqual(done.finish_reason, pb.FINISH_REASON_STOP)
+        self.assertEqual(done.stop_sequence, stop)
+        cut = "".join(e.delta.text for e in events if e.WhichOneof("event") == "delta")
+        self.assertEqual(cut, text[:text.find(stop)])
 
     def test_bad_requests_get_their_status(self):
         with self.assertRaises(grpc.RpcError) as cm:
@@ -199,6 +210,7 @@ class StockGrpcClientTest(unittest.TestCase):
             tools=[pb.Tool(name="get_weather", description="Weather in a city",
                            parameters=json.dumps(params))],
             tool_choice="required",
+            disable_parallel_tool_calls=True,
         )
         events = list(self.qins.Chat(request, timeout=CALL_TIMEOUT))
         done = events[-1].done

@@ -46,6 +46,11 @@ TOOLS = [{"type": "function", "function": {
         "additionalProperties": False,
     },
 }}]
+# Greedy, the tiny model takes the newline over the end after every call,
+# up to the grammar's bound of 8 calls (2026-12-07: 572 tokens); sampled,
+# most seeds keep calling until max_tokens, so the single-call tests below
+# set parallel_tool_calls false.
+PARALLEL_MAX_TOKENS = 700
 CLOCK = {"type": "function", "function": {
     "name": "get_time", "description": "The time",
     "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
@@ -203,23 +208,63 @@ class OpenAIParamsTest(unittest.TestCase):
     def test_required_tool_calls_follow_the_schema(self):
         for seed in (1, 2, 3):
             r = self.chat(tools=TOOLS, tool_choice="required", temperature=1.0, seed=seed,
-                          max_tokens=150)
+                          max_tokens=150, parallel_tool_calls=False)
             choice = r.choices[0]
             self.assertEqual(choice.finish_reason, "tool_calls")
             self.assertIsNone(choice.message.content)
             self.assertEqual(len(choice.message.tool_calls), 1)
             self.check_weather_call(choice.message.tool_calls[0])
 
+    def test_parallel_tool_calls_are_several_calls_unless_false(self):
+        """After a call the grammar offers a newline (another call) or the end."""
+        ask = dict(tools=TOOLS, tool_choice="required", temperature=0,
+                   max_tokens=PARALLEL_MAX_TOKENS)
+        choice = self.chat(**ask).choices[0]
+        self.assertEqual(choice.finish_reason, "tool_calls")
+        calls = choice.message.tool_calls
+        self.assertEqual(len(calls), 8)
+        for call in calls:
+            self.check_weather_call(call)
+        self.assertEqual(len({c.id for c in calls}), len(calls), "ids are unique")
+        # Streamed: the same calls, each delta entry with its index.
+        chunks = list(self.chat(stream=True, **ask))
+        streamed = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+        self.assertEqual([tc.index for tc in streamed], list(range(8)))
+        self.assertEqual([tc.function.arguments for tc in streamed],
+                         [c.function.arguments for c in calls])
+        self.assertEqual(chunks[-1].choices[0].finish_reason, "tool_calls")
+        # parallel_tool_calls false: exactly one.
+        one = self.chat(parallel_tool_calls=False, **ask).choices[0]
+        self.assertEqual(one.finish_reason, "tool_calls")
+        self.assertEqual(len(one.message.tool_calls), 1)
+        self.check_weather_call(one.message.tool_calls[0])
+
+    def test_several_calls_and_their_results_go_back(self):
+        call = lambda i, city: {"id": f"call_{i}", "type": "function", "function": {
+            "name": "get_weather", "arguments": json.dumps({"city": city, "unit": "C"})}}
+        messages = [
+            {"role": "user", "content": "Weather in Paris and Rome?"},
+            {"role": "assistant", "content": None,
+             "tool_calls": [call(1, "Paris"), call(2, "Rome")]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees"},
+            {"role": "tool", "tool_call_id": "call_2", "content": "24 degrees"},
+        ]
+        create = self.client.chat.completions.create
+        both = create(model=MODEL, messages=messages, tools=TOOLS, max_tokens=2)
+        first = create(model=MODEL, messages=messages[:3], tools=TOOLS, max_tokens=2)
+        self.assertGreater(both.usage.prompt_tokens, first.usage.prompt_tokens + 10)
+
     def test_a_named_tool_is_the_one_called(self):
         r = self.chat(tools=TOOLS + [CLOCK], max_tokens=150, temperature=1.0, seed=5,
-                      tool_choice={"type": "function", "function": {"name": "get_time"}})
+                      parallel_tool_calls=False, tool_choice={"type": "function", "function": {"name": "get_time"}})
         call = r.choices[0].message.tool_calls[0]
         self.assertEqual(call.function.name, "get_time")
         self.assertEqual(json.loads(call.function.arguments), {})
 
     def test_streamed_tool_calls_come_in_a_delta(self):
         chunks = list(self.chat(tools=TOOLS, tool_choice="required", max_tokens=150,
-                                temperature=1.0, seed=2, stream=True))
+                                temperature=1.0, seed=2, stream=True,
+                                parallel_tool_calls=False))
         calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
         self.assertEqual(len(calls), 1)
         self.assertEqual(calls[0].index, 0)
@@ -230,7 +275,7 @@ class OpenAIParamsTest(unittest.TestCase):
     def test_auto_lets_the_model_choose(self):
         # "{" pushed up: the model starts a call, and the grammar finishes it.
         r = self.chat(tools=TOOLS, max_tokens=150, temperature=1.0, seed=1,
-                      logit_bias={"123": 100})
+                      logit_bias={"123": 100}, parallel_tool_calls=False)
         self.assertEqual(r.choices[0].finish_reason, "tool_calls")
         self.check_weather_call(r.choices[0].message.tool_calls[0])
         # "Paris." pushed up: plain text, streamed as usual.

@@ -71,7 +71,11 @@ pub struct Finished {
     pub timings: Timings,
     /// The model that answered.
     pub model: String,
+    /// The calls the reply made, in order (`Finish::ToolCalls`).
     pub tool_calls: Vec<ToolCall>,
+    /// The stop string that ended the reply (`Finish::Stop`); None when an
+    /// end-of-turn token did.
+    pub stop_sequence: Option<String>,
 }
 
 /// One item of a reply.
@@ -198,6 +202,7 @@ fn finished(done: ChatDone) -> ReplyEvent {
         timings: done.timings.unwrap_or_default(),
         model: done.model,
         tool_calls: done.tool_calls,
+        stop_sequence: Some(done.stop_sequence).filter(|s| !s.is_empty()),
     })
 }
 

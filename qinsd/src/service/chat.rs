@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status};
 
-use super::tool_reply::{ToolReply, message_of, tools_of};
+use super::tool_reply::{ToolReply, calls_of, messages_of, tools_of};
 use super::{EventStream, cancel_when_dropped, status};
 use crate::scheduler::Scheduler;
 use qins_engine::tools;
@@ -88,16 +88,14 @@ pub async fn chat(
                 log_request(session_id.as_deref(), &finished, received, queue_ms);
                 let mut done = done(&finished, model, queue_ms);
                 if let Some(reply) = tool_reply {
-                    let (call, held) = reply.finish();
+                    let (calls, held) = reply.finish();
                     if !held.is_empty() {
                         send(held, &mut pending);
                     }
-                    if let Some(call) = call {
-                        done.tool_calls.push(call);
-                        if finished.reason == FinishReason::Stop {
-                            done.finish_reason = ProtoFinish::ToolCalls as i32;
-                        }
+                    if !calls.is_empty() && finished.reason == FinishReason::Stop {
+                        done.finish_reason = ProtoFinish::ToolCalls as i32;
                     }
+                    done.tool_calls = calls;
                 }
                 Ok(ChatEvent {
                     event: Some(chat_event::Event::Done(done)),
@@ -147,13 +145,7 @@ fn chat_input(request: ChatRequest) -> Result<ChatInput, Status> {
             ));
         }
         (true, false) => Prompt::Raw(request.prompt),
-        (false, true) => Prompt::Messages(
-            request
-                .messages
-                .into_iter()
-                .map(message_of)
-                .collect::<Result<_, _>>()?,
-        ),
+        (false, true) => Prompt::Messages(messages_of(request.messages)?),
     };
     let mut options = request_options(request.sampling.unwrap_or_default());
     options.format = output_format(request.response_format)?;
@@ -164,7 +156,8 @@ fn chat_input(request: ChatRequest) -> Result<ChatInput, Status> {
     }
     let session_id = Some(request.session_id).filter(|id| !id.is_empty());
     let (tools, choice) = tools_of(request.tools, request.tool_choice)?;
-    let tool_reply = ToolReply::new(tools.clone(), &choice);
+    let calls = calls_of(request.disable_parallel_tool_calls);
+    let tool_reply = ToolReply::new(tools.clone(), &choice, calls);
     let prompt = match (prompt, tool_reply.is_some()) {
         (prompt, false) => prompt,
         (Prompt::Raw(_), true) => {
@@ -178,8 +171,8 @@ fn chat_input(request: ChatRequest) -> Result<ChatInput, Status> {
                     "response_format cannot be combined with tools",
                 ));
             }
-            options.format = tools::output_format(&tools, &choice);
-            Prompt::Messages(tools::with_tools(messages, &tools, &choice))
+            options.format = tools::output_format(&tools, &choice, calls);
+            Prompt::Messages(tools::with_tools(messages, &tools, &choice, calls))
         }
     };
     Ok((prompt, options, session_id, tool_reply))
@@ -243,6 +236,7 @@ fn done(finished: &Finished, model: String, queue_ms: f64) -> ChatDone {
         }),
         model,
         tool_calls: Vec::new(),
+        stop_sequence: finished.stop_sequence.clone().unwrap_or_default(),
     }
 }
 
@@ -378,8 +372,20 @@ mod tests {
         assert!(messages[0].content.contains("get_weather"));
         assert!(messages[2].content.contains(r#""city":"Paris""#));
         assert_eq!(messages[3].content, "Result of tool call call_1: 18 C");
-        assert!(matches!(options.format, Some(OutputFormat::JsonSchema(_))));
+        // Parallel calls by default: calls a line each, within a Lark grammar.
+        assert!(messages[0].content.contains("one such object per line"));
+        assert!(matches!(options.format, Some(OutputFormat::Lark(_))));
         assert!(reply.is_some());
+        let one = ChatRequest {
+            disable_parallel_tool_calls: true,
+            ..request.clone()
+        };
+        let (prompt, options, _, _) = chat_input(one).unwrap();
+        let Prompt::Messages(messages) = prompt else {
+            panic!("a chat");
+        };
+        assert!(!messages[0].content.contains("per line"));
+        assert!(matches!(options.format, Some(OutputFormat::JsonSchema(_))));
         for (bad, needle) in [
             (
                 ChatRequest {

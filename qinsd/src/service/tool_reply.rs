@@ -1,5 +1,5 @@
-//! A reply to a request with tools: its text is held back while it may be a
-//! call (from the start with `required` or a named tool; with `auto`, once
+//! A reply to a request with tools: its text is held back while it may be
+//! calls (from the start with `required` or a named tool; with `auto`, once
 //! it starts with "{"), streamed as usual otherwise, and parsed at the end.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +11,17 @@ use tonic::Status;
 
 use super::status;
 use qins_engine::ChatMessage;
-use qins_engine::tools::{self, ToolCall, ToolChoice, ToolSpec, parse_call};
+use qins_engine::tools::{self, Calls, ToolCall, ToolChoice, ToolSpec, parse_calls};
+
+/// How many calls a reply may make: one when the request disables
+/// parallel calls.
+pub fn calls_of(disable_parallel_tool_calls: bool) -> Calls {
+    if disable_parallel_tool_calls {
+        Calls::One
+    } else {
+        Calls::Parallel
+    }
+}
 
 /// The request's tools and choice, their JSON parsed.
 pub fn tools_of(tools: Vec<Tool>, choice: String) -> Result<(Vec<ToolSpec>, ToolChoice), Status> {
@@ -40,12 +50,36 @@ pub fn tools_of(tools: Vec<Tool>, choice: String) -> Result<(Vec<ToolSpec>, Tool
     Ok((specs, choice))
 }
 
-/// A conversation message for the template: tool results become user
-/// messages, an assistant's calls its content (the format in `tools.rs`).
-pub fn message_of(m: Message) -> Result<ChatMessage, Status> {
-    if m.role == "tool" {
-        return Ok(tools::tool_result(&m.tool_call_id, &m.content));
+/// The conversation for the template: each run of consecutive tool
+/// results becomes one user message, an assistant's calls its content (the
+/// format in `tools.rs`).
+pub fn messages_of(messages: Vec<Message>) -> Result<Vec<ChatMessage>, Status> {
+    let mut out = Vec::with_capacity(messages.len());
+    let mut results: Vec<Message> = Vec::new();
+    for m in messages {
+        if m.role == "tool" {
+            results.push(m);
+            continue;
+        }
+        flush_results(&mut results, &mut out);
+        out.push(message_of(m)?);
     }
+    flush_results(&mut results, &mut out);
+    Ok(out)
+}
+
+fn flush_results(results: &mut Vec<Message>, out: &mut Vec<ChatMessage>) {
+    if !results.is_empty() {
+        out.push(tools::tool_results(
+            results
+                .iter()
+                .map(|r| (r.tool_call_id.as_str(), r.content.as_str())),
+        ));
+        results.clear();
+    }
+}
+
+fn message_of(m: Message) -> Result<ChatMessage, Status> {
     if m.tool_calls.is_empty() {
         return Ok(ChatMessage {
             role: m.role,
@@ -84,13 +118,14 @@ enum State {
 #[derive(Debug)]
 pub struct ToolReply {
     tools: Vec<ToolSpec>,
+    calls: Calls,
     state: State,
     held: String,
 }
 
 impl ToolReply {
     /// None when the request has no tools to call.
-    pub fn new(tools: Vec<ToolSpec>, choice: &ToolChoice) -> Option<Self> {
+    pub fn new(tools: Vec<ToolSpec>, choice: &ToolChoice, calls: Calls) -> Option<Self> {
         let state = match choice {
             _ if tools.is_empty() => return None,
             ToolChoice::None => return None,
@@ -99,6 +134,7 @@ impl ToolReply {
         };
         Some(Self {
             tools,
+            calls,
             state,
             held: String::new(),
         })
@@ -123,18 +159,23 @@ impl ToolReply {
         None
     }
 
-    /// At the end: the call the reply made, or the text still held.
-    pub fn finish(self) -> (Option<ProtoCall>, String) {
-        match parse_call(&self.held, &self.tools) {
-            Some(call) => (
-                Some(ProtoCall {
-                    id: call_id(),
-                    name: call.name,
-                    arguments: call.arguments.to_string(),
-                }),
-                String::new(),
-            ),
-            None => (None, self.held),
+    /// At the end: the calls the reply made (none: it is text), or the
+    /// text still held. The grammar keeps to the request's number of calls;
+    /// held text that breaks it is text.
+    pub fn finish(self) -> (Vec<ProtoCall>, String) {
+        match parse_calls(&self.held, &self.tools) {
+            Some(calls) if self.calls == Calls::Parallel || calls.len() == 1 => {
+                let calls = calls
+                    .into_iter()
+                    .map(|call| ProtoCall {
+                        id: call_id(),
+                        name: call.name,
+                        arguments: call.arguments.to_string(),
+                    })
+                    .collect();
+                (calls, String::new())
+            }
+            _ => (Vec::new(), self.held),
         }
     }
 }
@@ -164,18 +205,19 @@ mod tests {
 
     #[test]
     fn auto_streams_text_and_holds_a_call() {
-        let mut text = ToolReply::new(tools(), &ToolChoice::Auto).unwrap();
+        let mut text = ToolReply::new(tools(), &ToolChoice::Auto, Calls::Parallel).unwrap();
         assert_eq!(text.push(" ".into()), None);
         assert_eq!(text.push(" Hi".into()).as_deref(), Some("  Hi"));
         assert_eq!(text.push(" there".into()).as_deref(), Some(" there"));
-        assert_eq!(text.finish(), (None, String::new()));
+        assert_eq!(text.finish(), (Vec::new(), String::new()));
 
-        let mut call = ToolReply::new(tools(), &ToolChoice::Auto).unwrap();
+        let mut call = ToolReply::new(tools(), &ToolChoice::Auto, Calls::One).unwrap();
         for piece in [r#"{"name": "f", "#, r#""arguments": {"x": 1}}"#] {
             assert_eq!(call.push(piece.into()), None);
         }
         let (made, rest) = call.finish();
-        let made = made.expect("a call");
+        assert_eq!(made.len(), 1);
+        let made = &made[0];
         assert_eq!(made.name, "f");
         assert_eq!(made.arguments, r#"{"x":1}"#);
         assert!(made.id.starts_with("call_"));
@@ -184,10 +226,71 @@ mod tests {
 
     #[test]
     fn required_holds_everything_and_none_is_plain() {
-        let mut required = ToolReply::new(tools(), &ToolChoice::Required).unwrap();
+        let mut required = ToolReply::new(tools(), &ToolChoice::Required, Calls::One).unwrap();
         assert_eq!(required.push("no call".into()), None);
-        assert_eq!(required.finish(), (None, "no call".to_string()));
-        assert!(ToolReply::new(tools(), &ToolChoice::None).is_none());
-        assert!(ToolReply::new(Vec::new(), &ToolChoice::Auto).is_none());
+        assert_eq!(required.finish(), (Vec::new(), "no call".to_string()));
+        assert!(ToolReply::new(tools(), &ToolChoice::None, Calls::Parallel).is_none());
+        assert!(ToolReply::new(Vec::new(), &ToolChoice::Auto, Calls::Parallel).is_none());
+    }
+
+    const TWO_CALLS: &str = "{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n\
+                             {\"name\": \"f\", \"arguments\": {\"x\": 2}}";
+
+    #[test]
+    fn parallel_calls_come_back_in_order_with_their_own_ids() {
+        let mut reply = ToolReply::new(tools(), &ToolChoice::Auto, calls_of(false)).unwrap();
+        assert_eq!(reply.push(TWO_CALLS.into()), None);
+        let (made, rest) = reply.finish();
+        assert!(rest.is_empty());
+        let arguments: Vec<&str> = made.iter().map(|c| c.arguments.as_str()).collect();
+        assert_eq!(arguments, [r#"{"x":1}"#, r#"{"x":2}"#]);
+        assert_ne!(made[0].id, made[1].id);
+        // With parallel calls disabled, two calls are not a reply's calls.
+        let mut one = ToolReply::new(tools(), &ToolChoice::Required, calls_of(true)).unwrap();
+        assert_eq!(one.push(TWO_CALLS.into()), None);
+        assert_eq!(one.finish(), (Vec::new(), TWO_CALLS.to_string()));
+    }
+
+    #[test]
+    fn consecutive_tool_results_are_one_user_message() {
+        let message = |role: &str, content: &str, id: &str| Message {
+            role: role.into(),
+            content: content.into(),
+            tool_call_id: id.into(),
+            ..Message::default()
+        };
+        let assistant = Message {
+            tool_calls: vec![
+                ProtoCall {
+                    id: "a".into(),
+                    name: "f".into(),
+                    arguments: r#"{"x":1}"#.into(),
+                },
+                ProtoCall {
+                    id: "b".into(),
+                    name: "f".into(),
+                    arguments: r#"{"x":2}"#.into(),
+                },
+            ],
+            ..message("assistant", "", "")
+        };
+        let out = messages_of(vec![
+            message("user", "go", ""),
+            assistant,
+            message("tool", "1", "a"),
+            message("tool", "2", "b"),
+            message("user", "and?", ""),
+        ])
+        .expect("valid");
+        let roles: Vec<&str> = out.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["user", "assistant", "user", "user"]);
+        assert_eq!(
+            out[1].content,
+            "{\"name\":\"f\",\"arguments\":{\"x\":1}}\n{\"name\":\"f\",\"arguments\":{\"x\":2}}"
+        );
+        assert_eq!(
+            out[2].content,
+            "Result of tool call a: 1\nResult of tool call b: 2"
+        );
     }
 }

@@ -5,9 +5,11 @@
 //! Choices made where qinsd and Anthropic differ:
 //! - `model` is resolved like every dialect's ([`crate::edge::model`]): the
 //!   resident model's name (or an alias), else a 404 `not_found_error`.
-//! - `stop_reason`: `end_turn`, `max_tokens`, `tool_use`. qinsd's `done`
-//!   does not say which stop string ended a reply, so a stop sequence also
-//!   reports `end_turn` and `stop_sequence` is always null.
+//! - `stop_reason`: `end_turn`, `max_tokens`, `tool_use`, and
+//!   `stop_sequence` with the string that matched (qinsd's
+//!   `done.stop_sequence`).
+//! - several calls in one reply are several `tool_use` blocks, unless
+//!   `tool_choice.disable_parallel_tool_use` (then at most one).
 //! - `usage.input_tokens` excludes the prompt tokens whose K/V came from
 //!   qinsd's cache (`cache_read_input_tokens`), as Anthropic counts them.
 //! - count_tokens runs the prompt through qinsd with a one-token limit and
@@ -85,8 +87,8 @@ pub async fn messages(
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": stop_reason(whole.finished.finish),
-        "stop_sequence": Value::Null,
+        "stop_reason": stop_reason(&whole.finished),
+        "stop_sequence": whole.finished.stop_sequence,
         "usage": usage_json(&whole.finished.usage),
     }))
     .into_response())
@@ -111,9 +113,10 @@ fn message_id() -> String {
     completion_id("msg").replacen('-', "_", 1)
 }
 
-/// Anthropic's name for a finish reason.
-fn stop_reason(finish: Finish) -> &'static str {
-    match finish {
+/// Anthropic's name for why a reply ended.
+fn stop_reason(finished: &Finished) -> &'static str {
+    match finished.finish {
+        Finish::Stop if finished.stop_sequence.is_some() => "stop_sequence",
         Finish::Stop => "end_turn",
         Finish::Length => "max_tokens",
         Finish::ToolCalls => "tool_use",
@@ -248,7 +251,10 @@ fn closing_events(text_open: bool, finished: &Finished) -> Vec<Event> {
         "message_delta",
         json!({
             "type": "message_delta",
-            "delta": { "stop_reason": stop_reason(finished.finish), "stop_sequence": Value::Null },
+            "delta": {
+                "stop_reason": stop_reason(finished),
+                "stop_sequence": finished.stop_sequence,
+            },
             "usage": usage_json(&finished.usage),
         }),
     ));
@@ -343,6 +349,94 @@ mod tests {
         assert_eq!(events[3].1["delta"]["partial_json"], r#"{"a":1}"#);
         assert_eq!(events[4].0, "content_block_stop");
         assert_eq!(events[5].1["delta"]["stop_reason"], "tool_use");
+    }
+
+    #[tokio::test]
+    async fn several_calls_stream_as_blocks_of_their_own() {
+        let call = |id: &str, city: &str| ToolCall {
+            id: id.into(),
+            name: "get_weather".into(),
+            arguments: json!({ "city": city }).to_string(),
+        };
+        let done = ChatEvent {
+            event: Some(chat_event::Event::Done(ChatDone {
+                finish_reason: FinishReason::ToolCalls as i32,
+                tool_calls: vec![call("call_a", "Paris"), call("call_b", "Rome")],
+                ..ChatDone::default()
+            })),
+        };
+        let events = events(event_stream(
+            reply(vec![delta("Checking."), Ok(done)]),
+            "msg_1".into(),
+            "tiny".into(),
+        ))
+        .await;
+        let starts: Vec<(u64, String)> = events
+            .iter()
+            .filter(|(name, _)| name == "content_block_start")
+            .map(|(_, data)| {
+                let kind = data["content_block"]["type"].as_str().unwrap_or_default();
+                (data["index"].as_u64().unwrap_or(99), kind.to_string())
+            })
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                (0, "text".to_string()),
+                (1, "tool_use".to_string()),
+                (2, "tool_use".to_string())
+            ]
+        );
+        let inputs: Vec<&Value> = events
+            .iter()
+            .filter(|(_, data)| data["delta"]["type"] == "input_json_delta")
+            .map(|(_, data)| &data["delta"]["partial_json"])
+            .collect();
+        assert_eq!(inputs, [r#"{"city":"Paris"}"#, r#"{"city":"Rome"}"#]);
+        let stops = events
+            .iter()
+            .filter(|(name, _)| name == "content_block_stop")
+            .count();
+        assert_eq!(stops, 3);
+        let whole = content_json("", &[call("call_a", "Paris"), call("call_b", "Rome")])
+            .expect("JSON arguments");
+        assert_eq!(whole[1]["id"], "call_b");
+        assert_eq!(whole[1]["input"]["city"], "Rome");
+    }
+
+    #[tokio::test]
+    async fn a_stop_sequence_is_reported_with_the_string() {
+        let stopped = ChatEvent {
+            event: Some(chat_event::Event::Done(ChatDone {
+                finish_reason: FinishReason::Stop as i32,
+                stop_sequence: "###".into(),
+                ..ChatDone::default()
+            })),
+        };
+        let events = events(event_stream(
+            reply(vec![delta("Hi"), Ok(stopped)]),
+            "msg_1".into(),
+            "tiny".into(),
+        ))
+        .await;
+        let (_, message_delta) = events
+            .iter()
+            .find(|(name, _)| name == "message_delta")
+            .expect("a message_delta");
+        assert_eq!(message_delta["delta"]["stop_reason"], "stop_sequence");
+        assert_eq!(message_delta["delta"]["stop_sequence"], "###");
+        // An end-of-turn token: end_turn, no string.
+        let events = events_of(vec![delta("Hi"), done(FinishReason::Stop)]).await;
+        let (_, message_delta) = events
+            .iter()
+            .find(|(name, _)| name == "message_delta")
+            .expect("a message_delta");
+        assert_eq!(message_delta["delta"]["stop_reason"], "end_turn");
+        assert!(message_delta["delta"]["stop_sequence"].is_null());
+    }
+
+    async fn events_of(items: Vec<Result<ChatEvent, tonic::Status>>) -> Vec<(String, Value)> {
+        events(event_stream(reply(items), "msg_1".into(), "tiny".into())).await
     }
 
     #[tokio::test]

@@ -56,7 +56,10 @@ impl MessagesBody {
                 ("messages", _) => messages = Some(parse_messages(value)?),
                 ("system", _) => system = Some(text_of(name, value)?),
                 ("tools", _) => request.tools = tools(value)?,
-                ("tool_choice", _) => request.tool_choice = tool_choice(value)?,
+                ("tool_choice", _) => {
+                    (request.tool_choice, request.disable_parallel_tool_calls) =
+                        tool_choice(value)?;
+                }
                 ("stream", Endpoint::Messages) => stream = params::boolean(name, &value)?,
                 ("metadata", Endpoint::Messages) => metadata(value)?,
                 _ => return Err(params::refused(name, unsupported(name, endpoint))),
@@ -362,14 +365,15 @@ fn tool(path: &str, item: Value) -> Result<Tool, ApiError> {
     })
 }
 
-/// `tool_choice` as qinsd's string: `auto`, `any` (a call), `tool` (a call
-/// of `name`), `none`.
-fn tool_choice(value: Value) -> Result<String, ApiError> {
+/// `tool_choice` as qinsd's string (`auto`, `any`: a call, `tool`: a call
+/// of `name`, `none`) and whether parallel calls are disabled (at most one
+/// call; Anthropic's default allows several).
+fn tool_choice(value: Value) -> Result<(String, bool), ApiError> {
     let mut fields = members("tool_choice", value)?;
-    // A reply makes at most one call, which either value allows.
-    if let Some(flag) = fields.remove("disable_parallel_tool_use") {
-        params::boolean("tool_choice.disable_parallel_tool_use", &flag)?;
-    }
+    let disable_parallel = match fields.remove("disable_parallel_tool_use") {
+        Some(flag) => params::boolean("tool_choice.disable_parallel_tool_use", &flag)?,
+        None => false,
+    };
     let kind = params::string(
         "tool_choice.type",
         fields.remove("type").unwrap_or(Value::Null),
@@ -398,7 +402,7 @@ fn tool_choice(value: Value) -> Result<String, ApiError> {
             &format!("tool_choice.{name}"),
             "unknown field",
         )),
-        None => Ok(choice),
+        None => Ok((choice, disable_parallel)),
     }
 }
 
@@ -460,20 +464,34 @@ mod tests {
 
     #[test]
     fn tool_choices_map_to_qinsd_s() {
-        for (choice, qinsd) in [
-            (json!({ "type": "auto" }), "auto"),
-            (json!({ "type": "none" }), "none"),
+        for (choice, qinsd, one_call) in [
+            (json!({ "type": "auto" }), "auto", false),
+            (json!({ "type": "none" }), "none", false),
             (
                 json!({ "type": "any", "disable_parallel_tool_use": true }),
                 "required",
+                true,
             ),
-            (json!({ "type": "tool", "name": "f" }), "f"),
+            (
+                json!({ "type": "auto", "disable_parallel_tool_use": false }),
+                "auto",
+                false,
+            ),
+            (json!({ "type": "tool", "name": "f" }), "f", false),
         ] {
             let request = parse(with("tool_choice", choice))
                 .expect("accepted")
                 .request;
             assert_eq!(request.tool_choice, qinsd);
+            assert_eq!(request.disable_parallel_tool_calls, one_call, "{qinsd}");
         }
+        // Without a tool_choice, several calls are allowed (Anthropic's default).
+        assert!(
+            !parse(base())
+                .expect("accepted")
+                .request
+                .disable_parallel_tool_calls
+        );
     }
 
     #[test]

@@ -318,6 +318,8 @@ async fn run(state: &AppState, turn: Turn) -> Result<Response, ApiError> {
         // qinsd prefills the whole prompt for each.
         session_id: String::new(),
         sampling: Some(turn.sampling),
+        // ollama has no switch for it: a reply may make several calls
+        // (disable_parallel_tool_calls false), as ollama's own do.
         ..ChatRequest::default()
     };
     let reply = Reply::new(state.daemon.chat(request).await?);
@@ -569,6 +571,33 @@ mod tests {
     }
 
     #[test]
+    fn several_calls_are_listed_in_order() {
+        let call = |city: &str| ToolCall {
+            id: format!("call_{city}"),
+            name: "get_weather".into(),
+            arguments: json!({ "city": city }).to_string(),
+        };
+        let done = Finished {
+            finish: Finish::ToolCalls,
+            usage: Usage::default(),
+            timings: Timings::default(),
+            model: "tiny".into(),
+            tool_calls: vec![call("Paris"), call("Rome")],
+            stop_sequence: None,
+        };
+        let reply = Objects {
+            model: "tiny:latest".into(),
+            shape: Shape::Chat,
+        };
+        let last = reply.last("", &done);
+        let calls = last["message"]["tool_calls"].as_array().expect("a list");
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0]["function"]["arguments"]["city"], "Paris");
+        assert_eq!(calls[1]["function"]["arguments"]["city"], "Rome");
+        assert_eq!(last["done_reason"], "stop");
+    }
+
+    #[test]
     fn the_last_object_carries_counts_and_nanosecond_durations() {
         let done = Finished {
             finish: Finish::Length,
@@ -585,6 +614,7 @@ mod tests {
             },
             model: "tiny".into(),
             tool_calls: Vec::new(),
+            stop_sequence: None,
         };
         let reply = Objects {
             model: "tiny:latest".into(),

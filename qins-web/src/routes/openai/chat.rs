@@ -107,9 +107,9 @@ impl ChatBody {
                 "response_format" => request.response_format = response_format(&value)?,
                 "tools" => request.tools = tools::tools(&value)?,
                 "tool_choice" => request.tool_choice = tools::tool_choice(&value)?,
-                // A reply makes at most one call, which either value allows.
+                // Several calls in one reply unless false (OpenAI's default).
                 "parallel_tool_calls" => {
-                    params::boolean(name, &value)?;
+                    request.disable_parallel_tool_calls = !params::boolean(name, &value)?;
                 }
                 "store" => params::only(
                     name,
@@ -394,6 +394,27 @@ mod tests {
     }
 
     #[test]
+    fn parallel_tool_calls_are_allowed_unless_false() {
+        let disabled = |extra: Value| {
+            let mut body = json!({ "messages": user() });
+            for (k, v) in extra.as_object().expect("object") {
+                body[k] = v.clone();
+            }
+            ChatBody::parse(body)
+                .expect("accepted")
+                .request
+                .disable_parallel_tool_calls
+        };
+        assert!(!disabled(json!({})));
+        assert!(!disabled(json!({ "parallel_tool_calls": true })));
+        assert!(disabled(json!({ "parallel_tool_calls": false })));
+        assert_eq!(
+            param(json!({ "messages": user(), "parallel_tool_calls": "no" })),
+            "parallel_tool_calls"
+        );
+    }
+
+    #[test]
     fn response_formats_become_grammars() {
         let parse = |format: Value| {
             ChatBody::parse(json!({ "messages": user(), "response_format": format }))
@@ -508,6 +529,34 @@ mod tests {
             4
         );
         assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"));
+    }
+
+    #[tokio::test]
+    async fn several_calls_stream_with_their_indexes() {
+        use qins_proto::v1::{ChatDone, ChatEvent, ToolCall, chat_event};
+        let call = |id: &str, city: &str| ToolCall {
+            id: id.into(),
+            name: "get_weather".into(),
+            arguments: json!({ "city": city }).to_string(),
+        };
+        let done = ChatEvent {
+            event: Some(chat_event::Event::Done(ChatDone {
+                finish_reason: FinishReason::ToolCalls as i32,
+                tool_calls: vec![call("call_a", "Paris"), call("call_b", "Rome")],
+                ..ChatDone::default()
+            })),
+        };
+        let payloads = stream_payloads(streamed(vec![Ok(done)])).await;
+        let chunks: Vec<Value> = payloads[..payloads.len() - 1]
+            .iter()
+            .map(|p| serde_json::from_str(p).expect("JSON"))
+            .collect();
+        let calls = &chunks[1]["choices"][0]["delta"]["tool_calls"];
+        assert_eq!(calls[0]["index"], 0);
+        assert_eq!(calls[0]["id"], "call_a");
+        assert_eq!(calls[1]["index"], 1);
+        assert_eq!(calls[1]["function"]["arguments"], r#"{"city":"Rome"}"#);
+        assert_eq!(chunks[2]["choices"][0]["finish_reason"], "tool_calls");
     }
 
     #[tokio::test]

@@ -77,10 +77,9 @@ impl ResponsesBody {
                     request.tool_choice = tool_choice(&value)?;
                     echo.insert(name.into(), value);
                 }
-                // A reply makes calls as qinsd's engine decides; either
-                // value allows that (as chat completions).
+                // As chat completions: `false` asks for exactly one call.
                 "parallel_tool_calls" => {
-                    params::boolean(name, &value)?;
+                    request.disable_parallel_tool_calls = !params::boolean(name, &value)?;
                     echo.insert(name.into(), value);
                 }
                 "text" => {
@@ -472,6 +471,7 @@ mod tests {
         assert_eq!(request.tools[0].name, "f");
         assert_eq!(request.tools[0].parameters, r#"{"type":"object"}"#);
         assert_eq!(request.tool_choice, "f");
+        assert!(request.disable_parallel_tool_calls, "parallel_tool_calls false");
         assert_eq!(request.response_format, None);
         let sampling = request.sampling.expect("sampling");
         assert_eq!(sampling.max_tokens, Some(9));
