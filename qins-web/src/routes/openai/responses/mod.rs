@@ -728,6 +728,7 @@ mod tests {
             timings: Default::default(),
             model: "tiny".into(),
             tool_calls: vec![call("call_1", "f")],
+            stop_sequence: None,
         };
         let output = Output::new("Let me look.".into(), &finished);
         let response = frame().finished(&output, &finished);

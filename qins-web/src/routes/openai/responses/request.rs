@@ -471,7 +471,10 @@ mod tests {
         assert_eq!(request.tools[0].name, "f");
         assert_eq!(request.tools[0].parameters, r#"{"type":"object"}"#);
         assert_eq!(request.tool_choice, "f");
-        assert!(request.disable_parallel_tool_calls, "parallel_tool_calls false");
+        assert!(
+            request.disable_parallel_tool_calls,
+            "parallel_tool_calls false"
+        );
         assert_eq!(request.response_format, None);
         let sampling = request.sampling.expect("sampling");
         assert_eq!(sampling.max_tokens, Some(9));
