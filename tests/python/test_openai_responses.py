@@ -124,7 +124,8 @@ class ResponsesApiTest(unittest.TestCase):
 
     def test_a_function_call_round_trip(self):
         first = self.create(input=QUESTION, tools=[WEATHER], tool_choice=FORCED,
-                            max_output_tokens=150, temperature=1.0, extra_body={"seed": 1})
+                            parallel_tool_calls=False, max_output_tokens=150,
+                            temperature=1.0, extra_body={"seed": 1})
         self.assertEqual(first.status, "completed")
         self.assertEqual([item.type for item in first.output], ["function_call"])
         call = first.output[0]
@@ -151,8 +152,8 @@ class ResponsesApiTest(unittest.TestCase):
 
     def test_a_streamed_call_comes_as_a_function_call_item(self):
         events = list(self.create(input=QUESTION, tools=[WEATHER], tool_choice="required",
-                                  max_output_tokens=150, temperature=1.0,
-                                  extra_body={"seed": 2}, stream=True))
+                                  parallel_tool_calls=False, max_output_tokens=150,
+                                  temperature=1.0, extra_body={"seed": 2}, stream=True))
         kinds = [e.type for e in events]
         self.assertEqual(kinds, ["response.created", "response.in_progress",
                                  "response.output_item.added",
@@ -167,10 +168,29 @@ class ResponsesApiTest(unittest.TestCase):
         self.assertEqual(set(json.loads(done.arguments)), {"city", "unit"})
         self.assertEqual(completed.response.output[0].call_id, added.item.call_id)
         with self.client.responses.stream(model=MODEL, input=QUESTION, tools=[WEATHER],
-                                          tool_choice="required", max_output_tokens=150,
+                                          tool_choice="required", parallel_tool_calls=False,
+                                          max_output_tokens=150,
                                           temperature=1.0, extra_body={"seed": 2}) as stream:
             rebuilt = stream.get_final_response()
         self.assertEqual(rebuilt.output[0].arguments, done.arguments)
+
+    def test_several_calls_are_several_function_call_items(self):
+        """Greedy, the tiny model writes calls up to qinsd's bound of 8 when
+        parallel calls are allowed (the default); `false` asks for one."""
+        ask = dict(input=QUESTION, tools=[WEATHER], tool_choice="required",
+                   max_output_tokens=700, temperature=0)
+        whole = self.create(**ask)
+        self.assertEqual(whole.status, "completed")
+        calls = whole.output
+        self.assertGreaterEqual(len(calls), 2)
+        self.assertTrue(all(item.type == "function_call" for item in calls), calls)
+        self.assertEqual(len({c.call_id for c in calls}), len(calls), "call ids are unique")
+        streamed = [e for e in self.create(stream=True, **ask)
+                    if e.type == "response.output_item.done"]
+        self.assertEqual([e.output_index for e in streamed], list(range(len(calls))))
+        self.assertEqual([e.item.arguments for e in streamed], [c.arguments for c in calls])
+        one = self.create(parallel_tool_calls=False, **ask)
+        self.assertEqual([item.type for item in one.output], ["function_call"])
 
     def test_json_schema_output_parses(self):
         r = self.create(max_output_tokens=150, temperature=1.0, extra_body={"seed": 3},
