@@ -23,6 +23,7 @@
 #                [~/.cache/qins/fixtures/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf]
 #   PEER         llama.cpp builds and the Phi-3.5 models [~/.cache/qins-peer]
 #   TASKS        task names to run [every tasks/*.txt]
+#   LOOKUP_ON    what the "on" runs pass to --lookup [on; always: every draft]
 #   THREADS [2]  MAX_TOKENS [256]  LLAMA_DRAFT [8, drafted tokens per step]
 #   KERNELS      qins kernels for phi35 [avx512-vnni avx512-bf16 avx512 avx-vnni avx2-int avx2];
 #                one the CPU lacks is skipped
@@ -42,6 +43,7 @@ PEER="${PEER:-$HOME/.cache/qins-peer}"
 THREADS="${THREADS:-2}"
 MAX_TOKENS="${MAX_TOKENS:-256}"
 LLAMA_DRAFT="${LLAMA_DRAFT:-8}"
+LOOKUP_ON="${LOOKUP_ON:-on}"
 KERNELS="${KERNELS:-avx512-vnni avx512-bf16 avx512 avx-vnni avx2-int avx2}"
 DEPTH="${DEPTH:-512}"
 TASKS="${TASKS:-$(cd "$HERE/tasks" && ls *.txt | sed 's/\.txt$//' | tr '\n' ' ')}"
@@ -60,8 +62,10 @@ started=$(date +%s)
 # SmolLM2's chat template as its GGUF states it, for llama-lookup (which takes
 # raw text): no system message, so the template's default one. Written to a
 # file with one newline more than the template's, which -f drops.
-smol_chat() { # task-file prompt-file
-  printf '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n\n' "$(cat "$1")" >"$2"
+smol_chat() { # task-file prompt-file (the task's bytes as they are, as --prompt-file reads them)
+  { printf '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n'
+    cat "$1"
+    printf '<|im_end|>\n<|im_start|>assistant\n\n'; } >"$2"
 }
 
 # One qinsd generate run: its reply to $OUT/$3 and the summary line to stdout.
@@ -70,11 +74,14 @@ HELP="$("$QINSD" generate --help)"
 has_flag() { grep -q -- "$1" <<<"$HELP"; }
 qins_run() { # task-file on|off out-name
   local args=("$SMOL_QINS" --temperature 0 --max-tokens "$MAX_TOKENS")
-  if has_flag --prompt-file; then args+=(--prompt-file "$1"); else args+=("$(cat "$1")"); fi
-  if has_flag --lookup; then args+=(--lookup "$2");
+  if has_flag --prompt-file; then args+=(--prompt-file "$1")
+  else local text; text="$(cat "$1"; printf x)"; args+=("${text%x}"); fi
+  if has_flag --threads; then args+=(--threads "$THREADS"); fi
+  local mode=$2; [ "$mode" = on ] && mode=$LOOKUP_ON
+  if has_flag --lookup; then args+=(--lookup "$mode");
   elif [ "$2" = on ]; then echo "qinsd has no --lookup" >"$OUT/$3"; echo "n/a"; return; fi
-  "$QINSD" generate "${args[@]}" >"$OUT/$3" 2>"$OUT/$3.err"
-  grep '^\[' "$OUT/$3.err" | tail -1
+  "$QINSD" generate "${args[@]}" >"$OUT/$3" 2>"$OUT/$3.err" || log "qinsd generate failed: $OUT/$3.err"
+  grep '^\[' "$OUT/$3.err" | tail -1 || true
 }
 
 LLAMA_BIN="$PEER/llama.cpp/build/bin"
