@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use qins_core::container::Compression;
 use qins_core::kernels::{dispatch, selected_kernel};
-use qins_core::model::{Decoder, KvCache, Model, ModelError, argmax, profile};
+use qins_core::model::{Decoder, KvCache, Model, ModelError, SequenceCache, argmax, profile};
 use qins_core::rng::SplitMix64;
 use qins_core::weights::ResidentBytes;
 use qins_engine::{OpenError, ResidentModel};
@@ -55,6 +55,14 @@ pub struct BenchOptions {
     /// Prompt tokens of each sequence in the concurrency figure.
     pub batch_prompt: usize,
     pub seed: u64,
+    /// Verification passes to time against one decode step (tokens per
+    /// pass, e.g. 2, 4, 8, 16; empty: skip), each after `verify_depth`
+    /// cached tokens.
+    pub verify_tokens: Vec<usize>,
+    /// Cached tokens the decode step and the passes run after.
+    pub verify_depth: usize,
+    /// Timed repetitions of each; the medians are reported.
+    pub verify_repetitions: usize,
 }
 
 /// The page cache state loads were measured in.
@@ -127,6 +135,33 @@ pub struct RunReport {
     pub concurrency: Option<Concurrency>,
     /// Milliseconds per decoded token by stage (with `QINS_PROFILE=1`).
     pub decode_profile_ms: Option<Vec<(String, f64)>>,
+    /// The cost of verifying drafted tokens (with `verify_tokens`).
+    pub verification: Option<Verification>,
+}
+
+/// What checking `k` drafted tokens in one forward pass costs against one
+/// decode step, at the same cache depth: the price side of speculative
+/// decoding (a pass of cost `c(k)` steps pays when it yields more than
+/// `c(k)` tokens on average).
+#[derive(Clone, Debug, Serialize)]
+pub struct Verification {
+    /// Cached tokens every step and pass ran after.
+    pub depth: usize,
+    pub repetitions: usize,
+    /// Median of one [`Decoder::decode_step`], milliseconds.
+    pub decode_step_ms: f64,
+    pub passes: Vec<VerificationPass>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VerificationPass {
+    /// Tokens appended in the pass, each with its logits
+    /// ([`Decoder::forward_all`]).
+    pub tokens: usize,
+    /// Median milliseconds per pass.
+    pub ms: f64,
+    /// `ms / decode_step_ms`: c(k).
+    pub relative: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -228,7 +263,11 @@ pub fn run(path: &Path, options: &BenchOptions) -> Result<BenchReport, BenchErro
                 threads,
                 message: e.to_string(),
             })?;
-        let (mut report, model, params, zstd) = pool.install(|| run_one(path, options, threads))?;
+        let (mut report, model, params, zstd) = pool.install(|| {
+            let (mut report, model, params, zstd) = run_one(path, options, threads)?;
+            report.verification = verification(&model, options)?;
+            Ok::<_, BenchError>((report, model, params, zstd))
+        })?;
         if options.batch > 1 {
             report.concurrency = concurrency(&model, options, threads)?;
             report.memory.peak_rss = peak_rss();
@@ -310,6 +349,7 @@ fn run_one(
             effective_gb_s: bytes_per_token as f64 * decode_tok_s / 1e9,
             concurrency: None,
             decode_profile_ms,
+            verification: None,
         },
         model,
         parameters,
@@ -342,6 +382,81 @@ fn decode(
         logits = model.decode_step(next, cache, cancel)?;
     }
     Ok(())
+}
+
+/// Times one decode step and one [`Decoder::forward_all`] pass of each
+/// `options.verify_tokens` count, all after the same `verify_depth` cached
+/// (random) tokens: each pass appends its tokens and the cache is cut back
+/// to the depth after it, as a rejected draft is. The step and the passes
+/// alternate within each repetition, so a slow spell of a shared machine
+/// falls on all of them; a first, untimed repetition warms them up.
+fn verification(model: &Model, options: &BenchOptions) -> Result<Option<Verification>, BenchError> {
+    let Some(&most) = options.verify_tokens.iter().max() else {
+        return Ok(None);
+    };
+    let depth = options.verify_depth.max(1);
+    let repetitions = options.verify_repetitions.max(1);
+    let vocab = model.config().vocab_size as u64;
+    let mut rng = SplitMix64::new(options.seed ^ 0x7e51f1);
+    let mut random_tokens =
+        |n: usize| -> Vec<u32> { (0..n).map(|_| (rng.next_u64() % vocab) as u32).collect() };
+    let cancel = AtomicBool::new(false);
+    let mut cache = model.new_cache(depth + most.max(1));
+    model.forward(&random_tokens(depth), &mut cache, &cancel)?;
+    let mut step_ms = Vec::with_capacity(repetitions);
+    let mut pass_ms = vec![Vec::with_capacity(repetitions); options.verify_tokens.len()];
+    for repetition in 0..=repetitions {
+        let token = random_tokens(1)[0];
+        let t = Instant::now();
+        model.decode_step(token, &mut cache, &cancel)?;
+        let step = t.elapsed().as_secs_f64() * 1e3;
+        cache.truncate(depth);
+        let mut passes = Vec::with_capacity(options.verify_tokens.len());
+        for &k in &options.verify_tokens {
+            let tokens = random_tokens(k.max(1));
+            let t = Instant::now();
+            model.forward_all(&tokens, &mut cache, &cancel)?;
+            passes.push(t.elapsed().as_secs_f64() * 1e3);
+            cache.truncate(depth);
+        }
+        if repetition > 0 {
+            step_ms.push(step);
+            for (times, ms) in pass_ms.iter_mut().zip(passes) {
+                times.push(ms);
+            }
+        }
+    }
+    let decode_step_ms = median(&mut step_ms);
+    let passes = options
+        .verify_tokens
+        .iter()
+        .zip(&mut pass_ms)
+        .map(|(&tokens, times)| {
+            let ms = median(times);
+            VerificationPass {
+                tokens: tokens.max(1),
+                ms,
+                relative: ms / decode_step_ms.max(1e-9),
+            }
+        })
+        .collect();
+    Ok(Some(Verification {
+        depth,
+        repetitions,
+        decode_step_ms,
+        passes,
+    }))
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// Aggregate decode throughput of `options.batch` sequences decoding at
@@ -458,6 +573,9 @@ mod tests {
             batch_decode: 3,
             batch_prompt: 4,
             seed: 1,
+            verify_tokens: Vec::new(),
+            verify_depth: 0,
+            verify_repetitions: 0,
         };
         let report = run(&path, &options).unwrap();
         assert_eq!(report.runs.len(), 2);
@@ -475,7 +593,52 @@ mod tests {
             } else {
                 assert!(r.concurrency.is_none());
             }
+            assert!(r.verification.is_none(), "not asked for");
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn verification_times_each_pass_against_a_decode_step_in_the_order_asked() {
+        let dir = std::env::temp_dir().join(format!("qins-bench-verify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("small.qins");
+        write_phi35(&path, &Phi35Spec::scaled(2, 64, 4, 96, 2, 384)).unwrap();
+        let file = QinsFile::open(&path).unwrap();
+        let model = Model::load(&file.header.config, file.load().unwrap()).unwrap();
+        let options = BenchOptions {
+            threads: vec![1],
+            prompt: 1,
+            decode: 1,
+            batch: 1,
+            batch_decode: 1,
+            batch_prompt: 1,
+            seed: 3,
+            verify_tokens: vec![2, 4, 1],
+            verify_depth: 24,
+            verify_repetitions: 3,
+        };
+        let report = verification(&model, &options).unwrap().unwrap();
+        assert_eq!((report.depth, report.repetitions), (24, 3));
+        assert!(report.decode_step_ms > 0.0);
+        let tokens: Vec<usize> = report.passes.iter().map(|p| p.tokens).collect();
+        assert_eq!(tokens, [2, 4, 1], "in the order asked");
+        for pass in &report.passes {
+            assert!(pass.ms > 0.0);
+            assert!((pass.relative - pass.ms / report.decode_step_ms).abs() < 1e-9);
+        }
+        let none = BenchOptions {
+            verify_tokens: Vec::new(),
+            ..options
+        };
+        assert!(verification(&model, &none).unwrap().is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn median_takes_the_middle_value_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(&mut [5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut []), 0.0);
     }
 }

@@ -1,6 +1,8 @@
 //! `qinsd bench MODEL [--threads 1,2] [--prompt 512] [--decode 128]
-//! [--batch 2] [--json]`: load time, memory, prefill and decode speed;
-//! `--device gpu` measures the GPU instead (qins-gpu's bench).
+//! [--batch 2] [--verify-tokens 2,4,8,16] [--json]`: load time, memory,
+//! prefill and decode speed, and what verifying k drafted tokens in one
+//! pass costs against a decode step; `--device gpu` measures the GPU
+//! instead (qins-gpu's bench).
 
 use std::path::Path;
 
@@ -34,6 +36,18 @@ pub struct Args {
     /// Seed of the random prompt ids.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Also time one forward pass of each of these token counts (drafted
+    /// tokens checked at once, every token's logits) against one decode
+    /// step, comma-separated, e.g. 2,4,8,16; the CPU kernel is the
+    /// process's (`QINS_KERNEL` picks another).
+    #[arg(long, value_delimiter = ',')]
+    pub verify_tokens: Vec<usize>,
+    /// Cached tokens the --verify-tokens passes and the decode step run after.
+    #[arg(long, default_value_t = 512)]
+    pub verify_depth: usize,
+    /// Timed repetitions of each --verify-tokens pass (medians reported).
+    #[arg(long, default_value_t = 7)]
+    pub verify_repetitions: usize,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -54,27 +68,40 @@ pub fn run(args: Args) -> Result<()> {
     if args.device == BenchDevice::Gpu {
         return run_gpu(&args, &path);
     }
-    anyhow::ensure!(
-        !args.threads.is_empty() && args.threads.iter().all(|&t| t > 0),
-        "--threads needs positive counts, e.g. 1,2"
-    );
-    let options = BenchOptions {
-        threads: args.threads,
-        prompt: args.prompt,
-        decode: args.decode,
-        batch: args.batch,
-        batch_decode: args.batch_decode,
-        batch_prompt: args.batch_prompt,
-        seed: args.seed,
-    };
+    let options = options(&args)?;
     let report =
         bench::run(&path, &options).with_context(|| format!("benchmarking {}", path.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report);
+        print!("{}", verification_table(&report));
     }
     Ok(())
+}
+
+/// The CPU bench's options, checked.
+fn options(args: &Args) -> Result<BenchOptions> {
+    anyhow::ensure!(
+        !args.threads.is_empty() && args.threads.iter().all(|&t| t > 0),
+        "--threads needs positive counts, e.g. 1,2"
+    );
+    anyhow::ensure!(
+        args.verify_tokens.iter().all(|&k| k > 0),
+        "--verify-tokens needs positive token counts, e.g. 2,4,8,16"
+    );
+    Ok(BenchOptions {
+        threads: args.threads.clone(),
+        prompt: args.prompt,
+        decode: args.decode,
+        batch: args.batch,
+        batch_decode: args.batch_decode,
+        batch_prompt: args.batch_prompt,
+        seed: args.seed,
+        verify_tokens: args.verify_tokens.clone(),
+        verify_depth: args.verify_depth,
+        verify_repetitions: args.verify_repetitions,
+    })
 }
 
 /// The GPU bench: upload, prefill and greedy decode on the best adapter,
@@ -245,5 +272,112 @@ fn print_table(r: &BenchReport) {
             print!(" | {:<44}", cell(run));
         }
         println!();
+    }
+}
+
+/// The --verify-tokens figures of every run, one row per pass: k, the
+/// median milliseconds and c(k), the cost in decode steps; empty when
+/// none were measured.
+fn verification_table(r: &BenchReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for run in &r.runs {
+        let Some(v) = &run.verification else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "\nverification, kernel {}, {} threads, depth {} (median of {}): decode step {:.3} ms",
+            run.kernel, run.threads, v.depth, v.repetitions, v.decode_step_ms
+        );
+        let _ = writeln!(out, "{:>4} | {:>10} | {:>6}", "k", "ms/pass", "c(k)");
+        for pass in &v.passes {
+            let _ = writeln!(
+                out,
+                "{:>4} | {:>10.3} | {:>6.2}",
+                pass.tokens, pass.ms, pass.relative
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use qins_test_support::phi35::{Phi35Spec, write_phi35};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: Args,
+    }
+
+    fn parse(args: &[&str]) -> Args {
+        Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+            .expect("arguments parse")
+            .bench
+    }
+
+    #[test]
+    fn verify_tokens_parse_as_a_list_and_default_to_none() {
+        let plain = parse(&["m.qins"]);
+        assert!(plain.verify_tokens.is_empty());
+        assert_eq!((plain.verify_depth, plain.verify_repetitions), (512, 7));
+        let asked = parse(&[
+            "m.qins",
+            "--verify-tokens",
+            "2,4,8,16",
+            "--verify-depth",
+            "64",
+        ]);
+        assert_eq!(asked.verify_tokens, [2, 4, 8, 16]);
+        assert_eq!(asked.verify_depth, 64);
+        assert!(Cli::try_parse_from(["bench", "m.qins", "--verify-tokens", "2,x"]).is_err());
+        let zero = parse(&["m.qins", "--verify-tokens", "0,2"]);
+        assert!(options(&zero).is_err(), "a pass of no tokens");
+    }
+
+    #[test]
+    fn verify_tokens_print_one_row_per_pass_with_its_cost_in_decode_steps() {
+        let dir = std::env::temp_dir().join(format!("qinsd-bench-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("small.qins");
+        write_phi35(&path, &Phi35Spec::scaled(2, 64, 4, 96, 2, 384)).expect("model");
+        let args = parse(&[
+            path.to_str().expect("utf-8"),
+            "--threads",
+            "1",
+            "--prompt",
+            "2",
+            "--decode",
+            "1",
+            "--verify-tokens",
+            "2,8",
+            "--verify-depth",
+            "16",
+            "--verify-repetitions",
+            "2",
+        ]);
+        let options = options(&args).expect("valid options");
+        let report = bench::run(&path, &options).expect("bench runs");
+        let table = verification_table(&report);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[1].contains("1 threads, depth 16 (median of 2)"),
+            "{table}"
+        );
+        let ks: Vec<&str> = lines[3..]
+            .iter()
+            .map(|l| l.split('|').next().unwrap_or_default().trim())
+            .collect();
+        assert_eq!(ks, ["2", "8"], "{table}");
+        let v = report.runs[0].verification.as_ref().expect("measured");
+        assert!(
+            lines[3].contains(&format!("{:.2}", v.passes[0].relative)),
+            "{table}"
+        );
+        std::fs::remove_dir_all(dir).expect("cleanup");
     }
 }
