@@ -11,6 +11,7 @@ use tokenizers::Tokenizer;
 use super::backend::{Backend, Device};
 use super::constraint::{GrammarVocab, OutputFormat};
 use super::generate::GenerationRequest;
+use super::lookup::LookupMode;
 use super::resident::{ModelFileLease, OpenError, ResidentModel};
 use super::sampling::SamplingParams;
 use super::template::{ChatMessage, ChatTemplate, TemplateError};
@@ -75,6 +76,9 @@ pub struct RequestOptions {
     pub logprobs: Option<usize>,
     /// JSON output (grammar-constrained); None: free text.
     pub format: Option<OutputFormat>,
+    /// Lookup decoding ([`crate::lookup`]); None: on (it verifies a draft
+    /// only when that is expected to pay).
+    pub lookup: Option<bool>,
 }
 
 /// What the reply continues: a conversation rendered with the model's chat
@@ -213,6 +217,11 @@ impl ChatModel {
             stop: options.stop.clone(),
             stop_token_ids: self.stop_token_ids.clone(),
             logprobs: options.logprobs,
+            lookup: if options.lookup.unwrap_or(true) {
+                LookupMode::Auto
+            } else {
+                LookupMode::Off
+            },
             ..GenerationRequest::default()
         };
         // Values first: a bad value is refused before the template runs.
@@ -353,6 +362,7 @@ mod tests {
             logit_bias: vec![(3, -100.0)],
             logprobs: Some(2),
             format: None,
+            lookup: Some(false),
         };
         let (sampling, max_tokens) = resolve_options(&recorded(), &options);
         assert_eq!(
@@ -384,6 +394,7 @@ mod tests {
             max_tokens: Some(max_tokens),
             stop: options.stop.clone(),
             logprobs: options.logprobs,
+            lookup: LookupMode::Off,
             ..GenerationRequest::default()
         }
         .validate()
