@@ -892,20 +892,22 @@ mod tests {
     /// whole history, so any error in the cache changes the reply. Only
     /// the letters a-h are ever likely.
     fn copying(history: &[u32], vocab: usize) -> Vec<f32> {
+        let mut logits = copying_any(history, vocab);
+        for (id, logit) in logits.iter_mut().enumerate() {
+            if !(LETTER_A..LETTER_A + 8).contains(&(id as u32)) {
+                *logit -= 30.0;
+            }
+        }
+        logits
+    }
+
+    /// `copying` over the whole vocabulary (JSON needs its punctuation).
+    fn copying_any(history: &[u32], vocab: usize) -> Vec<f32> {
         let hash = crate::testing::history_hash(history);
         let mut rng = qins_core::rng::SplitMix64::new(hash);
-        let mut logits: Vec<f32> = (0..vocab as u32)
-            .map(|id| {
-                let noise = rng.next_normal() as f32;
-                if (LETTER_A..LETTER_A + 8).contains(&id) {
-                    noise
-                } else {
-                    noise - 30.0
-                }
-            })
-            .collect();
+        let mut logits: Vec<f32> = (0..vocab).map(|_| rng.next_normal() as f32).collect();
         if let Some((&last, earlier)) = history.split_last()
-            && hash % 4 != 0
+            && !hash.is_multiple_of(4)
             && let Some(at) = earlier.iter().rposition(|&t| t == last)
         {
             logits[history[at + 1] as usize] += 6.0;
@@ -1322,19 +1324,5 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(&out.text()).unwrap();
         }
         assert!(out.text().starts_with('{'), "{}", out.text());
-    }
-
-    /// `copying` over the whole vocabulary (JSON needs its punctuation).
-    fn copying_any(history: &[u32], vocab: usize) -> Vec<f32> {
-        let hash = crate::testing::history_hash(history);
-        let mut rng = qins_core::rng::SplitMix64::new(hash);
-        let mut logits: Vec<f32> = (0..vocab).map(|_| rng.next_normal() as f32).collect();
-        if let Some((&last, earlier)) = history.split_last()
-            && hash % 4 != 0
-            && let Some(at) = earlier.iter().rposition(|&t| t == last)
-        {
-            logits[history[at + 1] as usize] += 6.0;
-        }
-        logits
     }
 }
