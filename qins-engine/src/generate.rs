@@ -472,12 +472,27 @@ impl<'a, M: LanguageModel> Run<'a, M> {
                 }
             }
         }
+        self.log_lookup();
         Ok(Finished {
             reason,
             tokens: self.history[self.usage.prompt_tokens..].to_vec(),
             usage: self.usage,
             timings: self.timings(),
         })
+    }
+
+    /// What lookup decoding did and what verification cost here (the
+    /// daemon's debug log; `qinsd --log-level debug generate ...`).
+    fn log_lookup(&mut self) {
+        if let Some(drafter) = &self.drafter {
+            let (drafted, accepted) = (drafter.drafted, drafter.accepted);
+            tracing::debug!(
+                drafted,
+                accepted,
+                "lookup: verification cost in decode steps: {}",
+                self.session.verify_cost()
+            );
+        }
     }
 
     fn timings(&self) -> Timings {

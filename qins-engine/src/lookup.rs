@@ -176,28 +176,44 @@ impl DraftLength {
     }
 }
 
-/// How often a drafted position that gets judged is accepted (an
-/// exponential moving average), starting optimistic enough to try.
+/// How often a judged drafted position is accepted (exponential moving
+/// averages), starting optimistic enough to try. Copied text is accepted
+/// in runs, so the first position of a draft and the later ones (given the
+/// one before was accepted) are tracked apart: a draft whose first token
+/// holds usually holds much longer.
 #[derive(Clone, Copy, Debug)]
-pub struct AcceptanceRate(f64);
+pub struct AcceptanceRate {
+    first: f64,
+    later: f64,
+}
 
 impl Default for AcceptanceRate {
     fn default() -> Self {
-        Self(0.5)
+        Self {
+            first: 0.5,
+            later: 0.5,
+        }
     }
 }
 
 impl AcceptanceRate {
     const WEIGHT: f64 = 0.1;
 
-    pub fn get(&self) -> f64 {
-        self.0
+    /// (first position, later positions).
+    pub fn get(&self) -> (f64, f64) {
+        (self.first, self.later)
     }
 
-    /// One judged position: the positions after a rejection are not judged.
-    pub fn record(&mut self, accepted: bool) {
+    /// The judged position `position` (0-based) of a draft; the positions
+    /// after a rejection are not judged.
+    pub fn record(&mut self, position: usize, accepted: bool) {
         let outcome = if accepted { 1.0 } else { 0.0 };
-        self.0 += Self::WEIGHT * (outcome - self.0);
+        let rate = if position == 0 {
+            &mut self.first
+        } else {
+            &mut self.later
+        };
+        *rate += Self::WEIGHT * (outcome - *rate);
     }
 }
 
@@ -247,6 +263,22 @@ impl VerifyCost {
     }
 }
 
+impl std::fmt::Display for VerifyCost {
+    /// The measured sizes as "k=c(k)" in decode steps, e.g. "1=1.21 4=1.60".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(step) = self.step_seconds.filter(|s| *s > 0.0) else {
+            return f.write_str("no decode step measured");
+        };
+        write!(f, "step {:.2} ms", step * 1e3)?;
+        for (k, seconds) in self.verify_seconds.iter().enumerate() {
+            if let Some(seconds) = seconds {
+                write!(f, " {k}={:.2}", seconds / step)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn ema(slot: &mut Option<f64>, sample: f64) {
     *slot = Some(match *slot {
         Some(mean) => mean + VerifyCost::WEIGHT * (sample - mean),
@@ -255,16 +287,21 @@ fn ema(slot: &mut Option<f64>, sample: f64) {
 }
 
 /// The one policy rule: the draft length `k` in `1..=max_k` that maximises
-/// expected tokens per unit of time, `(1 + a + a^2 + ... + a^k) / c(k)`
-/// (the verification always yields one token, the replacement or the one
-/// after a fully accepted draft, plus each accepted position, reached with
-/// probability `a^i`), or 0 when no `k` beats a plain step by the margin.
-pub fn choose_draft_len(acceptance: f64, max_k: usize, cost: impl Fn(usize) -> f64) -> usize {
+/// expected tokens per unit of time, `(1 + a0 + a0 a1 + ... + a0 a1^(k-1))
+/// / c(k)` (the verification always yields one token, the replacement or
+/// the one after a fully accepted draft, plus each accepted position: the
+/// first accepted with probability `a0`, each later one with `a1` once the
+/// one before was), or 0 when no `k` beats a plain step by the margin.
+pub fn choose_draft_len(
+    (first, later): (f64, f64),
+    max_k: usize,
+    cost: impl Fn(usize) -> f64,
+) -> usize {
     let mut best = (0, GAIN_MARGIN);
     let mut expected = 1.0;
     let mut reach = 1.0;
     for k in 1..=max_k.min(MAX_DRAFT) {
-        reach *= acceptance;
+        reach *= if k == 1 { first } else { later };
         expected += reach;
         let gain = expected / cost(k);
         if gain > best.1 {
@@ -342,7 +379,7 @@ impl Drafter {
         self.drafted += drafted;
         self.accepted += accepted;
         for i in 0..judged {
-            self.acceptance.record(i < accepted);
+            self.acceptance.record(i, i < accepted);
         }
         self.length.record(drafted, accepted);
     }
@@ -395,14 +432,17 @@ mod tests {
     #[test]
     fn the_policy_drafts_only_when_it_pays() {
         // Free verification: the longest draft.
-        assert_eq!(choose_draft_len(0.9, 8, |_| 1.0), 8);
+        assert_eq!(choose_draft_len((0.9, 0.9), 8, |_| 1.0), 8);
         // Nothing is accepted: never.
-        assert_eq!(choose_draft_len(0.0, 8, |_| 1.0), 0);
+        assert_eq!(choose_draft_len((0.0, 0.9), 8, |_| 1.0), 0);
         // Each drafted token costs a whole step: never pays.
-        assert_eq!(choose_draft_len(0.9, 8, |k| 1.0 + k as f64), 0);
+        assert_eq!(choose_draft_len((0.9, 0.9), 8, |k| 1.0 + k as f64), 0);
         // a = 0.5, c(k) = 1 + 0.15k: k = 2 gives 1.75 / 1.3.
-        assert_eq!(choose_draft_len(0.5, 8, |k| 1.0 + 0.15 * k as f64), 2);
-        assert_eq!(choose_draft_len(0.9, 0, |_| 1.0), 0);
+        let prior = |k: usize| 1.0 + 0.15 * k as f64;
+        assert_eq!(choose_draft_len((0.5, 0.5), 8, prior), 2);
+        // Runs: a draft whose first token holds is worth drafting long.
+        assert_eq!(choose_draft_len((0.5, 0.99), 16, prior), 16);
+        assert_eq!(choose_draft_len((0.9, 0.9), 0, |_| 1.0), 0);
     }
 
     #[test]
@@ -415,6 +455,7 @@ mod tests {
         // Linear through (0, 1) and the nearest measured size.
         assert!((cost.relative(2) - 2.0).abs() < 1e-9);
         assert!((cost.relative(8) - 5.0).abs() < 1e-9);
+        assert_eq!(cost.to_string(), "step 10.00 ms 4=3.00");
     }
 
     fn distribution(logits: &[f32], temperature: f32, top_k: usize) -> Distribution {
@@ -495,6 +536,11 @@ mod tests {
         assert_eq!(drafter.propose(8, &free), vec![3, 1]);
         drafter.record(2, 2, 2);
         assert_eq!((drafter.drafted, drafter.accepted), (2, 2));
+        drafter.record(3, 1, 2);
+        let (first, later) = drafter.acceptance.get();
+        // First positions: accepted twice; later: accepted, then rejected.
+        assert!((first - 0.595).abs() < 1e-9, "{first}");
+        assert!((later - 0.495).abs() < 1e-9, "{later}");
         // Always drafts what matches, whatever it costs.
         let costly = Drafter::new(LookupMode::Always, &[1, 2, 3, 1, 2], None).unwrap();
         let mut cost = VerifyCost::default();
