@@ -67,14 +67,7 @@ pub async fn run(socket: &Path, args: Args) -> Result<()> {
         && let Some(done) = &reply.done
     {
         eprintln!("{}", format::timings(done));
-        let t = done.timings.unwrap_or_default();
-        eprintln!(
-            "lookup: {}",
-            format::lookup(
-                u64::from(t.draft_tokens),
-                u64::from(t.accepted_draft_tokens)
-            )
-        );
+        eprintln!("{}", format::lookup_line(done));
         if done.finish_reason() == FinishReason::Length {
             eprintln!("(the reply stopped at the token limit)");
         }

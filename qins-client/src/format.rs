@@ -100,6 +100,18 @@ pub fn timings(done: &ChatDone) -> String {
     line
 }
 
+/// A reply's lookup line for `--verbose`: "lookup: drafted D, accepted A (P%)".
+pub fn lookup_line(done: &ChatDone) -> String {
+    let t = done.timings.unwrap_or_default();
+    format!(
+        "lookup: {}",
+        lookup(
+            u64::from(t.draft_tokens),
+            u64::from(t.accepted_draft_tokens)
+        )
+    )
+}
+
 /// Lookup decoding's share of a reply (or of all replies): "drafted D,
 /// accepted A (P%)".
 pub fn lookup(drafted: u64, accepted: u64) -> String {
