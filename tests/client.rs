@@ -530,3 +530,61 @@ async fn qinsd_subcommands_take_names_and_convert_never_replaces_the_loaded_mode
         text(&unknown.stderr)
     );
 }
+
+#[tokio::test]
+async fn ask_verbose_and_qinsd_generate_report_lookup() {
+    let daemon = Daemon::start(&[]).await;
+    let prompt = "one two three four five six. one two three four five six. one two";
+    let verbose = |lookup: &str| {
+        let args = [
+            "ask",
+            "--max-tokens",
+            "24",
+            "--temperature",
+            "0",
+            "--verbose",
+            "--lookup",
+            lookup,
+            prompt,
+        ];
+        let output = qins(&daemon.socket, &args, "");
+        ok(output.clone());
+        text(&output.stderr)
+    };
+    assert!(verbose("off").contains("lookup: nothing drafted"));
+    let on = verbose("on");
+    assert!(on.contains("lookup: drafted "), "{on}");
+
+    let prompt_file = daemon.dir.path().join("prompt.txt");
+    std::fs::write(&prompt_file, prompt).expect("prompt file");
+    let generate = |lookup: &str| {
+        let output = std::process::Command::new(binary("qinsd"))
+            .args([
+                "generate",
+                "tiny",
+                "--max-tokens",
+                "24",
+                "--temperature",
+                "0",
+            ])
+            .arg("--prompt-file")
+            .arg(&prompt_file)
+            .args(["--lookup", lookup, "--threads", "1"])
+            .arg("--models-dir")
+            .arg(&daemon.models_dir)
+            .output()
+            .expect("qinsd runs");
+        ok(output.clone());
+        text(&output.stderr)
+    };
+    let off = generate("off");
+    assert!(off.contains(", lookup: drafted 0 accepted 0]"), "{off}");
+    let always = generate("always");
+    let drafted: usize = always
+        .rsplit("lookup: drafted ")
+        .next()
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the summary's drafted count");
+    assert!(drafted > 0, "{always}");
+}

@@ -280,6 +280,54 @@ async fn stats_report_memory_model_and_throughput() {
     }
 }
 
+/// A prompt the reply can copy from (the tiny model also repeats itself).
+fn repetitive_request(lookup: Option<bool>) -> ChatRequest {
+    let text = "one two three four five six. one two three four five six. one two three";
+    ChatRequest {
+        lookup,
+        ..chat_request(vec![user(text)], 48, "")
+    }
+}
+
+fn drafts(reply: &Reply) -> (u32, u32) {
+    let timings = reply.done.timings.expect("timings");
+    (timings.draft_tokens, timings.accepted_draft_tokens)
+}
+
+#[tokio::test]
+async fn lookup_is_on_by_default_off_per_request_and_counted_in_stats() {
+    let daemon = Daemon::start(&[]).await;
+    let mut client = daemon.client().await;
+    let on = chat(&mut client, repetitive_request(None))
+        .await
+        .expect("chat");
+    let off = chat(&mut client, repetitive_request(Some(false)))
+        .await
+        .expect("chat");
+    let (drafted, accepted) = drafts(&on);
+    assert!(drafted > 0 && accepted <= drafted, "{:?}", on.done);
+    assert_eq!(drafts(&off), (0, 0));
+    let stats = daemon.stats().await;
+    assert_eq!(
+        (stats.draft_tokens, stats.accepted_draft_tokens),
+        (u64::from(drafted), u64::from(accepted))
+    );
+}
+
+#[tokio::test]
+async fn lookup_off_by_flag_is_on_per_request() {
+    let daemon = Daemon::start(&["--lookup", "off"]).await;
+    let mut client = daemon.client().await;
+    let default = chat(&mut client, repetitive_request(None))
+        .await
+        .expect("chat");
+    assert_eq!(drafts(&default), (0, 0));
+    let asked = chat(&mut client, repetitive_request(Some(true)))
+        .await
+        .expect("chat");
+    assert!(drafts(&asked).0 > 0, "{:?}", asked.done);
+}
+
 #[tokio::test]
 async fn models_can_be_unloaded_and_loaded_again() {
     let daemon = Daemon::start(&[]).await;

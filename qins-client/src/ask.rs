@@ -30,6 +30,16 @@ pub struct Args {
     /// Print timings on stderr after the reply.
     #[arg(long, short)]
     pub verbose: bool,
+    /// Lookup decoding (drafts from earlier text, verified in one pass;
+    /// the reply is distributed the same) [default: the daemon's].
+    #[arg(long, value_enum)]
+    pub lookup: Option<Switch>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 pub async fn run(socket: &Path, args: Args) -> Result<()> {
@@ -45,6 +55,7 @@ pub async fn run(socket: &Path, args: Args) -> Result<()> {
         session_id: String::new(),
         sampling: Some(args.sampling.to_proto()),
         response_format: response_format(args.json, args.json_schema.as_deref())?,
+        lookup: args.lookup.map(|switch| switch == Switch::On),
         ..ChatRequest::default()
     };
     let mut stdout = std::io::stdout().lock();
@@ -56,6 +67,7 @@ pub async fn run(socket: &Path, args: Args) -> Result<()> {
         && let Some(done) = &reply.done
     {
         eprintln!("{}", format::timings(done));
+        eprintln!("{}", format::lookup_line(done));
         if done.finish_reason() == FinishReason::Length {
             eprintln!("(the reply stopped at the token limit)");
         }

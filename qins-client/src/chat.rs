@@ -284,6 +284,7 @@ impl Chat {
             }
             if self.verbose {
                 eprintln!("{}", format::timings(done));
+                eprintln!("{}", format::lookup_line(done));
             }
         }
     }

@@ -100,9 +100,39 @@ pub fn timings(done: &ChatDone) -> String {
     line
 }
 
+/// A reply's lookup line for `--verbose`: "lookup: drafted D, accepted A (P%)".
+pub fn lookup_line(done: &ChatDone) -> String {
+    let t = done.timings.unwrap_or_default();
+    format!(
+        "lookup: {}",
+        lookup(
+            u64::from(t.draft_tokens),
+            u64::from(t.accepted_draft_tokens)
+        )
+    )
+}
+
+/// Lookup decoding's share of a reply (or of all replies): "drafted D,
+/// accepted A (P%)".
+pub fn lookup(drafted: u64, accepted: u64) -> String {
+    if drafted == 0 {
+        return "nothing drafted".to_string();
+    }
+    format!(
+        "drafted {drafted}, accepted {accepted} ({:.0}%)",
+        accepted as f64 * 100.0 / drafted as f64
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookup_reports_the_accepted_share() {
+        assert_eq!(lookup(0, 0), "nothing drafted");
+        assert_eq!(lookup(40, 30), "drafted 40, accepted 30 (75%)");
+    }
 
     #[test]
     fn bytes_pick_a_readable_unit() {

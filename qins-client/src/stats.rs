@@ -6,7 +6,7 @@ use anyhow::Result;
 use qins_proto::v1::{StatsReply, StatsRequest};
 
 use crate::connect::{self, Client};
-use crate::format::{bytes, count, duration, generation_defaults};
+use crate::format::{bytes, count, duration, generation_defaults, lookup};
 
 pub async fn run(socket: &Path, json: bool) -> Result<()> {
     let mut client = connect::client(socket).await?;
@@ -92,6 +92,7 @@ pub fn table(s: &StatsReply) -> String {
             ),
         ),
         ("kv cache", bytes(s.kv_cache_bytes)),
+        ("lookup", lookup(s.draft_tokens, s.accepted_draft_tokens)),
     ]);
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut out = String::new();

@@ -228,6 +228,23 @@ impl LanguageModel for Backend {
         }
     }
 
+    fn forward_all(
+        &self,
+        tokens: &[u32],
+        cache: &mut BackendCache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        match (self, cache) {
+            (Backend::Cpu(model), BackendCache::Cpu(cache)) => {
+                LanguageModel::forward_all(model, tokens, cache, cancel)
+            }
+            (Backend::Gpu(model), BackendCache::Gpu(cache)) => {
+                LanguageModel::forward_all(model, tokens, cache, cancel)
+            }
+            _ => Err(mismatch()),
+        }
+    }
+
     fn hidden_states(
         &self,
         sequences: &[&[u32]],
@@ -292,5 +309,22 @@ impl LanguageModel for GpuModel {
             GpuError::Model(ModelError::Cancelled) => EngineError::Cancelled,
             other => EngineError::Model(Box::new(other)),
         })
+    }
+
+    fn forward_all(
+        &self,
+        tokens: &[u32],
+        cache: &mut GpuCache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let logits =
+            Decoder::forward_all(self, tokens, cache, cancel).map_err(|error| match error {
+                GpuError::Model(ModelError::Cancelled) => EngineError::Cancelled,
+                other => EngineError::Model(Box::new(other)),
+            })?;
+        Ok(super::qins_model::split_rows(
+            logits,
+            self.config().vocab_size,
+        ))
     }
 }

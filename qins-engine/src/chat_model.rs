@@ -11,6 +11,7 @@ use tokenizers::Tokenizer;
 use super::backend::{Backend, Device};
 use super::constraint::{GrammarVocab, OutputFormat};
 use super::generate::GenerationRequest;
+use super::lookup::LookupMode;
 use super::resident::{ModelFileLease, OpenError, ResidentModel};
 use super::sampling::SamplingParams;
 use super::template::{ChatMessage, ChatTemplate, TemplateError};
@@ -75,6 +76,10 @@ pub struct RequestOptions {
     pub logprobs: Option<usize>,
     /// JSON output (grammar-constrained); None: free text.
     pub format: Option<OutputFormat>,
+    /// Lookup decoding ([`crate::lookup`]); None: on (it verifies a draft
+    /// only when that is expected to pay) unless `seed` is set (see
+    /// [`lookup_mode`]).
+    pub lookup: Option<bool>,
 }
 
 /// What the reply continues: a conversation rendered with the model's chat
@@ -213,6 +218,7 @@ impl ChatModel {
             stop: options.stop.clone(),
             stop_token_ids: self.stop_token_ids.clone(),
             logprobs: options.logprobs,
+            lookup: lookup_mode(options),
             ..GenerationRequest::default()
         };
         // Values first: a bad value is refused before the template runs.
@@ -274,6 +280,20 @@ pub fn resolve_options(
     };
     let max_tokens = options.max_tokens.unwrap_or(defaults.max_tokens as usize);
     (sampling, max_tokens)
+}
+
+/// Whether a request drafts: as it says, else on, except for a request
+/// with a seed. A seed asks for the same reply again, and with lookup the
+/// positions that are verified (several rows per pass, which the CPU kernels
+/// round differently from decode steps) depend on measured timings, so a
+/// near-tie could go another way from one run to the next.
+pub fn lookup_mode(options: &RequestOptions) -> LookupMode {
+    match options.lookup {
+        Some(true) => LookupMode::Auto,
+        Some(false) => LookupMode::Off,
+        None if options.seed.is_some() => LookupMode::Off,
+        None => LookupMode::Auto,
+    }
 }
 
 fn load_template(
@@ -353,6 +373,7 @@ mod tests {
             logit_bias: vec![(3, -100.0)],
             logprobs: Some(2),
             format: None,
+            lookup: Some(false),
         };
         let (sampling, max_tokens) = resolve_options(&recorded(), &options);
         assert_eq!(
@@ -372,6 +393,21 @@ mod tests {
         assert_eq!(max_tokens, 5);
     }
 
+    #[test]
+    fn a_seed_turns_lookup_off_unless_the_request_asks_for_it() {
+        let mode = |lookup, seed| {
+            lookup_mode(&RequestOptions {
+                lookup,
+                seed,
+                ..RequestOptions::default()
+            })
+        };
+        assert_eq!(mode(None, None), LookupMode::Auto);
+        assert_eq!(mode(None, Some(7)), LookupMode::Off);
+        assert_eq!(mode(Some(true), Some(7)), LookupMode::Auto);
+        assert_eq!(mode(Some(false), None), LookupMode::Off);
+    }
+
     /// What [`ChatModel::request`] validates: the resolved values, so a bad
     /// recorded default is refused like a bad request value.
     fn resolved_request(
@@ -384,6 +420,7 @@ mod tests {
             max_tokens: Some(max_tokens),
             stop: options.stop.clone(),
             logprobs: options.logprobs,
+            lookup: LookupMode::Off,
             ..GenerationRequest::default()
         }
         .validate()

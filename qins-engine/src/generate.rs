@@ -2,7 +2,8 @@
 //! token at a time until an end token, a stop string, the token limit, the
 //! context limit, or a cancel.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokenizers::Tokenizer;
@@ -10,6 +11,7 @@ use tokenizers::Tokenizer;
 use super::constraint::Constraint;
 use super::detokenize::StreamDecoder;
 use super::logprobs::{MAX_TOP_LOGPROBS, TokenBytes, TokenLogprob, token_logprob};
+use super::lookup::{Drafter, LookupMode, Verdict};
 use super::sampling::{Sampler, SamplingParams};
 use super::session::Session;
 use super::stop::{StopMatcher, StopScan};
@@ -32,6 +34,15 @@ pub struct GenerationRequest {
     /// JSON output: the grammar every drawn token must follow (its state
     /// before the first token; each run works on its own copy).
     pub constraint: Option<Constraint>,
+    /// Lookup decoding: verify drafts copied from earlier in the
+    /// conversation when that pays (see [`crate::lookup`]); the reply is
+    /// distributed exactly as without it. Off by default here; chat
+    /// requests take it from [`crate::RequestOptions::lookup`] (unset: on).
+    pub lookup: LookupMode,
+    /// Generations running in the process, this one included: drafts are
+    /// verified only while it is 1, since concurrent decode steps already
+    /// share one pass. None: this one runs alone.
+    pub active_generations: Option<Arc<AtomicUsize>>,
 }
 
 impl GenerationRequest {
@@ -98,6 +109,10 @@ pub struct Timings {
     pub total: Duration,
     /// Decode speed: tokens after the first over the time after the first.
     pub tokens_per_second: f64,
+    /// Lookup decoding: tokens drafted (verified) and how many of them the
+    /// reply accepted.
+    pub draft_tokens: usize,
+    pub accepted_draft_tokens: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -149,6 +164,27 @@ struct Run<'a, M: LanguageModel> {
     first_token_at: Option<Instant>,
     /// The stop string that ended the text: nothing after it may be emitted.
     stopped_by: Option<String>,
+    /// Lookup decoding's state, when the request asks for it.
+    drafter: Option<Drafter>,
+}
+
+/// What follows a token that was emitted but not yet run.
+enum Next {
+    /// The logits to sample the next token from.
+    Logits(Vec<f32>),
+    /// The reply ended (inside a verified draft, or on a cancel).
+    Finished(FinishReason),
+}
+
+/// The outcome of verifying a draft.
+enum Verified {
+    /// Every drafted token was accepted: the logits after the last.
+    AllAccepted(Vec<f32>),
+    /// A drafted position got this other token, emitted but not yet run.
+    Replaced(u32),
+    Finished(FinishReason),
+    /// The model cannot verify: decode plainly.
+    Unsupported,
 }
 
 impl<'a, M: LanguageModel> Run<'a, M> {
@@ -177,6 +213,11 @@ impl<'a, M: LanguageModel> Run<'a, M> {
             started: Instant::now(),
             first_token_at: None,
             stopped_by: None,
+            drafter: Drafter::new(
+                request.lookup,
+                &request.prompt_tokens,
+                request.active_generations.clone(),
+            ),
         })
     }
 
@@ -199,7 +240,7 @@ impl<'a, M: LanguageModel> Run<'a, M> {
             Err(e) => return self.cancelled_or(e),
         };
         loop {
-            let token = self.sample(&logits)?;
+            let token = self.sample(&logits, None)?.token;
             self.report_logprob(&logits, token, on_event);
             if let Some(reason) = self.emit(token, on_event)? {
                 return Ok(reason);
@@ -207,31 +248,143 @@ impl<'a, M: LanguageModel> Run<'a, M> {
             if self.cancelled() {
                 return Ok(FinishReason::Cancelled);
             }
-            logits = match self.session.feed(model, token, self.cancel) {
-                Ok(logits) => logits,
-                Err(e) => return self.cancelled_or(e),
+            logits = match self.next_logits(model, token, on_event)? {
+                Next::Logits(logits) => logits,
+                Next::Finished(reason) => return Ok(reason),
             };
         }
     }
 
-    /// Draws the next token (within the output grammar, if any).
-    fn sample(&mut self, logits: &[f32]) -> Result<u32, EngineError> {
-        let token = match &mut self.constraint {
+    /// The logits after `token` (emitted, not yet run): one decode step,
+    /// or, when a draft pays, a verification that emits the draft's
+    /// accepted tokens on the way.
+    fn next_logits(
+        &mut self,
+        model: &M,
+        mut token: u32,
+        on_event: &mut impl FnMut(GenerationEvent),
+    ) -> Result<Next, EngineError> {
+        loop {
+            let draft = self.propose_draft();
+            if !draft.is_empty() {
+                match self.verify(model, token, &draft, on_event)? {
+                    Verified::AllAccepted(logits) => return Ok(Next::Logits(logits)),
+                    Verified::Replaced(next) => {
+                        token = next;
+                        continue;
+                    }
+                    Verified::Finished(reason) => return Ok(Next::Finished(reason)),
+                    Verified::Unsupported => {
+                        self.drafter = None;
+                    }
+                }
+            }
+            let started = Instant::now();
+            return match self.session.feed(model, token, self.cancel) {
+                Ok(logits) => {
+                    self.session.verify_cost().record_step(started.elapsed());
+                    Ok(Next::Logits(logits))
+                }
+                Err(e) => self.cancelled_or(e).map(Next::Finished),
+            };
+        }
+    }
+
+    /// The draft worth verifying now (empty: none), never longer than the
+    /// tokens the reply may still take after the next one.
+    fn propose_draft(&mut self) -> Vec<u32> {
+        let Some(drafter) = &self.drafter else {
+            return Vec::new();
+        };
+        let generated = self.usage.completion_tokens;
+        let by_max = self
+            .request
+            .max_tokens
+            .map_or(usize::MAX, |max| max.saturating_sub(generated));
+        let by_context = self
+            .session
+            .capacity()
+            .saturating_sub(self.usage.prompt_tokens + generated);
+        let room = by_max.min(by_context).saturating_sub(1);
+        drafter.propose(room, self.session.verify_cost())
+    }
+
+    /// Runs `token` and `draft` in one pass and judges the drafted
+    /// positions in order, each through the same sampling, logprob, emit
+    /// and stop path as a plain step; the cache is cut back to what plain
+    /// decoding would hold.
+    fn verify(
+        &mut self,
+        model: &M,
+        token: u32,
+        draft: &[u32],
+        on_event: &mut impl FnMut(GenerationEvent),
+    ) -> Result<Verified, EngineError> {
+        let base = self.session.cached_tokens().len();
+        let mut input = Vec::with_capacity(draft.len() + 1);
+        input.push(token);
+        input.extend_from_slice(draft);
+        let started = Instant::now();
+        let mut rows = match self.session.verify(model, &input, self.cancel) {
+            Ok(rows) => rows,
+            Err(EngineError::Unsupported(_)) => return Ok(Verified::Unsupported),
+            Err(e) => return self.cancelled_or(e).map(Verified::Finished),
+        };
+        self.session
+            .verify_cost()
+            .record_verify(draft.len(), started.elapsed());
+        let mut accepted = 0;
+        for (i, &guess) in draft.iter().enumerate() {
+            let verdict = self.sample(&rows[i], Some(guess))?;
+            accepted += usize::from(verdict.accepted);
+            self.report_logprob(&rows[i], verdict.token, on_event);
+            let finished = match self.emit(verdict.token, on_event)? {
+                Some(reason) => Some(reason),
+                None => self.cancelled().then_some(FinishReason::Cancelled),
+            };
+            if finished.is_some() || !verdict.accepted {
+                // Plain decoding would hold `token` and the accepted
+                // positions before this one; this one is not run yet.
+                self.session.roll_back(base + 1 + i);
+                self.record_draft(draft.len(), accepted, i + 1);
+                return Ok(match finished {
+                    Some(reason) => Verified::Finished(reason),
+                    None => Verified::Replaced(verdict.token),
+                });
+            }
+        }
+        self.record_draft(draft.len(), accepted, draft.len());
+        Ok(Verified::AllAccepted(rows.pop().unwrap_or_default()))
+    }
+
+    fn record_draft(&mut self, drafted: usize, accepted: usize, judged: usize) {
+        if let Some(drafter) = &mut self.drafter {
+            drafter.record(drafted, accepted, judged);
+        }
+    }
+
+    /// Draws the next token (within the output grammar, if any), judging
+    /// a drafted one on the way.
+    fn sample(&mut self, logits: &[f32], draft: Option<u32>) -> Result<Verdict, EngineError> {
+        let verdict = match &mut self.constraint {
             Some(constraint) => {
                 let mut allowed = logits.to_vec();
                 constraint.mask(&mut allowed)?;
-                let token = self.sampler.sample(&allowed, &self.history);
-                if !self.request.stop_token_ids.contains(&token) {
-                    constraint.accept(token)?;
+                let verdict = self.sampler.sample_against(&allowed, &self.history, draft);
+                if !self.request.stop_token_ids.contains(&verdict.token) {
+                    constraint.accept(verdict.token)?;
                 }
-                token
+                verdict
             }
-            None => self.sampler.sample(logits, &self.history),
+            None => self.sampler.sample_against(logits, &self.history, draft),
         };
-        self.history.push(token);
+        self.history.push(verdict.token);
+        if let Some(drafter) = &mut self.drafter {
+            drafter.push(verdict.token);
+        }
         self.usage.completion_tokens += 1;
         self.first_token_at.get_or_insert_with(Instant::now);
-        Ok(token)
+        Ok(verdict)
     }
 
     /// Sends the token's log probability when the request asks for it.
@@ -324,6 +477,7 @@ impl<'a, M: LanguageModel> Run<'a, M> {
                 }
             }
         }
+        self.log_lookup();
         Ok(Finished {
             reason,
             stop_sequence: self.stopped_by.take(),
@@ -333,14 +487,30 @@ impl<'a, M: LanguageModel> Run<'a, M> {
         })
     }
 
+    /// What lookup decoding did and what verification cost here (the
+    /// daemon's debug log; `qinsd --log-level debug generate ...`).
+    fn log_lookup(&mut self) {
+        if let Some(drafter) = &self.drafter {
+            let (drafted, accepted) = (drafter.drafted, drafter.accepted);
+            tracing::debug!(
+                drafted,
+                accepted,
+                "lookup: verification cost in decode steps: {}",
+                self.session.verify_cost()
+            );
+        }
+    }
+
     fn timings(&self) -> Timings {
         let now = Instant::now();
         let total = now - self.started;
+        let drafted = Timings {
+            draft_tokens: self.drafter.as_ref().map_or(0, |d| d.drafted),
+            accepted_draft_tokens: self.drafter.as_ref().map_or(0, |d| d.accepted),
+            ..Timings::default()
+        };
         let Some(first) = self.first_token_at else {
-            return Timings {
-                total,
-                ..Timings::default()
-            };
+            return Timings { total, ..drafted };
         };
         let decode_time = (now - first).as_secs_f64();
         let decoded = self.usage.completion_tokens.saturating_sub(1);
@@ -352,6 +522,7 @@ impl<'a, M: LanguageModel> Run<'a, M> {
             } else {
                 0.0
             },
+            ..drafted
         }
     }
 }
@@ -732,5 +903,449 @@ mod tests {
         assert_eq!(expected.finished.usage.cached_prompt_tokens, 0);
         assert_eq!(reply2.finished.tokens, expected.finished.tokens);
         assert_eq!(reply2.text(), expected.text());
+    }
+
+    // ---- Lookup decoding ----
+
+    const LETTER_A: u32 = b'a' as u32;
+
+    /// A model that mostly copies: after a token seen before, it favours
+    /// what followed it last time, unless the history's hash says
+    /// otherwise (a quarter of the time); the rest is noise seeded by the
+    /// whole history, so any error in the cache changes the reply. Only
+    /// the letters a-h are ever likely.
+    fn copying(history: &[u32], vocab: usize) -> Vec<f32> {
+        let mut logits = copying_any(history, vocab);
+        for (id, logit) in logits.iter_mut().enumerate() {
+            if !(LETTER_A..LETTER_A + 8).contains(&(id as u32)) {
+                *logit -= 30.0;
+            }
+        }
+        logits
+    }
+
+    /// `copying` over the whole vocabulary (JSON needs its punctuation).
+    fn copying_any(history: &[u32], vocab: usize) -> Vec<f32> {
+        let hash = crate::testing::history_hash(history);
+        let mut rng = qins_core::rng::SplitMix64::new(hash);
+        let mut logits: Vec<f32> = (0..vocab).map(|_| rng.next_normal() as f32).collect();
+        if let Some((&last, earlier)) = history.split_last()
+            && !hash.is_multiple_of(4)
+            && let Some(at) = earlier.iter().rposition(|&t| t == last)
+        {
+            logits[history[at + 1] as usize] += 6.0;
+        }
+        logits
+    }
+
+    fn letters(text: &str) -> Vec<u32> {
+        text.bytes().map(u32::from).collect()
+    }
+
+    fn copying_request(lookup: LookupMode, sampling: SamplingParams) -> GenerationRequest {
+        GenerationRequest {
+            prompt_tokens: letters("abcdefgabcdhefgabcdeabcfgh"),
+            sampling,
+            max_tokens: Some(60),
+            lookup,
+            ..GenerationRequest::default()
+        }
+    }
+
+    fn lookup_run(
+        request: &GenerationRequest,
+    ) -> (Outcome, FakeModel, Session<FakeModel>, Tokenizer) {
+        let tokenizer = byte_level_tokenizer();
+        let model = FakeModel::new(tokenizer.get_vocab_size(true), Behaviour::Function(copying));
+        let mut session = Session::new(&model, 256);
+        let cancel = AtomicBool::new(false);
+        let out = run_with(&model, &mut session, &tokenizer, request, &cancel, |_| {});
+        (out, model, session, tokenizer)
+    }
+
+    #[test]
+    fn greedy_lookup_gives_the_plain_reply_in_fewer_passes() {
+        let plain = lookup_run(&copying_request(LookupMode::Off, SamplingParams::greedy()));
+        let drafted = lookup_run(&copying_request(
+            LookupMode::Always,
+            SamplingParams::greedy(),
+        ));
+        let (plain, plain_model, plain_session, _) = plain;
+        let (out, model, session, _) = drafted;
+        assert_eq!(out.finished.tokens, plain.finished.tokens);
+        assert_eq!(out.text(), plain.text());
+        assert_eq!(out.finished.reason, FinishReason::Length);
+        let t = out.finished.timings;
+        // Not vacuous: drafts were verified, some accepted, some rejected.
+        assert!(t.accepted_draft_tokens > 5, "{t:?}");
+        assert!(t.draft_tokens > t.accepted_draft_tokens, "{t:?}");
+        assert!(model.verify_calls.load(Ordering::SeqCst) > 0);
+        assert!(
+            model.forward_calls.load(Ordering::SeqCst)
+                < plain_model.forward_calls.load(Ordering::SeqCst)
+        );
+        assert_eq!(plain.finished.timings.draft_tokens, 0);
+        // The cache holds exactly what plain decoding left.
+        assert_eq!(session.cached_tokens(), plain_session.cached_tokens());
+        assert_eq!(session.cache().tokens, plain_session.cache().tokens);
+    }
+
+    #[test]
+    fn a_seed_gives_the_same_sampled_reply_with_lookup_on_or_off() {
+        let sampling = SamplingParams {
+            temperature: 0.9,
+            top_k: 5,
+            repetition_penalty: 1.1,
+            presence_penalty: 0.3,
+            seed: Some(7),
+            ..SamplingParams::default()
+        };
+        let (plain, ..) = lookup_run(&copying_request(LookupMode::Off, sampling.clone()));
+        let (out, ..) = lookup_run(&copying_request(LookupMode::Always, sampling));
+        assert_eq!(out.finished.tokens, plain.finished.tokens);
+        assert!(out.finished.timings.accepted_draft_tokens > 0);
+    }
+
+    #[test]
+    fn after_rejections_the_next_turn_reuses_an_exact_cache() {
+        let turn1 = copying_request(LookupMode::Always, SamplingParams::greedy());
+        let (reply1, model, mut session, tokenizer) = lookup_run(&turn1);
+        assert!(
+            reply1.finished.timings.draft_tokens > reply1.finished.timings.accepted_draft_tokens
+        );
+        let mut prompt2 = turn1.prompt_tokens.clone();
+        prompt2.extend(&reply1.finished.tokens);
+        prompt2.extend(letters("hgfabc"));
+        let turn2 = GenerationRequest {
+            prompt_tokens: prompt2,
+            max_tokens: Some(20),
+            ..turn1.clone()
+        };
+        let cancel = AtomicBool::new(false);
+        let reply2 = run_with(&model, &mut session, &tokenizer, &turn2, &cancel, |_| {});
+        let cached = turn1.prompt_tokens.len() + reply1.finished.tokens.len() - 1;
+        assert_eq!(reply2.finished.usage.cached_prompt_tokens, cached);
+        let fresh = FakeModel::new(model.vocab, Behaviour::Function(copying));
+        let mut fresh_session = Session::new(&fresh, 256);
+        let plain_turn2 = GenerationRequest {
+            lookup: LookupMode::Off,
+            ..turn2.clone()
+        };
+        let expected = run_with(
+            &fresh,
+            &mut fresh_session,
+            &tokenizer,
+            &plain_turn2,
+            &cancel,
+            |_| {},
+        );
+        assert_eq!(reply2.finished.tokens, expected.finished.tokens);
+        // The next forward sees the same cache: the same logits, bitwise.
+        assert_eq!(session.cached_tokens(), fresh_session.cached_tokens());
+        let a = session.feed(&model, LETTER_A, &cancel).unwrap();
+        let b = fresh_session.feed(&fresh, LETTER_A, &cancel).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_stop_string_inside_a_draft_cuts_there_and_rolls_back() {
+        let plain_request = copying_request(LookupMode::Off, SamplingParams::greedy());
+        let (plain, ..) = lookup_run(&plain_request);
+        let text = plain.text();
+        // A stop string from the middle of the reply.
+        let stop = text[20..23].to_string();
+        let stopped = |lookup| GenerationRequest {
+            stop: vec![stop.clone()],
+            lookup,
+            ..plain_request.clone()
+        };
+        let (expected, _, expected_session, _) = lookup_run(&stopped(LookupMode::Off));
+        let (out, _, session, _) = lookup_run(&stopped(LookupMode::Always));
+        assert_eq!(out.finished.reason, FinishReason::Stop);
+        assert_eq!(out.text(), expected.text());
+        assert!(!out.text().contains(&stop));
+        assert_eq!(out.finished.usage, expected.finished.usage);
+        assert_eq!(session.cached_tokens(), expected_session.cached_tokens());
+        assert!(out.finished.timings.accepted_draft_tokens > 0);
+    }
+
+    #[test]
+    fn max_tokens_is_never_exceeded_by_a_draft() {
+        for max in [1, 2, 3, 9, 17, 30] {
+            let request = GenerationRequest {
+                max_tokens: Some(max),
+                ..copying_request(LookupMode::Always, SamplingParams::greedy())
+            };
+            let (out, _, session, _) = lookup_run(&request);
+            assert_eq!(out.finished.usage.completion_tokens, max);
+            assert_eq!(out.finished.reason, FinishReason::Length);
+            assert_eq!(
+                session.cached_tokens().len(),
+                request.prompt_tokens.len() + max - 1
+            );
+        }
+        // The context limit too.
+        let tokenizer = byte_level_tokenizer();
+        let model = FakeModel::new(tokenizer.get_vocab_size(true), Behaviour::Function(copying));
+        let request = GenerationRequest {
+            max_tokens: None,
+            ..copying_request(LookupMode::Always, SamplingParams::greedy())
+        };
+        let capacity = request.prompt_tokens.len() + 23;
+        let out = run(&model, capacity, &tokenizer, &request);
+        assert_eq!(out.finished.usage.completion_tokens, 23);
+    }
+
+    #[test]
+    fn logprobs_come_once_per_token_with_lookup() {
+        let request = GenerationRequest {
+            logprobs: Some(1),
+            ..copying_request(LookupMode::Always, SamplingParams::greedy())
+        };
+        let tokenizer = byte_level_tokenizer();
+        let model = FakeModel::new(tokenizer.get_vocab_size(true), Behaviour::Function(copying));
+        let mut session = Session::new(&model, 256);
+        let cancel = AtomicBool::new(false);
+        let mut ids = Vec::new();
+        let mut logprobs = Vec::new();
+        let finished = generate(&model, &mut session, &tokenizer, &request, &cancel, |e| {
+            if let GenerationEvent::Token(t) = e {
+                ids.push(t.id);
+                logprobs.push(t.logprob);
+            }
+        })
+        .unwrap();
+        assert!(finished.timings.accepted_draft_tokens > 0);
+        assert_eq!(ids, finished.tokens);
+        // The same values as plain decoding reports.
+        let plain_request = GenerationRequest {
+            lookup: LookupMode::Off,
+            ..request.clone()
+        };
+        let mut plain_session = Session::new(&model, 256);
+        let mut plain = Vec::new();
+        generate(
+            &model,
+            &mut plain_session,
+            &tokenizer,
+            &plain_request,
+            &cancel,
+            |e| {
+                if let GenerationEvent::Token(t) = e {
+                    plain.push(t.logprob);
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(logprobs, plain);
+    }
+
+    #[test]
+    fn a_cancel_inside_a_draft_stops_at_that_token() {
+        let tokenizer = byte_level_tokenizer();
+        let model = FakeModel::new(tokenizer.get_vocab_size(true), Behaviour::Function(copying));
+        let request = copying_request(LookupMode::Always, SamplingParams::greedy());
+        let mut session = Session::new(&model, 256);
+        let cancel = AtomicBool::new(false);
+        let mut deltas = 0;
+        let out = run_with(&model, &mut session, &tokenizer, &request, &cancel, |e| {
+            if matches!(e, GenerationEvent::Delta(_)) {
+                deltas += 1;
+                if deltas == 12 {
+                    cancel.store(true, Ordering::SeqCst);
+                }
+            }
+        });
+        assert_eq!(out.finished.reason, FinishReason::Cancelled);
+        assert_eq!(out.finished.usage.completion_tokens, 12);
+        assert!(out.finished.timings.draft_tokens > 0);
+        let mut expected = request.prompt_tokens.clone();
+        expected.extend(&out.finished.tokens[..11]);
+        assert_eq!(session.cached_tokens(), &expected[..]);
+        assert_eq!(session.cache().tokens, expected);
+    }
+
+    /// A bigram model over a, b, c: what exact next-token distributions
+    /// the statistical test compares against.
+    const BIGRAM: [[f32; 3]; 3] = [[0.0, 1.0, 0.5], [1.2, 0.0, 0.8], [0.3, 0.9, 0.0]];
+
+    fn bigram(history: &[u32], vocab: usize) -> Vec<f32> {
+        let mut logits = vec![f32::NEG_INFINITY; vocab];
+        let last = history
+            .last()
+            .map_or(0, |&t| t.saturating_sub(LETTER_A) as usize);
+        for (i, &l) in BIGRAM[last.min(2)].iter().enumerate() {
+            logits[LETTER_A as usize + i] = l;
+        }
+        logits
+    }
+
+    /// p(next | last) at temperature 1 with top-k 2.
+    fn bigram_probabilities(last: usize) -> [f64; 3] {
+        let row = BIGRAM[last];
+        let mut order = [0, 1, 2];
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        let mut p = [0.0; 3];
+        for &i in &order[..2] {
+            p[i] = f64::from(row[i]).exp();
+        }
+        let total: f64 = p.iter().sum();
+        p.map(|w| w / total)
+    }
+
+    const BIGRAM_PROMPT: &str = "abcacbab";
+
+    fn bigram_sampling(seed: u64) -> SamplingParams {
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            seed: Some(seed),
+            ..SamplingParams::default()
+        }
+    }
+
+    /// Pearson's chi-square of three-token counts against the bigram
+    /// chain; cells of probability 0 (top-k leaves 8 of the 27) must stay
+    /// empty.
+    fn chi_square(counts: &[usize; 27], runs: usize) -> f64 {
+        let mut cells = 0;
+        let last = (BIGRAM_PROMPT.as_bytes()[BIGRAM_PROMPT.len() - 1] - b'a') as usize;
+        let mut chi2 = 0.0;
+        for (cell, &count) in counts.iter().enumerate() {
+            let (a, b, c) = (cell / 9, cell / 3 % 3, cell % 3);
+            let p = bigram_probabilities(last)[a]
+                * bigram_probabilities(a)[b]
+                * bigram_probabilities(b)[c];
+            if p == 0.0 {
+                assert_eq!(count, 0, "cell {cell} has probability 0");
+                continue;
+            }
+            cells += 1;
+            let expected = p * runs as f64;
+            chi2 += (count as f64 - expected).powi(2) / expected;
+        }
+        assert_eq!(cells, 8);
+        chi2
+    }
+
+    /// The 0.999 quantile of chi-square with 7 degrees of freedom (8 cells).
+    const CHI2_7_999: f64 = 24.32;
+    const RUNS: usize = 6000;
+
+    #[test]
+    fn sampled_lookup_keeps_the_models_distribution() {
+        let tokenizer = byte_level_tokenizer();
+        let model = FakeModel::new(tokenizer.get_vocab_size(true), Behaviour::Function(bigram));
+        let cancel = AtomicBool::new(false);
+        let mut counts = [0usize; 27];
+        let (mut drafted, mut accepted) = (0, 0);
+        for seed in 0..RUNS as u64 {
+            let request = GenerationRequest {
+                prompt_tokens: letters(BIGRAM_PROMPT),
+                sampling: bigram_sampling(seed),
+                max_tokens: Some(3),
+                lookup: LookupMode::Always,
+                ..GenerationRequest::default()
+            };
+            let mut session = Session::new(&model, 64);
+            let finished =
+                generate(&model, &mut session, &tokenizer, &request, &cancel, |_| {}).unwrap();
+            let t: Vec<usize> = finished
+                .tokens
+                .iter()
+                .map(|&id| (id - LETTER_A) as usize)
+                .collect();
+            counts[t[0] * 9 + t[1] * 3 + t[2]] += 1;
+            drafted += finished.timings.draft_tokens;
+            accepted += finished.timings.accepted_draft_tokens;
+        }
+        // Drafts were judged often, and both ways.
+        assert!(drafted > RUNS / 2, "{drafted}");
+        assert!(
+            accepted > drafted / 5 && accepted < drafted,
+            "{accepted}/{drafted}"
+        );
+        let chi2 = chi_square(&counts, RUNS);
+        assert!(chi2 < CHI2_7_999, "chi-square {chi2}: {counts:?}");
+    }
+
+    /// The control: the same test catches a rule that accepts every draft.
+    #[test]
+    fn the_distribution_test_catches_an_always_accepting_rule() {
+        use crate::lookup::{NgramIndex, Verdict, judge};
+        let always = |_: &crate::sampling::Distribution, draft: u32, _: f64| Verdict {
+            token: draft,
+            accepted: true,
+        };
+        let count_with = |rule: &dyn Fn(&crate::sampling::Distribution, u32, f64) -> Verdict| {
+            let mut counts = [0usize; 27];
+            for seed in 0..RUNS as u64 {
+                let mut sampler = Sampler::new(bigram_sampling(seed)).unwrap();
+                let mut history = letters(BIGRAM_PROMPT);
+                let mut index = NgramIndex::new(2, 3);
+                index.extend(&history);
+                let draw = |history: &[u32], draft: Option<u32>, sampler: &mut Sampler| {
+                    let logits = bigram(history, 300);
+                    let dist = sampler.distribution(&logits, history);
+                    let u = qins_core::rng::SplitMix64::new(seed ^ history.len() as u64).next_f64();
+                    match draft {
+                        Some(d) => rule(&dist, d, u).token,
+                        None => dist.pick(u),
+                    }
+                };
+                let t1 = draw(&history, None, &mut sampler);
+                history.push(t1);
+                index.push(t1);
+                let draft = index.draft(1).first().copied();
+                let t2 = draw(&history, draft, &mut sampler);
+                history.push(t2);
+                let t3 = draw(&history, None, &mut sampler);
+                let cell = |t: u32| (t - LETTER_A) as usize;
+                counts[cell(t1) * 9 + cell(t2) * 3 + cell(t3)] += 1;
+            }
+            counts
+        };
+        let fair = count_with(&judge);
+        assert!(chi_square(&fair, RUNS) < CHI2_7_999);
+        let biased = count_with(&always);
+        let chi2 = std::panic::catch_unwind(|| chi_square(&biased, RUNS));
+        // Either a zero-probability cell filled (a panic) or a huge statistic.
+        assert!(chi2.is_err() || chi2.is_ok_and(|c| c > 10.0 * CHI2_7_999));
+    }
+
+    #[test]
+    fn grammar_constrained_json_with_lookup_is_the_same_reply() {
+        use crate::constraint::{GrammarVocab, OutputFormat};
+        let tokenizer = byte_level_tokenizer();
+        let end = token_id(&tokenizer, "<|end|>");
+        let vocab = tokenizer.get_vocab_size(true);
+        let grammar = GrammarVocab::new(&tokenizer, vocab, &[end]).unwrap();
+        // A prompt full of JSON the reply can copy from.
+        let prompt = encode(
+            &tokenizer,
+            r#"{"a": "abc", "b": "abcabc", "c": ["ab", "abc"]} {"a": "abc", "b": "#,
+        );
+        let model = FakeModel::new(vocab, Behaviour::Function(copying_any));
+        let run_json = |lookup| {
+            let request = GenerationRequest {
+                prompt_tokens: prompt.clone(),
+                sampling: SamplingParams::greedy(),
+                max_tokens: Some(40),
+                stop_token_ids: vec![end],
+                constraint: Some(grammar.constraint(&OutputFormat::JsonObject).unwrap()),
+                lookup,
+                ..GenerationRequest::default()
+            };
+            run(&model, 256, &tokenizer, &request)
+        };
+        let plain = run_json(LookupMode::Off);
+        let out = run_json(LookupMode::Always);
+        assert_eq!(out.finished.tokens, plain.finished.tokens);
+        assert_eq!(out.text(), plain.text());
+        assert!(out.finished.timings.accepted_draft_tokens > 0);
+        if out.finished.reason == FinishReason::Stop {
+            serde_json::from_str::<serde_json::Value>(&out.text()).unwrap();
+        }
+        assert!(out.text().starts_with('{'), "{}", out.text());
     }
 }

@@ -20,6 +20,7 @@ pub mod embed;
 pub mod eval;
 pub mod generate;
 pub mod logprobs;
+pub mod lookup;
 mod qins_model;
 pub mod resident;
 pub mod sampling;
@@ -34,7 +35,7 @@ pub(crate) mod testing;
 use std::sync::atomic::AtomicBool;
 
 pub use backend::{Backend, BackendCache, Device, gpu_cache_type};
-pub use chat_model::{ChatModel, ChatModelError, Prompt, RequestOptions, resolve_options};
+pub use chat_model::{ChatModel, ChatModelError, Prompt, RequestOptions, lookup_mode, resolve_options};
 pub use constraint::OutputFormat;
 pub use detokenize::StreamDecoder;
 pub use embed::embed;
@@ -42,6 +43,7 @@ pub use generate::{
     FinishReason, Finished, GenerationEvent, GenerationRequest, Timings, Usage, generate,
 };
 pub use logprobs::{MAX_TOP_LOGPROBS, TokenLogprob};
+pub use lookup::LookupMode;
 pub use resident::{OpenError, ResidentModel};
 pub use sampling::{Sampler, SamplingParams};
 pub use session::{Prefill, Session};
@@ -72,6 +74,21 @@ pub trait LanguageModel: Send + Sync {
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>, EngineError> {
         self.forward(&[token], cache, cancel)
+    }
+    /// Runs tokens after the cached ones like [`LanguageModel::forward`] but
+    /// returns the logits after each of them (`tokens.len()` rows of
+    /// `vocab_size`): what lookup decoding verifies a draft with. By
+    /// default refused, which keeps lookup decoding off for the model.
+    fn forward_all(
+        &self,
+        tokens: &[u32],
+        cache: &mut Self::Cache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let _ = (tokens, cache, cancel);
+        Err(EngineError::Unsupported(
+            "lookup decoding: this model does not give the logits of every token",
+        ))
     }
     /// The final hidden states (after the final norm, before the head) of
     /// every token of each of `sequences`, each from an empty cache of its

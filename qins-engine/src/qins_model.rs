@@ -43,6 +43,16 @@ impl LanguageModel for Model {
         Decoder::decode_step(self, token, cache, cancel).map_err(engine_error)
     }
 
+    fn forward_all(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let logits = Decoder::forward_all(self, tokens, cache, cancel).map_err(engine_error)?;
+        Ok(split_rows(logits, self.config().vocab_size))
+    }
+
     fn hidden_states(
         &self,
         sequences: &[&[u32]],
@@ -63,4 +73,9 @@ fn engine_error(error: ModelError) -> EngineError {
         ModelError::Cancelled => EngineError::Cancelled,
         other => EngineError::Model(Box::new(other)),
     }
+}
+
+/// `forward_all`'s flat `n x vocab` logits as one row per token.
+pub(crate) fn split_rows(logits: Vec<f32>, vocab: usize) -> Vec<Vec<f32>> {
+    logits.chunks(vocab.max(1)).map(<[f32]>::to_vec).collect()
 }

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use super::EngineError;
+use super::lookup::{self, Verdict};
 use qins_core::model::argmax;
 use qins_core::rng::SplitMix64;
 
@@ -156,6 +157,39 @@ impl Sampler {
     /// generated), which the repetition penalty looks at. The token is
     /// counted as generated for the presence and frequency penalties.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        self.sample_against(logits, history, None).token
+    }
+
+    /// [`Sampler::sample`], judging a drafted token on the way
+    /// ([`lookup::judge`]): the same draw from the same stream, so the
+    /// token is the one `sample` would give, and `accepted` says whether it
+    /// is the draft.
+    pub fn sample_against(
+        &mut self,
+        logits: &[f32],
+        history: &[u32],
+        draft: Option<u32>,
+    ) -> Verdict {
+        let distribution = self.distribution(logits, history);
+        let u = match distribution {
+            Distribution::Argmax(_) => 0.0,
+            Distribution::Weighted(_) => self.rng.next_f64(),
+        };
+        let verdict = match draft {
+            Some(draft) => lookup::judge(&distribution, draft, u),
+            None => Verdict {
+                token: distribution.pick(u),
+                accepted: false,
+            },
+        };
+        *self.generated.entry(verdict.token).or_insert(0) += 1;
+        verdict
+    }
+
+    /// The request's final distribution of the next token: bias and
+    /// penalties applied, then temperature, top-k, top-p and min-p (or the
+    /// argmax at temperature 0).
+    pub fn distribution(&self, logits: &[f32], history: &[u32]) -> Distribution {
         let mut logits = logits.to_vec();
         apply_logit_bias(&mut logits, &self.params.logit_bias);
         apply_repetition_penalty(&mut logits, history, self.params.repetition_penalty);
@@ -165,14 +199,46 @@ impl Sampler {
             self.params.presence_penalty,
             self.params.frequency_penalty,
         );
-        let token = if self.params.temperature == 0.0 {
-            argmax(&logits) as u32
+        if self.params.temperature == 0.0 {
+            Distribution::Argmax(argmax(&logits) as u32)
         } else {
-            let candidates = candidates(&logits, &self.params);
-            draw(&candidates, self.rng.next_f64())
-        };
-        *self.generated.entry(token).or_insert(0) += 1;
-        token
+            Distribution::Weighted(candidates(&logits, &self.params))
+        }
+    }
+}
+
+/// What the next token is drawn from.
+#[derive(Clone, Debug)]
+pub enum Distribution {
+    /// Greedy: this token, always (ties went to the lowest id).
+    Argmax(u32),
+    /// These tokens with these unnormalised weights; the rest have none.
+    Weighted(Vec<Candidate>),
+}
+
+impl Distribution {
+    /// The probability of `token`.
+    pub fn probability(&self, token: u32) -> f64 {
+        match self {
+            Distribution::Argmax(best) => f64::from(u8::from(*best == token)),
+            Distribution::Weighted(candidates) => {
+                let total: f64 = candidates.iter().map(|c| c.weight).sum();
+                let weight: f64 = candidates
+                    .iter()
+                    .filter(|c| c.id == token)
+                    .map(|c| c.weight)
+                    .sum();
+                if total > 0.0 { weight / total } else { 0.0 }
+            }
+        }
+    }
+
+    /// The token the uniform `u` in [0, 1) draws (inverse CDF).
+    pub fn pick(&self, u: f64) -> u32 {
+        match self {
+            Distribution::Argmax(best) => *best,
+            Distribution::Weighted(candidates) => draw(candidates, u),
+        }
     }
 }
 
@@ -242,7 +308,7 @@ pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f3
 
 /// A token still in the running with its unnormalised probability.
 #[derive(Clone, Copy, Debug)]
-struct Candidate {
+pub struct Candidate {
     id: u32,
     weight: f64,
 }

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::AtomicBool;
 
+use super::lookup::VerifyCost;
 use super::{EngineError, LanguageModel};
 
 /// Prompts are run in chunks of this many tokens: it bounds the activation
@@ -16,6 +17,9 @@ pub struct Session<M: LanguageModel> {
     tokens: Vec<u32>,
     capacity: usize,
     prefill_chunk: usize,
+    /// What verifying a draft costs here, measured over this session's
+    /// replies (lookup decoding).
+    verify_cost: VerifyCost,
 }
 
 /// The outcome of running a prompt.
@@ -36,6 +40,7 @@ impl<M: LanguageModel> Session<M> {
             tokens: Vec::new(),
             capacity,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            verify_cost: VerifyCost::default(),
         }
     }
 
@@ -113,6 +118,54 @@ impl<M: LanguageModel> Session<M> {
             )));
         }
         self.run(model, &[token], cancel)
+    }
+
+    /// Runs the last generated token and a draft after the cached ones in
+    /// one pass; the logits after each of them. The caller cuts the cache
+    /// back past the first rejected position ([`Session::roll_back`]).
+    pub fn verify(
+        &mut self,
+        model: &M,
+        tokens: &[u32],
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        if self.tokens.len() + tokens.len() > self.capacity {
+            return Err(EngineError::InvalidRequest(format!(
+                "a draft of {} tokens does not fit the context of {}",
+                tokens.len(),
+                self.capacity
+            )));
+        }
+        let rows = model
+            .forward_all(tokens, &mut self.cache, cancel)
+            .inspect_err(|_| self.forget_after(self.tokens.len()))?;
+        self.tokens.extend_from_slice(tokens);
+        let expected = model.vocab_size();
+        if rows.len() != tokens.len() {
+            return Err(EngineError::InvalidRequest(format!(
+                "the model gave {} rows of logits for {} tokens",
+                rows.len(),
+                tokens.len()
+            )));
+        }
+        if let Some(row) = rows.iter().find(|row| row.len() != expected) {
+            return Err(EngineError::LogitsSize {
+                expected,
+                got: row.len(),
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Keeps the first `len` cached tokens and forgets the rest (a draft's
+    /// rejected positions): the cache is then exactly what running those
+    /// `len` tokens would have left.
+    pub fn roll_back(&mut self, len: usize) {
+        self.forget_after(len.min(self.tokens.len()));
+    }
+
+    pub(crate) fn verify_cost(&mut self) -> &mut VerifyCost {
+        &mut self.verify_cost
     }
 
     /// One forward call; on failure the cache is cut back to the tokens

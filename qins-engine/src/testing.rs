@@ -30,6 +30,8 @@ pub enum Behaviour {
         script: Vec<u32>,
         fallback: u32,
     },
+    /// Logits computed from the whole history by a test's function.
+    Function(fn(&[u32], usize) -> Vec<f32>),
 }
 
 pub struct FakeModel {
@@ -38,6 +40,8 @@ pub struct FakeModel {
     /// Tokens run through `forward` so far (prefill and decode).
     pub forwarded: AtomicUsize,
     pub forward_calls: AtomicUsize,
+    /// `forward_all` calls (draft verifications).
+    pub verify_calls: AtomicUsize,
     /// On this forward call (0-based) the model raises the cancel flag
     /// itself after writing one token, as a client disconnecting mid-step
     /// would.
@@ -51,6 +55,7 @@ impl FakeModel {
             behaviour,
             forwarded: AtomicUsize::new(0),
             forward_calls: AtomicUsize::new(0),
+            verify_calls: AtomicUsize::new(0),
             raise_cancel_on_call: None,
         }
     }
@@ -78,11 +83,12 @@ impl FakeModel {
                 logits[next as usize] = 20.0;
                 logits
             }
+            Behaviour::Function(logits) => logits(history, self.vocab),
         }
     }
 }
 
-fn history_hash(history: &[u32]) -> u64 {
+pub fn history_hash(history: &[u32]) -> u64 {
     // FNV-1a over the ids.
     history.iter().fold(0xcbf2_9ce4_8422_2325, |h, &t| {
         (h ^ u64::from(t)).wrapping_mul(0x0100_0000_01b3)
@@ -142,6 +148,22 @@ impl LanguageModel for FakeModel {
             }
         }
         Ok(self.logits(&cache.tokens))
+    }
+
+    /// The logits after each token, as `forward` one token at a time would
+    /// give them (one call counted, as one pass).
+    fn forward_all(
+        &self,
+        tokens: &[u32],
+        cache: &mut FakeCache,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.verify_calls.fetch_add(1, Ordering::SeqCst);
+        let start = cache.tokens.len();
+        self.forward(tokens, cache, cancel)?;
+        Ok((1..=tokens.len())
+            .map(|n| self.logits(&cache.tokens[..start + n]))
+            .collect())
     }
 }
 

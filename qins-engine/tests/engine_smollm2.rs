@@ -7,7 +7,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 
 use qins_engine::{
-    self, ChatMessage, ChatModel, FinishReason, Finished, GenerationEvent, RequestOptions, Session,
+    self, ChatMessage, ChatModel, FinishReason, Finished, GenerationEvent, LookupMode,
+    RequestOptions, Session,
 };
 use qins_test_support::convert_with_defaults;
 use qins_test_support::paths::{require, smollm2_gguf};
@@ -56,6 +57,78 @@ fn run(
     )
     .unwrap();
     (text, finished)
+}
+
+/// [`run`] with the request's lookup mode set.
+fn run_lookup(
+    session: &mut Session<qins_engine::Backend>,
+    messages: &[ChatMessage],
+    lookup: LookupMode,
+) -> (String, Finished) {
+    let chat = smollm2();
+    let mut request = chat.request(messages, &greedy(96)).unwrap();
+    request.lookup = lookup;
+    let mut text = String::new();
+    let finished = qins_engine::generate(
+        chat.model(),
+        session,
+        chat.tokenizer(),
+        &request,
+        &AtomicBool::new(false),
+        |event| {
+            if let GenerationEvent::Delta(delta) = event {
+                text.push_str(&delta);
+            }
+        },
+    )
+    .unwrap();
+    (text, finished)
+}
+
+const CODE_TO_COPY: &str = "Copy the following Python function exactly, then add a docstring to it:
+
+def merge_sorted(left, right):
+    result = []
+    i = 0
+    j = 0
+    while i < len(left) and j < len(right):
+        if left[i] <= right[j]:
+            result.append(left[i])
+            i += 1
+        else:
+            result.append(right[j])
+            j += 1
+    result.extend(left[i:])
+    result.extend(right[j:])
+    return result
+";
+
+/// Greedy lookup on the real model's kernels (whose verification pass
+/// rounds like its decode steps closely enough here) gives the plain
+/// reply, with drafts accepted, and leaves a cache the next turn reuses.
+#[test]
+fn greedy_lookup_on_smollm2_gives_the_plain_reply_and_an_exact_cache() {
+    let chat = smollm2();
+    let mut messages = vec![ChatMessage::new("user", CODE_TO_COPY)];
+    let mut plain_session = Session::new(chat.model(), CONTEXT);
+    let (plain_text, plain) = run_lookup(&mut plain_session, &messages, LookupMode::Off);
+    let mut session = Session::new(chat.model(), CONTEXT);
+    let (text, drafted) = run_lookup(&mut session, &messages, LookupMode::Always);
+    assert_eq!(drafted.tokens, plain.tokens, "{text:?} vs {plain_text:?}");
+    assert_eq!(text, plain_text);
+    let t = drafted.timings;
+    assert!(t.accepted_draft_tokens > 20, "{t:?}: {text}");
+    assert!(t.draft_tokens >= t.accepted_draft_tokens);
+    assert_eq!(session.cached_tokens(), plain_session.cached_tokens());
+    // The next turn reuses the cache the drafts left, and replies as a
+    // fresh plain run does.
+    messages.push(ChatMessage::new("assistant", &text));
+    messages.push(ChatMessage::new("user", "Now copy it again."));
+    let (second_text, second) = run_lookup(&mut session, &messages, LookupMode::Always);
+    assert!(second.usage.cached_prompt_tokens >= drafted.usage.prompt_tokens);
+    let mut fresh = Session::new(chat.model(), CONTEXT);
+    let (fresh_text, _) = run_lookup(&mut fresh, &messages, LookupMode::Off);
+    assert_eq!(second_text, fresh_text);
 }
 
 fn greedy(max_tokens: usize) -> RequestOptions {

@@ -34,6 +34,8 @@ pub struct SchedulerConfig {
     pub models_dir: PathBuf,
     /// Where models load, at startup and through LoadModel (`--device`).
     pub device: Device,
+    /// Lookup decoding for requests that do not say (`--lookup`).
+    pub lookup: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -45,6 +47,7 @@ impl Default for SchedulerConfig {
             max_sessions: 4,
             models_dir: PathBuf::from("models"),
             device: Device::Cpu,
+            lookup: true,
         }
     }
 }
@@ -126,6 +129,9 @@ pub struct Counters {
     pub active: usize,
     pub queued: usize,
     pub kv_cache_bytes: u64,
+    /// Lookup decoding: tokens drafted and accepted, all replies together.
+    pub draft_tokens: u64,
+    pub accepted_draft_tokens: u64,
 }
 
 #[derive(Default)]
@@ -152,7 +158,9 @@ pub struct Scheduler {
     /// request made RSS jump in cache-sized steps.
     spare: Mutex<Vec<StoredSession>>,
     slots: Arc<Semaphore>,
-    active: AtomicUsize,
+    /// Generations running; shared with each one, which drafts only while
+    /// it runs alone (see TECHNICAL_SPEC, Lookup decoding).
+    active: Arc<AtomicUsize>,
     queued: AtomicUsize,
     /// Cancel flags of the running generations, raised all at once on shutdown.
     running: Mutex<HashMap<u64, Arc<AtomicBool>>>,
@@ -160,6 +168,8 @@ pub struct Scheduler {
     shutting_down: AtomicBool,
     requests_served: AtomicU64,
     tokens_generated: AtomicU64,
+    draft_tokens: AtomicU64,
+    accepted_draft_tokens: AtomicU64,
     throughput: Mutex<Throughput>,
     started: Instant,
 }
@@ -173,13 +183,15 @@ impl Scheduler {
             model_epoch: AtomicU64::new(0),
             sessions: Mutex::new(HashMap::new()),
             spare: Mutex::new(Vec::new()),
-            active: AtomicUsize::new(0),
+            active: Arc::new(AtomicUsize::new(0)),
             queued: AtomicUsize::new(0),
             running: Mutex::new(HashMap::new()),
             next_run_id: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             requests_served: AtomicU64::new(0),
             tokens_generated: AtomicU64::new(0),
+            draft_tokens: AtomicU64::new(0),
+            accepted_draft_tokens: AtomicU64::new(0),
             throughput: Mutex::new(Throughput::default()),
             started: Instant::now(),
         })
@@ -221,7 +233,14 @@ impl Scheduler {
     ) -> Result<PreparedChat, SchedulerError> {
         let model = self.model().ok_or(SchedulerError::NoModel)?;
         let model_epoch = self.model_epoch.load(Ordering::SeqCst);
-        let request = model.request_for(prompt, options)?;
+        let options = RequestOptions {
+            // The daemon's --lookup off turns the default off; on leaves it to
+            // the engine's rule (qins_engine::lookup_mode).
+            lookup: options.lookup.or((!self.config.lookup).then_some(false)),
+            ..options.clone()
+        };
+        let mut request = model.request_for(prompt, &options)?;
+        request.active_generations = Some(Arc::clone(&self.active));
         if request.prompt_tokens.len() >= self.config.context {
             return Err(EngineError::PromptTooLong {
                 prompt_tokens: request.prompt_tokens.len(),
@@ -375,6 +394,8 @@ impl Scheduler {
             active: self.active.load(Ordering::SeqCst),
             queued: self.queued.load(Ordering::SeqCst),
             kv_cache_bytes,
+            draft_tokens: self.draft_tokens.load(Ordering::SeqCst),
+            accepted_draft_tokens: self.accepted_draft_tokens.load(Ordering::SeqCst),
         }
     }
 
@@ -440,6 +461,12 @@ impl Scheduler {
         self.requests_served.fetch_add(1, Ordering::SeqCst);
         let generated = finished.usage.completion_tokens as u64;
         self.tokens_generated.fetch_add(generated, Ordering::SeqCst);
+        self.draft_tokens
+            .fetch_add(finished.timings.draft_tokens as u64, Ordering::SeqCst);
+        self.accepted_draft_tokens.fetch_add(
+            finished.timings.accepted_draft_tokens as u64,
+            Ordering::SeqCst,
+        );
         let decode_tokens = generated.saturating_sub(1);
         let decode_seconds =
             (finished.timings.total - finished.timings.time_to_first_token).as_secs_f64();

@@ -4,18 +4,29 @@
 //! `--temperature` or `--top-p` says otherwise.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use qins_engine::{self, ChatMessage, Device, GenerationEvent, RequestOptions, Session};
+use qins_engine::{
+    self, ChatMessage, Device, GenerationEvent, LookupMode, RequestOptions, Session,
+};
 use qinsd::model_store;
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub model: super::ModelArgs,
-    pub prompt: String,
+    /// The user prompt (or give --prompt-file).
+    #[arg(
+        required_unless_present = "prompt_file",
+        conflicts_with = "prompt_file"
+    )]
+    pub prompt: Option<String>,
+    /// Read the user prompt from this file instead.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
     /// System prompt.
     #[arg(long)]
     pub system: Option<String>,
@@ -34,9 +45,41 @@ pub struct Args {
     /// Compute device (as `qinsd --device`; the CPU unless asked).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: super::serve::DeviceChoice,
+    /// Kernel threads, as `qinsd --threads` [default: all cores].
+    #[arg(long, env = "QINS_THREADS")]
+    pub threads: Option<usize>,
+    /// Lookup decoding: on verifies drafts when that pays, off decodes
+    /// one token at a time, always verifies every draft found (to measure
+    /// verification itself).
+    #[arg(long, value_enum, default_value = "on")]
+    pub lookup: Lookup,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    On,
+    Off,
+    Always,
+}
+
+impl Lookup {
+    fn mode(self) -> LookupMode {
+        match self {
+            Lookup::On => LookupMode::Auto,
+            Lookup::Off => LookupMode::Off,
+            Lookup::Always => LookupMode::Always,
+        }
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let prompt = match (&args.prompt, &args.prompt_file) {
+        (_, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the prompt from {}", path.display()))?,
+        (Some(prompt), None) => prompt.clone(),
+        (None, None) => anyhow::bail!("give a prompt or --prompt-file"),
+    };
+    super::serve::start_kernel_threads(args.threads)?;
     let started = Instant::now();
     let device = Device::open(args.device.into()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (_, chat) = model_store::open_or_convert(
@@ -50,7 +93,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(system) = &args.system {
         messages.push(ChatMessage::new("system", system));
     }
-    messages.push(ChatMessage::new("user", &args.prompt));
+    messages.push(ChatMessage::new("user", &prompt));
     let options = RequestOptions {
         temperature: args.temperature,
         top_p: args.top_p,
@@ -58,7 +101,8 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
         ..RequestOptions::default()
     };
-    let request = chat.request(&messages, &options)?;
+    let mut request = chat.request(&messages, &options)?;
+    request.lookup = args.lookup.mode();
     let mut session = Session::new(chat.model(), args.context);
     let cancel = AtomicBool::new(false);
     let mut out = std::io::stdout().lock();
@@ -82,7 +126,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     writeln!(out)?;
     eprintln!(
-        "[{}, load {:.2} s, prompt {} tokens, first token after {:.2} s, {} tokens at {:.1} tok/s, finish: {:?}]",
+        "[{}, load {:.2} s, prompt {} tokens, first token after {:.2} s, {} tokens at {:.1} tok/s, finish: {:?}, lookup: drafted {} accepted {}]",
         chat.model().kind(),
         loaded.as_secs_f64(),
         finished.usage.prompt_tokens,
@@ -90,6 +134,8 @@ pub fn run(args: Args) -> Result<()> {
         finished.usage.completion_tokens,
         finished.timings.tokens_per_second,
         finished.reason,
+        finished.timings.draft_tokens,
+        finished.timings.accepted_draft_tokens,
     );
     Ok(())
 }

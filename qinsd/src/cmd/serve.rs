@@ -44,6 +44,11 @@ pub struct Args {
     /// Conversations whose K/V cache is kept for prefix reuse.
     #[arg(long, default_value_t = 4)]
     pub max_sessions: usize,
+    /// Lookup decoding for requests that do not say: verify drafts copied
+    /// from earlier in the conversation when that pays (the reply is
+    /// distributed exactly as without it).
+    #[arg(long, value_enum, default_value = "on")]
+    pub lookup: Switch,
     /// Detach from the terminal (writes --pid-file, logs to --log-file).
     #[arg(long)]
     pub daemonize: bool,
@@ -53,6 +58,18 @@ pub struct Args {
     /// [default: next to the socket, qinsd.log]
     #[arg(long)]
     pub log_file: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl Switch {
+    pub fn is_on(self) -> bool {
+        self == Switch::On
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,14 +122,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     // After the fork: a GPU device does not survive one.
     let device = resolve_device(args.device)?;
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .context("cannot start the kernel thread pool")?;
+    let threads = start_kernel_threads(args.threads)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -134,6 +144,7 @@ pub fn run(args: Args) -> Result<()> {
             max_sessions: args.max_sessions,
             models_dir: models_dir.clone(),
             device: device.clone(),
+            lookup: args.lookup.is_on(),
         });
         if let Some(model) = &args.model {
             // Connections wait in the listen backlog while the model loads.
@@ -152,6 +163,20 @@ pub fn run(args: Args) -> Result<()> {
             .await
             .context("qinsd stopped with an error")
     })
+}
+
+/// The one rule for the kernel thread pool (`--threads`, `QINS_THREADS`):
+/// that many threads, all cores when unset; `qinsd` and `qinsd generate`
+/// both start it here. Returns the count.
+pub fn start_kernel_threads(threads: Option<usize>) -> Result<usize> {
+    let threads = threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("cannot start the kernel thread pool")?;
+    Ok(threads)
 }
 
 async fn load_startup_model(

@@ -148,6 +148,7 @@ fn chat_input(request: ChatRequest) -> Result<ChatInput, Status> {
         (false, true) => Prompt::Messages(messages_of(request.messages)?),
     };
     let mut options = request_options(request.sampling.unwrap_or_default());
+    options.lookup = request.lookup;
     options.format = output_format(request.response_format)?;
     if request.logprobs {
         options.logprobs = Some(request.top_logprobs as usize);
@@ -194,6 +195,7 @@ fn request_options(sampling: Sampling) -> RequestOptions {
         logit_bias: sorted_bias(sampling.logit_bias),
         logprobs: None,
         format: None,
+        lookup: None,
     }
 }
 
@@ -233,6 +235,8 @@ fn done(finished: &Finished, model: String, queue_ms: f64) -> ChatDone {
             time_to_first_token_ms: finished.timings.time_to_first_token.as_secs_f64() * 1e3,
             total_ms: finished.timings.total.as_secs_f64() * 1e3,
             tokens_per_second: finished.timings.tokens_per_second,
+            draft_tokens: finished.timings.draft_tokens as u32,
+            accepted_draft_tokens: finished.timings.accepted_draft_tokens as u32,
         }),
         model,
         tool_calls: Vec::new(),
@@ -251,6 +255,8 @@ fn log_request(session: Option<&str>, finished: &Finished, received: Instant, qu
         queue_ms = format!("{queue_ms:.0}"),
         ttft_ms = format!("{:.0}", finished.timings.time_to_first_token.as_secs_f64() * 1e3),
         tokens_per_second = format!("{:.1}", finished.timings.tokens_per_second),
+        draft_tokens = finished.timings.draft_tokens,
+        accepted_draft_tokens = finished.timings.accepted_draft_tokens,
         total_ms = received.elapsed().as_millis() as u64,
         "chat"
     );

@@ -24,6 +24,8 @@ pub fn stats(scheduler: &Scheduler, info: &DaemonInfo) -> StatsReply {
         kv_cache_bytes: counters.kv_cache_bytes,
         version: env!("CARGO_PKG_VERSION").to_string(),
         threads: info.threads as u32,
+        draft_tokens: counters.draft_tokens,
+        accepted_draft_tokens: counters.accepted_draft_tokens,
         ..StatsReply::default()
     };
     if let Some(model) = scheduler.model() {

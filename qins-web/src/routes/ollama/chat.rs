@@ -611,6 +611,7 @@ mod tests {
                 time_to_first_token_ms: 20.0,
                 total_ms: 100.0,
                 tokens_per_second: 87.5,
+                ..Timings::default()
             },
             model: "tiny".into(),
             tool_calls: Vec::new(),
