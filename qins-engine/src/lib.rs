@@ -35,7 +35,9 @@ pub(crate) mod testing;
 use std::sync::atomic::AtomicBool;
 
 pub use backend::{Backend, BackendCache, Device, gpu_cache_type};
-pub use chat_model::{ChatModel, ChatModelError, Prompt, RequestOptions, lookup_mode, resolve_options};
+pub use chat_model::{
+    ChatModel, ChatModelError, Prompt, RequestOptions, lookup_mode, resolve_options,
+};
 pub use constraint::OutputFormat;
 pub use detokenize::StreamDecoder;
 pub use embed::embed;
