@@ -54,6 +54,15 @@ if [ "$(uname -m)" = x86_64 ]; then
     done
 fi
 
+# Lookup decoding's greedy identity on the f32 kernel (issue 23): the real
+# SmolLM2 copying a function gives the same tokens with drafts verified as
+# without. (The default kernel runs it in the workspace tests above.)
+if [ "$(uname -m)" = x86_64 ]; then
+    echo "== lookup greedy identity on the f32 kernel (QINS_KERNEL=avx2)"
+    QINS_KERNEL=avx2 QINS_EXPECT_KERNEL=avx2 cargo test --release --locked -p qins-engine \
+        --test engine_smollm2 greedy_lookup 2>&1 | tee -a "$LOG"
+fi
+
 if [ -d tests/python ]; then
     echo "== python tests"
     bash tests/python/run.sh 2>&1 | tee -a "$LOG"

@@ -108,6 +108,12 @@ def merge_sorted(left, right):
 /// reply, with drafts accepted, and leaves a cache the next turn reuses.
 #[test]
 fn greedy_lookup_on_smollm2_gives_the_plain_reply_and_an_exact_cache() {
+    // scripts/test.sh runs this again on the f32 kernel: make sure it did.
+    let choice = qins_core::kernels::dispatch::kernel_choice();
+    println!("kernel {}: {}", choice.kernel.name(), choice.reason);
+    if let Ok(expected) = std::env::var("QINS_EXPECT_KERNEL") {
+        assert_eq!(choice.kernel.name(), expected, "{}", choice.reason);
+    }
     let chat = smollm2();
     let mut messages = vec![ChatMessage::new("user", CODE_TO_COPY)];
     let mut plain_session = Session::new(chat.model(), CONTEXT);
