@@ -59,7 +59,14 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ServerError> {
             max: qins_proto::socket::MAX_SOCKET_PATH_BYTES,
         });
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    // A directory made here for the socket is the owner's alone; one that
+    // exists (/tmp, a runtime dir) keeps its mode: the socket's own 0600
+    // and the peer uid check guard it there, and restricting /tmp would lock
+    // every other user out of it.
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
         std::fs::create_dir_all(dir).map_err(io_error("cannot create", dir))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io_error("cannot restrict", dir))?;
@@ -188,5 +195,36 @@ async fn shutdown_signal() -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    #[tokio::test]
+    async fn a_socket_in_an_existing_directory_leaves_its_mode_alone() {
+        let shared = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777))
+            .expect("chmod");
+        let _listener = bind_socket(&shared.path().join("qinsd.sock")).expect("binds");
+        assert_eq!(mode(shared.path()), 0o1777);
+        assert_eq!(mode(&shared.path().join("qinsd.sock")) & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn a_directory_made_for_the_socket_is_the_owners_alone() {
+        let parent = tempfile::tempdir().expect("temp dir");
+        let dir = parent.path().join("run").join("qins");
+        let _listener = bind_socket(&dir.join("qinsd.sock")).expect("binds");
+        assert_eq!(mode(&dir), 0o700);
     }
 }
