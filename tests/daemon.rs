@@ -577,11 +577,24 @@ async fn sigterm_ends_streams_removes_the_socket_and_exits_zero() {
 #[tokio::test]
 async fn the_socket_and_its_directory_are_owner_only() {
     use std::os::unix::fs::PermissionsExt;
-    let daemon = Daemon::start(&[]).await;
     let mode =
         |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    // A directory qinsd makes for its socket is the owner's alone...
+    let mut daemon = Daemon::unstarted();
+    daemon.socket = daemon.dir.path().join("run").join("qinsd.sock");
+    daemon.spawn(&["--model", "tiny"]);
+    daemon.wait_ready().await;
     assert_eq!(mode(&daemon.socket), 0o600);
     assert_eq!(mode(daemon.socket.parent().expect("dir")), 0o700);
+    // ...while one that exists keeps its mode (a socket in /tmp must not
+    // lock other users out of /tmp).
+    let mut shared = Daemon::unstarted();
+    std::fs::set_permissions(shared.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    shared.spawn(&["--model", "tiny"]);
+    shared.wait_ready().await;
+    assert_eq!(mode(&shared.socket), 0o600);
+    assert_eq!(mode(shared.dir.path()), 0o755);
 }
 
 /// The uid and gid of `nobody`, which the peer check test runs qinsd as.
