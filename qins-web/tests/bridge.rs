@@ -405,6 +405,8 @@ async fn ui_stats_reports_every_field() {
         "gpu_adapter",
         "gpu_backend",
         "gpu_memory_bytes",
+        "draft_tokens",
+        "accepted_draft_tokens",
     ];
     for f in fields {
         assert!(v.get(f).is_some(), "missing {f}: {v}");
