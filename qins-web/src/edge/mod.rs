@@ -106,4 +106,24 @@ pub mod testing {
             .map(str::to_string)
             .collect()
     }
+
+    /// `(event name, data)` of a stream whose events are named (`event:`
+    /// lines, as Anthropic's and the Responses API's are).
+    pub async fn named_events(response: Response) -> Vec<(String, serde_json::Value)> {
+        let mut out = Vec::new();
+        let mut name = String::new();
+        for line in body_lines(response).await {
+            if let Some(n) = line.strip_prefix("event: ") {
+                name = n.to_string();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                out.push((name.clone(), serde_json::from_str(data).expect("JSON")));
+            }
+        }
+        out
+    }
+
+    /// The names of [`named_events`]' events, in order.
+    pub fn event_names(events: &[(String, serde_json::Value)]) -> Vec<&str> {
+        events.iter().map(|(n, _)| n.as_str()).collect()
+    }
 }

@@ -237,6 +237,17 @@ pub mod testing {
         })
     }
 
+    /// The end of a reply that made `calls`.
+    pub fn calls_done(calls: Vec<ToolCall>) -> Result<ChatEvent, Status> {
+        Ok(ChatEvent {
+            event: Some(chat_event::Event::Done(ChatDone {
+                finish_reason: FinishReason::ToolCalls as i32,
+                tool_calls: calls,
+                ..ChatDone::default()
+            })),
+        })
+    }
+
     /// An event with no payload, as a newer qinsd's unknown one decodes.
     pub fn unknown() -> Result<ChatEvent, Status> {
         Ok(ChatEvent { event: None })

@@ -265,27 +265,9 @@ fn closing_events(text_open: bool, finished: &Finished) -> Vec<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::reply::testing::{delta, done, reply};
+    use crate::edge::reply::testing::{calls_done, delta, done, reply};
+    use crate::edge::testing::{event_names as names, named_events as events};
     use qins_proto::v1::{ChatDone, ChatEvent, FinishReason, chat_event};
-
-    /// `(event name, data)` of a streamed response.
-    async fn events(response: Response) -> Vec<(String, Value)> {
-        let lines = crate::edge::testing::body_lines(response).await;
-        let mut out = Vec::new();
-        let mut name = String::new();
-        for line in lines {
-            if let Some(n) = line.strip_prefix("event: ") {
-                name = n.to_string();
-            } else if let Some(data) = line.strip_prefix("data: ") {
-                out.push((name.clone(), serde_json::from_str(data).expect("JSON")));
-            }
-        }
-        out
-    }
-
-    fn names(events: &[(String, Value)]) -> Vec<&str> {
-        events.iter().map(|(n, _)| n.as_str()).collect()
-    }
 
     #[tokio::test]
     async fn a_text_reply_streams_anthropic_s_sequence() {
@@ -358,15 +340,9 @@ mod tests {
             name: "get_weather".into(),
             arguments: json!({ "city": city }).to_string(),
         };
-        let done = ChatEvent {
-            event: Some(chat_event::Event::Done(ChatDone {
-                finish_reason: FinishReason::ToolCalls as i32,
-                tool_calls: vec![call("call_a", "Paris"), call("call_b", "Rome")],
-                ..ChatDone::default()
-            })),
-        };
+        let done = calls_done(vec![call("call_a", "Paris"), call("call_b", "Rome")]);
         let events = events(event_stream(
-            reply(vec![delta("Checking."), Ok(done)]),
+            reply(vec![delta("Checking."), done]),
             "msg_1".into(),
             "tiny".into(),
         ))

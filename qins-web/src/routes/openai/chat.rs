@@ -349,7 +349,7 @@ impl Chunks for ChatChunks {
 mod tests {
     use super::super::stream_payloads;
     use super::*;
-    use crate::edge::reply::testing::{delta, done, reply, unknown};
+    use crate::edge::reply::testing::{calls_done, delta, done, reply, unknown};
     use crate::edge::testing::param_of;
     use qins_proto::v1::{FinishReason, response_format};
 
@@ -533,20 +533,14 @@ mod tests {
 
     #[tokio::test]
     async fn several_calls_stream_with_their_indexes() {
-        use qins_proto::v1::{ChatDone, ChatEvent, ToolCall, chat_event};
+        use qins_proto::v1::ToolCall;
         let call = |id: &str, city: &str| ToolCall {
             id: id.into(),
             name: "get_weather".into(),
             arguments: json!({ "city": city }).to_string(),
         };
-        let done = ChatEvent {
-            event: Some(chat_event::Event::Done(ChatDone {
-                finish_reason: FinishReason::ToolCalls as i32,
-                tool_calls: vec![call("call_a", "Paris"), call("call_b", "Rome")],
-                ..ChatDone::default()
-            })),
-        };
-        let payloads = stream_payloads(streamed(vec![Ok(done)])).await;
+        let done = calls_done(vec![call("call_a", "Paris"), call("call_b", "Rome")]);
+        let payloads = stream_payloads(streamed(vec![done])).await;
         let chunks: Vec<Value> = payloads[..payloads.len() - 1]
             .iter()
             .map(|p| serde_json::from_str(p).expect("JSON"))

@@ -531,8 +531,9 @@ fn event_stream(reply: Reply, frame: Frame, keep: Option<Keep>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::reply::testing::{delta, done, reply};
-    use qins_proto::v1::{ChatDone, ChatEvent, FinishReason, chat_event};
+    use crate::edge::reply::testing::{calls_done, delta, done, reply};
+    use crate::edge::testing::{event_names as names, named_events as events};
+    use qins_proto::v1::FinishReason;
 
     fn frame() -> Frame {
         let mut echo = Map::new();
@@ -543,35 +544,6 @@ mod tests {
             model: "tiny".into(),
             echo,
         }
-    }
-
-    /// `(event name, data)` of a streamed response.
-    async fn events(response: Response) -> Vec<(String, Value)> {
-        let lines = crate::edge::testing::body_lines(response).await;
-        let mut out = Vec::new();
-        let mut name = String::new();
-        for line in lines {
-            if let Some(n) = line.strip_prefix("event: ") {
-                name = n.to_string();
-            } else if let Some(data) = line.strip_prefix("data: ") {
-                out.push((name.clone(), serde_json::from_str(data).expect("JSON")));
-            }
-        }
-        out
-    }
-
-    fn names(events: &[(String, Value)]) -> Vec<&str> {
-        events.iter().map(|(n, _)| n.as_str()).collect()
-    }
-
-    fn call_done(calls: Vec<ToolCall>) -> Result<ChatEvent, tonic::Status> {
-        Ok(ChatEvent {
-            event: Some(chat_event::Event::Done(ChatDone {
-                finish_reason: FinishReason::ToolCalls as i32,
-                tool_calls: calls,
-                ..ChatDone::default()
-            })),
-        })
     }
 
     fn call(id: &str, name: &str) -> ToolCall {
@@ -657,7 +629,7 @@ mod tests {
     #[tokio::test]
     async fn calls_stream_as_function_call_items() {
         let calls = vec![call("call_1", "f"), call("call_2", "g")];
-        let events = events(event_stream(reply(vec![call_done(calls)]), frame(), None)).await;
+        let events = events(event_stream(reply(vec![calls_done(calls)]), frame(), None)).await;
         let per_call = [
             "response.output_item.added",
             "response.function_call_arguments.delta",
