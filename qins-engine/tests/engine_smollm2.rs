@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 
 use qins_engine::{
-    self, ChatMessage, ChatModel, FinishReason, Finished, GenerationEvent, LookupMode,
-    RequestOptions, Session,
+    self, ChatMessage, ChatModel, FinishReason, Finished, GenerationEvent, GenerationRequest,
+    LookupMode, RequestOptions, Session,
 };
 use qins_test_support::convert_with_defaults;
 use qins_test_support::paths::{require, smollm2_gguf};
@@ -40,14 +40,23 @@ fn run(
     options: &RequestOptions,
     cancel: &AtomicBool,
 ) -> (String, Finished) {
+    let request = smollm2().request(messages, options).unwrap();
+    run_request(session, &request, cancel)
+}
+
+/// Generates `request` in `session`: the streamed text and the end.
+fn run_request(
+    session: &mut Session<qins_engine::Backend>,
+    request: &GenerationRequest,
+    cancel: &AtomicBool,
+) -> (String, Finished) {
     let chat = smollm2();
-    let request = chat.request(messages, options).unwrap();
     let mut text = String::new();
     let finished = qins_engine::generate(
         chat.model(),
         session,
         chat.tokenizer(),
-        &request,
+        request,
         cancel,
         |event| {
             if let GenerationEvent::Delta(delta) = event {
@@ -65,24 +74,9 @@ fn run_lookup(
     messages: &[ChatMessage],
     lookup: LookupMode,
 ) -> (String, Finished) {
-    let chat = smollm2();
-    let mut request = chat.request(messages, &greedy(96)).unwrap();
+    let mut request = smollm2().request(messages, &greedy(96)).unwrap();
     request.lookup = lookup;
-    let mut text = String::new();
-    let finished = qins_engine::generate(
-        chat.model(),
-        session,
-        chat.tokenizer(),
-        &request,
-        &AtomicBool::new(false),
-        |event| {
-            if let GenerationEvent::Delta(delta) = event {
-                text.push_str(&delta);
-            }
-        },
-    )
-    .unwrap();
-    (text, finished)
+    run_request(session, &request, &AtomicBool::new(false))
 }
 
 const CODE_TO_COPY: &str = "Copy the following Python function exactly, then add a docstring to it:
