@@ -282,7 +282,9 @@ impl<'a, M: LanguageModel> Run<'a, M> {
             let started = Instant::now();
             return match self.session.feed(model, token, self.cancel) {
                 Ok(logits) => {
-                    self.session.verify_cost().record_step(started.elapsed());
+                    if self.drafter.as_ref().is_some_and(Drafter::alone) {
+                        self.session.verify_cost().record_step(started.elapsed());
+                    }
                     Ok(Next::Logits(logits))
                 }
                 Err(e) => self.cancelled_or(e).map(Next::Finished),
@@ -293,7 +295,7 @@ impl<'a, M: LanguageModel> Run<'a, M> {
     /// The draft worth verifying now (empty: none), never longer than the
     /// tokens the reply may still take after the next one.
     fn propose_draft(&mut self) -> Vec<u32> {
-        let Some(drafter) = &self.drafter else {
+        let Some(drafter) = &mut self.drafter else {
             return Vec::new();
         };
         let generated = self.usage.completion_tokens;
@@ -330,9 +332,11 @@ impl<'a, M: LanguageModel> Run<'a, M> {
             Err(EngineError::Unsupported(_)) => return Ok(Verified::Unsupported),
             Err(e) => return self.cancelled_or(e).map(Verified::Finished),
         };
-        self.session
-            .verify_cost()
-            .record_verify(draft.len(), started.elapsed());
+        if self.drafter.as_ref().is_some_and(Drafter::alone) {
+            self.session
+                .verify_cost()
+                .record_verify(draft.len(), started.elapsed());
+        }
         let mut accepted = 0;
         for (i, &guess) in draft.iter().enumerate() {
             let verdict = self.sample(&rows[i], Some(guess))?;
@@ -346,20 +350,21 @@ impl<'a, M: LanguageModel> Run<'a, M> {
                 // Plain decoding would hold `token` and the accepted
                 // positions before this one; this one is not run yet.
                 self.session.roll_back(base + 1 + i);
-                self.record_draft(draft.len(), accepted, i + 1);
+                self.record_draft(draft.len(), accepted);
                 return Ok(match finished {
                     Some(reason) => Verified::Finished(reason),
                     None => Verified::Replaced(verdict.token),
                 });
             }
         }
-        self.record_draft(draft.len(), accepted, draft.len());
+        self.record_draft(draft.len(), accepted);
         Ok(Verified::AllAccepted(rows.pop().unwrap_or_default()))
     }
 
-    fn record_draft(&mut self, drafted: usize, accepted: usize, judged: usize) {
+    fn record_draft(&mut self, drafted: usize, accepted: usize) {
+        tracing::trace!(drafted, accepted, "lookup: verified");
         if let Some(drafter) = &mut self.drafter {
-            drafter.record(drafted, accepted, judged);
+            drafter.record(drafted, accepted);
         }
     }
 
