@@ -13,8 +13,8 @@
 #   run is byte-identical to the "off" one.
 # phi35: `qinsd bench --verify-tokens` per kernel (KERNELS) on the random
 #   Phi-3.5-shaped model and llama-bench's k-token batch costs at the same
-#   depth, then the projected speedup of each task's measured acceptance
-#   (see the formula at project() below and in TECHNICAL_SPEC.md).
+#   depth, then the projected speedup of each task: the task runs' own
+#   verification passes replayed at those costs (report.py, replay()).
 #
 # Environment (defaults in brackets):
 #   QINSD        qinsd binary [$CARGO_TARGET_DIR or target/release/qinsd]
@@ -80,7 +80,11 @@ qins_run() { # task-file on|off out-name
   local mode=$2; [ "$mode" = on ] && mode=$LOOKUP_ON
   if has_flag --lookup; then args+=(--lookup "$mode");
   elif [ "$2" = on ]; then echo "qinsd has no --lookup" >"$OUT/$3"; echo "n/a"; return; fi
-  "$QINSD" generate "${args[@]}" >"$OUT/$3" 2>"$OUT/$3.err" || log "qinsd generate failed: $OUT/$3.err"
+  # The "on" runs log each verification pass (drafted, accepted) for the
+  # projection at Phi-3.5 shape (report.py replays them).
+  local filter=warn; [ "$2" = on ] && filter=qins_engine::generate=trace
+  RUST_LOG=$filter "$QINSD" generate "${args[@]}" >"$OUT/$3" 2>"$OUT/$3.err" \
+    || log "qinsd generate failed: $OUT/$3.err"
   grep '^\[' "$OUT/$3.err" | tail -1 || true
 }
 
@@ -93,6 +97,25 @@ llama_run() { # task-file draft out-name: prompt and reply to $OUT/$3, timings t
 }
 
 RAW="$OUT/tasks.tsv"
+SMOL_VERIFY="$OUT/verify-smollm2.tsv"
+# What a verification of k tokens costs on SmolLM2 itself (the default
+# kernel): report.py replays the task runs' passes with it too, a check of
+# the replay against the measured speedup.
+smol_costs() {
+  log "qinsd bench --verify-tokens on SmolLM2"
+  "$QINSD" bench "$SMOL_QINS" --threads "$THREADS" --prompt 1 --decode 1 \
+    --verify-tokens 2,4,8,16 --verify-depth 256 --verify-repetitions "$VERIFY_REPS" --json \
+    2>"$OUT/bench-smollm2.err" >"$OUT/bench-smollm2.json" || { log "SmolLM2 verification bench failed"; return; }
+  python3 - "$OUT/bench-smollm2.json" >"$SMOL_VERIFY" <<'PY'
+import json, sys
+run = json.load(open(sys.argv[1]))["runs"][0]
+v = run["verification"]
+print(f"qins {run['kernel']} (SmolLM2)\t1\t{v['decode_step_ms']:.3f}")
+for p in v["passes"]:
+    print(f"qins {run['kernel']} (SmolLM2)\t{p['tokens']}\t{p['ms']:.3f}")
+PY
+}
+
 run_tasks() {
   : >"$RAW"
   local have_llama=1
@@ -154,8 +177,9 @@ PY
   done
 }
 
-[ "$MODE" = phi35 ] || run_tasks
+[ "$MODE" = phi35 ] || { run_tasks; smol_costs; }
 [ "$MODE" = tasks ] || run_phi35
-python3 "$HERE/report.py" --tasks "$RAW" --verify "$VERIFY" --threads "$THREADS" --max-tokens "$MAX_TOKENS" \
+python3 "$HERE/report.py" --tasks "$RAW" --verify "$VERIFY" --smol-verify "$SMOL_VERIFY" \
+  --threads "$THREADS" --max-tokens "$MAX_TOKENS" \
   --llama-draft "$LLAMA_DRAFT" --out "$OUT"
 log "raw outputs in $OUT; $(( $(date +%s) - started )) s"

@@ -5,7 +5,11 @@ tasks.tsv: engine, task, mode (off|on), round, reply file, and for qins the
 summary line `qinsd generate` writes to stderr; llama-lookup's timings are
 read from the reply file's .err companion.
 verify.tsv: engine (and kernel or build), k, milliseconds per k-token pass
-(k = 1: one decode step).
+(k = 1: one decode step); verify-smollm2.tsv the same for SmolLM2.
+
+The projection replays each "on" run's verification passes (drafted and
+accepted tokens per pass, from the run's trace log) at another model's
+costs: see replay().
 """
 
 import argparse
@@ -23,6 +27,18 @@ LLAMA_ENCODED = re.compile(r"encoded\s+(\d+) tokens")
 LLAMA_DECODED = re.compile(r"decoded\s+(\d+) tokens in\s+[\d.]+ seconds, speed:\s+([\d.]+) t/s")
 LLAMA_DRAFTED = re.compile(r"n_drafted\s+=\s+(\d+)")
 LLAMA_ACCEPTED = re.compile(r"n_accept\s+=\s+(\d+)")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+QINS_PASS = re.compile(r"lookup: verified drafted=(\d+) accepted=(\d+)")
+
+
+def qins_passes(reply_path):
+    """The (drafted, accepted) of each verification pass of a qins run, from
+    its trace log (bench.sh logs qins_engine::generate at trace level)."""
+    try:
+        log = ANSI.sub("", open(reply_path + ".err", errors="replace").read())
+    except OSError:
+        return []
+    return [(int(d), int(a)) for d, a in QINS_PASS.findall(log)]
 
 
 def parse_run(engine, summary, reply_path):
@@ -38,6 +54,7 @@ def parse_run(engine, summary, reply_path):
             "tok_s": float(m.group("tok_s")),
             "drafted": int(d) if d is not None else None,
             "accepted": int(a) if a is not None else None,
+            "passes": qins_passes(reply_path),
         }
     try:
         log = open(reply_path + ".err", errors="replace").read()
@@ -112,7 +129,6 @@ def acceptance(run_list):
 def task_table(runs):
     tasks = sorted({t for (_, t, _) in runs})
     rows = []
-    summary = {}  # (engine, task) -> acceptance rate
     header = (
         "| task | prompt tok | engine | tok/s off | tok/s on | speedup | drafted | accepted "
         "| acceptance | identical output | rounds |"
@@ -128,7 +144,6 @@ def task_table(runs):
             tok_on = statistics.median(r["tok_s"] for r in on) if on else None
             speedup = tok_on / tok_off if tok_off and tok_on else None
             drafted, accepted, rate = acceptance(on)
-            summary[(engine, task)] = rate
             same = None
             if off and on and off[0]["reply"] is not None:
                 same = all(same_reply(engine, r["reply"], off[0]["reply"]) for r in on + off)
@@ -140,7 +155,7 @@ def task_table(runs):
                 f"| {fmt(None if rate is None else 100 * rate, '.1f', '%')} "
                 f"| {'n/a' if same is None else ('yes' if same else 'NO')} | {len(off)}+{len(on)} |"
             )
-    return rows, summary
+    return rows
 
 
 def load_verify(path):
@@ -169,43 +184,56 @@ def verify_table(costs):
     return rows
 
 
-def expected_tokens(alpha, k):
-    """Tokens one verification pass of k tokens (k - 1 drafted) yields when
-    each drafted token is accepted with probability alpha independently,
-    until the first rejection: 1 + E[accepted] = (1 - alpha^k) / (1 - alpha)."""
-    if alpha >= 1.0:
-        return float(k)
-    return (1.0 - alpha**k) / (1.0 - alpha)
+def relative_cost(per, step, tokens):
+    """c(tokens): a pass of `tokens` tokens in decode steps, linear between
+    the measured sizes (1 is the decode step), and on the last slope past
+    the largest."""
+    sizes = sorted(per)
+    points = [(k, per[k] / step) for k in sizes]
+    for (k0, c0), (k1, c1) in zip(points, points[1:]):
+        if tokens <= k1:
+            return c0 + (c1 - c0) * (tokens - k0) / (k1 - k0)
+    (k0, c0), (k1, c1) = points[-2], points[-1]
+    return c1 + (c1 - c0) * (tokens - k1) / (k1 - k0)
 
 
-def projection_table(costs, acceptance_rates):
-    """Projected speedup = (1 + E[accepted]) / c(k) per engine, task and k."""
-    tasks = sorted({t for (_, t) in acceptance_rates})
-    rows = []
+def replay(run, per):
+    """The speedup of one "on" run had its passes cost what they cost at
+    another model's shape: the run's decode tokens (the first comes from
+    the prefill) over the plain steps (each 1) plus each verification pass
+    of d drafted tokens at c(d + 1). A pass yields its accepted tokens and
+    one more (the replacement, or the token after a fully accepted draft),
+    so plain steps = decode tokens - sum(accepted + 1). It keeps the
+    drafts the run chose with its own measured costs, and its acceptance."""
+    passes = run.get("passes") or []
+    step = per.get(1)
+    if not passes or not step or len(per) < 2:
+        return None
+    decode_tokens = run["tokens"] - 1
+    plain = max(0, decode_tokens - sum(a + 1 for _, a in passes))
+    cost = plain + sum(relative_cost(per, step, d + 1) for d, _ in passes)
+    return decode_tokens / cost
+
+
+def projection_table(costs, runs):
+    """Per engine and task: the median over the task's "on" runs of replay()."""
+    tasks = sorted({t for (e, t, m) in runs if e == "qins" and m == "on"})
+    header = "| costs of | " + " | ".join(tasks) + " |"
+    rows = [header, "|---" * (len(tasks) + 1) + "|"]
     for engine, per in costs.items():
-        step = per.get(1)
-        ks = sorted(k for k in per if k > 1)
-        if not step or not ks:
-            continue
-        if not rows:
-            rows.append("| engine | task | acceptance (source) | " + " | ".join(f"k={k}" for k in ks) + " |")
-            rows.append("|---" * (len(ks) + 3) + "|")
+        cells = []
         for task in tasks:
-            # qins's own acceptance where measured, llama-lookup's otherwise.
-            alpha, source = acceptance_rates.get(("qins", task)), "qins"
-            if alpha is None:
-                alpha, source = acceptance_rates.get(("llama", task)), "llama-lookup"
-            if alpha is None:
-                continue
-            cells = [f"{expected_tokens(alpha, k) / (per[k] / step):.2f}x" for k in ks]
-            rows.append(f"| {engine} | {task} | {100 * alpha:.1f}% ({source}) | " + " | ".join(cells) + " |")
-    return rows
+            values = [v for v in (replay(r, per) for r in runs.get(("qins", task, "on"), [])) if v]
+            cells.append(f"{statistics.median(values):.2f}x" if values else "n/a")
+        rows.append(f"| {engine} | " + " | ".join(cells) + " |")
+    return rows if len(rows) > 2 else []
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--tasks")
     p.add_argument("--verify")
+    p.add_argument("--smol-verify")
     p.add_argument("--threads")
     p.add_argument("--max-tokens")
     p.add_argument("--llama-draft")
@@ -218,20 +246,24 @@ def main():
     print(f"\nCPU: {cpu}; {a.threads} threads; greedy, at most {a.max_tokens} tokens; "
           f"llama-lookup drafts up to {a.llama_draft} tokens (off: --spec-draft-n-max 0)\n")
     runs = load_tasks(a.tasks, a.out)
-    acceptance_rates = {}
     if runs:
-        rows, acceptance_rates = task_table(runs)
+        rows = task_table(runs)
         print("Decode tok/s (medians over rounds), SmolLM2-135M-Instruct Q4_1:\n")
         print("\n".join(rows))
+    smol = load_verify(a.smol_verify)
+    if smol:
+        print("\nSmolLM2 itself, one pass of k tokens at depth 256, ms (c(k)):\n")
+        print("\n".join(verify_table(smol)))
     costs = load_verify(a.verify)
     if costs:
         print("\nOne pass of k tokens after the cache depth, ms (c(k) = cost in decode steps; k=1 is the decode step):\n")
         print("\n".join(verify_table(costs)))
-        rows = projection_table(costs, acceptance_rates)
-        if rows:
-            print("\nProjected speedup at Phi-3.5 shape = (1 - a^k) / (1 - a) / c(k), "
-                  "a = the task's acceptance rate, k - 1 drafted tokens per pass:\n")
-            print("\n".join(rows))
+    rows = projection_table({**smol, **costs}, runs)
+    if rows:
+        print("\nProjected speedup: each qins \"on\" run's verification passes (drafted, accepted) "
+              "replayed at these costs (plain steps 1, a pass of d drafted tokens c(d + 1); "
+              "median over rounds; the SmolLM2 row checks the replay against the measured speedup):\n")
+        print("\n".join(rows))
     if not runs and not costs:
         sys.exit("nothing measured")
 
