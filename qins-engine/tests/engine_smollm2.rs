@@ -41,16 +41,17 @@ fn run(
     cancel: &AtomicBool,
 ) -> (String, Finished) {
     let request = smollm2().request(messages, options).unwrap();
-    run_request(session, &request, cancel)
+    run_request(smollm2(), session, &request, cancel)
 }
 
-/// Generates `request` in `session`: the streamed text and the end.
+/// Generates `request` with `chat` in `session`: the streamed text and the
+/// end.
 fn run_request(
+    chat: &ChatModel,
     session: &mut Session<qins_engine::Backend>,
     request: &GenerationRequest,
     cancel: &AtomicBool,
 ) -> (String, Finished) {
-    let chat = smollm2();
     let mut text = String::new();
     let finished = qins_engine::generate(
         chat.model(),
@@ -74,9 +75,20 @@ fn run_lookup(
     messages: &[ChatMessage],
     lookup: LookupMode,
 ) -> (String, Finished) {
-    let mut request = smollm2().request(messages, &greedy(96)).unwrap();
+    run_lookup_with(smollm2(), session, messages, lookup, 96)
+}
+
+/// A greedy reply of at most `max_tokens` from `chat` with `lookup`.
+fn run_lookup_with(
+    chat: &ChatModel,
+    session: &mut Session<qins_engine::Backend>,
+    messages: &[ChatMessage],
+    lookup: LookupMode,
+    max_tokens: usize,
+) -> (String, Finished) {
+    let mut request = chat.request(messages, &greedy(max_tokens)).unwrap();
     request.lookup = lookup;
-    run_request(session, &request, &AtomicBool::new(false))
+    run_request(chat, session, &request, &AtomicBool::new(false))
 }
 
 const CODE_TO_COPY: &str = "Copy the following Python function exactly, then add a docstring to it:
@@ -318,4 +330,35 @@ fn embeddings_on_the_gpu_are_refused_clearly() {
         "{error}"
     );
     assert!(error.to_string().contains("--device cpu"), "{error}");
+}
+
+/// Lookup decoding through the GPU backend (lavapipe under scripts/test.sh,
+/// skipped through the workspace's rule where no adapter opens): its
+/// `forward_all` verifies the drafts, and the greedy reply is the plain one
+/// on the same device, with drafts accepted.
+#[test]
+fn greedy_lookup_on_the_gpu_gives_the_plain_reply() {
+    let device = qins_engine::Device::open(qins_gpu::DeviceChoice::Gpu);
+    let opened = matches!(device, Ok(qins_engine::Device::Gpu { .. }));
+    if !qins_test_support::can_run(opened, "a GPU adapter (scripts/vulkan-env.sh)") {
+        return;
+    }
+    let Ok(device) = device else { return };
+    let dir = std::env::temp_dir().join(format!("qins-engine-gpu-lookup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join("smollm2.qins");
+    convert_with_defaults(&smollm2_gguf_path(), &output).unwrap();
+    let chat = ChatModel::open_on(&output, &device).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(chat.model().kind(), "gpu");
+    let messages = [ChatMessage::new("user", CODE_TO_COPY)];
+    let mut plain_session = Session::new(chat.model(), CONTEXT);
+    let (plain_text, plain) =
+        run_lookup_with(&chat, &mut plain_session, &messages, LookupMode::Off, 64);
+    let mut session = Session::new(chat.model(), CONTEXT);
+    let (text, drafted) = run_lookup_with(&chat, &mut session, &messages, LookupMode::Always, 64);
+    assert_eq!(drafted.tokens, plain.tokens, "{text:?} vs {plain_text:?}");
+    let t = drafted.timings;
+    assert!(t.accepted_draft_tokens > 10, "{t:?}: {text}");
+    assert_eq!(session.cached_tokens(), plain_session.cached_tokens());
 }
