@@ -39,9 +39,10 @@ pub struct GenerationRequest {
     /// distributed exactly as without it. Off by default here; chat
     /// requests take it from [`crate::RequestOptions::lookup`] (unset: on).
     pub lookup: LookupMode,
-    /// Generations running in the process, this one included: drafts are
-    /// verified only while it is 1, since concurrent decode steps already
-    /// share one pass. None: this one runs alone.
+    /// Generations running in the process, this one included: while it is
+    /// above 1 a draft must promise more to be verified (concurrent decode
+    /// steps already share one pass, see [`crate::lookup::SHARED_GAIN_MARGIN`])
+    /// and no timings are measured. None: this one runs alone.
     pub active_generations: Option<Arc<AtomicUsize>>,
 }
 

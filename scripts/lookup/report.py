@@ -35,7 +35,8 @@ def qins_passes(reply_path):
     """The (drafted, accepted) of each verification pass of a qins run, from
     its trace log (bench.sh logs qins_engine::generate at trace level)."""
     try:
-        log = ANSI.sub("", open(reply_path + ".err", errors="replace").read())
+        with open(reply_path + ".err", errors="replace") as f:
+            log = ANSI.sub("", f.read())
     except OSError:
         return []
     return [(int(d), int(a)) for d, a in QINS_PASS.findall(log)]

@@ -1,6 +1,7 @@
 """Checks scripts/lookup/report.py, which turns the lookup benchmark's raw
-records into tables: the projection formula, the summary lines it parses
-and the rule that says two greedy replies agree.
+records into tables: the projection (the runs' passes replayed at other
+costs), the lines it parses and the rule that says two greedy replies
+agree.
 
 Run: python3 -m unittest discover -s tests/python
 """
@@ -16,23 +17,51 @@ SPEC.loader.exec_module(report)
 
 
 class ProjectionTests(unittest.TestCase):
-    def test_expected_tokens_per_pass(self):
-        # Every draft accepted: all k tokens; none: the one the pass samples.
-        self.assertEqual(report.expected_tokens(1.0, 4), 4.0)
-        self.assertEqual(report.expected_tokens(0.0, 8), 1.0)
-        # a = 0.5, 1 draft: 1 + 0.5.
-        self.assertAlmostEqual(report.expected_tokens(0.5, 2), 1.5)
-        # a = 0.5, 3 drafts: 1 + 0.5 + 0.25 + 0.125.
-        self.assertAlmostEqual(report.expected_tokens(0.5, 4), 1.875)
+    COSTS = {1: 10.0, 2: 12.5, 4: 20.0}  # c(2) = 1.25, c(4) = 2.0
 
-    def test_projection_divides_by_the_cost_in_decode_steps(self):
-        costs = {"qins x": {1: 10.0, 2: 12.5, 4: 20.0}}
-        rows = report.projection_table(costs, {("qins", "edit"): 0.5})
-        self.assertEqual(rows[2], "| qins x | edit | 50.0% (qins) | 1.20x | 0.94x |")
-        # Without qins's own figure, llama-lookup's stands in and says so.
-        rows = report.projection_table(costs, {("qins", "edit"): None, ("llama", "edit"): 1.0})
-        self.assertIn("(llama-lookup)", rows[2])
-        self.assertTrue(rows[2].endswith("| 1.60x | 2.00x |"), rows[2])
+    def test_relative_cost_is_linear_between_measured_sizes_and_past_the_last(self):
+        self.assertEqual(report.relative_cost(self.COSTS, 10.0, 1), 1.0)
+        self.assertEqual(report.relative_cost(self.COSTS, 10.0, 2), 1.25)
+        self.assertAlmostEqual(report.relative_cost(self.COSTS, 10.0, 3), 1.625)
+        # Past 4 on the last slope (0.375 per token).
+        self.assertAlmostEqual(report.relative_cost(self.COSTS, 10.0, 6), 2.75)
+
+    def test_replay_counts_plain_steps_and_passes_at_their_cost(self):
+        # 11 tokens: the first from the prefill, 10 decoded. Two passes:
+        # 3 drafted, all accepted (4 tokens, c(4) = 2.0); 1 drafted,
+        # rejected (1 token, c(2) = 1.25); the other 5 tokens plain.
+        run = {"tokens": 11, "passes": [(3, 3), (1, 0)]}
+        self.assertAlmostEqual(report.replay(run, self.COSTS), 10 / (5 + 2.0 + 1.25))
+        # No pass, no projection; nor without a decode step measured.
+        self.assertIsNone(report.replay({"tokens": 11, "passes": []}, self.COSTS))
+        self.assertIsNone(report.replay(run, {2: 12.5, 4: 20.0}))
+
+    def test_projection_table_takes_the_median_over_rounds(self):
+        runs = {
+            ("qins", "edit", "on"): [
+                {"tokens": 11, "passes": [(3, 3), (1, 0)]},
+                {"tokens": 11, "passes": [(3, 3), (3, 3)]},  # 2 plain + 2 x c(4)
+                {"tokens": 11, "passes": []},  # not replayable: left out
+            ],
+            ("qins", "edit", "off"): [{"tokens": 11, "passes": []}],
+        }
+        rows = report.projection_table({"qins x": self.COSTS}, runs)
+        self.assertEqual(rows[0], "| costs of | edit |")
+        median = (10 / 8.25 + 10 / 6.0) / 2
+        self.assertEqual(rows[2], f"| qins x | {median:.2f}x |")
+
+    def test_passes_are_read_from_the_trace_log(self):
+        import os
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            reply = os.path.join(d, "reply.txt")
+            with open(reply + ".err", "w") as f:
+                f.write("2026-12-08T00:00:00Z TRACE qins_engine::generate: lookup: verified drafted=4 accepted=2\n")
+                # Coloured (a terminal's log): the fields' escapes are dropped.
+                f.write("lookup: verified \x1b[3mdrafted\x1b[0m\x1b[2m=\x1b[0m16 \x1b[3maccepted\x1b[0m\x1b[2m=\x1b[0m16\n")
+                f.write("[cpu, ... lookup: drafted 20 accepted 18]\n")
+            self.assertEqual(report.qins_passes(reply), [(4, 2), (16, 16)])
+        self.assertEqual(report.qins_passes("/nonexistent/reply"), [])
 
 
 class ParsingTests(unittest.TestCase):
