@@ -304,24 +304,34 @@ fn embeddings_are_unit_deterministic_batch_independent_and_semantic() {
     }
 }
 
-/// A model resident on the GPU refuses embeddings with a message that says
-/// what to do (the GPU backend gives no hidden states); skipped through the
-/// workspace's rule where no adapter opens (lavapipe under scripts/test.sh).
-#[test]
-fn embeddings_on_the_gpu_are_refused_clearly() {
+/// SmolLM2 converted and resident on the GPU (`test` names its scratch
+/// directory), or None where no adapter opens: skipped through the
+/// workspace's rule (lavapipe under scripts/test.sh; CI fails instead).
+fn smollm2_on_the_gpu(test: &str) -> Option<ChatModel> {
     let device = qins_engine::Device::open(qins_gpu::DeviceChoice::Gpu);
     let opened = matches!(device, Ok(qins_engine::Device::Gpu { .. }));
     if !qins_test_support::can_run(opened, "a GPU adapter (scripts/vulkan-env.sh)") {
-        return;
+        return None;
     }
-    let Ok(device) = device else { return };
-    let dir = std::env::temp_dir().join(format!("qins-engine-gpu-embed-{}", std::process::id()));
+    let Ok(device) = device else { return None };
+    let dir = std::env::temp_dir().join(format!("qins-engine-gpu-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let output = dir.join("smollm2.qins");
     convert_with_defaults(&smollm2_gguf_path(), &output).unwrap();
     let chat = ChatModel::open_on(&output, &device).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(chat.model().kind(), "gpu");
+    Some(chat)
+}
+
+/// A model resident on the GPU refuses embeddings with a message that says
+/// what to do (the GPU backend gives no hidden states); skipped through the
+/// workspace's rule where no adapter opens (lavapipe under scripts/test.sh).
+#[test]
+fn embeddings_on_the_gpu_are_refused_clearly() {
+    let Some(chat) = smollm2_on_the_gpu("embed") else {
+        return;
+    };
     let tokens = chat.raw_prompt_tokens("Hello").unwrap();
     let error =
         qins_engine::embed(chat.model(), &[tokens], CONTEXT, &AtomicBool::new(false)).unwrap_err();
@@ -338,19 +348,9 @@ fn embeddings_on_the_gpu_are_refused_clearly() {
 /// on the same device, with drafts accepted.
 #[test]
 fn greedy_lookup_on_the_gpu_gives_the_plain_reply() {
-    let device = qins_engine::Device::open(qins_gpu::DeviceChoice::Gpu);
-    let opened = matches!(device, Ok(qins_engine::Device::Gpu { .. }));
-    if !qins_test_support::can_run(opened, "a GPU adapter (scripts/vulkan-env.sh)") {
+    let Some(chat) = smollm2_on_the_gpu("lookup") else {
         return;
-    }
-    let Ok(device) = device else { return };
-    let dir = std::env::temp_dir().join(format!("qins-engine-gpu-lookup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let output = dir.join("smollm2.qins");
-    convert_with_defaults(&smollm2_gguf_path(), &output).unwrap();
-    let chat = ChatModel::open_on(&output, &device).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(chat.model().kind(), "gpu");
+    };
     let messages = [ChatMessage::new("user", CODE_TO_COPY)];
     let mut plain_session = Session::new(chat.model(), CONTEXT);
     let (plain_text, plain) =
