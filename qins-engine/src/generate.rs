@@ -557,6 +557,19 @@ mod tests {
         }
     }
 
+    /// A [`run_with`] hook that sets `cancel` when the `n`th delta is sent.
+    fn cancel_at_delta(n: usize, cancel: &AtomicBool) -> impl FnMut(&GenerationEvent) + '_ {
+        let mut deltas = 0;
+        move |event| {
+            if matches!(event, GenerationEvent::Delta(_)) {
+                deltas += 1;
+                if deltas == n {
+                    cancel.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
     fn run_with(
         model: &FakeModel,
         session: &mut Session<FakeModel>,
@@ -778,21 +791,13 @@ mod tests {
         let model = scripted(&tokenizer, &ids);
         let mut session = Session::new(&model, 256);
         let cancel = AtomicBool::new(false);
-        let mut deltas = 0;
         let out = run_with(
             &model,
             &mut session,
             &tokenizer,
             &request(&tokenizer),
             &cancel,
-            |e| {
-                if matches!(e, GenerationEvent::Delta(_)) {
-                    deltas += 1;
-                    if deltas == 3 {
-                        cancel.store(true, Ordering::SeqCst);
-                    }
-                }
-            },
+            cancel_at_delta(3, &cancel),
         );
         assert_eq!(out.finished.reason, FinishReason::Cancelled);
         assert_eq!(out.finished.usage.completion_tokens, 3);
@@ -1153,15 +1158,8 @@ mod tests {
         let request = copying_request(LookupMode::Always, SamplingParams::greedy());
         let mut session = Session::new(&model, 256);
         let cancel = AtomicBool::new(false);
-        let mut deltas = 0;
-        let out = run_with(&model, &mut session, &tokenizer, &request, &cancel, |e| {
-            if matches!(e, GenerationEvent::Delta(_)) {
-                deltas += 1;
-                if deltas == 12 {
-                    cancel.store(true, Ordering::SeqCst);
-                }
-            }
-        });
+        let hook = cancel_at_delta(12, &cancel);
+        let out = run_with(&model, &mut session, &tokenizer, &request, &cancel, hook);
         assert_eq!(out.finished.reason, FinishReason::Cancelled);
         assert_eq!(out.finished.usage.completion_tokens, 12);
         assert!(out.finished.timings.draft_tokens > 0);
