@@ -96,6 +96,22 @@ llama_run() { # task-file draft out-name: prompt and reply to $OUT/$3, timings t
     || log "llama-lookup failed: $OUT/$3.err"
 }
 
+# `qinsd bench --verify-tokens --json` as rows "qins KERNEL[SUFFIX], k, ms"
+# (k = 1: the decode step); nothing when the run's kernel is not
+# EXPECTED (the CPU lacks the one asked for: the table chose another).
+verification_rows() { # json suffix [expected-kernel]
+  python3 - "$@" <<'PY'
+import json, sys
+run = json.load(open(sys.argv[1]))["runs"][0]
+if len(sys.argv) > 3 and run["kernel"] != sys.argv[3]:
+    sys.exit(0)
+name, v = f"qins {run['kernel']}{sys.argv[2]}", run["verification"]
+print(f"{name}\t1\t{v['decode_step_ms']:.3f}")
+for p in v["passes"]:
+    print(f"{name}\t{p['tokens']}\t{p['ms']:.3f}")
+PY
+}
+
 RAW="$OUT/tasks.tsv"
 SMOL_VERIFY="$OUT/verify-smollm2.tsv"
 # What a verification of k tokens costs on SmolLM2 itself (the default
@@ -106,14 +122,7 @@ smol_costs() {
   "$QINSD" bench "$SMOL_QINS" --threads "$THREADS" --prompt 1 --decode 1 \
     --verify-tokens 2,4,8,16 --verify-depth 256 --verify-repetitions "$VERIFY_REPS" --json \
     2>"$OUT/bench-smollm2.err" >"$OUT/bench-smollm2.json" || { log "SmolLM2 verification bench failed"; return; }
-  python3 - "$OUT/bench-smollm2.json" >"$SMOL_VERIFY" <<'PY'
-import json, sys
-run = json.load(open(sys.argv[1]))["runs"][0]
-v = run["verification"]
-print(f"qins {run['kernel']} (SmolLM2)\t1\t{v['decode_step_ms']:.3f}")
-for p in v["passes"]:
-    print(f"qins {run['kernel']} (SmolLM2)\t{p['tokens']}\t{p['ms']:.3f}")
-PY
+  verification_rows "$OUT/bench-smollm2.json" " (SmolLM2)" >"$SMOL_VERIFY"
 }
 
 run_tasks() {
@@ -151,16 +160,7 @@ run_phi35() {
     QINS_KERNEL=$k "$QINSD" bench "$qins" --threads "$THREADS" --prompt 1 --decode 1 \
       --verify-tokens 2,4,8,16 --verify-depth "$DEPTH" --verify-repetitions "$VERIFY_REPS" --json \
       2>"$OUT/bench-$k.err" >"$OUT/bench-$k.json" || { log "kernel $k failed (see $OUT/bench-$k.err)"; continue; }
-    python3 - "$OUT/bench-$k.json" "$k" >>"$VERIFY" <<'PY'
-import json, sys
-run = json.load(open(sys.argv[1]))["runs"][0]
-if run["kernel"] != sys.argv[2]:
-    sys.exit(0)  # not on this CPU: the table chose another kernel
-v = run["verification"]
-print(f"qins {run['kernel']}\t1\t{v['decode_step_ms']:.3f}")
-for p in v["passes"]:
-    print(f"qins {run['kernel']}\t{p['tokens']}\t{p['ms']:.3f}")
-PY
+    verification_rows "$OUT/bench-$k.json" "" "$k" >>"$VERIFY"
   done
   for build in build build-avx2; do
     local bench="$PEER/llama.cpp/$build/bin/llama-bench"
